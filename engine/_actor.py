@@ -1,0 +1,558 @@
+"""RunActor: one trio actor per run; the only writer of the run's streams and record.
+
+Theory of operation. ``run()`` is started with ``nursery.start`` and owns one nursery with:
+
+* the *commit loop*: takes everything waiting in the :class:`Mailbox` (dirty producer buffers,
+  external appends, input records, the final ``Finish``) and writes it to the Store as one
+  :class:`Batch`, then updates the live tails and wakes readers once. Indices are assigned
+  here and nowhere else, so they never collide or skip;
+* the *life*: attempts of the task (each in a cancel scope with ``max_duration``), with the
+  run's ``.on()`` handlers in a child nursery and its producers (pipes, writers,
+  ``metadata.stream``) in another.
+
+Run end, in order: the task returns or raises -> handlers are cancelled -> drain: producers
+get until ``drain_timeout`` to finish, then are cancelled -> what they buffered is committed ->
+every output stream gets its end marker, in the same batch as the final status -> subscribers
+are told. ``runs.cancel`` and ``max_duration`` skip the drain. A crash anywhere in the actor
+becomes the run's ``CRASHED`` status; it never reaches the engine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import orjson
+import trio
+
+from sdk import (
+    PayloadTooLargeError, RunContext, RunFinishedError, RunStatus, StreamTooLargeError, Task,
+)
+from sdk._models import RunInfo as SdkRunInfo
+from sdk.runtime import TIMED_OUT, bind_run
+
+from ._records import RunRecord
+from ._store import Batch, ChunkAppend, RecordAppend, Waitpoint
+from ._streams import InputMailbox, Mailbox, OutputStream, Producer, _Handler
+
+if TYPE_CHECKING:
+    from ._engine import Engine
+
+log = logging.getLogger("runwire.engine")
+
+
+class _Reply:
+    """The answer to a mailbox message, for whoever waits on it."""
+
+    def __init__(self) -> None:
+        self._event = trio.Event()
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+    def set(self, value: Any = None, error: BaseException | None = None) -> None:
+        self.value, self.error = value, error
+        self._event.set()
+
+    async def get(self) -> Any:
+        await self._event.wait()
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+@attrs.define
+class ExternalAppend:
+    """Chunks from a producer outside the run (a client), numbered by ``seq``."""
+
+    key: str
+    producer: str
+    seq: int
+    items: list[Any]
+    reply: _Reply = attrs.field(factory=_Reply)
+
+
+@attrs.define
+class SendInput:
+    """One input record for input stream ``key``; ``ikey`` deduplicates retries."""
+
+    key: str
+    data: Any
+    ikey: str | None
+    reply: _Reply = attrs.field(factory=_Reply)
+
+
+@attrs.define
+class SaveWaitpoint:
+    """Remember the record a ``wait(idempotency_key=...)`` got."""
+
+    key: str
+    data: bytes
+    expires_at: float | None
+    reply: _Reply = attrs.field(factory=_Reply)
+
+
+@attrs.define
+class Finish:
+    """End every stream and store the final status, in one batch."""
+
+    status: RunStatus
+    output: Any
+    error: dict[str, str] | None
+    reply: _Reply = attrs.field(factory=_Reply)
+
+
+@attrs.frozen
+class Outcome:
+    status: RunStatus
+    output: Any = None
+    error: dict[str, str] | None = None
+
+
+def error_dict(exc: BaseException) -> dict[str, str]:
+    return {"type": type(exc).__name__, "message": str(exc)}
+
+
+class _Stage:
+    """What one commit cycle writes, and what to do once it is stored."""
+
+    def __init__(self, actor: RunActor) -> None:
+        self.actor = actor
+        self.batch = Batch()
+        self.after: list[Callable[[], None]] = []
+        self.extend: dict[str, tuple[list[bytes], int]] = {}
+        self.next_index: dict[str, int] = {}
+        self.nbytes: dict[str, int] = {}
+
+    def chunks(self, key: str, values: list[Any], producer: str | None = None,
+               next_seq: int | None = None) -> BaseException | None:
+        """Stage chunks for stream ``key``; return the error that refused (some of) them."""
+        actor = self.actor
+        limits = actor.engine.limits
+        stream = actor.stream(key)
+        encoded: list[bytes] = []
+        size = 0
+        error: BaseException | None = None
+        for value in values:
+            try:
+                data = orjson.dumps(value)
+            except TypeError as exc:
+                error = TypeError(f"chunk for stream {key!r} is not JSON: {exc}")
+                break
+            if len(data) > limits.max_chunk_bytes:
+                error = PayloadTooLargeError(
+                    f"chunk of {len(data)} bytes is over the {limits.max_chunk_bytes}-byte limit")
+                break
+            encoded.append(data)
+            size += len(data)
+        used = stream.nbytes + self.nbytes.get(key, 0)
+        if used + size > limits.max_stream_bytes:
+            return StreamTooLargeError(
+                f"stream {key!r} would exceed {limits.max_stream_bytes} bytes; "
+                f"it holds {used} bytes, earlier chunks stay readable")
+        if not encoded:
+            return error
+        start = self.next_index.get(key, stream.length)
+        self.next_index[key] = start + len(encoded)
+        self.nbytes[key] = self.nbytes.get(key, 0) + size
+        self.batch.chunks.append(ChunkAppend(actor.record.id, key, start, encoded, size,
+                                             producer, next_seq))
+        items, total = self.extend.get(key, ([], 0))
+        items.extend(encoded)
+        self.extend[key] = (items, total + size)
+        if key not in actor.record.streams:
+            actor.record.streams.append(key)
+            actor.touch()
+        return error
+
+    def apply(self) -> None:
+        for key, (items, nbytes) in self.extend.items():
+            self.actor.streams[key].extend(items, nbytes)
+        for fn in self.after:
+            fn()
+
+
+class RunActor:
+    """One run: its record, streams, input mailboxes, and the nursery everything lives in."""
+
+    def __init__(self, engine: Engine, record: RunRecord, task: Task[Any, Any] | None) -> None:
+        self.engine = engine
+        self.record = record
+        self.task = task
+        self.mailbox = Mailbox(engine.limits.mailbox_size)
+        self.streams: dict[str, OutputStream] = {}
+        self.inputs: dict[str, InputMailbox] = {}
+        self.seqs: dict[tuple[str, str], int] = {}
+        self.finished = trio.Event()
+        self._changed = trio.Event()
+        self.version = 0
+        self._run_dirty = False
+        self._writable = True
+        self._accepting = True
+        self._holds_slot = False
+        self._cancel_requested = False
+        self._handler_error: BaseException | None = None
+        self._run_scope = trio.CancelScope()
+        self._attempt_scope: trio.CancelScope | None = None
+        self._producers: trio.Nursery | None = None
+        self._handlers: trio.Nursery | None = None
+        self.backend: Any = None
+
+    @property
+    def id(self) -> str:
+        return self.record.id
+
+    # --- state everyone may look at ------------------------------------------------------
+
+    def stream(self, key: str) -> OutputStream:
+        """The stream ``key`` (created empty if nobody wrote to it yet)."""
+        stream = self.streams.get(key)
+        if stream is None:
+            stream = self.streams[key] = OutputStream(
+                key, tail_limit=self.engine.limits.live_tail, ended=not self._writable)
+        return stream
+
+    def input(self, key: str) -> InputMailbox:
+        box = self.inputs.get(key)
+        if box is None:
+            box = self.inputs[key] = InputMailbox(key)
+        return box
+
+    def check_writable(self) -> None:
+        if not self._writable:
+            raise RunFinishedError(f"run {self.id} has finished; its streams are closed")
+
+    def touch(self) -> None:
+        """The run record changed: store it with the next batch and tell subscribers."""
+        self._run_dirty = True
+        self.mailbox.poke()
+        self._bump()
+
+    def _bump(self) -> None:
+        self.version += 1
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait_change(self, seen: int) -> None:
+        """Return once the record is newer than version ``seen`` or the run has finished."""
+        while self.version == seen and not self.finished.is_set():
+            await self._changed.wait()
+
+    def set_status(self, status: RunStatus) -> None:
+        if self.record.status is not status:
+            self.record.set_status(status, self.engine.clock())
+            self.touch()
+
+    # --- requests from outside, through the mailbox ---------------------------------------
+
+    async def submit(self, message: Any) -> Any:
+        """Put a message in the mailbox and wait for its answer."""
+        if isinstance(message, ExternalAppend) and not self._writable:
+            raise RunFinishedError(f"run {self.id} has finished; its streams are closed")
+        if isinstance(message, SendInput) and not self._accepting:
+            raise RunFinishedError(f"run {self.id} has finished; it takes no more input")
+        await self.mailbox.put(message)
+        return await message.reply.get()
+
+    def cancel(self) -> None:
+        """``runs.cancel``: stop the task and its producers; the run ends ``CANCELED``."""
+        if not self.finished.is_set():
+            self._cancel_requested = True
+            self._run_scope.cancel()
+            if self._producers is not None:
+                self._producers.cancel_scope.cancel()
+
+    # --- the actor ---------------------------------------------------------------------------
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """The run's whole life; reports ready as soon as it can take messages."""
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._commit_loop)
+                task_status.started()
+                await self._live()
+                nursery.cancel_scope.cancel()
+        except Exception as exc:  # a bug or a store failure: the run crashes, not the engine
+            log.exception("run %s crashed", self.id)
+            await self._crash(exc)
+        finally:
+            self._writable = self._accepting = False
+            self.mailbox.close(RunFinishedError(f"run {self.id} has finished"))
+            self.engine._actor_done(self)
+
+    async def _live(self) -> None:
+        outcome: Outcome | None = None
+        async with trio.open_nursery() as producers:
+            self._producers = producers
+            async with trio.open_nursery() as handlers:
+                self._handlers = handlers
+                with self._run_scope:
+                    outcome = await self._attempts()
+                handlers.cancel_scope.cancel()
+            if outcome is None:
+                outcome = Outcome(RunStatus.CANCELED if self._cancel_requested
+                                  else RunStatus.TIMED_OUT)
+            if outcome.status in (RunStatus.CANCELED, RunStatus.TIMED_OUT):
+                producers.cancel_scope.cancel()
+            else:
+                producers.cancel_scope.deadline = (trio.current_time()
+                                                   + self.engine.drain_timeout)
+        self._release_slot()
+        self._writable = False
+        await self.submit(Finish(outcome.status, outcome.output, outcome.error))
+
+    async def _attempts(self) -> Outcome:
+        policy = self.task.retry if self.task else None
+        while True:
+            await self._acquire_slot()
+            outcome = await self._attempt()
+            if outcome.status is not RunStatus.FAILED or policy is None or \
+                    self.record.attempt >= policy.max_attempts:
+                return outcome
+            self._release_slot()
+            delay = policy.delay(self.record.attempt, random.random())
+            log.info("run %s attempt %d failed; retrying in %.2fs", self.id,
+                     self.record.attempt, delay)
+            self.record.attempt += 1
+            self.set_status(RunStatus.QUEUED)
+            await trio.sleep(delay)
+
+    async def _attempt(self) -> Outcome:
+        assert self.task is not None
+        record = self.record
+        ctx = RunContext(run=SdkRunInfo(id=record.id, task_id=record.task_id,
+                                        parent_id=record.parent_id,
+                                        root_id=record.root_id or record.id,
+                                        tags=tuple(record.tags)),
+                         attempt=record.attempt, payload=record.payload)
+        self.backend.context = ctx
+        self._handler_error = None
+        scope = self._attempt_scope = trio.CancelScope()
+        if self.task.max_duration is not None:
+            scope.deadline = trio.current_time() + self.task.max_duration
+        with scope:
+            bind_run(self.backend)
+            try:
+                output = await self.task.invoke(record.payload, ctx)
+                orjson.dumps(output)
+            except Exception as exc:
+                return Outcome(RunStatus.FAILED, error=error_dict(self._handler_error or exc))
+            return Outcome(RunStatus.COMPLETED, output=output)
+        if self._handler_error is not None:
+            return Outcome(RunStatus.FAILED, error=error_dict(self._handler_error))
+        return Outcome(RunStatus.TIMED_OUT, error={
+            "type": "MaxDurationExceededError",
+            "message": f"attempt ran longer than max_duration={self.task.max_duration}s"})
+
+    def handler_failed(self, exc: BaseException) -> None:
+        """An ``on(..., fail_run=True)`` handler raised: fail the current attempt."""
+        self._handler_error = exc
+        if self._attempt_scope is not None:
+            self._attempt_scope.cancel()
+
+    # --- queue slots and suspension ----------------------------------------------------------
+
+    async def _acquire_slot(self) -> None:
+        slots = self.engine.queue_slots(self.task)
+        if slots is not None and not self._holds_slot:
+            try:
+                slots.acquire_nowait()
+            except trio.WouldBlock:
+                self.set_status(RunStatus.QUEUED)
+                await slots.acquire()
+            self._holds_slot = True
+        self.set_status(RunStatus.EXECUTING)
+
+    def _release_slot(self) -> None:
+        if self._holds_slot:
+            self._holds_slot = False
+            slots = self.engine.queue_slots(self.task)
+            assert slots is not None
+            slots.release()
+
+    @contextlib.asynccontextmanager
+    async def suspended(self) -> AsyncIterator[None]:
+        """``WAITING`` for the block, without the queue slot; the slot is taken back after."""
+        self._release_slot()
+        self.set_status(RunStatus.WAITING)
+        try:
+            yield
+        finally:
+            if not self._run_scope.cancel_called:  # a run that is ending never executes again
+                with trio.CancelScope(shield=True):
+                    await self._acquire_slot()
+
+    # --- spawning ------------------------------------------------------------------------------
+
+    def spawn_producer(self, fn: Callable[[], Any], done: Any) -> None:
+        if self._producers is None or not self._writable:
+            raise RunFinishedError(f"run {self.id} is finishing; it cannot start producers")
+
+        async def job() -> None:
+            try:
+                await fn()
+            except Exception as exc:
+                log.warning("producer in run %s failed: %r", self.id, exc)
+                done.set_error(exc)
+            else:
+                done.set_result()
+
+        self._producers.start_soon(job)
+
+    def spawn_handler(self, fn: Callable[[], Any]) -> None:
+        if self._handlers is None:
+            raise RunFinishedError(f"run {self.id} is not executing")
+        self._handlers.start_soon(fn)
+
+    def add_handler(self, key: str, fn: Callable[[Any], Any], fail_run: bool) -> Callable[[], None]:
+        handler = _Handler(fn, fail_run)
+        box = self.input(key)
+        box.add_handler(handler)
+        self.spawn_handler(lambda: handler.run(self.handler_failed))
+        return lambda: box.remove_handler(handler)
+
+    # --- the commit loop -----------------------------------------------------------------------
+
+    async def _commit_loop(self) -> None:
+        while True:
+            messages, producers = await self.mailbox.take()
+            await self._commit(messages, producers)
+
+    async def _commit(self, messages: list[Any], producers: list[Producer]) -> None:
+        stage = _Stage(self)
+        for producer in producers:
+            items = producer.take()
+            if items:
+                err = stage.chunks(producer.key, items)
+                stage.after.append(lambda p=producer, n=len(items), e=err: p.settled(n, e))
+        for message in messages:
+            self._stage_message(stage, message)
+        if self._run_dirty:
+            self._run_dirty = False
+            stage.batch.runs.append(self.record.to_store())
+        if stage.batch:
+            await self.engine.store.commit(stage.batch)
+        stage.apply()
+
+    def _stage_message(self, stage: _Stage, message: Any) -> None:
+        reply = message.reply
+        if isinstance(message, ExternalAppend):
+            self._stage_external(stage, message)
+        elif isinstance(message, SendInput):
+            self._stage_input(stage, message)
+        elif isinstance(message, SaveWaitpoint):
+            stage.batch.waitpoints.append(Waitpoint(self.id, message.key, message.data,
+                                                    message.expires_at))
+            stage.after.append(reply.set)
+        elif isinstance(message, Finish):
+            self._stage_finish(stage, message)
+        else:  # pragma: no cover - a bug
+            reply.set(error=TypeError(f"unknown mailbox message {message!r}"))
+
+    def _stage_external(self, stage: _Stage, msg: ExternalAppend) -> None:
+        expected = self.seqs.get((msg.key, msg.producer), 0)
+        if msg.seq > expected:
+            from sdk import BadFrameError
+
+            msg.reply.set(error=BadFrameError(
+                f"producer {msg.producer!r} skipped sequence numbers {expected}..{msg.seq - 1}"))
+            return
+        fresh = msg.items[expected - msg.seq:]
+        if not fresh:
+            msg.reply.set(expected)
+            return
+        if not self._writable:
+            msg.reply.set(error=RunFinishedError(f"run {self.id} has finished"))
+            return
+        nxt = msg.seq + len(msg.items)
+        err = stage.chunks(msg.key, fresh, msg.producer, nxt)
+        if err is not None:
+            msg.reply.set(error=err)
+            return
+        self.seqs[(msg.key, msg.producer)] = nxt
+        stage.after.append(lambda: msg.reply.set(nxt))
+
+    def _stage_input(self, stage: _Stage, msg: SendInput) -> None:
+        box = self.input(msg.key)
+        if msg.ikey is not None and msg.ikey in box.keys:
+            msg.reply.set(box.keys[msg.ikey])
+            return
+        if not self._accepting:
+            msg.reply.set(error=RunFinishedError(f"run {self.id} has finished"))
+            return
+        data = orjson.dumps(msg.data)
+        limit = self.engine.limits.max_record_bytes
+        if len(data) > limit:
+            msg.reply.set(error=PayloadTooLargeError(
+                f"input record of {len(data)} bytes is over the {limit}-byte limit"))
+            return
+        index = box.count
+        box.count += 1
+        if msg.ikey is not None:
+            box.keys[msg.ikey] = index
+        stage.batch.records.append(RecordAppend(self.id, msg.key, index, data, msg.ikey))
+
+        def delivered() -> None:
+            box.deliver(msg.data)
+            msg.reply.set(index)
+
+        stage.after.append(delivered)
+
+    def _stage_finish(self, stage: _Stage, msg: Finish) -> None:
+        self._accepting = False
+        record = self.record
+        record.output, record.error = msg.output, msg.error
+        record.set_status(msg.status, self.engine.clock())
+        self._run_dirty = True
+        for key in list(self.streams) + [k for k in record.streams if k not in self.streams]:
+            stage.batch.ended.append((self.id, key))
+
+        def finished() -> None:
+            for stream in self.streams.values():
+                stream.end()
+            self.finished.set()
+            self._bump()
+            msg.reply.set()
+
+        stage.after.append(finished)
+
+    async def _crash(self, exc: BaseException) -> None:
+        """Best effort after a crash: mark the run CRASHED, end its streams, tell everyone."""
+        self._writable = self._accepting = False
+        self._release_slot()
+        record = self.record
+        if not record.status.is_final:
+            record.set_status(RunStatus.CRASHED, self.engine.clock())
+            record.error = error_dict(exc)
+        batch = Batch(runs=[record.to_store()],
+                      ended=[(self.id, k) for k in set(self.streams) | set(record.streams)])
+        with trio.move_on_after(5) as scope:
+            scope.shield = True
+            try:
+                await self.engine.store.commit(batch)
+            except Exception:
+                log.exception("could not store the crash of run %s", self.id)
+        for stream in self.streams.values():
+            stream.end()
+        self.finished.set()
+        self._bump()
+
+    # --- input streams, for the run backend --------------------------------------------------
+
+    async def wait_input(self, key: str, timeout: float | None, ikey: str | None,
+                         ttl: float | None) -> Any:
+        """``wait()``: suspended until the next record (or the stored one for ``ikey``)."""
+        if ikey is not None:
+            stored = await self.engine.store.waitpoint(self.id, f"{key}:{ikey}",
+                                                       self.engine.clock())
+            if stored is not None:
+                return orjson.loads(stored)
+        async with self.suspended():
+            value = await self.input(key).next_record(timeout)
+        if ikey is not None and value is not TIMED_OUT:
+            expires = None if ttl is None else self.engine.clock() + ttl
+            await self.submit(SaveWaitpoint(f"{key}:{ikey}", orjson.dumps(value), expires))
+        return value

@@ -1,0 +1,166 @@
+"""The engine's side of :mod:`sdk.runtime`: what SDK calls do when made inside a run."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from sdk import NotFoundError, Run, RunContext, RunHandle, TaskRunResult
+from sdk._streams import _start_pipe
+from sdk._convert import to_json
+from sdk.runtime import Completion
+
+from ._streams import Producer
+
+if TYPE_CHECKING:
+    from ._actor import RunActor
+    from ._engine import Engine
+
+
+class _MissingRunProducer:
+    """A producer for a run that is not live here: every call says why, after asking the store."""
+
+    def __init__(self, engine: Engine, run_id: str) -> None:
+        self._engine = engine
+        self._run_id = run_id
+
+    def put_nowait(self, item: Any) -> None:
+        raise NotFoundError(f"run {self._run_id} is not executing on this engine")
+
+    async def put(self, item: Any) -> None:
+        raise await self._engine.missing_run_error(self._run_id)
+
+    async def flush(self) -> None:
+        raise await self._engine.missing_run_error(self._run_id)
+
+    def close(self) -> None:
+        pass
+
+
+class _InputChannel:
+    """``sdk.runtime.InputChannel`` over an actor's :class:`InputMailbox`."""
+
+    def __init__(self, actor: RunActor, key: str) -> None:
+        self._actor = actor
+        self._key = key
+
+    def on(self, handler: Callable[[Any], Any], fail_run: bool) -> Callable[[], None]:
+        return self._actor.add_handler(self._key, handler, fail_run)
+
+    async def once(self, timeout: float | None) -> Any:
+        return await self._actor.input(self._key).next_record(timeout)
+
+    async def wait(self, timeout: float | None, idempotency_key: str | None,
+                   idempotency_key_ttl: float | None) -> Any:
+        return await self._actor.wait_input(self._key, timeout, idempotency_key,
+                                            idempotency_key_ttl)
+
+    def peek(self) -> Any:
+        return self._actor.input(self._key).last
+
+
+class RunBackend:
+    """Bound to the run's context by the actor; the SDK finds it through ``sdk.runtime``."""
+
+    def __init__(self, engine: Engine, actor: RunActor) -> None:
+        self.engine = engine
+        self.actor = actor
+        self.context: RunContext | None = None
+
+    # --- streams -------------------------------------------------------------------------
+
+    def resolve_target(self, target: str) -> str:
+        if not isinstance(target, str) or not target:
+            raise TypeError("target must be 'self', 'parent', 'root' or a run id")
+        record = self.actor.record
+        if target == "self":
+            return record.id
+        if target == "parent":
+            return record.parent_id or record.id
+        if target == "root":
+            return record.root_id or record.id
+        return target
+
+    def open_producer(self, run_id: str, key: str) -> Any:
+        actor = self.engine.actors.get(run_id)
+        if actor is None:
+            return _MissingRunProducer(self.engine, run_id)
+        actor.check_writable()
+        return Producer(actor, key)
+
+    def spawn_producer(self, fn: Callable[[], Awaitable[None]]) -> Completion:
+        done = Completion()
+        self.actor.spawn_producer(fn, done)
+        return done
+
+    def spawn_background(self, fn: Callable[[], Awaitable[None]]) -> None:
+        self.actor.spawn_handler(fn)
+
+    async def read(self, run_id: str, key: str, start: int,
+                   timeout: float | None) -> AsyncIterator[list[Any]]:
+        reader = await self.engine.open_reader(run_id, key, start)
+        while True:
+            batch = await reader.next_batch(timeout)
+            if batch is None:
+                return
+            yield [orjson.loads(item) for item in batch]
+
+    async def send(self, run_id: str, key: str, data: Any,
+                   idempotency_key: str | None = None) -> int:
+        return await self.engine.send_input(run_id, key, data, idempotency_key)
+
+    # --- tasks and runs ----------------------------------------------------------------------
+
+    async def trigger(self, task_id: str, payload: Any, options: dict[str, Any]) -> RunHandle:
+        record = await self.engine.trigger(task_id, payload, options, parent=self.actor)
+        return RunHandle(id=record.id, public_access_token=self.engine.auth.run_token(record.id))
+
+    async def trigger_and_wait(self, task_id: str, payload: Any,
+                               options: dict[str, Any]) -> TaskRunResult[Any]:
+        return (await self.batch_trigger_and_wait(task_id, [payload], options))[0]
+
+    async def batch_trigger_and_wait(self, task_id: str, payloads: list[Any],
+                                     options: dict[str, Any]) -> list[TaskRunResult[Any]]:
+        records = [await self.engine.trigger(task_id, p, options, parent=self.actor)
+                   for p in payloads]
+        async with self.actor.suspended():  # a parent waiting on children leaves its slot
+            results = [await self.engine.wait_finished(r.id) for r in records]
+        return [TaskRunResult.from_run(Run.from_wire(r.to_wire())) for r in results]
+
+    async def retrieve(self, run_id: str) -> Run:
+        record = await self.engine.get_record(run_id)
+        return Run.from_wire(record.to_wire())
+
+    async def cancel_run(self, run_id: str) -> None:
+        await self.engine.cancel_run(run_id)
+
+    async def subscribe(self, run_id: str) -> AsyncIterator[Run]:
+        async for snapshot in self.engine.subscribe(run_id):
+            yield Run.from_wire(snapshot)
+
+    # --- inside a run only -------------------------------------------------------------------
+
+    def input(self, key: str) -> _InputChannel:
+        return _InputChannel(self.actor, key)
+
+    def metadata_get(self, key: str) -> Any:
+        return self.actor.record.metadata.get(key)
+
+    def metadata_set(self, key: str, value: Any) -> None:
+        orjson.dumps(value)  # refuse what cannot be stored, here, where the caller is
+        self.actor.record.metadata[key] = value
+        self.actor.touch()
+
+    def metadata_all(self) -> dict[str, Any]:
+        return dict(self.actor.record.metadata)
+
+    async def suspend_for(self, seconds: float) -> None:
+        import trio
+
+        async with self.actor.suspended():
+            await trio.sleep(seconds)
+
+    async def legacy_stream(self, key: str, source: Any) -> AsyncIterator[Any]:
+        return _start_pipe(key, source, "self", to_json).stream

@@ -1,0 +1,78 @@
+"""``python -m engine serve``: run an engine from a shell until interrupted."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import signal
+import sys
+from typing import Any
+
+import trio
+
+from sdk._task import tasks_in
+
+from ._auth import generate_api_key
+from ._engine import open_engine
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m engine", description="runwire engine")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="serve tasks over websockets until interrupted")
+    serve.add_argument("--tasks", action="append", default=[], metavar="MODULE",
+                       help="module to import; every task defined in it is registered "
+                            "(repeat or comma-separate for several)")
+    serve.add_argument("--store", default="sqlite:///runwire.db",
+                       help="memory://, sqlite:///path (default: sqlite:///runwire.db)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8765, help="0 picks a free port")
+    serve.add_argument("--api-key", default=None,
+                       help="secret API key (default: $RUNWIRE_API_KEY, else generated)")
+    serve.add_argument("--drain-timeout", type=float, default=60.0)
+    serve.add_argument("--log-level", default="INFO")
+    return parser
+
+
+def load_tasks(modules: list[str]) -> list[Any]:
+    """Import each module and collect the tasks defined in it."""
+    found: list[Any] = []
+    for spec in modules:
+        for name in filter(None, (part.strip() for part in spec.split(","))):
+            found.extend(tasks_in(importlib.import_module(name)))
+    return found
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    api_key = args.api_key or os.environ.get("RUNWIRE_API_KEY")
+    if not api_key:
+        api_key = generate_api_key()
+        print(f"generated API key (shown once): {api_key}", flush=True)
+    tasks = load_tasks(args.tasks)
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with open_engine(tasks, store=args.store, api_key=api_key, host=args.host,
+                               port=args.port, drain_timeout=args.drain_timeout) as eng:
+            names = ", ".join(sorted(eng.tasks)) or "(none)"
+            print(f"runwire engine serving {eng.url} (store {args.store}; tasks: {names})",
+                  flush=True)
+            async for signum in signals:
+                print(f"received {signal.Signals(signum).name}; stopping", flush=True)
+                break
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    sys.path.insert(0, os.getcwd())
+    try:
+        trio.run(_serve, args)
+    except KeyboardInterrupt:
+        pass
+    except (ValueError, ImportError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print("stopped", flush=True)
+    return 0

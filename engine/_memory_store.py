@@ -1,0 +1,108 @@
+"""``memory://``: the Store in plain dicts. For tests and throwaway engines; nothing survives."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import trio
+
+from ._store import Batch, Store, StoredRecord, StreamState
+
+
+class _Stream:
+    __slots__ = ("items", "nbytes", "ended")
+
+    def __init__(self) -> None:
+        self.items: list[bytes] = []
+        self.nbytes = 0
+        self.ended = False
+
+
+class MemoryStore(Store):
+    """Everything in memory; ``commit`` is atomic because it never awaits in the middle."""
+
+    scheme = "memory"
+
+    def __init__(self) -> None:
+        self._runs: dict[str, dict[str, Any]] = {}
+        self._streams: dict[str, dict[str, _Stream]] = {}
+        self._seqs: dict[str, dict[tuple[str, str], int]] = {}
+        self._records: dict[str, dict[str, list[StoredRecord]]] = {}
+        self._waitpoints: dict[tuple[str, str], tuple[bytes, float | None]] = {}
+
+    async def commit(self, batch: Batch) -> None:
+        await trio.lowlevel.checkpoint()
+        for run in batch.runs:
+            self._runs[run["id"]] = copy.deepcopy(run)
+        for app in batch.chunks:
+            stream = self._streams.setdefault(app.run_id, {}).setdefault(app.key, _Stream())
+            if app.start != len(stream.items):
+                raise RuntimeError(f"chunk index gap in {app.run_id}/{app.key}: store has "
+                                   f"{len(stream.items)}, batch starts at {app.start}")
+            stream.items.extend(app.items)
+            stream.nbytes += app.nbytes
+            if app.producer is not None and app.next_seq is not None:
+                self._seqs.setdefault(app.run_id, {})[(app.key, app.producer)] = app.next_seq
+        for rec in batch.records:
+            log = self._records.setdefault(rec.run_id, {}).setdefault(rec.key, [])
+            log.append(StoredRecord(rec.index, rec.data, rec.idempotency_key))
+        for wp in batch.waitpoints:
+            self._waitpoints[(wp.run_id, wp.key)] = (wp.data, wp.expires_at)
+        for run_id, key in batch.ended:
+            self._streams.setdefault(run_id, {}).setdefault(key, _Stream()).ended = True
+
+    async def get_run(self, run_id: str) -> dict[str, Any] | None:
+        await trio.lowlevel.checkpoint()
+        run = self._runs.get(run_id)
+        return copy.deepcopy(run) if run is not None else None
+
+    async def find_run(self, task_id: str, idempotency_key: str) -> str | None:
+        await trio.lowlevel.checkpoint()
+        for run in self._runs.values():
+            if run["task_id"] == task_id and run.get("idempotency_key") == idempotency_key:
+                return run["id"]
+        return None
+
+    async def unfinished_runs(self) -> list[dict[str, Any]]:
+        await trio.lowlevel.checkpoint()
+        final = {"COMPLETED", "FAILED", "CANCELED", "CRASHED", "TIMED_OUT"}
+        return [copy.deepcopy(r) for r in self._runs.values() if r["status"] not in final]
+
+    async def read_chunks(self, run_id: str, key: str, start: int, limit: int) -> list[bytes]:
+        await trio.lowlevel.checkpoint()
+        stream = self._streams.get(run_id, {}).get(key)
+        return stream.items[start:start + limit] if stream else []
+
+    async def streams(self, run_id: str) -> dict[str, StreamState]:
+        await trio.lowlevel.checkpoint()
+        return {k: StreamState(len(s.items), s.nbytes, s.ended)
+                for k, s in self._streams.get(run_id, {}).items()}
+
+    async def producer_seqs(self, run_id: str) -> dict[tuple[str, str], int]:
+        await trio.lowlevel.checkpoint()
+        return dict(self._seqs.get(run_id, {}))
+
+    async def records(self, run_id: str) -> dict[str, list[StoredRecord]]:
+        await trio.lowlevel.checkpoint()
+        return {k: list(v) for k, v in self._records.get(run_id, {}).items()}
+
+    async def waitpoint(self, run_id: str, key: str, now: float) -> bytes | None:
+        await trio.lowlevel.checkpoint()
+        found = self._waitpoints.get((run_id, key))
+        if found is None or (found[1] is not None and found[1] <= now):
+            return None
+        return found[0]
+
+    async def delete_finished_before(self, cutoff: float) -> int:
+        await trio.lowlevel.checkpoint()
+        doomed = [rid for rid, run in self._runs.items()
+                  if run.get("finished_at") is not None and run["finished_at"] < cutoff]
+        for rid in doomed:
+            del self._runs[rid]
+            self._streams.pop(rid, None)
+            self._seqs.pop(rid, None)
+            self._records.pop(rid, None)
+            for wkey in [k for k in self._waitpoints if k[0] == rid]:
+                del self._waitpoints[wkey]
+        return len(doomed)

@@ -1,0 +1,153 @@
+"""The Store interface: where runs, stream logs, input logs and waitpoints are kept.
+
+Theory of operation: a run's actor is the only writer of that run's data. It gathers what
+its producers and mailbox hand it and writes it as one :class:`Batch` (one transaction, one
+pipeline), assigning chunk and record indices itself. The store therefore never decides an
+index; it stores rows and answers reads. Chunks and records are stored as JSON bytes, exactly
+as they go on the wire. Every implementation passes ``tests/test_store_contract.py``.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+import attrs
+
+
+@attrs.define
+class ChunkAppend:
+    """Chunks ``start .. start+len(items)-1`` of stream ``key`` of ``run_id``.
+
+    ``producer``/``next_seq`` record the producer's next expected sequence number, so a
+    retried batch can be cut to what is new even after a restart.
+    """
+
+    run_id: str
+    key: str
+    start: int
+    items: list[bytes]
+    nbytes: int
+    producer: str | None = None
+    next_seq: int | None = None
+
+
+@attrs.define
+class RecordAppend:
+    """Input record ``index`` of input stream ``key`` of ``run_id``."""
+
+    run_id: str
+    key: str
+    index: int
+    data: bytes
+    idempotency_key: str | None = None
+
+
+@attrs.define
+class Waitpoint:
+    """The record a ``wait(idempotency_key=...)`` got, kept until ``expires_at``."""
+
+    run_id: str
+    key: str
+    data: bytes
+    expires_at: float | None
+
+
+@attrs.define
+class Batch:
+    """Everything one actor cycle writes, committed atomically."""
+
+    chunks: list[ChunkAppend] = attrs.field(factory=list)
+    records: list[RecordAppend] = attrs.field(factory=list)
+    waitpoints: list[Waitpoint] = attrs.field(factory=list)
+    runs: list[dict[str, Any]] = attrs.field(factory=list)
+    ended: list[tuple[str, str]] = attrs.field(factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.chunks or self.records or self.waitpoints or self.runs or self.ended)
+
+
+@attrs.frozen
+class StreamState:
+    """What a store knows about one output stream."""
+
+    length: int
+    nbytes: int
+    ended: bool
+
+
+@attrs.frozen
+class StoredRecord:
+    index: int
+    data: bytes
+    idempotency_key: str | None
+
+
+class Store(abc.ABC):
+    """Persistence for the engine. All methods are async and safe to call from trio."""
+
+    #: The URL scheme this store serves (``memory``, ``sqlite``, ``redis``).
+    scheme: str = ""
+
+    @abc.abstractmethod
+    async def commit(self, batch: Batch) -> None:
+        """Write a batch atomically; returns once it is durable (as durable as the store is)."""
+
+    @abc.abstractmethod
+    async def get_run(self, run_id: str) -> dict[str, Any] | None:
+        """The stored run (``RunRecord.to_store()`` form), or ``None``."""
+
+    @abc.abstractmethod
+    async def find_run(self, task_id: str, idempotency_key: str) -> str | None:
+        """The id of the run of ``task_id`` triggered with ``idempotency_key``, if any."""
+
+    @abc.abstractmethod
+    async def unfinished_runs(self) -> list[dict[str, Any]]:
+        """Runs whose stored status is not final (for recovery after a restart)."""
+
+    @abc.abstractmethod
+    async def read_chunks(self, run_id: str, key: str, start: int, limit: int) -> list[bytes]:
+        """Up to ``limit`` chunks of a stream from index ``start`` (fewer at its end)."""
+
+    @abc.abstractmethod
+    async def streams(self, run_id: str) -> dict[str, StreamState]:
+        """Every output stream of a run with its length, size and ended flag."""
+
+    @abc.abstractmethod
+    async def producer_seqs(self, run_id: str) -> dict[tuple[str, str], int]:
+        """``(stream key, producer id) -> next expected sequence number``."""
+
+    @abc.abstractmethod
+    async def records(self, run_id: str) -> dict[str, list[StoredRecord]]:
+        """Every input record of a run, per input stream, in index order."""
+
+    @abc.abstractmethod
+    async def waitpoint(self, run_id: str, key: str, now: float) -> bytes | None:
+        """The record stored for a ``wait`` idempotency key, unless it has expired."""
+
+    @abc.abstractmethod
+    async def delete_finished_before(self, cutoff: float) -> int:
+        """Delete runs (and all their data) that finished before ``cutoff``; how many."""
+
+    async def aclose(self) -> None:
+        """Release the store's resources; safe to call twice."""
+
+
+def open_store(url: str) -> Store:
+    """Make the store for a URL: ``memory://``, ``sqlite:///path``.
+
+    Raises:
+        ValueError: the URL's scheme is not supported.
+    """
+    if not isinstance(url, str):
+        raise TypeError("store must be a URL string such as 'memory://' or 'sqlite:///runwire.db'")
+    scheme = url.split(":", 1)[0]
+    if scheme == "memory":
+        from ._memory_store import MemoryStore
+
+        return MemoryStore()
+    if scheme == "sqlite":
+        from ._sqlite_store import SqliteStore
+
+        return SqliteStore.from_url(url)
+    raise ValueError(f"unsupported store URL {url!r}: use memory:// or sqlite:///path")

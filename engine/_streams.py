@@ -1,0 +1,322 @@
+"""A run's streams in memory: output streams (live tail), producers, input mailboxes.
+
+Theory of operation:
+
+* :class:`OutputStream` is the in-memory face of one output stream: its length, size, ended
+  flag, and a bounded *live tail* of its last chunks (JSON bytes). Readers near the head are
+  fed from the tail; a reader further behind is fed from the Store. Memory stays flat however
+  long the stream grows.
+* :class:`Producer` is one writer inside the engine. ``put`` only appends to a buffer and tells
+  the actor's :class:`Mailbox` it is dirty; the actor takes every dirty buffer at once and
+  writes it as one batch. ``put`` waits only when the buffer is over its high-water mark.
+* :class:`Mailbox` is how everything reaches an actor: a bounded FIFO of control messages
+  (senders wait when it is full) plus the set of dirty producers.
+* :class:`InputMailbox` hands input records to a run's listeners with the SPEC's rules.
+"""
+
+from __future__ import annotations
+
+import collections
+import inspect
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from sdk.runtime import TIMED_OUT
+
+if TYPE_CHECKING:
+    from ._actor import RunActor
+
+log = logging.getLogger("runwire.engine")
+
+#: Chunks a producer buffers before ``put`` waits for the actor.
+PRODUCER_HIGH_WATER = 8192
+#: A producer yields to the scheduler every this many puts, so a source that never
+#: blocks cannot starve the run.
+PRODUCER_YIELD_EVERY = 256
+
+
+class OutputStream:
+    """One output stream of a live run: length, size, ended flag and the live tail."""
+
+    def __init__(self, key: str, *, length: int = 0, nbytes: int = 0, ended: bool = False,
+                 tail_limit: int = 4096) -> None:
+        self.key = key
+        self.length = length
+        self.nbytes = nbytes
+        self.ended = ended
+        self._tail: list[bytes] = []
+        self._tail_start = length
+        self._tail_limit = tail_limit
+        self._changed = trio.Event()
+
+    def extend(self, items: list[bytes], nbytes: int) -> None:
+        """Chunks just committed to the Store: keep them in the tail and wake readers."""
+        self._tail.extend(items)
+        self.length += len(items)
+        self.nbytes += nbytes
+        excess = len(self._tail) - 2 * self._tail_limit
+        if excess > 0:  # trim in bulk so trimming stays amortized O(1) per chunk
+            cut = len(self._tail) - self._tail_limit
+            del self._tail[:cut]
+            self._tail_start += cut
+        self._wake()
+
+    def end(self) -> None:
+        """No chunk will ever follow; readers finish once they have read to ``length``."""
+        self.ended = True
+        self._wake()
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def tail(self, start: int, limit: int, max_bytes: int) -> list[bytes] | None:
+        """Chunks from ``start`` if the tail still holds them (``None`` if it does not)."""
+        if start < self._tail_start:
+            return None
+        begin = start - self._tail_start
+        items = self._tail[begin:begin + limit]
+        size = 0
+        for i, item in enumerate(items):
+            size += len(item)
+            if size > max_bytes and i > 0:
+                return items[:i]
+        return items
+
+    async def wait_beyond(self, index: int) -> None:
+        """Return once chunk ``index`` exists or the stream has ended."""
+        while self.length <= index and not self.ended:
+            await self._changed.wait()
+
+
+class Producer:
+    """A writer of one output stream inside the engine (``pipe``, ``writer``, ``append``).
+
+    Args:
+        actor: the actor that owns the stream (may be another run's, for ``target=``).
+        key: the stream key.
+    """
+
+    def __init__(self, actor: RunActor, key: str) -> None:
+        self.actor = actor
+        self.key = key
+        self.buffer: list[Any] = []
+        self.error: BaseException | None = None
+        self._put = 0
+        self._done = 0
+        self._progress = trio.Event()
+        self.closed = False
+
+    def put_nowait(self, item: Any) -> None:
+        if self.error is not None:
+            raise self.error
+        self.actor.check_writable()
+        self.buffer.append(item)
+        self._put += 1
+        self.actor.mailbox.mark_dirty(self)
+
+    async def put(self, item: Any) -> None:
+        self.put_nowait(item)
+        while len(self.buffer) >= PRODUCER_HIGH_WATER and self.error is None:
+            await self._wait_progress()
+        if self._put % PRODUCER_YIELD_EVERY == 0:
+            await trio.lowlevel.checkpoint()
+
+    def take(self) -> list[Any]:
+        """The actor takes the whole buffer."""
+        items, self.buffer = self.buffer, []
+        return items
+
+    def settled(self, count: int, error: BaseException | None = None) -> None:
+        """The actor stored (or refused) ``count`` taken items."""
+        self._done += count
+        if error is not None and self.error is None:
+            self.error = error
+        self._progress.set()
+
+    async def _wait_progress(self) -> None:
+        self._progress = trio.Event()
+        await self._progress.wait()
+
+    async def flush(self) -> None:
+        while self._done < self._put and self.error is None:
+            await self._wait_progress()
+        if self.error is not None:
+            raise self.error
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class Mailbox:
+    """An actor's inbox: bounded control messages plus dirty producers; one consumer.
+
+    Policy when full: ``put`` waits (backpressure to the sender). Producers never wait here;
+    their own buffers are bounded by their high-water mark.
+    """
+
+    def __init__(self, limit: int = 1024) -> None:
+        self._messages: collections.deque[Any] = collections.deque()
+        self._dirty: dict[Producer, None] = {}
+        self._limit = limit
+        self._ready = trio.Event()
+        self._space = trio.Event()
+        self._poked = False
+        self._closed: BaseException | None = None
+
+    async def put(self, message: Any) -> None:
+        """Queue a message (it has a ``reply``); waits while the mailbox is full.
+
+        Raises:
+            the mailbox's close error, if the actor has stopped.
+        """
+        while len(self._messages) >= self._limit and self._closed is None:
+            self._space = trio.Event()
+            await self._space.wait()
+        if self._closed is not None:
+            raise self._closed
+        self._messages.append(message)
+        self._ready.set()
+
+    def close(self, error: BaseException) -> None:
+        """The actor stopped: answer what is queued with ``error`` and refuse new messages."""
+        self._closed = error
+        for message in self._messages:
+            message.reply.set(error=error)
+        self._messages.clear()
+        for producer in self._dirty:
+            producer.settled(len(producer.take()), error)
+        self._dirty.clear()
+        self._space.set()
+
+    def mark_dirty(self, producer: Producer) -> None:
+        self._dirty[producer] = None
+        self._ready.set()
+
+    def poke(self) -> None:
+        """Wake the consumer with no message (the run record changed)."""
+        self._poked = True
+        self._ready.set()
+
+    async def take(self) -> tuple[list[Any], list[Producer]]:
+        """Wait for work, let producers add to it for one scheduler pass, take it all."""
+        while not (self._messages or self._dirty or self._poked):
+            self._ready = trio.Event()
+            await self._ready.wait()
+        self._poked = False
+        await trio.lowlevel.checkpoint()  # coalesce: runnable producers append first
+        messages = list(self._messages)
+        self._messages.clear()
+        producers = list(self._dirty)
+        self._dirty.clear()
+        self._space.set()
+        return messages, producers
+
+
+class _Waiter:
+    """One ``once``/``wait`` call waiting for a record."""
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.value: Any = TIMED_OUT
+
+    def give(self, value: Any) -> None:
+        self.value = value
+        self.event.set()
+
+
+class _Handler:
+    """One ``on`` subscription: its own queue and task, in the run's handler nursery."""
+
+    def __init__(self, fn: Callable[[Any], Any], fail_run: bool) -> None:
+        self.fn = fn
+        self.fail_run = fail_run
+        self.queue: collections.deque[Any] = collections.deque()
+        self.ready = trio.Event()
+        self.scope = trio.CancelScope()
+
+    def push(self, value: Any) -> None:
+        self.queue.append(value)
+        self.ready.set()
+
+    async def run(self, on_error: Callable[[BaseException], None]) -> None:
+        with self.scope:
+            while True:
+                while not self.queue:
+                    self.ready = trio.Event()
+                    await self.ready.wait()
+                value = self.queue.popleft()
+                try:
+                    result = self.fn(value)
+                    if inspect.isawaitable(result):
+                        await result
+                except Exception as exc:
+                    if self.fail_run:
+                        on_error(exc)
+                        return
+                    log.exception("input stream handler raised; the run goes on")
+
+
+class InputMailbox:
+    """The records of one input stream of a live run and who listens for them.
+
+    Rules (SPEC §2): records sent while nobody listens are kept and handed to the first
+    listener; every record reaches every ``on`` handler and at most one ``once``/``wait``
+    waiter, the oldest.
+    """
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.count = 0
+        self.keys: dict[str, int] = {}
+        self.last: Any = None
+        self._pending: collections.deque[Any] = collections.deque()
+        self._handlers: list[_Handler] = []
+        self._waiters: collections.deque[_Waiter] = collections.deque()
+
+    def deliver(self, value: Any) -> None:
+        """A stored record arrives."""
+        self.last = value
+        for handler in self._handlers:
+            handler.push(value)
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.event.is_set():
+                waiter.give(value)
+                return
+        if not self._handlers:
+            self._pending.append(value)
+
+    def add_handler(self, handler: _Handler) -> None:
+        while self._pending:
+            handler.push(self._pending.popleft())
+        self._handlers.append(handler)
+
+    def remove_handler(self, handler: _Handler) -> None:
+        if handler in self._handlers:
+            self._handlers.remove(handler)
+        handler.scope.cancel()
+
+    def take_pending(self) -> Any:
+        """The oldest kept record, or ``TIMED_OUT`` if none is kept."""
+        return self._pending.popleft() if self._pending else TIMED_OUT
+
+    async def next_record(self, timeout: float | None) -> Any:
+        """The next record for a ``once``/``wait`` waiter, or ``TIMED_OUT``."""
+        kept = self.take_pending()
+        if kept is not TIMED_OUT:
+            await trio.lowlevel.checkpoint()
+            return kept
+        waiter = _Waiter()
+        self._waiters.append(waiter)
+        try:
+            with trio.move_on_after(timeout if timeout is not None else float("inf")):
+                await waiter.event.wait()
+        finally:
+            if not waiter.event.is_set():
+                waiter.event.set()  # mark as gone, so deliver() skips it
+                waiter.value = TIMED_OUT
+        return waiter.value

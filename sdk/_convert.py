@@ -1,0 +1,45 @@
+"""Turning user values (payloads, chunks, outputs) into JSON-ready data and back, with cattrs.
+
+Plain JSON values pass through; attrs classes, dataclasses, enums and datetimes are
+unstructured by cattrs. Structuring into a declared type reports the path of the bad field.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cattrs import transform_error
+from cattrs.preconf.orjson import make_converter
+
+from ._errors import InvalidPayloadError
+
+converter = make_converter()
+
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def to_json(value: Any) -> Any:
+    """A JSON-ready form of ``value`` (fast path for plain strings and numbers)."""
+    if isinstance(value, _PLAIN):
+        return value
+    return converter.unstructure(value)
+
+
+def from_json(value: Any, cls: Any, what: str = "value") -> Any:
+    """Structure ``value`` into ``cls``; ``Any``/``object``/``None`` leave it as it is.
+
+    Raises:
+        InvalidPayloadError: the value does not fit ``cls``; the message names the field path.
+    """
+    if cls is None or cls is Any or cls is object:
+        return value
+    if cls in _PLAIN and isinstance(value, cls) and not (cls is int and isinstance(value, bool)):
+        return value
+    try:
+        return converter.structure(value, cls)
+    except Exception as exc:
+        try:
+            detail = "; ".join(transform_error(exc, path=what))
+        except Exception:
+            detail = f"{what}: {exc}"
+        raise InvalidPayloadError(f"invalid {what}: {detail}") from None

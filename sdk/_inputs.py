@@ -1,0 +1,106 @@
+"""Input streams: data sent into a running run (cancel buttons, approvals, follow-ups).
+
+Inside the run: ``on`` (every record, in the run's nursery), ``once`` (the next record),
+``wait`` (like ``once`` but the run is suspended and leaves its queue slot) and ``peek``.
+Anywhere: ``send(run_id, data)``. Records sent before any listener exists are kept for the
+first listener; every record reaches every ``on`` handler and at most one ``once``/``wait``
+waiter, the oldest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+from ._convert import from_json, to_json
+from ._duration import parse_duration
+from ._errors import InputStreamTimeoutError
+from ._models import InputResult
+from ._streams import _check_key
+from .runtime import TIMED_OUT, current_backend, require_run
+
+T = TypeVar("T")
+
+
+class Subscription:
+    """What ``on`` returns; ``off()`` stops the handler (safe to call twice)."""
+
+    def __init__(self, off: Callable[[], None]) -> None:
+        self._off = off
+
+    def off(self) -> None:
+        self._off()
+
+
+class InputStreamDef(Generic[T]):
+    """A typed input stream, made by ``streams.input(id=..., type=...)``."""
+
+    def __init__(self, id: str, type: Any = None) -> None:
+        self.id = _check_key(id)
+        self.type = type
+
+    def __repr__(self) -> str:
+        return f"<InputStreamDef {self.id!r}>"
+
+    def _decode(self, value: Any) -> T:
+        return from_json(value, self.type, f"record of input stream {self.id!r}")
+
+    def on(self, handler: Callable[[T], Any], *, fail_run: bool = False) -> Subscription:
+        """Call ``handler`` (sync or async) for every record, in order, in the run's nursery.
+
+        A handler that raises is logged and skipped; with ``fail_run=True`` it fails the run.
+        The handler is cancelled when the run ends.
+        """
+        if not callable(handler):
+            raise TypeError("on() needs a callable handler")
+        decode = self._decode
+        channel = require_run(f"{self.id}.on()").input(self.id)
+        return Subscription(channel.on(lambda raw: handler(decode(raw)), fail_run))
+
+    async def once(self, timeout_ms: float | None = None) -> InputResult[T]:
+        """The next record, or ``ok=False`` with :class:`InputStreamTimeoutError`."""
+        if timeout_ms is not None and (isinstance(timeout_ms, bool)
+                                       or not isinstance(timeout_ms, (int, float))
+                                       or timeout_ms < 0):
+            raise ValueError("timeout_ms must be a number >= 0 or None")
+        channel = require_run(f"{self.id}.once()").input(self.id)
+        timeout = None if timeout_ms is None else timeout_ms / 1000.0
+        return self._result(await channel.once(timeout), timeout_ms, "ms")
+
+    async def wait(self, timeout: Any = "7d", idempotency_key: str | None = None,
+                   idempotency_key_ttl: Any = None,
+                   tags: list[str] | None = None) -> InputResult[T]:
+        """Like :meth:`once`, but the run is ``WAITING`` and gives its queue slot back.
+
+        With ``idempotency_key``, a retried attempt gets the record the first attempt got.
+        """
+        seconds = parse_duration(timeout, "timeout")
+        ttl = parse_duration(idempotency_key_ttl, "idempotency_key_ttl")
+        if idempotency_key is not None and not isinstance(idempotency_key, str):
+            raise TypeError("idempotency_key must be a string")
+        channel = require_run(f"{self.id}.wait()").input(self.id)
+        raw = await channel.wait(seconds, idempotency_key, ttl)
+        return self._result(raw, timeout, "")
+
+    def _result(self, raw: Any, timeout: Any, unit: str) -> InputResult[T]:
+        if raw is TIMED_OUT:
+            err = InputStreamTimeoutError(
+                f"no record on input stream {self.id!r} within {timeout}{unit}")
+            return InputResult(ok=False, error=err)
+        try:
+            return InputResult(ok=True, output=self._decode(raw))
+        except Exception as exc:
+            return InputResult(ok=False, error=exc)  # type: ignore[arg-type]
+
+    def peek(self) -> T | None:
+        """The most recent record received, or ``None``; never waits."""
+        raw = require_run(f"{self.id}.peek()").input(self.id).peek()
+        return None if raw is None else self._decode(raw)
+
+    async def send(self, run_id: str, data: T, *, idempotency_key: str | None = None) -> None:
+        """Send one record to this input stream of ``run_id``; returns once it is stored."""
+        if not isinstance(run_id, str) or not run_id:
+            raise TypeError("run_id must be a non-empty string")
+        if idempotency_key is not None and not isinstance(idempotency_key, str):
+            raise TypeError("idempotency_key must be a string")
+        await current_backend().send(run_id, self.id, to_json(data), idempotency_key)

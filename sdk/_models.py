@@ -1,0 +1,191 @@
+"""Plain data the SDK hands out: run statuses, the Run record, results and handles."""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, Generic, TypeVar
+
+import attrs
+
+from ._errors import RunwireError, TaskRunError
+
+T = TypeVar("T")
+
+
+class RunStatus(str, enum.Enum):
+    """Where a run is in its life; the last five are final."""
+
+    QUEUED = "QUEUED"
+    EXECUTING = "EXECUTING"
+    WAITING = "WAITING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELED = "CANCELED"
+    CRASHED = "CRASHED"
+    TIMED_OUT = "TIMED_OUT"
+
+    @property
+    def is_final(self) -> bool:
+        return self in FINAL_STATUSES
+
+
+FINAL_STATUSES = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELED,
+                            RunStatus.CRASHED, RunStatus.TIMED_OUT})
+
+
+@attrs.frozen
+class RunError:
+    """Why a run failed: the exception's type name and message."""
+
+    type: str
+    message: str
+
+
+@attrs.frozen
+class Run:
+    """A snapshot of one run, as the engine reports it.
+
+    Times are seconds since the epoch (``None`` until they happen).
+    """
+
+    id: str
+    task_id: str
+    status: RunStatus
+    payload: Any = None
+    output: Any = None
+    error: RunError | None = None
+    metadata: dict[str, Any] = attrs.field(factory=dict)
+    tags: tuple[str, ...] = ()
+    attempt: int = 1
+    parent_id: str | None = None
+    root_id: str | None = None
+    streams: tuple[str, ...] = ()
+    created_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status.is_final
+
+    @classmethod
+    def from_wire(cls, raw: dict[str, Any]) -> Run:
+        """Build a Run from the ``run`` object of a ``run`` frame."""
+        err = raw.get("error")
+        return cls(
+            id=raw["id"], task_id=raw["task_id"], status=RunStatus(raw["status"]),
+            payload=raw.get("payload"), output=raw.get("output"),
+            error=RunError(err.get("type", "Error"), err.get("message", "")) if err else None,
+            metadata=dict(raw.get("metadata") or {}), tags=tuple(raw.get("tags") or ()),
+            attempt=raw.get("attempt", 1), parent_id=raw.get("parent_id"),
+            root_id=raw.get("root_id"), streams=tuple(raw.get("streams") or ()),
+            created_at=raw.get("created_at"), started_at=raw.get("started_at"),
+            finished_at=raw.get("finished_at"),
+        )
+
+
+@attrs.frozen
+class TaskRunResult(Generic[T]):
+    """The outcome of a run started with ``trigger_and_wait``."""
+
+    id: str
+    ok: bool
+    output: T | None = None
+    error: RunwireError | None = None
+    status: RunStatus = RunStatus.COMPLETED
+
+    def unwrap(self) -> T:
+        """The output, or raise the run's error."""
+        if not self.ok:
+            assert self.error is not None
+            raise self.error
+        return self.output  # type: ignore[return-value]
+
+    @classmethod
+    def from_run(cls, run: Run) -> TaskRunResult[Any]:
+        if run.status is RunStatus.COMPLETED:
+            return cls(id=run.id, ok=True, output=run.output, status=run.status)
+        err = run.error or RunError(run.status.value, f"run ended {run.status.value}")
+        return cls(id=run.id, ok=False, status=run.status,
+                   error=TaskRunError(err.message, remote_type=err.type, run_id=run.id))
+
+
+@attrs.frozen
+class RunHandle:
+    """What ``trigger`` returns: the run id and a public token scoped to that run."""
+
+    id: str
+    public_access_token: str
+
+
+@attrs.frozen
+class InputResult(Generic[T]):
+    """The outcome of ``once``/``wait`` on an input stream."""
+
+    ok: bool
+    output: T | None = None
+    error: RunwireError | None = None
+
+    def unwrap(self) -> T:
+        """The record, or raise the error (for example :class:`InputStreamTimeoutError`)."""
+        if not self.ok:
+            assert self.error is not None
+            raise self.error
+        return self.output  # type: ignore[return-value]
+
+
+@attrs.frozen
+class RetryPolicy:
+    """How often and how soon a failed attempt is retried.
+
+    The delay before attempt ``n + 1`` is ``min_timeout * factor ** (n - 1)``, capped at
+    ``max_timeout``, scaled by a random factor in ``[1, 2)`` when ``randomize`` is set.
+    """
+
+    max_attempts: int = 1
+    factor: float = 2.0
+    min_timeout: float = 1.0
+    max_timeout: float = 60.0
+    randomize: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        if not isinstance(self.max_attempts, int) or self.max_attempts < 1:
+            raise ValueError("max_attempts must be an integer >= 1")
+
+    def delay(self, attempt: int, rand: float = 0.0) -> float:
+        """Seconds to wait after failed attempt ``attempt`` (1-based)."""
+        base = min(self.max_timeout, self.min_timeout * self.factor ** (attempt - 1))
+        return base * (1.0 + rand) if self.randomize else base
+
+
+@attrs.frozen
+class Queue:
+    """A named queue; at most ``concurrency_limit`` of its runs execute at once."""
+
+    name: str
+    concurrency_limit: int | None = None
+
+    def __attrs_post_init__(self) -> None:
+        limit = self.concurrency_limit
+        if limit is not None and (not isinstance(limit, int) or limit < 1):
+            raise ValueError("concurrency_limit must be a positive integer or None")
+
+
+@attrs.frozen
+class RunInfo:
+    """``ctx.run``: the identity of the current run."""
+
+    id: str
+    task_id: str
+    parent_id: str | None
+    root_id: str
+    tags: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class RunContext:
+    """The second argument of a task function."""
+
+    run: RunInfo
+    attempt: int
+    payload: Any = None

@@ -1,0 +1,122 @@
+"""``runs``: look at, cancel and follow runs."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import attrs
+import trio
+
+from ._models import Run
+from .runtime import current_backend
+
+
+@attrs.frozen
+class RunPart:
+    """One item of ``subscribe_to_run(...).with_streams()``.
+
+    ``type`` is ``"run"`` (then ``run`` is the new snapshot) or a stream key (then ``chunk``
+    is the next chunk of that stream and ``index`` its index).
+    """
+
+    type: str
+    run: Run | None = None
+    chunk: Any = None
+    index: int | None = None
+
+
+class RunSubscription:
+    """``runs.subscribe_to_run(id)``: iterate for run snapshots, or ``.with_streams()``."""
+
+    def __init__(self, run_id: str) -> None:
+        if not isinstance(run_id, str) or not run_id:
+            raise TypeError("run_id must be a non-empty string")
+        self.run_id = run_id
+
+    def __aiter__(self) -> AsyncIterator[Run]:
+        return current_backend().subscribe(self.run_id).__aiter__()
+
+    def with_streams(self) -> AsyncIterator[RunPart]:
+        """Run parts and chunk parts of every stream (also streams that appear later).
+
+        Ends once the run is finished and every one of its streams has ended.
+        """
+        return _with_streams(self.run_id)
+
+
+async def _with_streams(run_id: str) -> AsyncIterator[RunPart]:
+    backend = current_backend()
+    send, receive = trio.open_memory_channel[RunPart](256)
+    scopes: list[trio.CancelScope] = []
+    readers: set[str] = set()
+    pending = [1]  # open producers of parts: the run subscription plus one per stream
+
+    async def finish_one() -> None:
+        pending[0] -= 1
+        if pending[0] == 0:
+            await send.aclose()
+
+    async def read_stream(key: str) -> None:
+        with _guard(scopes):
+            index = 0
+            async for batch in backend.read(run_id, key, 0, None):
+                for chunk in batch:
+                    await send.send(RunPart(type=key, chunk=chunk, index=index))
+                    index += 1
+        await finish_one()
+
+    async def follow_run() -> None:
+        with _guard(scopes):
+            async for run in backend.subscribe(run_id):
+                for key in run.streams:
+                    if key not in readers:
+                        readers.add(key)
+                        pending[0] += 1
+                        backend.spawn_background(lambda key=key: read_stream(key))
+                await send.send(RunPart(type="run", run=run))
+        await finish_one()
+
+    backend.spawn_background(follow_run)
+    try:
+        async with receive:
+            async for part in receive:
+                yield part
+    finally:
+        for scope in scopes:
+            scope.cancel()
+
+
+@contextlib.contextmanager
+def _guard(scopes: list[trio.CancelScope]):
+    """A cancel scope the consumer can cancel; a consumer gone away ends the task quietly."""
+    scope = trio.CancelScope()
+    scopes.append(scope)
+    try:
+        with scope:
+            yield
+    except trio.BrokenResourceError:
+        pass
+
+
+class _Runs:
+    """``runs.retrieve``, ``runs.cancel``, ``runs.subscribe_to_run``."""
+
+    async def retrieve(self, run_id: str) -> Run:
+        """The run's current snapshot.
+
+        Raises:
+            NotFoundError: no such run.
+        """
+        return await current_backend().retrieve(run_id)
+
+    async def cancel(self, run_id: str) -> None:
+        """Cancel a run: its nursery is cancelled, its streams end, status ``CANCELED``."""
+        await current_backend().cancel_run(run_id)
+
+    def subscribe_to_run(self, run_id: str) -> RunSubscription:
+        return RunSubscription(run_id)
+
+
+runs = _Runs()

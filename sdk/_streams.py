@@ -1,0 +1,327 @@
+"""Output streams: ``streams.define``, ``pipe``, ``append``, ``writer``, ``read``.
+
+Theory of operation: every write goes through a producer (:class:`~sdk.runtime.ProducerSink`)
+that the current backend opens for ``(run, key)``. A pipe or writer is a *producer job*: the
+backend runs it where the run's drain can wait for it (the run's nursery inside a task, the
+client's nursery outside). Producers buffer; the engine stores what is buffered in batches, so
+a pipe of many small chunks costs a few store transactions, not one per chunk.
+"""
+
+from __future__ import annotations
+
+import collections
+import inspect
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+from typing import Any, Generic, TypeVar
+
+import trio
+
+from ._convert import from_json, to_json
+from .runtime import Completion, ProducerSink, current_backend
+
+T = TypeVar("T")
+DEFAULT_KEY = "default"
+
+Source = AsyncIterable[Any] | Iterable[Any]
+
+
+def _check_key(key: Any) -> str:
+    if not isinstance(key, str) or not key or len(key) > 256:
+        raise ValueError(f"a stream key must be a non-empty string of at most 256 characters, "
+                         f"not {key!r}")
+    return key
+
+
+def _check_source(source: Any) -> None:
+    if isinstance(source, (str, bytes, dict)) or not (
+            hasattr(source, "__aiter__") or hasattr(source, "__iter__")):
+        raise TypeError(f"pipe needs an iterable or async iterable of chunks, "
+                        f"not {type(source).__name__}")
+
+
+class _Tee:
+    """The ``.stream`` side of a pipe: the source's chunks, for the task to consume.
+
+    It only keeps chunks once somebody asked for ``.stream`` before the first chunk was
+    produced; an untouched tee costs nothing. A consumer that stops reading leaves the rest
+    buffered in memory until the iterator is closed or dropped.
+    """
+
+    def __init__(self) -> None:
+        self._items: collections.deque[Any] = collections.deque()
+        self._wanted = False
+        self._live = True
+        self._closed = False
+        self._event = trio.Event()
+
+    def want(self) -> AsyncIterator[Any]:
+        self._wanted = True
+        return self._iterate()
+
+    def feed(self, item: Any) -> None:
+        if not self._live:
+            return
+        if not self._wanted:
+            self._live = False
+            return
+        self._items.append(item)
+        self._event.set()
+
+    def close(self) -> None:
+        self._closed = True
+        self._event.set()
+
+    async def _iterate(self) -> AsyncIterator[Any]:
+        try:
+            while True:
+                while self._items:
+                    yield self._items.popleft()
+                if self._closed:
+                    return
+                self._event = trio.Event()
+                await self._event.wait()
+        finally:
+            self._live = False
+            self._items.clear()
+
+
+class PipeResult(Generic[T]):
+    """What ``pipe`` returns at once: ``.stream`` (the same chunks) and the completion."""
+
+    def __init__(self, tee: _Tee, done: Completion) -> None:
+        self._tee = tee
+        self._done = done
+        self._stream: AsyncIterator[T] | None = None
+
+    @property
+    def stream(self) -> AsyncIterator[T]:
+        """An async iterator over the piped chunks (ask for it before the pipe starts)."""
+        if self._stream is None:
+            self._stream = self._tee.want()
+        return self._stream
+
+    async def wait_until_complete(self) -> None:
+        """Wait until every chunk of the source is stored; raise if the source failed."""
+        await self._done.wait()
+
+
+class WriterResult:
+    """What ``writer`` returns: await ``wait_until_complete()`` for the end of ``execute``."""
+
+    def __init__(self, done: Completion) -> None:
+        self._done = done
+
+    async def wait_until_complete(self) -> None:
+        await self._done.wait()
+
+
+async def _pump(sink: ProducerSink, source: Source, encode: Callable[[Any], Any],
+                tee: _Tee | None) -> None:
+    try:
+        if hasattr(source, "__aiter__"):
+            async for item in source:  # type: ignore[union-attr]
+                if tee is not None:
+                    tee.feed(item)
+                await sink.put(encode(item))
+        else:
+            for item in source:  # type: ignore[union-attr]
+                if tee is not None:
+                    tee.feed(item)
+                await sink.put(encode(item))
+        await sink.flush()
+    finally:
+        if tee is not None:
+            tee.close()
+
+
+def _start_pipe(key: str, source: Source, target: str,
+                encode: Callable[[Any], Any]) -> PipeResult[Any]:
+    _check_source(source)
+    backend = current_backend()
+    sink = backend.open_producer(backend.resolve_target(target), key)
+    tee = _Tee()
+
+    async def job() -> None:
+        try:
+            await _pump(sink, source, encode, tee)
+        finally:
+            sink.close()
+
+    return PipeResult(tee, backend.spawn_producer(job))
+
+
+async def _append(key: str, chunk: Any, target: str) -> None:
+    backend = current_backend()
+    sink = backend.open_producer(backend.resolve_target(target), key)
+    try:
+        await sink.put(chunk)
+        await sink.flush()
+    finally:
+        sink.close()
+
+
+class StreamWriter:
+    """Given to a writer's ``execute`` function: ``write`` one chunk, ``merge`` a source."""
+
+    def __init__(self, sink: ProducerSink, encode: Callable[[Any], Any], backend: Any) -> None:
+        self._sink = sink
+        self._encode = encode
+        self._backend = backend
+        self._merges: list[Completion] = []
+
+    def write(self, chunk: Any) -> None:
+        """Queue one chunk (never blocks)."""
+        self._sink.put_nowait(self._encode(chunk))  # type: ignore[attr-defined]
+
+    def merge(self, source: Source) -> None:
+        """Pipe ``source`` into the same stream alongside the writes."""
+        _check_source(source)
+        self._merges.append(self._backend.spawn_producer(
+            lambda: _pump(self._sink, source, self._encode, None)))
+
+    async def _finish(self) -> None:
+        for merge in self._merges:
+            await merge.wait()
+        await self._sink.flush()
+
+
+def _start_writer(key: str, execute: Callable[[StreamWriter], Any], target: str,
+                  encode: Callable[[Any], Any]) -> WriterResult:
+    if not callable(execute):
+        raise TypeError("writer(execute=...) needs a function taking the writer")
+    backend = current_backend()
+    sink = backend.open_producer(backend.resolve_target(target), key)
+    writer = StreamWriter(sink, encode, backend)
+
+    async def job() -> None:
+        try:
+            result = execute(writer)
+            if inspect.isawaitable(result):
+                await result
+            await writer._finish()
+        finally:
+            sink.close()
+
+    return WriterResult(backend.spawn_producer(job))
+
+
+class StreamReader(Generic[T]):
+    """An async iterator over a stream's chunks, typed by its definition.
+
+    It ends when the stream has ended; it raises :class:`StreamTimeoutError` when no chunk
+    arrived for ``timeout_in_seconds``. Leaving the loop early stops the read on the engine.
+    """
+
+    def __init__(self, batches: AsyncIterator[list[Any]], decode: Callable[[Any], T]) -> None:
+        self._batches = batches
+        self._decode = decode
+
+    def __aiter__(self) -> AsyncIterator[T]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[T]:
+        decode = self._decode
+        try:
+            async for batch in self._batches:
+                for item in batch:
+                    yield decode(item)
+        finally:
+            await self._batches.aclose()  # type: ignore[attr-defined]
+
+    async def collect(self) -> list[T]:
+        """Read the whole stream into a list."""
+        return [item async for item in self]
+
+
+def _open_read(run_id: str, key: str, timeout: float | None, start: int,
+               decode: Callable[[Any], Any]) -> StreamReader[Any]:
+    if not isinstance(run_id, str) or not run_id:
+        raise TypeError("run_id must be a non-empty string")
+    if not isinstance(start, int) or isinstance(start, bool) or start < 0:
+        raise ValueError("start_index must be an integer >= 0")
+    if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
+        raise ValueError("timeout_in_seconds must be a positive number or None")
+    batches = current_backend().read(run_id, key, start, timeout)
+    return StreamReader(batches, decode)
+
+
+class StreamDef(Generic[T]):
+    """A typed output stream, made by ``streams.define(id=..., type=...)``."""
+
+    def __init__(self, id: str, type: Any = None) -> None:
+        self.id = _check_key(id)
+        self.type = type
+
+    def __repr__(self) -> str:
+        return f"<StreamDef {self.id!r}>"
+
+    def _decode(self, value: Any) -> T:
+        return from_json(value, self.type, f"chunk of stream {self.id!r}")
+
+    def pipe(self, source: Source, *, target: str = "self") -> PipeResult[T]:
+        """Store every chunk of ``source`` in this stream; returns at once."""
+        return _start_pipe(self.id, source, target, to_json)
+
+    async def append(self, chunk: T, *, target: str = "self") -> None:
+        """Store one chunk; returns once it is stored."""
+        await _append(self.id, to_json(chunk), target)
+
+    def writer(self, execute: Callable[[StreamWriter], Any], *,
+               target: str = "self") -> WriterResult:
+        """Run ``execute(w)`` as a producer of this stream (``w.write``, ``w.merge``)."""
+        return _start_writer(self.id, execute, target, to_json)
+
+    async def read(self, run_id: str, *, timeout_in_seconds: float | None = 60,
+                   start_index: int = 0) -> StreamReader[T]:
+        """Read this stream of ``run_id`` from ``start_index``; typed chunks."""
+        return _open_read(run_id, self.id, timeout_in_seconds, start_index, self._decode)
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+class _Streams:
+    """``streams``: define streams, or use them by key without a definition."""
+
+    def define(self, id: str, type: Any = None) -> StreamDef[Any]:
+        """A typed output stream definition."""
+        return StreamDef(id, type)
+
+    def input(self, id: str, type: Any = None) -> Any:
+        """A typed input stream definition (see :class:`~sdk.InputStreamDef`)."""
+        from ._inputs import InputStreamDef
+
+        return InputStreamDef(id, type)
+
+    def pipe(self, key_or_source: Any, source: Any = None, *,
+             target: str = "self") -> PipeResult[Any]:
+        """``pipe(key, source)`` or ``pipe(source)`` (key ``"default"``)."""
+        if source is None:
+            key, source = DEFAULT_KEY, key_or_source
+        else:
+            key = _check_key(key_or_source)
+        return _start_pipe(key, source, target, to_json)
+
+    async def append(self, key_or_chunk: Any, chunk: Any = _identity, *,
+                     target: str = "self") -> None:
+        """``append(key, chunk)`` or ``append(chunk)`` (key ``"default"``)."""
+        if chunk is _identity:
+            key, chunk = DEFAULT_KEY, key_or_chunk
+        else:
+            key = _check_key(key_or_chunk)
+        await _append(key, to_json(chunk), target)
+
+    def writer(self, key: str = DEFAULT_KEY, *, execute: Callable[[StreamWriter], Any],
+               target: str = "self") -> WriterResult:
+        """``writer(key, execute=fn)``; no key means ``"default"``."""
+        return _start_writer(_check_key(key), execute, target, to_json)
+
+    async def read(self, run_id: str, key: str = DEFAULT_KEY, *,
+                   timeout_in_seconds: float | None = 60,
+                   start_index: int = 0) -> StreamReader[Any]:
+        """Read stream ``key`` of ``run_id`` (untyped chunks)."""
+        return _open_read(run_id, _check_key(key), timeout_in_seconds, start_index, _identity)
+
+
+streams = _Streams()

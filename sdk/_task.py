@@ -1,0 +1,136 @@
+"""Defining tasks (``@task``, ``@schema_task``) and triggering them (``tasks.*``)."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable
+from typing import Any, Generic, TypeVar
+
+from ._convert import from_json, to_json
+from ._models import Queue, RetryPolicy, RunContext, RunHandle, TaskRunResult
+from .runtime import current_backend
+
+P = TypeVar("P")
+R = TypeVar("R")
+
+TaskFn = Callable[..., Awaitable[Any]]
+
+
+class Task(Generic[P, R]):
+    """A registered async function. Call ``trigger``/``trigger_and_wait`` to run it.
+
+    Args:
+        id: the task id runs are triggered by.
+        fn: ``async def fn(payload)`` or ``async def fn(payload, ctx)``.
+        retry: how failed attempts are retried (default: no retry).
+        queue: the queue whose concurrency limit applies (default: none).
+        max_duration: seconds an attempt may run before the run is ``TIMED_OUT``.
+        schema: a type the payload is structured into (``schema_task``).
+    """
+
+    def __init__(self, id: str, fn: TaskFn, *, retry: RetryPolicy | None = None,
+                 queue: Queue | None = None, max_duration: float | None = None,
+                 schema: Any = None) -> None:
+        if not isinstance(id, str) or not id:
+            raise ValueError("task id must be a non-empty string")
+        if not inspect.iscoroutinefunction(fn):
+            raise TypeError(f"task {id!r}: the function must be 'async def'")
+        if max_duration is not None and not (isinstance(max_duration, (int, float))
+                                             and max_duration > 0):
+            raise ValueError("max_duration must be a positive number of seconds")
+        self.id = id
+        self.fn = fn
+        self.retry = retry or RetryPolicy()
+        self.queue = queue
+        self.max_duration = max_duration
+        self.schema = schema
+        self._takes_ctx = _positional_count(fn) >= 2
+        self.__doc__ = fn.__doc__
+        self.__name__ = getattr(fn, "__name__", id)
+
+    def __repr__(self) -> str:
+        return f"<Task {self.id!r}>"
+
+    def validate(self, payload: Any) -> Any:
+        """The payload structured into the schema (engine use at trigger time).
+
+        Raises:
+            InvalidPayloadError: with the path of the offending field.
+        """
+        return from_json(payload, self.schema, "payload")
+
+    async def invoke(self, payload: Any, ctx: RunContext) -> Any:
+        """Run the function once and return its JSON-ready output (engine use)."""
+        value = self.validate(payload)
+        result = await (self.fn(value, ctx) if self._takes_ctx else self.fn(value))
+        return to_json(result)
+
+    async def trigger(self, payload: Any = None, **options: Any) -> RunHandle:
+        """Start a run and return at once (a child run when called inside a task)."""
+        return await current_backend().trigger(self.id, to_json(payload), options)
+
+    async def trigger_and_wait(self, payload: Any = None, **options: Any) -> TaskRunResult[R]:
+        """Start a run and wait for its result."""
+        return await current_backend().trigger_and_wait(self.id, to_json(payload), options)
+
+    async def batch_trigger_and_wait(self, payloads: list[Any],
+                                     **options: Any) -> list[TaskRunResult[R]]:
+        """Start one run per payload; results in payload order."""
+        if not isinstance(payloads, (list, tuple)):
+            raise TypeError("batch_trigger_and_wait takes a list of payloads")
+        return await current_backend().batch_trigger_and_wait(
+            self.id, [to_json(p) for p in payloads], options)
+
+
+def _positional_count(fn: Callable[..., Any]) -> int:
+    params = inspect.signature(fn).parameters.values()
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return sum(1 for p in params if p.kind in kinds)
+
+
+def task(id: str, *, retry: RetryPolicy | None = None, queue: Queue | None = None,
+         max_duration: float | None = None) -> Callable[[TaskFn], Task[Any, Any]]:
+    """Decorator: register an async function as a task (see :class:`Task`)."""
+
+    def decorate(fn: TaskFn) -> Task[Any, Any]:
+        return Task(id, fn, retry=retry, queue=queue, max_duration=max_duration)
+
+    return decorate
+
+
+def schema_task(id: str, *, schema: Any, retry: RetryPolicy | None = None,
+                queue: Queue | None = None,
+                max_duration: float | None = None) -> Callable[[TaskFn], Task[Any, Any]]:
+    """Like :func:`task`, but the payload is structured into ``schema`` with cattrs.
+
+    A payload that does not fit fails the trigger with ``InvalidPayloadError`` naming the field.
+    """
+
+    def decorate(fn: TaskFn) -> Task[Any, Any]:
+        return Task(id, fn, retry=retry, queue=queue, max_duration=max_duration, schema=schema)
+
+    return decorate
+
+
+class _Tasks:
+    """``tasks``: trigger any task by id."""
+
+    async def trigger(self, task_id: str, payload: Any = None, **options: Any) -> RunHandle:
+        return await current_backend().trigger(task_id, to_json(payload), options)
+
+    async def trigger_and_wait(self, task_id: str, payload: Any = None,
+                               **options: Any) -> TaskRunResult[Any]:
+        return await current_backend().trigger_and_wait(task_id, to_json(payload), options)
+
+    async def batch_trigger_and_wait(self, task_id: str, payloads: list[Any],
+                                     **options: Any) -> list[TaskRunResult[Any]]:
+        return await current_backend().batch_trigger_and_wait(
+            task_id, [to_json(p) for p in payloads], options)
+
+
+tasks = _Tasks()
+
+
+def tasks_in(module: Any) -> list[Task[Any, Any]]:
+    """Every :class:`Task` defined at the top level of ``module``."""
+    return [v for v in vars(module).values() if isinstance(v, Task)]

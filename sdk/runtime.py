@@ -1,0 +1,179 @@
+"""The seam between the SDK and whatever executes it.
+
+Theory of operation: every SDK call (``streams.append``, ``tasks.trigger``, ``cancel.send`` ...)
+asks :func:`current_backend` for the object that carries it out. Inside a run that is the
+engine's per-run backend (bound with :func:`bind_run` by the engine); outside a run it is the
+:class:`~sdk.Client` bound by ``connect()``. Both implement :class:`Backend`; a run backend also
+implements :class:`RunBackend`. This module is public so an engine can implement it without
+the SDK ever importing the engine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Protocol
+
+import trio
+
+from ._errors import OutsideRunError
+from ._models import Run, RunContext, RunHandle, TaskRunResult
+
+
+class ProducerSink(Protocol):
+    """One producer's writing end of one output stream."""
+
+    async def put(self, item: Any) -> None:
+        """Queue one JSON-ready chunk; waits only when the producer's buffer is full."""
+
+    def put_nowait(self, item: Any) -> None:
+        """Queue one chunk without ever waiting (the buffer may grow past its mark)."""
+
+    async def flush(self) -> None:
+        """Wait until everything put so far is stored; raise what the engine refused."""
+
+    def close(self) -> None:
+        """No more puts; the stream is not ended by this (the run ends it)."""
+
+
+class Backend(Protocol):
+    """What the SDK needs from the thing that carries its calls out."""
+
+    def resolve_target(self, target: str) -> str: ...
+    def open_producer(self, run_id: str, key: str) -> ProducerSink: ...
+    def spawn_producer(self, fn: Callable[[], Awaitable[None]]) -> Completion: ...
+    def spawn_background(self, fn: Callable[[], Awaitable[None]]) -> None: ...
+    def read(self, run_id: str, key: str, start: int,
+             timeout: float | None) -> AsyncIterator[list[Any]]: ...
+    async def send(self, run_id: str, key: str, data: Any, idempotency_key: str | None) -> int: ...
+    async def trigger(self, task_id: str, payload: Any, options: dict[str, Any]) -> RunHandle: ...
+    async def trigger_and_wait(self, task_id: str, payload: Any,
+                               options: dict[str, Any]) -> TaskRunResult[Any]: ...
+    async def batch_trigger_and_wait(self, task_id: str, payloads: list[Any],
+                                     options: dict[str, Any]) -> list[TaskRunResult[Any]]: ...
+    async def retrieve(self, run_id: str) -> Run: ...
+    async def cancel_run(self, run_id: str) -> None: ...
+    def subscribe(self, run_id: str) -> AsyncIterator[Run]: ...
+
+
+class InputChannel(Protocol):
+    """A run's view of one input stream (engine side)."""
+
+    def on(self, handler: Callable[[Any], Any], fail_run: bool) -> Callable[[], None]: ...
+    async def once(self, timeout: float | None) -> Any: ...
+    async def wait(self, timeout: float | None, idempotency_key: str | None,
+                   idempotency_key_ttl: float | None) -> Any: ...
+    def peek(self) -> Any: ...
+
+
+class RunBackend(Backend, Protocol):
+    """A :class:`Backend` that is also inside a run."""
+
+    context: RunContext
+
+    def input(self, key: str) -> InputChannel: ...
+    def metadata_get(self, key: str) -> Any: ...
+    def metadata_set(self, key: str, value: Any) -> None: ...
+    def metadata_all(self) -> dict[str, Any]: ...
+    async def suspend_for(self, seconds: float) -> None: ...
+    async def legacy_stream(self, key: str, source: Any) -> AsyncIterator[Any]: ...
+
+
+class Completion:
+    """The end of a background job (a pipe, a writer): success or the error it raised."""
+
+    def __init__(self) -> None:
+        self._done = trio.Event()
+        self._error: BaseException | None = None
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def set_result(self) -> None:
+        self._done.set()
+
+    def set_error(self, error: BaseException) -> None:
+        self._error = error
+        self._done.set()
+
+    async def wait(self) -> None:
+        """Wait for the job; raise the error it ended with, if any."""
+        await self._done.wait()
+        if self._error is not None:
+            raise self._error
+
+
+class _TimedOut:
+    def __repr__(self) -> str:
+        return "TIMED_OUT"
+
+
+#: What a run backend's ``once``/``wait`` returns when the timeout passed without a record.
+TIMED_OUT: Any = _TimedOut()
+
+_current_run: contextvars.ContextVar[RunBackend | None] = contextvars.ContextVar(
+    "runwire_run", default=None)
+_current_client: contextvars.ContextVar[Backend | None] = contextvars.ContextVar(
+    "runwire_client", default=None)
+
+
+def bind_run(backend: RunBackend | None) -> contextvars.Token:
+    """Make ``backend`` the current run for this task (and tasks it starts). Engine use."""
+    _current_client.set(None)
+    return _current_run.set(backend)
+
+
+def bind_client(client: Backend | None) -> contextvars.Token:
+    """Make ``client`` the backend for SDK calls made outside a run."""
+    return _current_client.set(client)
+
+
+def unbind_client(token: contextvars.Token) -> None:
+    _current_client.reset(token)
+
+
+def current_run() -> RunBackend | None:
+    """The run this code executes in, or ``None`` outside a run."""
+    return _current_run.get()
+
+
+def current_backend() -> Backend:
+    """The run backend inside a run, else the connected client.
+
+    Raises:
+        OutsideRunError: neither a run nor a ``connect()`` is active here.
+    """
+    backend = _current_run.get() or _current_client.get()
+    if backend is None:
+        raise OutsideRunError(
+            "no runwire run or client here: call this inside a task, or inside "
+            "'async with connect(...)' / 'async with engine.connect()'")
+    return backend
+
+
+def require_run(what: str) -> RunBackend:
+    """The current run backend; raise a clear error for calls that only work inside a run."""
+    backend = _current_run.get()
+    if backend is None:
+        raise OutsideRunError(f"{what} can only be called inside a running task")
+    return backend
+
+
+@contextlib.contextmanager
+def collapse_exception_groups():
+    """At a public boundary: re-raise a group holding one exception as that exception.
+
+    Inside, nurseries stay strict (every error is an ExceptionGroup); users of ``connect`` and
+    ``open_engine`` get the error itself.
+    """
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        inner: BaseException = group
+        while isinstance(inner, BaseExceptionGroup) and len(inner.exceptions) == 1:
+            inner = inner.exceptions[0]
+        if inner is group:
+            raise
+        raise inner from group.__cause__

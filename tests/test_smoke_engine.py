@@ -1,0 +1,22 @@
+import trio
+
+from engine import open_engine
+from sdk import streams, task
+
+from .conftest import API_KEY
+
+ai = streams.define(id="ai", type=str)
+
+
+@task(id="smoke")
+async def smoke(payload):
+    ai.pipe(f"t{i}" for i in range(payload["n"]))
+    return "ok"
+
+
+async def test_smoke(autojump_clock):
+    async with open_engine([smoke], api_key=API_KEY) as eng:
+        async with eng.connect():
+            handle = await smoke.trigger({"n": 10})
+            chunks = await (await ai.read(handle.id)).collect()
+    assert chunks == [f"t{i}" for i in range(10)]

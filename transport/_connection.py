@@ -1,0 +1,189 @@
+"""Thin trio adapters: a frame connection over a websocket or over an in-memory pair.
+
+A :class:`Connection` owns a :class:`Protocol` and a message pipe (anything with
+``send_message``/``get_message``/``aclose``). Sends are serialized by one lock; receiving is
+done by one task (the owner's reader loop). Foreign exceptions (trio-websocket's, trio's) are
+translated here, where they enter, into :class:`ConnectionBroken`.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol as TypingProtocol
+
+import trio
+import trio_websocket
+
+from ._errors import ConnectionBroken, ConnectionClosed, LocalProtocolError, RemoteProtocolError
+from ._frames import Frame
+from ._protocol import Protocol, Role
+
+#: Close code sent when a peer sends a binary (not text) message.
+CLOSE_UNSUPPORTED = 1003
+
+
+class MessagePipe(TypingProtocol):
+    """What a :class:`Connection` needs from the layer below: whole messages."""
+
+    async def send_message(self, message: str) -> None: ...
+    async def get_message(self) -> str | bytes: ...
+    async def aclose(self, code: int = 1000, reason: str | None = None) -> None: ...
+
+
+class Connection:
+    """Frames over a message pipe.
+
+    Args:
+        pipe: the message layer (a trio-websocket connection or one end of a memory pair).
+        role: which side of the protocol this end speaks.
+    """
+
+    def __init__(self, pipe: MessagePipe, role: Role) -> None:
+        self.protocol = Protocol(role)
+        self._pipe = pipe
+        self._send_lock = trio.Lock()
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def send(self, frame: Frame) -> None:
+        """Send one frame.
+
+        Raises:
+            ConnectionClosed: this side closed the connection.
+            ConnectionBroken: the peer went away.
+            LocalProtocolError: the frame may not be sent in the current state.
+        """
+        async with self._send_lock:
+            if self._closed:
+                raise ConnectionClosed("connection closed")
+            data = self.protocol.send(frame).decode()
+            await self._send_raw(data)
+
+    async def _send_raw(self, data: str) -> None:
+        try:
+            await self._pipe.send_message(data)
+        except trio_websocket.ConnectionClosed as exc:
+            raise _broken(exc) from exc
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise ConnectionBroken("connection lost") from exc
+
+    async def receive(self) -> Frame:
+        """Wait for the next frame.
+
+        Raises:
+            RemoteProtocolError: the peer sent a bad message; the connection still works
+                unless the error carries a ``close_code``.
+            ConnectionBroken: the peer closed the connection or the link broke.
+            ConnectionClosed: this side closed the connection.
+        """
+        if self._closed:
+            raise ConnectionClosed("connection closed")
+        try:
+            message = await self._pipe.get_message()
+        except trio_websocket.ConnectionClosed as exc:
+            raise _broken(exc) from exc
+        except (trio.EndOfChannel, trio.BrokenResourceError) as exc:
+            raise ConnectionBroken("connection lost") from exc
+        except trio.ClosedResourceError as exc:
+            raise ConnectionClosed("connection closed") from exc
+        if isinstance(message, bytes):
+            raise RemoteProtocolError("frames are text messages, not binary",
+                                      close_code=CLOSE_UNSUPPORTED)
+        try:
+            return self.protocol.receive(message)
+        except LocalProtocolError as exc:
+            raise ConnectionClosed(str(exc)) from exc
+
+    async def aclose(self, code: int = 1000, reason: str | None = None) -> None:
+        """Close the connection; safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        self.protocol.close()
+        with trio.move_on_after(2) as scope:
+            scope.shield = True
+            try:
+                await self._pipe.aclose(code, reason)
+            except Exception:  # the peer may already be gone; closing is best effort
+                pass
+
+
+def _broken(exc: trio_websocket.ConnectionClosed) -> ConnectionBroken:
+    reason = exc.reason
+    code = getattr(reason, "code", None)
+    text = getattr(reason, "reason", None)
+    return ConnectionBroken(f"connection closed by peer (code {code}: {text})", code=code,
+                            reason=text)
+
+
+# --- in-memory pair ------------------------------------------------------------------------
+
+
+class MemoryPipe:
+    """One end of an in-memory message pipe; the peer sees our close as a broken link."""
+
+    def __init__(self, send: trio.MemorySendChannel, receive: trio.MemoryReceiveChannel) -> None:
+        self._send = send
+        self._receive = receive
+        self.close_code: int | None = None
+        self.peer: MemoryPipe | None = None
+
+    async def send_message(self, message: str) -> None:
+        await self._send.send(message)
+
+    async def get_message(self) -> str | bytes:
+        try:
+            return await self._receive.receive()
+        except trio.EndOfChannel:
+            code = self.peer.close_code if self.peer else None
+            raise ConnectionBroken(f"connection closed by peer (code {code})",
+                                   code=code) from None
+
+    async def aclose(self, code: int = 1000, reason: str | None = None) -> None:
+        self.close_code = code
+        await self._send.aclose()
+        await self._receive.aclose()
+
+
+def memory_pipe_pair(buffer: int = 64) -> tuple[MemoryPipe, MemoryPipe]:
+    """Two connected in-memory pipes (client end, engine end)."""
+    a_send, b_receive = trio.open_memory_channel(buffer)
+    b_send, a_receive = trio.open_memory_channel(buffer)
+    a, b = MemoryPipe(a_send, a_receive), MemoryPipe(b_send, b_receive)
+    a.peer, b.peer = b, a
+    return a, b
+
+
+def memory_connection_pair(buffer: int = 64) -> tuple[Connection, Connection]:
+    """A client connection and an engine connection joined in memory (tests, in-process)."""
+    client, engine = memory_pipe_pair(buffer)
+    return Connection(client, Role.CLIENT), Connection(engine, Role.ENGINE)
+
+
+# --- websocket ------------------------------------------------------------------------------
+
+
+async def connect_websocket(nursery: trio.Nursery, url: str, *,
+                            max_message_size: int = 64 * 1024 * 1024,
+                            connect_timeout: float = 10.0) -> Connection:
+    """Open a websocket to ``url`` and wrap it as a client :class:`Connection`.
+
+    Args:
+        nursery: where trio-websocket runs the connection's background reader; it must
+            outlive the connection.
+        url: ``ws://host:port/v1``.
+        max_message_size: largest message accepted from the engine.
+        connect_timeout: seconds to wait for the TCP and websocket handshakes.
+
+    Raises:
+        ConnectionBroken: the engine could not be reached.
+    """
+    try:
+        with trio.fail_after(connect_timeout):
+            ws = await trio_websocket.connect_websocket_url(
+                nursery, url, max_message_size=max_message_size, message_queue_size=16)
+    except (OSError, trio_websocket.HandshakeError, trio.TooSlowError) as exc:
+        raise ConnectionBroken(f"cannot connect to {url}: {exc}") from exc
+    return Connection(ws, Role.CLIENT)

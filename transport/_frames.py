@@ -1,0 +1,219 @@
+"""Every message of wire protocol v1, as frozen attrs classes.
+
+Theory of operation: a frame is one JSON object with a ``"type"``. Each class below is one
+type; ``FRAME_TYPES`` maps the wire name to its class and is the tagged union the codec
+uses. Requests from a client carry an integer ``id``; everything the engine sends about a
+request carries ``re`` with that id. Field names are the wire names, except ``from_``
+(``"from"`` on the wire). ``docs/protocol.md`` is the prose version of this module.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, NewType
+
+import attrs
+
+#: Any JSON value (object, array, string, number, bool, null). The codec passes it through
+#: untouched: it was produced by, or will be given to, orjson.
+Json = NewType("Json", object)
+#: A JSON array of any values.
+JsonList = NewType("JsonList", list)
+#: A JSON object of any values.
+JsonObject = NewType("JsonObject", dict)
+
+PROTOCOL_VERSION = 1
+
+
+@attrs.frozen
+class Frame:
+    """Base of every frame; ``type`` is the wire tag."""
+
+    type: ClassVar[str] = ""
+
+
+# --- client -> engine ----------------------------------------------------------------------
+
+
+@attrs.frozen
+class Hello(Frame):
+    """First frame of every connection: protocol version and credential."""
+
+    type: ClassVar[str] = "hello"
+    protocol: int
+    token: str
+
+
+@attrs.frozen
+class Read(Frame):
+    """Read output stream ``stream`` of ``run`` from chunk index ``from_``."""
+
+    type: ClassVar[str] = "read"
+    id: int
+    run: str
+    stream: str = "default"
+    from_: int = 0
+    timeout_s: float | None = 60.0
+
+
+@attrs.frozen
+class Append(Frame):
+    """Append ``items`` to an output stream as producer ``producer``.
+
+    ``seq`` numbers ``items[0]`` in the producer's own sequence (from 0); the engine keeps
+    the next expected number per producer and stores only what it has not stored before.
+    """
+
+    type: ClassVar[str] = "append"
+    id: int
+    run: str
+    stream: str
+    producer: str
+    seq: int
+    items: JsonList
+
+
+@attrs.frozen
+class Send(Frame):
+    """Send one record to input stream ``stream`` of ``run``; ``key`` makes it idempotent."""
+
+    type: ClassVar[str] = "send"
+    id: int
+    run: str
+    stream: str
+    data: Json
+    key: str | None = None
+
+
+@attrs.frozen
+class Trigger(Frame):
+    """Start a run of ``task`` with ``payload``."""
+
+    type: ClassVar[str] = "trigger"
+    id: int
+    task: str
+    payload: Json = None
+    options: JsonObject = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class Subscribe(Frame):
+    """Follow a run: a ``run`` frame on every change, then ``end`` once it is finished."""
+
+    type: ClassVar[str] = "subscribe"
+    id: int
+    run: str
+
+
+@attrs.frozen
+class Retrieve(Frame):
+    """Ask for a run's current record once."""
+
+    type: ClassVar[str] = "retrieve"
+    id: int
+    run: str
+
+
+@attrs.frozen
+class CancelRun(Frame):
+    """Cancel a run (status ``CANCELED``)."""
+
+    type: ClassVar[str] = "cancel_run"
+    id: int
+    run: str
+
+
+@attrs.frozen
+class Cancel(Frame):
+    """Stop request ``id`` of this connection (a read or a subscription)."""
+
+    type: ClassVar[str] = "cancel"
+    id: int
+
+
+# --- engine -> client ----------------------------------------------------------------------
+
+
+@attrs.frozen
+class Welcome(Frame):
+    """Answer to ``hello``: the connection is open."""
+
+    type: ClassVar[str] = "welcome"
+    protocol: int
+    engine: str = ""
+    max_message: int = 0
+
+
+@attrs.frozen
+class Chunks(Frame):
+    """Chunks ``start``, ``start + 1``, ... of a stream, for read request ``re``."""
+
+    type: ClassVar[str] = "chunks"
+    re: int
+    stream: str
+    start: int
+    items: JsonList
+
+
+@attrs.frozen
+class End(Frame):
+    """Request ``re`` is over; ``next`` is the first index not delivered (reads only)."""
+
+    type: ClassVar[str] = "end"
+    re: int
+    reason: str
+    next: int | None = None
+
+
+@attrs.frozen
+class Ack(Frame):
+    """Request ``re`` succeeded: ``index`` of a sent record, ``next_seq`` after an append."""
+
+    type: ClassVar[str] = "ack"
+    re: int
+    index: int | None = None
+    next_seq: int | None = None
+
+
+@attrs.frozen
+class Triggered(Frame):
+    """A run was started; ``token`` is a public access token scoped to it."""
+
+    type: ClassVar[str] = "triggered"
+    re: int
+    run: str
+    token: str
+
+
+@attrs.frozen
+class RunInfo(Frame):
+    """A run's record (see ``docs/protocol.md`` for its fields)."""
+
+    type: ClassVar[str] = "run"
+    re: int
+    run: JsonObject
+
+
+@attrs.frozen
+class Error(Frame):
+    """Request ``re`` failed (``re`` is null for a frame that had no usable id)."""
+
+    type: ClassVar[str] = "error"
+    re: int | None
+    code: str
+    message: str
+
+
+CLIENT_FRAMES: tuple[type[Frame], ...] = (
+    Hello, Read, Append, Send, Trigger, Subscribe, Retrieve, CancelRun, Cancel,
+)
+ENGINE_FRAMES: tuple[type[Frame], ...] = (Welcome, Chunks, End, Ack, Triggered, RunInfo, Error)
+FRAME_TYPES: dict[str, type[Frame]] = {cls.type: cls for cls in CLIENT_FRAMES + ENGINE_FRAMES}
+
+
+def request_id(raw: Any) -> int | None:
+    """The ``id`` of a raw decoded message if it is usable, so errors can point back to it."""
+    if isinstance(raw, dict):
+        rid = raw.get("id")
+        if type(rid) is int:
+            return rid
+    return None

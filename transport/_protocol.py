@@ -1,0 +1,137 @@
+"""Sans-IO protocol object: messages in, frames out; frames in, messages out. No I/O, no trio.
+
+Theory of operation: each side of a connection owns one :class:`Protocol`. It knows its role
+(``CLIENT`` or ``ENGINE``) and the connection's state, and it moves between states only along
+the edges of ``TRANSITIONS`` (the same table for both roles, keyed by who sends what):
+
+    ENGINE:  AWAIT_HELLO --recv hello--> HELLO_RECEIVED --send welcome--> OPEN
+                         \\--send error (4401)--> CLOSED
+    CLIENT:  START --send hello--> HELLO_SENT --recv welcome--> OPEN
+                                              \\--recv error--> CLOSED
+
+In ``OPEN`` any frame of the right direction may pass. A message that is not a valid frame,
+is of the wrong direction, or comes in the wrong state raises :class:`RemoteProtocolError`
+with the error code (and, before ``hello``, the close code 4401) to answer with; the state is
+left unchanged, so the connection keeps working after an ``error`` frame. Misusing the object
+from this side raises :class:`LocalProtocolError`.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from ._codec import decode, encode
+from ._errors import LocalProtocolError, RemoteProtocolError
+from ._frames import (
+    CLIENT_FRAMES, ENGINE_FRAMES, PROTOCOL_VERSION, Error, Frame, Hello, Welcome, request_id,
+)
+
+#: Close code for "hello missing or credential refused".
+CLOSE_UNAUTHORIZED = 4401
+#: Close code for "unsupported protocol version".
+CLOSE_BAD_PROTOCOL = 4400
+#: Close code for "message too big" (RFC 6455).
+CLOSE_TOO_BIG = 1009
+
+
+class Role(enum.Enum):
+    CLIENT = "client"
+    ENGINE = "engine"
+
+
+class State(enum.Enum):
+    START = "start"
+    AWAIT_HELLO = "await_hello"
+    HELLO_SENT = "hello_sent"
+    HELLO_RECEIVED = "hello_received"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+# (state, "send" | "recv", frame class or None for any other frame) -> next state
+TRANSITIONS: dict[tuple[State, str, type[Frame] | None], State] = {
+    (State.START, "send", Hello): State.HELLO_SENT,
+    (State.HELLO_SENT, "recv", Welcome): State.OPEN,
+    (State.HELLO_SENT, "recv", Error): State.CLOSED,
+    (State.AWAIT_HELLO, "recv", Hello): State.HELLO_RECEIVED,
+    (State.AWAIT_HELLO, "send", Error): State.CLOSED,
+    (State.HELLO_RECEIVED, "send", Welcome): State.OPEN,
+    (State.HELLO_RECEIVED, "send", Error): State.CLOSED,
+    (State.OPEN, "send", None): State.OPEN,
+    (State.OPEN, "recv", None): State.OPEN,
+}
+
+_OUTGOING = {Role.CLIENT: CLIENT_FRAMES, Role.ENGINE: ENGINE_FRAMES}
+_INITIAL = {Role.CLIENT: State.START, Role.ENGINE: State.AWAIT_HELLO}
+
+
+class Protocol:
+    """One side of a runwire connection, without I/O.
+
+    Args:
+        role: which side this object speaks for.
+    """
+
+    def __init__(self, role: Role) -> None:
+        self.role = role
+        self.state = _INITIAL[role]
+
+    def _next(self, direction: str, cls: type[Frame]) -> State | None:
+        specific = TRANSITIONS.get((self.state, direction, cls))
+        if specific is not None or self.state is not State.OPEN:
+            return specific
+        return TRANSITIONS.get((self.state, direction, None))
+
+    def send(self, frame: Frame) -> bytes:
+        """Encode a frame for sending and advance the state.
+
+        Raises:
+            LocalProtocolError: this side may not send that frame now.
+        """
+        if not isinstance(frame, _OUTGOING[self.role]):
+            raise LocalProtocolError(f"a {self.role.value} does not send {frame.type!r} frames")
+        nxt = self._next("send", type(frame))
+        if nxt is None:
+            raise LocalProtocolError(f"cannot send {frame.type!r} in state {self.state.value}")
+        data = encode(frame)
+        self.state = nxt
+        return data
+
+    def receive(self, data: bytes | str) -> Frame:
+        """Decode one received message and advance the state.
+
+        Raises:
+            RemoteProtocolError: the message is not a frame this side may receive now.
+        """
+        if self.state is State.CLOSED:
+            raise LocalProtocolError("connection is closed")
+        try:
+            frame = decode(data)
+        except RemoteProtocolError as exc:
+            if self.state is State.AWAIT_HELLO:
+                exc.code, exc.close_code = "unauthorized", CLOSE_UNAUTHORIZED
+            raise
+        incoming = _OUTGOING[Role.ENGINE if self.role is Role.CLIENT else Role.CLIENT]
+        rid = getattr(frame, "id", None)
+        if not isinstance(frame, incoming):
+            raise RemoteProtocolError(f"{frame.type!r} frames are not sent to a "
+                                      f"{self.role.value}", re=rid)
+        nxt = self._next("recv", type(frame))
+        if nxt is None:
+            if self.state is State.AWAIT_HELLO:
+                raise RemoteProtocolError("the first frame must be 'hello'", code="unauthorized",
+                                          re=rid, close_code=CLOSE_UNAUTHORIZED)
+            raise RemoteProtocolError(f"unexpected {frame.type!r} in state {self.state.value}",
+                                      re=rid)
+        if isinstance(frame, Hello) and frame.protocol != PROTOCOL_VERSION:
+            raise RemoteProtocolError(f"unsupported protocol version {frame.protocol}",
+                                      code="bad_frame", close_code=CLOSE_BAD_PROTOCOL)
+        self.state = nxt
+        return frame
+
+    def close(self) -> None:
+        """Mark the connection closed; further sends and receives are local errors."""
+        self.state = State.CLOSED
+
+
+__all__ = ["Protocol", "Role", "State", "TRANSITIONS", "request_id"]
