@@ -1,0 +1,64 @@
+"""The public names of each package are pinned: tests outside this repo import exactly these."""
+
+import importlib
+
+import pytest
+
+PUBLIC = {
+    "sdk": {
+        "task", "schema_task", "streams", "metadata", "runs", "tasks", "wait", "logger",
+        "connect", "Client", "Queue", "RetryPolicy", "Run", "RunContext", "RunError",
+        "RunHandle", "RunStatus", "TaskRunResult", "InputResult", "InputStreamDef",
+        "Subscription", "StreamDef", "StreamReader", "StreamWriter", "PipeResult",
+        "WriterResult", "RunPart", "RunSubscription", "Task",
+        "RunwireError", "UnauthorizedError", "ForbiddenError", "NotFoundError",
+        "RunFinishedError", "PayloadTooLargeError", "StreamTooLargeError", "BadFrameError",
+        "UnknownTaskError", "InvalidPayloadError", "RateLimitedError", "InternalError",
+        "StreamTimeoutError", "InputStreamTimeoutError", "TaskRunError", "OutsideRunError",
+    },
+    "engine": {
+        "open_engine", "Engine", "Limits", "RunActor", "Store", "MemoryStore", "open_store",
+        "OutputStream", "InputMailbox", "Producer", "Auth", "Grant", "TRANSITIONS",
+    },
+    "transport": {
+        "encode", "decode", "unstructure", "Protocol", "Role", "State", "Connection",
+        "MemoryPipe", "connect_websocket", "memory_connection_pair", "memory_pipe_pair",
+        "TransportError", "LocalProtocolError", "RemoteProtocolError", "ConnectionBroken",
+        "ConnectionClosed", "FRAME_TYPES", "CLIENT_FRAMES", "ENGINE_FRAMES", "PROTOCOL_VERSION",
+        "Frame", "Hello", "Welcome", "Read", "Chunks", "End", "Append", "Send", "Ack",
+        "Trigger", "Triggered", "Subscribe", "Retrieve", "RunInfo", "CancelRun", "Cancel",
+        "Error",
+    },
+}
+
+
+@pytest.mark.parametrize("package", sorted(PUBLIC))
+def test_public_names_are_importable(package):
+    module = importlib.import_module(package)
+    missing = {name for name in PUBLIC[package] if not hasattr(module, name)}
+    assert not missing, f"{package} lost public names: {sorted(missing)}"
+
+
+@pytest.mark.parametrize("package", sorted(PUBLIC))
+def test_init_only_reexports(package):
+    module = importlib.import_module(package)
+    public = {n for n in vars(module) if not n.startswith("_")}
+    submodules = {n for n in public if type(getattr(module, n)).__name__ == "module"}
+    extra = public - PUBLIC[package] - submodules
+    # New public names are fine, but they must be added here on purpose.
+    assert not extra, f"{package} exports names not pinned by this test: {sorted(extra)}"
+
+
+def test_status_values_match_spec():
+    from sdk import RunStatus
+
+    assert [s.value for s in RunStatus] == [
+        "QUEUED", "EXECUTING", "WAITING", "COMPLETED", "FAILED", "CANCELED", "CRASHED",
+        "TIMED_OUT"]
+
+
+def test_stream_timeout_is_a_timeout_error():
+    from sdk import InputStreamTimeoutError, StreamTimeoutError
+
+    assert issubclass(StreamTimeoutError, TimeoutError)
+    assert issubclass(InputStreamTimeoutError, TimeoutError)
