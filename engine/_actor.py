@@ -113,6 +113,8 @@ class Outcome:
 
 
 def error_dict(exc: BaseException) -> dict[str, str]:
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]  # a task's nursery wraps its error; report the error itself
     return {"type": type(exc).__name__, "message": str(exc)}
 
 
@@ -136,6 +138,7 @@ class _Stage:
         encoded: list[bytes] = []
         size = 0
         error: BaseException | None = None
+        used = stream.nbytes + self.nbytes.get(key, 0)
         for value in values:
             try:
                 data = orjson.dumps(value)
@@ -146,13 +149,13 @@ class _Stage:
                 error = PayloadTooLargeError(
                     f"chunk of {len(data)} bytes is over the {limits.max_chunk_bytes}-byte limit")
                 break
+            if used + size + len(data) > limits.max_stream_bytes:  # keep what fits
+                error = StreamTooLargeError(
+                    f"stream {key!r} would exceed {limits.max_stream_bytes} bytes; "
+                    f"it holds {used + size} bytes, earlier chunks stay readable")
+                break
             encoded.append(data)
             size += len(data)
-        used = stream.nbytes + self.nbytes.get(key, 0)
-        if used + size > limits.max_stream_bytes:
-            return StreamTooLargeError(
-                f"stream {key!r} would exceed {limits.max_stream_bytes} bytes; "
-                f"it holds {used} bytes, earlier chunks stay readable")
         if not encoded:
             return error
         start = self.next_index.get(key, stream.length)
@@ -195,8 +198,10 @@ class RunActor:
         self._holds_slot = False
         self._cancel_requested = False
         self._handler_error: BaseException | None = None
+        self._attempt_offs: list[Callable[[], None]] = []  # on() handlers of this attempt
         self._run_scope = trio.CancelScope()
         self._attempt_scope: trio.CancelScope | None = None
+        self._reacquiring = trio.CancelScope()  # suspended(): taking the queue slot back
         self._producers: trio.Nursery | None = None
         self._handlers: trio.Nursery | None = None
         self.backend: Any = None
@@ -262,6 +267,7 @@ class RunActor:
         if not self.finished.is_set():
             self._cancel_requested = True
             self._run_scope.cancel()
+            self._reacquiring.cancel()
             if self._producers is not None:
                 self._producers.cancel_scope.cancel()
 
@@ -300,6 +306,8 @@ class RunActor:
             else:
                 producers.cancel_scope.deadline = (trio.current_time()
                                                    + self.engine.drain_timeout)
+        if outcome is None:  # runs.cancel cancelled the producers' nursery, body and all
+            outcome = Outcome(RunStatus.CANCELED)
         self._release_slot()
         self._writable = False
         await self.submit(Finish(outcome.status, outcome.output, outcome.error))
@@ -312,6 +320,9 @@ class RunActor:
             if outcome.status is not RunStatus.FAILED or policy is None or \
                     self.record.attempt >= policy.max_attempts:
                 return outcome
+            for off in self._attempt_offs:  # a failed attempt's on() handlers end with it
+                off()
+            self._attempt_offs.clear()
             self._release_slot()
             delay = policy.delay(self.record.attempt, random.random())
             log.info("run %s attempt %d failed; retrying in %.2fs", self.id,
@@ -382,7 +393,10 @@ class RunActor:
             yield
         finally:
             if not self._run_scope.cancel_called:  # a run that is ending never executes again
-                with trio.CancelScope(shield=True):
+                # shielded from the caller's scopes, not from runs.cancel or max_duration
+                with trio.CancelScope(shield=True) as self._reacquiring:
+                    if self._attempt_scope is not None:
+                        self._reacquiring.deadline = self._attempt_scope.deadline
                     await self._acquire_slot()
 
     # --- spawning ------------------------------------------------------------------------------
@@ -412,7 +426,8 @@ class RunActor:
         box = self.input(key)
         box.add_handler(handler)
         self.spawn_handler(lambda: handler.run(self.handler_failed))
-        return lambda: box.remove_handler(handler)
+        self._attempt_offs.append(lambda: box.remove_handler(handler))
+        return self._attempt_offs[-1]
 
     # --- the commit loop -----------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from sdk import NotFoundError, Run, RunContext, RunHandle, TaskRunResult
+from sdk import Run, RunContext, RunHandle, TaskRunResult
 from sdk._streams import _start_pipe
 from sdk._convert import to_json
 from sdk.runtime import Completion
@@ -27,7 +27,7 @@ class _MissingRunProducer:
         self._run_id = run_id
 
     def put_nowait(self, item: Any) -> None:
-        raise NotFoundError(f"run {self._run_id} is not executing on this engine")
+        pass  # flush() raises the right error (finished or unknown) once it asked the store
 
     async def put(self, item: Any) -> None:
         raise await self._engine.missing_run_error(self._run_id)
