@@ -130,8 +130,12 @@ class _Stage:
         self.nbytes: dict[str, int] = {}
 
     def chunks(self, key: str, values: list[Any], producer: str | None = None,
-               next_seq: int | None = None) -> BaseException | None:
-        """Stage chunks for stream ``key``; return the error that refused (some of) them."""
+               first_seq: int | None = None) -> tuple[int, BaseException | None]:
+        """Stage chunks for stream ``key`` in order, until one is refused.
+
+        Returns how many were staged and the error that refused the rest (or ``None``).
+        ``first_seq`` is the producer sequence number of ``values[0]`` (client producers).
+        """
         actor = self.actor
         limits = actor.engine.limits
         stream = actor.stream(key)
@@ -157,8 +161,9 @@ class _Stage:
             encoded.append(data)
             size += len(data)
         if not encoded:
-            return error
+            return 0, error
         start = self.next_index.get(key, stream.length)
+        next_seq = None if first_seq is None else first_seq + len(encoded)
         self.next_index[key] = start + len(encoded)
         self.nbytes[key] = self.nbytes.get(key, 0) + size
         self.batch.chunks.append(ChunkAppend(actor.record.id, key, start, encoded, size,
@@ -169,7 +174,7 @@ class _Stage:
         if key not in actor.record.streams:
             actor.record.streams.append(key)
             actor.touch()
-        return error
+        return len(encoded), error
 
     def apply(self) -> None:
         for key, (items, nbytes) in self.extend.items():
@@ -441,7 +446,7 @@ class RunActor:
         for producer in producers:
             items = producer.take()
             if items:
-                err = stage.chunks(producer.key, items)
+                _, err = stage.chunks(producer.key, items)
                 stage.after.append(lambda p=producer, n=len(items), e=err: p.settled(n, e))
         for message in messages:
             self._stage_message(stage, message)
@@ -482,13 +487,10 @@ class RunActor:
         if not self._writable:
             msg.reply.set(error=RunFinishedError(f"run {self.id} has finished"))
             return
-        nxt = msg.seq + len(msg.items)
-        err = stage.chunks(msg.key, fresh, msg.producer, nxt)
-        if err is not None:
-            msg.reply.set(error=err)
-            return
+        stored, err = stage.chunks(msg.key, fresh, msg.producer, expected)
+        nxt = expected + stored  # a partly refused batch: the producer resumes after the part kept
         self.seqs[(msg.key, msg.producer)] = nxt
-        stage.after.append(lambda: msg.reply.set(nxt))
+        stage.after.append(lambda: msg.reply.set(nxt, err))
 
     def _stage_input(self, stage: _Stage, msg: SendInput) -> None:
         box = self.input(msg.key)

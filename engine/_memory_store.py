@@ -33,13 +33,11 @@ class MemoryStore(Store):
 
     async def commit(self, batch: Batch) -> None:
         await trio.lowlevel.checkpoint()
+        self._check_gaps(batch)  # before writing anything: a refused batch leaves no trace
         for run in batch.runs:
             self._runs[run["id"]] = copy.deepcopy(run)
         for app in batch.chunks:
             stream = self._streams.setdefault(app.run_id, {}).setdefault(app.key, _Stream())
-            if app.start != len(stream.items):
-                raise RuntimeError(f"chunk index gap in {app.run_id}/{app.key}: store has "
-                                   f"{len(stream.items)}, batch starts at {app.start}")
             stream.items.extend(app.items)
             stream.nbytes += app.nbytes
             if app.producer is not None and app.next_seq is not None:
@@ -51,6 +49,18 @@ class MemoryStore(Store):
             self._waitpoints[(wp.run_id, wp.key)] = (wp.data, wp.expires_at)
         for run_id, key in batch.ended:
             self._streams.setdefault(run_id, {}).setdefault(key, _Stream()).ended = True
+
+    def _check_gaps(self, batch: Batch) -> None:
+        lengths: dict[tuple[str, str], int] = {}
+        for app in batch.chunks:
+            where = (app.run_id, app.key)
+            if where not in lengths:
+                stream = self._streams.get(app.run_id, {}).get(app.key)
+                lengths[where] = len(stream.items) if stream else 0
+            if app.start != lengths[where]:
+                raise RuntimeError(f"chunk index gap in {app.run_id}/{app.key}: store has "
+                                   f"{lengths[where]}, batch starts at {app.start}")
+            lengths[where] += len(app.items)
 
     async def get_run(self, run_id: str) -> dict[str, Any] | None:
         await trio.lowlevel.checkpoint()

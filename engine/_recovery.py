@@ -1,14 +1,28 @@
 """What happens to runs that were live when the engine stopped (crash, ``kill -9``, restart).
 
-Rules, applied at startup to every stored run whose status is not final:
+Theory of operation: at startup, before it serves anyone, the engine reads every stored run
+whose status is not final (``QUEUED``, ``EXECUTING``, ``WAITING``) and applies these rules.
+Finished runs are not touched: their status, output and streams stay as they were.
 
-* If its task is registered here and its retry policy has attempts left, it is retried: the
-  attempt number goes up by one, its output streams continue at the next index, producer
-  sequence numbers and input-record idempotency keys are kept (a client retrying a batch or a
-  record is still deduplicated), and ``wait(idempotency_key=...)`` returns the stored record.
-  Records that arrived before the stop are not delivered again.
-* Otherwise it becomes ``CRASHED`` with error type ``EngineRestart``, and every one of its
-  streams is ended, so readers finish.
+1. **Unknown task.** Its task is not registered on this engine: it becomes ``CRASHED``
+   (error type ``EngineRestart``) and every one of its streams is ended.
+2. **Never started.** It is ``QUEUED`` and never began executing (``started_at`` is unset,
+   e.g. it waited for a queue slot): it is started again as it was, with the same attempt
+   number. Nothing of it ran, so it uses up no attempt.
+3. **Attempts left.** Otherwise, if ``attempt < retry.max_attempts``, it is retried at once
+   (no backoff): the attempt number goes up by one, and
+
+   * its output streams continue at the next index: every committed (acknowledged) chunk
+     stays, chunks a producer had buffered but the store had not committed are gone;
+   * producer sequence numbers are kept, so a client retrying a batch is deduplicated;
+   * input records stay stored and their idempotency keys are kept (a retried ``send``
+     gets the original index); records that arrived before the stop are **not** delivered
+     again, to ``once``/``wait``/``on`` handlers alike (``peek()`` starts at ``None``);
+   * ``wait(idempotency_key=...)`` returns the record stored for that key (until its TTL);
+   * payload, tags, metadata, parent and root are kept.
+4. **No attempts left.** It becomes ``CRASHED`` with error type ``EngineRestart``, and
+   every one of its streams (each stored stream and each key in ``run.streams``) is ended,
+   so readers finish.
 """
 
 from __future__ import annotations
@@ -30,21 +44,28 @@ log = logging.getLogger("runwire.engine")
 
 
 async def recover(engine: Engine) -> None:
+    """Apply the module's rules to every stored run that is not finished."""
     for raw in await engine.store.unfinished_runs():
         record = RunRecord.from_wire(raw)
         task = engine.tasks.get(record.task_id)
-        if task is not None and record.attempt < task.retry.max_attempts:
-            await _retry(engine, record)
+        if task is None:
+            await _crash(engine, record, unknown_task=True)
+        elif record.status is RunStatus.QUEUED and record.started_at is None:
+            await _resume(engine, record, next_attempt=False)
+        elif record.attempt < task.retry.max_attempts:
+            await _resume(engine, record, next_attempt=True)
         else:
-            await _crash(engine, record, task is None)
+            await _crash(engine, record, unknown_task=False)
 
 
-async def _retry(engine: Engine, record: RunRecord) -> None:
+async def _resume(engine: Engine, record: RunRecord, next_attempt: bool) -> None:
+    """Start an actor for the run again, on top of what the store kept of it."""
     store = engine.store
     states = await store.streams(record.id)
     seqs = await store.producer_seqs(record.id)
     records = await store.records(record.id)
-    record.attempt += 1
+    if next_attempt:
+        record.attempt += 1
     if record.status is not RunStatus.QUEUED:
         record.set_status(RunStatus.QUEUED, engine.clock())
     log.info("recovering run %s: attempt %d", record.id, record.attempt)
@@ -63,7 +84,8 @@ async def _retry(engine: Engine, record: RunRecord) -> None:
     await engine._start_actor(record, engine.tasks[record.task_id], prepare)
 
 
-async def _crash(engine: Engine, record: RunRecord, unknown_task: bool) -> None:
+async def _crash(engine: Engine, record: RunRecord, *, unknown_task: bool) -> None:
+    """Mark the run ``CRASHED`` and end every one of its streams, in one batch."""
     states = await engine.store.streams(record.id)
     record.set_status(RunStatus.CRASHED, engine.clock())
     why = (f"task {record.task_id!r} is not registered on this engine" if unknown_task

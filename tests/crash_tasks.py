@@ -1,0 +1,76 @@
+"""Tasks for the restart tests (``tests/test_restart.py``).
+
+Each one *parks* at a known point (it appends :data:`PARKED` to its ``ai`` stream, then
+sleeps or waits) so a test can stop the engine there. The subprocess test serves them with
+``python -m engine serve --tasks tests.crash_tasks``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+
+from sdk import Queue, RetryPolicy, streams, task
+
+PARKED = "parked"
+
+ai = streams.define(id="ai", type=str)
+side = streams.define(id="side", type=str)
+ext = streams.define(id="ext", type=str)  # written by clients, from outside the run
+approval = streams.input(id="approval", type=dict)
+notes = streams.input(id="notes", type=dict)
+done = streams.input(id="done", type=dict)
+
+
+@task(id="crash.finished")
+async def finished(payload: dict[str, Any]) -> dict[str, Any]:
+    """Finishes before any stop: must come back exactly as it was."""
+    for i in range(payload["n"]):
+        await ai.append(f"f{i}")
+    return {"n": payload["n"]}
+
+
+@task(id="crash.retried", retry=RetryPolicy(max_attempts=2))
+async def retried(payload: dict[str, Any], ctx: Any) -> dict[str, Any]:
+    """Attempt 1 streams, waits for approval (idempotency key), parks; attempt 2 finishes.
+
+    Attempt 2 gets the approval from the stored waitpoint, and checks that a ``notes`` record
+    sent to attempt 1 is not delivered again.
+    """
+    if ctx.attempt == 1:
+        for i in range(3):
+            await ai.append(f"a1-{i}")
+    got = (await approval.wait(timeout="1h", idempotency_key="approval-1")).unwrap()
+    await ai.append(f"a{ctx.attempt}:got:{got['answer']}")
+    if ctx.attempt == 1:
+        await ai.append(PARKED)
+        await trio.sleep_forever()
+    late = await notes.once(timeout_ms=100)
+    await ai.append("a2:notes:" + ("redelivered" if late.ok else "none"))
+    return {"attempt": ctx.attempt}
+
+
+@task(id="crash.fragile")
+async def fragile(payload: dict[str, Any]) -> None:
+    """No retries: a stop makes it ``CRASHED``; both its streams must end."""
+    await side.pipe(f"s{i}" for i in range(payload["n"])).wait_until_complete()
+    await ai.append(PARKED)
+    await trio.sleep_forever()
+
+
+@task(id="crash.queued", queue=Queue("crash-solo", concurrency_limit=1))
+async def queued(payload: dict[str, Any], ctx: Any) -> dict[str, Any]:
+    """With ``hog``, holds the queue's only slot forever; without, waits behind it."""
+    if payload.get("hog"):
+        await ai.append(PARKED)
+        await trio.sleep_forever()
+    return {"attempt": ctx.attempt}
+
+
+@task(id="crash.sink", retry=RetryPolicy(max_attempts=2))
+async def sink(payload: dict[str, Any], ctx: Any) -> dict[str, Any]:
+    """Parks ``WAITING`` for a ``done`` record; clients write into its ``ext`` stream."""
+    await ai.append(f"sink attempt {ctx.attempt}")
+    (await done.wait(timeout="1h")).unwrap()
+    return {"attempt": ctx.attempt}

@@ -1,0 +1,546 @@
+"""The Store contract: every store implementation passes the same tests.
+
+A new store joins by adding one entry to ``STORES`` (a factory from a temporary directory to
+a fresh, empty store; ``durable=True`` if what it committed must survive ``aclose`` and a new
+store on the same place). The sqlite-only mechanics (URLs, the file lock, group commit,
+cancellation) are tested at the end.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+import trio
+import trio.testing
+
+from engine import MemoryStore, Store
+from engine._records import RunRecord
+from engine._sqlite_store import SqliteStore, parse_sqlite_url
+from engine._store import (
+    Batch,
+    ChunkAppend,
+    RecordAppend,
+    StoredRecord,
+    StreamState,
+    Waitpoint,
+    open_store,
+)
+
+TIME_LIMIT = 10.0
+
+
+def bounded(fn: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+    """Fail the test if it runs longer than ``TIME_LIMIT`` seconds."""
+
+    @functools.wraps(fn)
+    async def test(*args: Any, **kwargs: Any) -> None:
+        with trio.fail_after(TIME_LIMIT):
+            await fn(*args, **kwargs)
+
+    return test
+
+
+@attrs.frozen
+class StoreKind:
+    make: Callable[[Path], Store]
+    durable: bool
+
+
+STORES = {
+    "memory": StoreKind(lambda tmp: MemoryStore(), durable=False),
+    "sqlite": StoreKind(lambda tmp: open_store(f"sqlite:///{tmp / 'contract.db'}"), durable=True),
+}
+
+
+@pytest.fixture(params=sorted(STORES))
+def kind(request: pytest.FixtureRequest) -> StoreKind:
+    return STORES[request.param]
+
+
+@pytest.fixture
+async def store(kind: StoreKind, tmp_path: Path) -> AsyncIterator[Store]:
+    opened = kind.make(tmp_path)
+    try:
+        yield opened
+    finally:
+        await opened.aclose()
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+def run(run_id: str, *, status: str = "QUEUED", task_id: str = "t",
+        finished_at: float | None = None, idempotency_key: str | None = None,
+        **extra: Any) -> dict[str, Any]:
+    """A run in the form the engine stores it (``RunRecord.to_store()``)."""
+    raw = RunRecord(id=run_id, task_id=task_id, created_at=1.0,
+                    idempotency_key=idempotency_key).to_store()
+    raw.update(status=status, finished_at=finished_at, **extra)
+    return raw
+
+
+def chunks(run_id: str, key: str, start: int, values: list[str], **kw: Any) -> ChunkAppend:
+    items = [f'"{v}"'.encode() for v in values]
+    return ChunkAppend(run_id, key, start, items, sum(map(len, items)), **kw)
+
+
+def enc(values: list[str]) -> list[bytes]:
+    return [f'"{v}"'.encode() for v in values]
+
+
+async def snapshot(store: Store, run_id: str) -> tuple[Any, ...]:
+    """Everything a store holds about one run."""
+    return (await store.get_run(run_id), await store.streams(run_id),
+            await store.producer_seqs(run_id), await store.records(run_id),
+            await store.read_chunks(run_id, "default", 0, 1000))
+
+
+# --- the contract --------------------------------------------------------------------------
+
+
+@bounded
+async def test_runs_are_stored_replaced_and_copied(store: Store) -> None:
+    first = run("r1", metadata={"a": [1, 2]}, payload={"p": "x"})
+    await store.commit(Batch(runs=[first]))
+    assert await store.get_run("r1") == first
+    got = await store.get_run("r1")
+    assert got is not None
+    got["metadata"]["a"].append(3)  # the caller's copy, not the store's
+    assert await store.get_run("r1") == first
+    second = run("r1", status="EXECUTING", attempt=2, started_at=5.0)
+    await store.commit(Batch(runs=[second]))
+    assert await store.get_run("r1") == second
+    assert await store.get_run("nope") is None
+
+
+@bounded
+async def test_commit_is_atomic_when_a_batch_is_refused(store: Store) -> None:
+    await store.commit(Batch(runs=[run("r1")], chunks=[chunks("r1", "default", 0, ["a"])]))
+    before = await snapshot(store, "r1")
+    bad = Batch(runs=[run("r1", status="EXECUTING")],
+                chunks=[chunks("r1", "default", 1, ["b"], producer="p", next_seq=1),
+                        chunks("r1", "other", 0, ["x"]),
+                        chunks("r1", "default", 5, ["gap"])],
+                records=[RecordAppend("r1", "in", 0, b"1")],
+                ended=[("r1", "default")])
+    with pytest.raises(RuntimeError, match="gap"):
+        await store.commit(bad)
+    assert await snapshot(store, "r1") == before
+    assert await store.waitpoint("r1", "w", 0.0) is None
+
+
+@bounded
+async def test_batch_parts_apply_in_order(store: Store) -> None:
+    # Two appends to one stream in one batch follow each other; an end marker in the same
+    # batch applies after the chunks.
+    await store.commit(Batch(chunks=[chunks("r1", "default", 0, ["a", "b"]),
+                                     chunks("r1", "default", 2, ["c"])],
+                             ended=[("r1", "default")]))
+    assert await store.read_chunks("r1", "default", 0, 10) == enc(["a", "b", "c"])
+    assert (await store.streams("r1"))["default"] == StreamState(3, 9, True)
+
+
+@bounded
+async def test_read_chunks_windows(store: Store) -> None:
+    values = [f"c{i}" for i in range(10)]
+    for start in (0, 4, 7):
+        end = {0: 4, 4: 7, 7: 10}[start]
+        await store.commit(Batch(chunks=[chunks("r1", "default", start, values[start:end])]))
+    assert await store.read_chunks("r1", "default", 0, 100) == enc(values)
+    assert await store.read_chunks("r1", "default", 3, 4) == enc(values[3:7])
+    assert await store.read_chunks("r1", "default", 8, 5) == enc(values[8:])
+    assert await store.read_chunks("r1", "default", 0, 1) == enc(values[:1])
+    assert await store.read_chunks("r1", "default", 10, 5) == []
+    assert await store.read_chunks("r1", "default", 50, 5) == []
+    assert await store.read_chunks("r1", "default", 2, 0) == []
+    assert await store.read_chunks("r1", "missing", 0, 5) == []
+    assert await store.read_chunks("nope", "default", 0, 5) == []
+
+
+@bounded
+async def test_read_chunks_any_window_of_big_and_small_appends(store: Store) -> None:
+    # Big appends, big chunks and one-chunk appends mixed (a store may group chunks
+    # into pages internally; no window may notice).
+    expected: list[bytes] = []
+
+    async def append(items: list[bytes]) -> None:
+        await store.commit(Batch(chunks=[ChunkAppend("r1", "s", len(expected), items,
+                                                     sum(map(len, items)))]))
+        expected.extend(items)
+
+    await append([b"%d" % i for i in range(2500)])
+    await append([b'"' + b"x" * 300_000 + b'"', b"1", b'"' + b"y" * 200_000 + b'"'])
+    for i in range(30):
+        await append([b'"tiny %d"' % i])
+    await append([b'"' + bytes([65 + i % 26]) * 1000 + b'"' for i in range(600)])
+    assert await store.read_chunks("r1", "s", 0, 10_000) == expected
+    for start in (0, 1, 1023, 1024, 1025, 2047, 2499, 2500, 2501, 2502, 2503, 2520, 2533,
+                  2534, 3000, 3132, 3133, 3134):
+        for limit in (1, 2, 7, 1024, 5000):
+            got = await store.read_chunks("r1", "s", start, limit)
+            assert got == expected[start:start + limit], (start, limit)
+
+
+@bounded
+async def test_chunks_are_bytes_exactly_as_given(store: Store) -> None:
+    items = [b'{"k":[1,2.5,null]}', b'"\xc3\xa9\\u0000"', b"0", b'"' + b"x" * 100_000 + b'"']
+    await store.commit(Batch(chunks=[ChunkAppend("r1", "s", 0, items, sum(map(len, items)))]))
+    got = await store.read_chunks("r1", "s", 0, 10)
+    assert got == items and all(type(item) is bytes for item in got)
+
+
+@bounded
+async def test_streams_state(store: Store) -> None:
+    assert await store.streams("r1") == {}
+    await store.commit(Batch(chunks=[chunks("r1", "default", 0, ["ab", "c"]),
+                                     chunks("r1", "ai", 0, ["xyz"]),
+                                     chunks("r2", "default", 0, ["other run"])]))
+    await store.commit(Batch(chunks=[chunks("r1", "ai", 1, ["q"])],
+                             ended=[("r1", "ai"), ("r1", "never-written")]))
+    assert await store.streams("r1") == {
+        "default": StreamState(length=2, nbytes=7, ended=False),
+        "ai": StreamState(length=2, nbytes=8, ended=True),
+        "never-written": StreamState(length=0, nbytes=0, ended=True),
+    }
+    assert await store.streams("r2") == {"default": StreamState(1, 11, False)}
+
+
+@bounded
+async def test_producer_seqs(store: Store) -> None:
+    await store.commit(Batch(chunks=[
+        chunks("r1", "default", 0, ["a", "b"], producer="p1", next_seq=2),
+        chunks("r1", "default", 2, ["c"], producer="p2", next_seq=7),
+        chunks("r1", "ai", 0, ["d"], producer="p1", next_seq=1),
+        chunks("r1", "ai", 1, ["no producer"]),
+    ]))
+    await store.commit(Batch(chunks=[chunks("r1", "default", 3, ["e"], producer="p1",
+                                            next_seq=3)]))
+    assert await store.producer_seqs("r1") == {
+        ("default", "p1"): 3, ("default", "p2"): 7, ("ai", "p1"): 1}
+    assert await store.producer_seqs("r2") == {}
+
+
+@bounded
+async def test_records(store: Store) -> None:
+    await store.commit(Batch(records=[RecordAppend("r1", "cancel", 0, b'{"a":1}', "k0"),
+                                      RecordAppend("r1", "approval", 0, b"true")]))
+    await store.commit(Batch(records=[RecordAppend("r1", "cancel", 1, b'"x"'),
+                                      RecordAppend("r2", "cancel", 0, b"2")]))
+    assert await store.records("r1") == {
+        "cancel": [StoredRecord(0, b'{"a":1}', "k0"), StoredRecord(1, b'"x"', None)],
+        "approval": [StoredRecord(0, b"true", None)],
+    }
+    assert await store.records("r2") == {"cancel": [StoredRecord(0, b"2", None)]}
+    assert await store.records("r3") == {}
+
+
+@bounded
+async def test_waitpoints_expire(store: Store) -> None:
+    await store.commit(Batch(waitpoints=[Waitpoint("r1", "approval:k", b'"yes"', 100.0),
+                                         Waitpoint("r1", "forever:k", b"1", None)]))
+    assert await store.waitpoint("r1", "approval:k", 99.9) == b'"yes"'
+    assert await store.waitpoint("r1", "approval:k", 100.0) is None
+    assert await store.waitpoint("r1", "approval:k", 1e12) is None
+    assert await store.waitpoint("r1", "forever:k", 1e12) == b"1"
+    assert await store.waitpoint("r1", "other", 0.0) is None
+    assert await store.waitpoint("r2", "approval:k", 0.0) is None
+    await store.commit(Batch(waitpoints=[Waitpoint("r1", "approval:k", b'"no"', 200.0)]))
+    assert await store.waitpoint("r1", "approval:k", 150.0) == b'"no"'
+
+
+@bounded
+async def test_find_run(store: Store) -> None:
+    await store.commit(Batch(runs=[run("r1", task_id="a", idempotency_key="k"),
+                                   run("r2", task_id="b", idempotency_key="k"),
+                                   run("r3", task_id="a")]))
+    assert await store.find_run("a", "k") == "r1"
+    assert await store.find_run("b", "k") == "r2"
+    assert await store.find_run("a", "other") is None
+    assert await store.find_run("c", "k") is None
+
+
+@bounded
+async def test_unfinished_runs(store: Store) -> None:
+    live = ["QUEUED", "EXECUTING", "WAITING"]
+    final = ["COMPLETED", "FAILED", "CANCELED", "CRASHED", "TIMED_OUT"]
+    await store.commit(Batch(runs=[run(f"r-{s}", status=s, finished_at=9.0 if s in final
+                                       else None) for s in live + final]))
+    assert sorted(r["id"] for r in await store.unfinished_runs()) == sorted(
+        f"r-{s}" for s in live)
+    assert {r["id"]: r for r in await store.unfinished_runs()}["r-WAITING"] == run(
+        "r-WAITING", status="WAITING")
+    await store.commit(Batch(runs=[run("r-QUEUED", status="COMPLETED", finished_at=10.0)]))
+    assert sorted(r["id"] for r in await store.unfinished_runs()) == ["r-EXECUTING", "r-WAITING"]
+
+
+async def _fill(store: Store, run_id: str, finished_at: float | None) -> None:
+    await store.commit(Batch(
+        runs=[run(run_id, status="COMPLETED" if finished_at else "EXECUTING",
+                  finished_at=finished_at, idempotency_key=f"ik-{run_id}")],
+        chunks=[chunks(run_id, "default", 0, ["a", "b"], producer="p", next_seq=2),
+                chunks(run_id, "ai", 0, ["c"])],
+        records=[RecordAppend(run_id, "in", 0, b"1", "rk")],
+        waitpoints=[Waitpoint(run_id, "in:k", b"1", None)],
+        ended=[(run_id, "default")]))
+
+
+@bounded
+async def test_delete_finished_before(store: Store) -> None:
+    await _fill(store, "old", 100.0)
+    await _fill(store, "edge", 150.0)
+    await _fill(store, "new", 200.0)
+    await _fill(store, "live", None)
+    kept = {rid: await snapshot(store, rid) for rid in ("edge", "new", "live")}
+    assert await store.delete_finished_before(150.0) == 1
+    assert await store.get_run("old") is None
+    assert await store.streams("old") == {}
+    assert await store.read_chunks("old", "default", 0, 10) == []
+    assert await store.producer_seqs("old") == {}
+    assert await store.records("old") == {}
+    assert await store.waitpoint("old", "in:k", 0.0) is None
+    assert await store.find_run("t", "ik-old") is None
+    assert {rid: await snapshot(store, rid) for rid in kept} == kept
+    assert await store.delete_finished_before(150.0) == 0
+    assert await store.delete_finished_before(1e12) == 2
+    assert [r["id"] for r in await store.unfinished_runs()] == ["live"]
+    assert await snapshot(store, "live") == kept["live"]
+
+
+@bounded
+async def test_delete_many_runs(store: Store) -> None:
+    for i in range(450):  # more than one sqlite deletion step
+        await store.commit(Batch(runs=[run(f"r{i}", status="COMPLETED", finished_at=1.0)],
+                                 chunks=[chunks(f"r{i}", "default", 0, ["x"])]))
+    assert await store.delete_finished_before(2.0) == 450
+    assert await store.get_run("r449") is None and await store.streams("r0") == {}
+
+
+@bounded
+async def test_gap_and_overlap_are_refused(store: Store) -> None:
+    await store.commit(Batch(chunks=[chunks("r1", "default", 0, ["a", "b"])]))
+    with pytest.raises(RuntimeError, match="gap"):
+        await store.commit(Batch(chunks=[chunks("r1", "default", 3, ["d"])]))
+    with pytest.raises(RuntimeError, match="gap"):
+        await store.commit(Batch(chunks=[chunks("r1", "default", 1, ["b again"])]))
+    with pytest.raises(RuntimeError, match="gap"):
+        await store.commit(Batch(chunks=[chunks("r1", "new", 1, ["first is not 0"])]))
+    assert await store.read_chunks("r1", "default", 0, 10) == enc(["a", "b"])
+    assert await store.streams("r1") == {"default": StreamState(2, 6, False)}
+    await store.commit(Batch(chunks=[chunks("r1", "default", 2, ["c"])]))
+    assert await store.read_chunks("r1", "default", 0, 10) == enc(["a", "b", "c"])
+
+
+@bounded
+async def test_concurrent_commits_all_land_and_a_bad_one_fails_alone(store: Store) -> None:
+    results: dict[int, BaseException | None] = {}
+
+    async def writer(i: int) -> None:
+        start = 5 if i == 13 else 0  # run 13's batch has a gap
+        batch = Batch(runs=[run(f"r{i}")], chunks=[chunks(f"r{i}", "default", start, ["x"])])
+        try:
+            await store.commit(batch)
+        except RuntimeError as exc:
+            results[i] = exc
+        else:
+            results[i] = None
+
+    async with trio.open_nursery() as nursery:
+        for i in range(40):
+            nursery.start_soon(writer, i)
+    assert [i for i, err in results.items() if err is not None] == [13]
+    assert await store.get_run("r13") is None
+    for i in set(range(40)) - {13}:
+        assert await store.read_chunks(f"r{i}", "default", 0, 5) == enc(["x"])
+
+
+@bounded
+async def test_aclose_twice(store: Store) -> None:
+    await store.commit(Batch(runs=[run("r1")]))
+    await store.aclose()
+    await store.aclose()
+
+
+@pytest.mark.parametrize("name", sorted(k for k, v in STORES.items() if v.durable))
+@bounded
+async def test_durable_stores_keep_everything_across_reopen(name: str, tmp_path: Path) -> None:
+    kind = STORES[name]
+    first = kind.make(tmp_path)
+    await _fill(first, "done", 100.0)
+    await _fill(first, "live", None)
+    before = {rid: await snapshot(first, rid) for rid in ("done", "live")}
+    await first.aclose()
+    second = kind.make(tmp_path)
+    try:
+        assert {rid: await snapshot(second, rid) for rid in before} == before
+        assert [r["id"] for r in await second.unfinished_runs()] == ["live"]
+        assert await second.find_run("t", "ik-done") == "done"
+        assert await second.waitpoint("done", "in:k", 0.0) == b"1"
+        await second.commit(Batch(chunks=[chunks("live", "default", 2, ["next"])]))
+        assert await second.read_chunks("live", "default", 2, 5) == enc(["next"])
+    finally:
+        await second.aclose()
+
+
+# --- sqlite mechanics ------------------------------------------------------------------------
+
+
+def test_sqlite_urls() -> None:
+    assert parse_sqlite_url("sqlite:///runwire.db") == ("runwire.db", {"synchronous": "NORMAL"})
+    assert parse_sqlite_url("sqlite:///data/x.db") == ("data/x.db", {"synchronous": "NORMAL"})
+    assert parse_sqlite_url("sqlite:////var/lib/x.db")[0] == "/var/lib/x.db"
+    assert parse_sqlite_url("sqlite:///:memory:")[0] == ":memory:"
+    assert parse_sqlite_url("sqlite:///x.db?synchronous=full") == ("x.db", {"synchronous": "FULL"})
+    for bad in ("sqlite://", "sqlite:///", "sqlite://host/x.db", "sqlite:///x.db?foo=1",
+                "sqlite:///x.db?synchronous=off", "postgres:///x"):
+        with pytest.raises(ValueError):
+            parse_sqlite_url(bad)
+    store = open_store("sqlite:///x.db?synchronous=full")
+    assert isinstance(store, SqliteStore) and store.scheme == "sqlite"
+    assert store.synchronous == "FULL"
+
+
+@bounded
+async def test_sqlite_memory_database() -> None:
+    store = open_store("sqlite:///:memory:")
+    try:
+        await store.commit(Batch(runs=[run("r1")], chunks=[chunks("r1", "default", 0, ["a"])]))
+        assert await store.read_chunks("r1", "default", 0, 5) == enc(["a"])
+        assert (await store.get_run("r1") or {})["id"] == "r1"
+    finally:
+        await store.aclose()
+    assert not os.path.exists(":memory:")
+
+
+@bounded
+async def test_sqlite_relative_path_is_relative_to_cwd(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    store = open_store("sqlite:///sub.db")
+    try:
+        await store.commit(Batch(runs=[run("r1")]))
+    finally:
+        await store.aclose()
+    assert (tmp_path / "sub.db").exists()
+
+
+@bounded
+async def test_sqlite_file_is_locked_to_one_store(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    first = open_store(url)
+    await first.commit(Batch(runs=[run("r1")]))
+    second = open_store(url)
+    with pytest.raises(OSError, match="in use by another engine"):
+        await second.get_run("r1")
+    await second.aclose()
+    await first.aclose()
+    third = open_store(url)
+    try:
+        assert await third.get_run("r1") is not None
+    finally:
+        await third.aclose()
+
+
+@bounded
+async def test_sqlite_unopenable_file_is_an_oserror(tmp_path: Path) -> None:
+    (tmp_path / "garbage.db").write_bytes(b"this is not a database" * 100)
+    store = open_store(f"sqlite:///{tmp_path / 'garbage.db'}")
+    with pytest.raises(OSError, match="cannot open SQLite store"):
+        await store.get_run("r1")
+    await store.aclose()
+    missing = open_store(f"sqlite:///{tmp_path / 'no-such-dir' / 'x.db'}")
+    with pytest.raises(OSError):
+        await missing.get_run("r1")
+    await missing.aclose()
+
+
+@bounded
+async def test_sqlite_group_commit_merges_concurrent_batches(tmp_path: Path) -> None:
+    store = SqliteStore(str(tmp_path / "g.db"))
+    groups: list[int] = []
+    write = store._write
+    store._write = lambda group: (groups.append(len(group)), write(group))[1]  # type: ignore
+    try:
+        await store.get_run("warm-up")  # open the file first
+        async with trio.open_nursery() as nursery:
+            for i in range(50):
+                nursery.start_soon(store.commit, Batch(runs=[run(f"r{i}")]))
+        assert sum(groups) == 50
+        assert len(groups) <= 3, groups  # the first alone, the rest ride together
+        assert all([await store.get_run(f"r{i}") for i in range(50)])
+    finally:
+        await store.aclose()
+
+
+@bounded
+async def test_sqlite_cancelled_commit_writes_nothing(tmp_path: Path) -> None:
+    store = SqliteStore(str(tmp_path / "c.db"))
+    try:
+        await store.get_run("warm-up")
+        release = trio.Event()
+
+        async def busy_committer(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+            async with store._turn:  # as if a group commit were in flight
+                task_status.started()
+                await release.wait()
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(busy_committer)
+            with trio.move_on_after(0.05) as scope:
+                await store.commit(Batch(runs=[run("cancelled")]))
+            assert scope.cancelled_caught
+            assert store._queue == []
+            release.set()
+        await store.commit(Batch(runs=[run("after")]))
+        assert await store.get_run("cancelled") is None
+        assert await store.get_run("after") is not None
+    finally:
+        await store.aclose()
+
+
+@bounded
+async def test_sqlite_aclose_lets_queued_commits_finish(tmp_path: Path) -> None:
+    store = SqliteStore(str(tmp_path / "q.db"))
+    await store.get_run("warm-up")
+    release = trio.Event()
+    outcome: list[str] = []
+
+    async def busy_committer(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        async with store._turn:
+            task_status.started()
+            await release.wait()
+
+    async def queued_commit(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        await store.commit(Batch(runs=[run("queued")]))
+        outcome.append("committed")
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(busy_committer)
+        await nursery.start(queued_commit)
+        nursery.start_soon(store.aclose)
+        await trio.testing.wait_all_tasks_blocked()
+        release.set()
+    assert outcome == ["committed"]
+    reopened = SqliteStore(str(tmp_path / "q.db"))
+    try:
+        assert await reopened.get_run("queued") is not None
+    finally:
+        await reopened.aclose()
+
+
+@bounded
+async def test_sqlite_closed_store_refuses_calls(tmp_path: Path) -> None:
+    store = SqliteStore(str(tmp_path / "x.db"))
+    await store.commit(Batch(runs=[run("r1")]))
+    await store.aclose()
+    with pytest.raises(trio.ClosedResourceError):
+        await store.commit(Batch(runs=[run("r2")]))
+    with pytest.raises(trio.ClosedResourceError):
+        await store.get_run("r1")
+    assert not (tmp_path / "x.db-wal").exists()  # a clean close checkpoints the WAL
