@@ -7,6 +7,7 @@ from ._engine import Engine as Engine
 from ._engine import Limits as Limits
 from ._engine import open_engine as open_engine
 from ._memory_store import MemoryStore as MemoryStore
+from ._sqlite_store import SqliteStore as SqliteStore
 from ._status import TRANSITIONS as TRANSITIONS
 from ._store import Store as Store
 from ._store import open_store as open_store

@@ -6,16 +6,24 @@ engine, unexpired, whose ``scopes`` claim lists what it may do, as ``action:reso
 (``read:runs:<run id>``, ``write:inputStreams:<run id>``, ``trigger:tasks:<task id>``,
 ``read:tasks:<task id>``, ``write:streams:<run id>``, ``write:runs:<run id>``); an id of ``*``
 or no id means every one. The signing key is derived from the API key, so tokens die with it.
-Secrets never appear in logs or error messages.
+
+A grant remembers when its token expires; the session checks that on every request, so a
+long-lived connection does not outlive its token. Expiry is judged by ``Auth.clock`` (wall
+seconds; an engine under a mock clock may point it at its own clock). Secrets never appear
+in logs or error messages: messages name what is wrong, never the credential, and a grant
+carries only a short fingerprint of it (for rate limits).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import math
+import re
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import attrs
 import jwt
@@ -24,19 +32,69 @@ from sdk import UnauthorizedError
 
 ISSUER = "runwire"
 
+#: The scopes a token may carry, as ``(action, resource)``; the id part is free.
+SCOPE_KINDS = frozenset({
+    ("read", "runs"), ("read", "tasks"), ("write", "inputStreams"), ("write", "streams"),
+    ("write", "runs"), ("trigger", "tasks"),
+})
+#: Most scopes in one token, and the longest scope.
+MAX_SCOPES = 64
+MAX_SCOPE_CHARS = 256
+_SCOPE = re.compile(r"^([A-Za-z]+):([A-Za-z]+)(?::(.+))?$", re.DOTALL)
+
 
 def generate_api_key() -> str:
     """A fresh random API key."""
     return "rw_sk_" + secrets.token_urlsafe(32)
 
 
+def fingerprint(credential: str) -> str:
+    """A short, one-way name for a credential (safe to keep in memory or show in logs)."""
+    return hashlib.sha256(credential.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def check_scopes(scopes: Any) -> list[str]:
+    """The scopes, sorted and deduplicated, if every one is well formed.
+
+    Raises:
+        ValueError: not a non-empty list of ``action:resource[:id]`` strings of a known kind.
+    """
+    if not isinstance(scopes, (list, tuple, set, frozenset)) or not scopes:
+        raise ValueError("scopes must be a non-empty list such as ['read:runs:<run id>']")
+    if len(scopes) > MAX_SCOPES:
+        raise ValueError(f"a token carries at most {MAX_SCOPES} scopes")
+    for scope in scopes:
+        _check_scope(scope)
+    return sorted(set(scopes))
+
+
+def _check_scope(scope: Any) -> None:
+    if not isinstance(scope, str) or not 0 < len(scope) <= MAX_SCOPE_CHARS:
+        raise ValueError(f"a scope is a string of 1-{MAX_SCOPE_CHARS} characters")
+    match = _SCOPE.match(scope)
+    if match is None or (match.group(1), match.group(2)) not in SCOPE_KINDS:
+        known = ", ".join(sorted(f"{a}:{r}" for a, r in SCOPE_KINDS))
+        raise ValueError(f"unknown scope {scope[:64]!r}; scopes are one of {known}, "
+                         "optionally followed by ':<id>'")
+
+
 @attrs.frozen
 class Grant:
-    """What one connection may do."""
+    """What one connection may do.
+
+    Attributes:
+        admin: the engine's API key: everything is allowed.
+        scopes: the token's scopes.
+        subject: who the token was made for (a run id, ``public``, ``api-key``).
+        expires_at: when the token expires (``Auth.clock`` seconds), ``None`` for never.
+        key: a fingerprint of the credential, to key per-credential limits.
+    """
 
     admin: bool = False
     scopes: frozenset[str] = frozenset()
     subject: str = "anonymous"
+    expires_at: float | None = None
+    key: str = ""
 
     def allows(self, action: str, resource: str, ident: str, *,
                task_id: str | None = None) -> bool:
@@ -52,20 +110,29 @@ class Grant:
         return (task_id is not None and resource == "runs" and action == "read"
                 and f"read:tasks:{task_id}" in self.scopes)
 
+    def expired(self, now: float) -> bool:
+        """Whether the token has expired at ``now``."""
+        return self.expires_at is not None and now >= self.expires_at
+
 
 class Auth:
     """Checks credentials and makes public access tokens.
 
     Args:
         api_key: the engine's secret key.
+        clock: wall-clock seconds, used to stamp and check token expiry.
     """
 
-    def __init__(self, api_key: str) -> None:
+    def __init__(self, api_key: str, *, clock: Callable[[], float] = time.time) -> None:
         if not isinstance(api_key, str) or len(api_key) < 8:
             raise ValueError("the API key must be a string of at least 8 characters")
         self._api_key = api_key.encode()
         self._signing_key = hmac.new(self._api_key, b"runwire public tokens v1",
                                      hashlib.sha256).digest()
+        self.clock = clock
+
+    def __repr__(self) -> str:
+        return "<Auth (secrets hidden)>"
 
     def authenticate(self, token: str) -> Grant:
         """The grant for a credential.
@@ -76,32 +143,45 @@ class Auth:
         """
         if not isinstance(token, str) or not token:
             raise UnauthorizedError("a credential is required")
-        if hmac.compare_digest(token.encode(), self._api_key):
-            return Grant(admin=True, subject="api-key")
-        try:
-            claims = jwt.decode(token, self._signing_key, algorithms=["HS256"], issuer=ISSUER,
-                                options={"require": ["exp", "iss", "scopes"]})
-        except jwt.ExpiredSignatureError:
-            raise UnauthorizedError("the access token has expired") from None
-        except jwt.PyJWTError:
-            raise UnauthorizedError("the credential is not a valid API key or access token") \
-                from None
+        raw = token.encode("utf-8", "surrogatepass")
+        if hmac.compare_digest(raw, self._api_key):
+            return Grant(admin=True, subject="api-key", key="api-key")
+        claims = self._claims(token)
         scopes = claims.get("scopes")
         if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
             raise UnauthorizedError("the access token has no valid scopes")
-        return Grant(scopes=frozenset(scopes), subject=str(claims.get("sub", "token")))
+        return Grant(scopes=frozenset(scopes), subject=str(claims.get("sub", "token")),
+                     expires_at=float(claims["exp"]), key=fingerprint(token))
 
-    def create_token(self, scopes: Iterable[str], expires_in: float = 3600.0,
+    def _claims(self, token: str) -> dict[str, Any]:
+        try:
+            claims = jwt.decode(token, self._signing_key, algorithms=["HS256"], issuer=ISSUER,
+                                options={"require": ["exp", "iss", "scopes"],
+                                         "verify_exp": False, "verify_iat": False})
+        except (jwt.PyJWTError, ValueError, TypeError):
+            raise UnauthorizedError("the credential is not a valid API key or access token") \
+                from None
+        exp = claims.get("exp")
+        if isinstance(exp, bool) or not isinstance(exp, (int, float)) or not math.isfinite(exp):
+            raise UnauthorizedError("the access token has no valid expiry")
+        if self.clock() >= exp:
+            raise UnauthorizedError("the access token has expired")
+        return claims
+
+    def create_token(self, scopes: Iterable[str], expires_in: float = 900.0,
                      subject: str = "public") -> str:
-        """A signed public access token carrying ``scopes`` for ``expires_in`` seconds."""
-        scope_list = sorted(set(scopes))
-        if not all(isinstance(s, str) and s for s in scope_list):
-            raise ValueError("scopes are non-empty strings such as 'read:runs:<id>'")
-        if not isinstance(expires_in, (int, float)) or expires_in <= 0:
+        """A signed public access token carrying ``scopes`` for ``expires_in`` seconds.
+
+        Raises:
+            ValueError: a scope is malformed, or ``expires_in`` is not a positive number.
+        """
+        scope_list = check_scopes(list(scopes) if not isinstance(scopes, str) else scopes)
+        if (isinstance(expires_in, bool) or not isinstance(expires_in, (int, float))
+                or not math.isfinite(expires_in) or expires_in <= 0):
             raise ValueError("expires_in must be a positive number of seconds")
-        now = int(time.time())
-        claims = {"iss": ISSUER, "sub": subject, "iat": now, "exp": now + int(expires_in),
-                  "scopes": scope_list}
+        now = self.clock()
+        claims = {"iss": ISSUER, "sub": subject, "iat": int(now),
+                  "exp": round(now + expires_in, 3), "scopes": scope_list}
         return jwt.encode(claims, self._signing_key, algorithm="HS256")
 
     def run_token(self, run_id: str, expires_in: float = 86400.0) -> str:

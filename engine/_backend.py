@@ -140,6 +140,10 @@ class RunBackend:
         async for snapshot in self.engine.subscribe(run_id):
             yield Run.from_wire(snapshot)
 
+    async def create_token(self, scopes: list[str], expires_in: float) -> str:
+        """A public access token; a task acts with the engine's authority."""
+        return self.engine.issue_token(scopes, expires_in)[0]
+
     # --- inside a run only -------------------------------------------------------------------
 
     def input(self, key: str) -> _InputChannel:

@@ -12,10 +12,11 @@ from typing import Any
 
 import trio
 
+from sdk._duration import parse_duration
 from sdk._task import tasks_in
 
 from ._auth import generate_api_key
-from ._engine import open_engine
+from ._engine import Limits, open_engine
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -31,7 +32,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8765, help="0 picks a free port")
     serve.add_argument("--api-key", default=None,
                        help="secret API key (default: $RUNWIRE_API_KEY, else generated)")
-    serve.add_argument("--drain-timeout", type=float, default=60.0)
+    serve.add_argument("--drain-timeout", type=float, default=60.0,
+                       help="seconds a finished task's producers may go on (default 60)")
+    serve.add_argument("--retention", default="28d",
+                       help="how long finished runs are kept: seconds or 30m/12h/28d "
+                            "(default 28d)")
     serve.add_argument("--log-level", default="INFO")
     return parser
 
@@ -51,9 +56,11 @@ async def _serve(args: argparse.Namespace) -> None:
         api_key = generate_api_key()
         print(f"generated API key (shown once): {api_key}", flush=True)
     tasks = load_tasks(args.tasks)
+    limits = Limits(retention=parse_duration(args.retention, "--retention") or 0.0)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with open_engine(tasks, store=args.store, api_key=api_key, host=args.host,
-                               port=args.port, drain_timeout=args.drain_timeout) as eng:
+                               port=args.port, drain_timeout=args.drain_timeout,
+                               limits=limits) as eng:
             names = ", ".join(sorted(eng.tasks)) or "(none)"
             print(f"runwire engine serving {eng.url} (store {args.store}; tasks: {names})",
                   flush=True)

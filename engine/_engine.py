@@ -10,6 +10,7 @@ for runs that are not live, of the Store.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
@@ -20,6 +21,7 @@ import orjson
 import trio
 
 from sdk import (
+    BadFrameError,
     InvalidPayloadError, NotFoundError, PayloadTooLargeError, RunFinishedError, Task,
     UnknownTaskError,
 )
@@ -28,7 +30,7 @@ from sdk.runtime import collapse_exception_groups
 from transport import Connection, memory_connection_pair
 
 from ._actor import ExternalAppend, RunActor, SendInput
-from ._auth import Auth, generate_api_key
+from ._auth import Auth, check_scopes, generate_api_key
 from ._backend import RunBackend
 from ._records import RunRecord, new_run_id
 from ._store import Batch, Store, open_store
@@ -42,7 +44,12 @@ DAY = 86400.0
 
 @attrs.frozen
 class Limits:
-    """Every limit the engine enforces (all configurable through ``open_engine(limits=...)``)."""
+    """Every limit the engine enforces (all configurable through ``open_engine(limits=...)``).
+
+    ``docs/security.md`` lists each with its default and the error a client gets. The rates
+    are token buckets per credential: ``*_rate`` requests per second on average, bursts of
+    up to ``*_burst``; a rate of ``None`` turns that limit off.
+    """
 
     max_stream_bytes: int = 300 * MiB
     max_record_bytes: int = 1 * MiB
@@ -58,6 +65,12 @@ class Limits:
     max_connections: int = 1024
     max_requests_per_connection: int = 1024
     handshake_timeout: float = 10.0
+    trigger_rate: float | None = 100.0
+    trigger_burst: int = 1000
+    send_rate: float | None = 1000.0
+    send_burst: int = 10000
+    max_token_lifetime: float = 30 * DAY
+    max_key_chars: int = 256
 
 
 class ReadTimeout(Exception):
@@ -125,7 +138,7 @@ class Engine:
             raise ValueError("drain_timeout must be a number of seconds >= 0")
         self.store = store
         self.api_key = api_key
-        self.auth = Auth(api_key)
+        self.auth = Auth(api_key, clock=self.clock)
         self.drain_timeout = float(drain_timeout)
         self.limits = limits or Limits()
         self.actors: dict[str, RunActor] = {}
@@ -176,31 +189,33 @@ class Engine:
             raise PayloadTooLargeError(f"payload of {size} bytes is over the "
                                        f"{self.limits.max_payload_bytes}-byte limit")
         task.validate(payload)
-        if opts.idempotency_key is not None:
-            existing = await self._existing_run(task_id, opts.idempotency_key)
-            if existing is not None:
-                return existing
         ikey = (task_id, opts.idempotency_key) if opts.idempotency_key else None
-        if ikey:
+        if ikey:  # claim the key before any await, so two triggers with it never both start
+            while ikey in self._triggering:
+                await self._triggering[ikey].wait()
             self._triggering[ikey] = trio.Event()
         try:
+            if ikey:
+                existing = await self._existing_run(*ikey)
+                if existing is not None:
+                    return existing
             record = RunRecord(
                 id=new_run_id(), task_id=task_id, payload=payload, tags=list(opts.tags),
                 metadata=dict(opts.metadata), created_at=self.clock(),
                 parent_id=parent.id if parent else None,
                 root_id=(parent.record.root_id or parent.id) if parent else None,
                 idempotency_key=opts.idempotency_key)
-            await self.store.commit(Batch(runs=[record.to_store()]))
-            await self._start_actor(record, task)
+            # a run is stored and started, or neither: cancelled in between (a client gone),
+            # it would stay QUEUED forever, and a retry with its key would get that dead run
+            with trio.CancelScope(shield=True):
+                await self.store.commit(Batch(runs=[record.to_store()]))
+                await self._start_actor(record, task)
             return record
         finally:
             if ikey:
                 self._triggering.pop(ikey).set()
 
     async def _existing_run(self, task_id: str, key: str) -> RunRecord | None:
-        pending = self._triggering.get((task_id, key))
-        if pending is not None:
-            await pending.wait()
         run_id = await self.store.find_run(task_id, key)
         return await self.get_record(run_id) if run_id else None
 
@@ -233,6 +248,23 @@ class Engine:
             raise NotFoundError(f"no run with id {run_id!r}")
         return RunRecord.from_wire(raw)
 
+    def issue_token(self, scopes: Any, expires_in: float) -> tuple[str, float]:
+        """A public access token for ``scopes``, valid ``expires_in`` seconds; and its expiry.
+
+        Raises:
+            BadFrameError: a malformed scope, or a lifetime outside ``(0, max_token_lifetime]``.
+        """
+        limit = self.limits.max_token_lifetime
+        if not (isinstance(expires_in, (int, float)) and math.isfinite(expires_in)
+                and 0 < expires_in <= limit):
+            raise BadFrameError(f"'expires_in' must be a number of seconds in (0, {limit:g}]")
+        try:
+            checked = check_scopes(scopes)
+        except ValueError as exc:
+            raise BadFrameError(str(exc)) from None
+        expires_at = self.auth.clock() + expires_in
+        return self.auth.create_token(checked, expires_in), expires_at
+
     async def missing_run_error(self, run_id: str) -> Exception:
         """The error for a run that is not live here: finished, or unknown."""
         try:
@@ -249,8 +281,22 @@ class Engine:
 
     async def send_input(self, run_id: str, key: str, data: Any, ikey: str | None) -> int:
         """Store one input record and deliver it; returns its index."""
-        actor = await self._live_actor(run_id)
-        return await actor.submit(SendInput(key, data, ikey))
+        try:
+            actor = await self._live_actor(run_id)
+            return await actor.submit(SendInput(key, data, ikey))
+        except RunFinishedError:
+            # a retried send whose first attempt was stored (maybe it is what ended the
+            # run) gets that record's index, as it would from the live actor
+            index = await self._stored_input(run_id, key, ikey) if ikey else None
+            if index is None:
+                raise
+            return index
+
+    async def _stored_input(self, run_id: str, key: str, ikey: str) -> int | None:
+        for record in (await self.store.records(run_id)).get(key, []):
+            if record.idempotency_key == ikey:
+                return record.index
+        return None
 
     async def append(self, run_id: str, key: str, producer: str, seq: int,
                      items: list[Any]) -> int:
@@ -282,8 +328,9 @@ class Engine:
         while True:
             await actor.wait_change(seen)
             seen = actor.version
+            final = actor.finished.is_set()  # of this snapshot: it may finish while we yield
             yield actor.record.to_wire()
-            if actor.finished.is_set():
+            if final:
                 return
 
     async def open_reader(self, run_id: str, key: str, start: int) -> Reader:
@@ -328,7 +375,10 @@ class Engine:
     async def _sweep_loop(self) -> None:
         while True:
             await trio.sleep(self.limits.sweep_interval)
-            await self.sweep()
+            try:
+                await self.sweep()
+            except Exception:  # a full disk or a locked file must not stop the engine
+                log.exception("retention sweep failed; it will be tried again")
 
     async def sweep(self) -> int:
         """Delete runs that finished more than ``retention`` seconds ago; how many."""

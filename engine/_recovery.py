@@ -46,16 +46,23 @@ log = logging.getLogger("runwire.engine")
 async def recover(engine: Engine) -> None:
     """Apply the module's rules to every stored run that is not finished."""
     for raw in await engine.store.unfinished_runs():
-        record = RunRecord.from_wire(raw)
-        task = engine.tasks.get(record.task_id)
-        if task is None:
-            await _crash(engine, record, unknown_task=True)
-        elif record.status is RunStatus.QUEUED and record.started_at is None:
-            await _resume(engine, record, next_attempt=False)
-        elif record.attempt < task.retry.max_attempts:
-            await _resume(engine, record, next_attempt=True)
-        else:
-            await _crash(engine, record, unknown_task=False)
+        try:
+            await _recover_one(engine, raw)
+        except Exception:  # one unreadable run must not keep the engine from starting
+            log.exception("could not recover run %s; it is left as stored", raw.get("id"))
+
+
+async def _recover_one(engine: Engine, raw: dict) -> None:
+    record = RunRecord.from_wire(raw)
+    task = engine.tasks.get(record.task_id)
+    if task is None:
+        await _crash(engine, record, unknown_task=True)
+    elif record.status is RunStatus.QUEUED and record.started_at is None:
+        await _resume(engine, record, next_attempt=False)
+    elif record.attempt < task.retry.max_attempts:
+        await _resume(engine, record, next_attempt=True)
+    else:
+        await _crash(engine, record, unknown_task=False)
 
 
 async def _resume(engine: Engine, record: RunRecord, next_attempt: bool) -> None:

@@ -5,23 +5,42 @@ Theory of operation: the session reads frames in one loop. ``hello`` must come f
 code 4401. After ``welcome``, every request runs as its own task in the session's nursery,
 inside a cancel scope that ``cancel`` (or the end of the connection) cancels. A bad frame is
 answered with an ``error`` frame and the loop goes on; nothing a client sends can take down
-the engine or another client. Every request is checked against the connection's grant.
+the engine or another client: a bug in a session closes that connection (1011), no more.
+Every request is checked against the connection's grant (and its expiry).
+
+Limits, each answered with an error the client can act on (see ``docs/security.md``):
+connections beyond ``max_connections`` are refused (``rate_limited``, close 1013); at most
+``max_requests_per_connection`` requests are open at once (``rate_limited``); ``trigger``
+and ``send`` draw from token buckets per credential (``rate_limited``).
+
+Cancelling a request (a ``cancel`` frame) never cuts a message short: a request sends
+through :meth:`Session._emit`, under a shield that only the end of the session lifts, so a
+frame being written is finished first (a torn websocket message would break the connection
+for every other request on it); the request stops at its next checkpoint, and a request
+that already sent its final answer gets no ``end``.
+
+Backpressure: the session never queues frames for a client. Every answer is sent with
+``await conn.send`` under the connection's one send lock, which waits for the socket (or the
+bounded in-memory channel) to take it. A client that stops reading stalls only its own
+session: its request tasks wait on the lock (at most ``max_requests_per_connection`` of
+them), the read loop stops reading, and TCP pushes back on the client.
 """
 
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
 import trio
 
-from sdk import ForbiddenError, RunwireError, UnauthorizedError
+from sdk import BadFrameError, ForbiddenError, RateLimitedError, RunwireError, UnauthorizedError
 from transport import (
-    Ack, Append, Cancel, CancelRun, Chunks, Connection, ConnectionBroken, ConnectionClosed, End,
-    Error, Frame, Hello, PROTOCOL_VERSION, Read, RemoteProtocolError, Retrieve, RunInfo, Send,
-    Subscribe, Trigger, Triggered, Welcome,
+    Ack, Append, Cancel, CancelRun, Chunks, Connection, ConnectionBroken, ConnectionClosed,
+    CreateToken, End, Error, Frame, Hello, PROTOCOL_VERSION, Read, RemoteProtocolError,
+    Retrieve, RunInfo, Send, Subscribe, Token, Trigger, Triggered, Welcome,
 )
 from transport._protocol import CLOSE_UNAUTHORIZED
 
@@ -35,6 +54,13 @@ log = logging.getLogger("runwire.engine")
 
 Handler = Callable[[Any], Awaitable[None]]
 
+#: Close code for "the engine is overloaded, try again later" (RFC 6455 registry).
+CLOSE_TRY_AGAIN = 1013
+#: Close code for "the engine hit an unexpected condition".
+CLOSE_INTERNAL = 1011
+#: Seconds a refusal (error frame and close) may take before the connection is dropped.
+REFUSE_TIMEOUT = 5.0
+
 
 class Session:
     """The engine's half of one connection."""
@@ -44,23 +70,50 @@ class Session:
         self.conn = conn
         self.grant = Grant()
         self._requests: dict[int, trio.CancelScope] = {}
+        self._sending: set[trio.CancelScope] = set()
+        self._ending = False
         self._handlers: dict[type[Frame], Handler] = {
             Read: self._read, Append: self._append, Send: self._send, Trigger: self._trigger,
             Subscribe: self._subscribe, Retrieve: self._retrieve, CancelRun: self._cancel_run,
+            CreateToken: self._create_token,
         }
 
     async def serve(self) -> None:
         self.engine.connections += 1
+        close_code = 1000
         try:
-            if await self._handshake():
+            if self.engine.connections > self.engine.limits.max_connections:
+                await self._refuse("rate_limited", "too many connections; try again later",
+                                   CLOSE_TRY_AGAIN)
+            elif await self._handshake():
                 async with trio.open_nursery() as nursery:
-                    await self._loop(nursery)
-                    nursery.cancel_scope.cancel()
+                    try:
+                        await self._loop(nursery)
+                    finally:
+                        self._end_requests(nursery)
         except (ConnectionBroken, ConnectionClosed):
             pass
+        except Exception:  # a bug here must end this connection, never the engine
+            log.exception("session failed; closing its connection")
+            close_code = CLOSE_INTERNAL
         finally:
             self.engine.connections -= 1
-            await self.conn.aclose()
+            await self.conn.aclose(close_code)
+
+    def _end_requests(self, nursery: trio.Nursery) -> None:
+        self._ending = True
+        for scope in self._sending:
+            scope.cancel()
+        nursery.cancel_scope.cancel()
+
+    async def _emit(self, frame: Frame) -> None:
+        """Send a request's frame whole: only the end of the session may interrupt it."""
+        with trio.CancelScope(shield=not self._ending) as scope:
+            self._sending.add(scope)
+            try:
+                await self.conn.send(frame)
+            finally:
+                self._sending.discard(scope)
 
     # --- handshake ---------------------------------------------------------------------------
 
@@ -85,10 +138,11 @@ class Session:
         return False
 
     async def _refuse(self, code: str, message: str, close_code: int) -> None:
-        try:
-            await self.conn.send(Error(re=None, code=code, message=message))
-        except Exception:  # the client may be gone already; we are closing anyway
-            pass
+        with trio.move_on_after(REFUSE_TIMEOUT):
+            try:
+                await self.conn.send(Error(re=None, code=code, message=message))
+            except Exception:  # the client may be gone already; we are closing anyway
+                pass
         await self.conn.aclose(close_code, message[:120])
 
     # --- the request loop --------------------------------------------------------------------
@@ -114,10 +168,6 @@ class Session:
                 if scope is not None:
                     scope.cancel()
                 continue
-            if isinstance(frame, Hello):
-                await self.conn.send(Error(re=None, code="bad_frame",
-                                           message="hello was already received"))
-                continue
             await self._start(nursery, frame)
 
     async def _start(self, nursery: trio.Nursery, frame: Any) -> None:
@@ -127,8 +177,11 @@ class Session:
                                        message=f"request id {rid} is already in use"))
             return
         if len(self._requests) >= self.engine.limits.max_requests_per_connection:
-            await self.conn.send(Error(re=rid, code="rate_limited",
-                                       message="too many open requests on this connection"))
+            await self.conn.send(Error(
+                re=rid, code="rate_limited",
+                message=f"too many open requests on this connection (at most "
+                        f"{self.engine.limits.max_requests_per_connection}); cancel or finish "
+                        f"some first"))
             return
         scope = self._requests[rid] = trio.CancelScope()
         nursery.start_soon(self._run_request, rid, scope, self._handlers[type(frame)], frame)
@@ -140,24 +193,26 @@ class Session:
                 try:
                     await handler(frame)
                 except RunwireError as exc:
-                    await self.conn.send(Error(re=rid, code=exc.code, message=exc.message))
+                    await self._emit(Error(re=rid, code=exc.code, message=exc.message))
                 except (ConnectionBroken, ConnectionClosed):
                     raise
                 except Exception:
                     log.exception("request %r failed", type(frame).__name__)
-                    await self.conn.send(Error(re=rid, code="internal",
-                                               message="internal error; see the engine log"))
+                    await self._emit(Error(re=rid, code="internal",
+                                           message="internal error; see the engine log"))
             if scope.cancelled_caught:
-                await self.conn.send(End(re=rid, reason="canceled"))
+                await self._emit(End(re=rid, reason="canceled"))
         except (ConnectionBroken, ConnectionClosed):
             pass  # the connection is gone; the read loop ends the session
         finally:
             self._requests.pop(rid, None)
 
-    # --- authorization -----------------------------------------------------------------------
+    # --- authorization and rates -------------------------------------------------------------
 
     async def _allow(self, action: str, resource: str, ident: str) -> None:
         grant = self.grant
+        if grant.expired(self.engine.auth.clock()):
+            raise UnauthorizedError("the access token has expired; reconnect with a new one")
         if grant.admin or grant.allows(action, resource, ident):
             return
         task_id = None
@@ -167,67 +222,146 @@ class Session:
             except RunwireError:
                 task_id = None
         if not grant.allows(action, resource, ident, task_id=task_id):
-            raise ForbiddenError(f"this credential may not {action} {resource} {ident!r}")
+            raise ForbiddenError(f"this credential may not {action} {resource} {_short(ident)}")
+
+    def _take(self, action: str, rate: float | None, burst: int) -> None:
+        if not rate_limiter(self.engine).take((self.grant.key, action), rate, burst):
+            raise RateLimitedError(f"too many {action} requests for this credential (at most "
+                                   f"{rate:g} a second, bursts of {burst}); try again later")
 
     # --- requests ----------------------------------------------------------------------------
 
+    def _check_keys(self, **keys: str | None) -> None:
+        """Stream keys, producer ids and idempotency keys are stored: keep them short."""
+        limit = self.engine.limits.max_key_chars
+        for name, value in keys.items():
+            if value is not None and not 0 < len(value) <= limit:
+                raise BadFrameError(f"'{name}' must be 1-{limit} characters")
+
     async def _read(self, frame: Read) -> None:
         await self._allow("read", "runs", frame.run)
+        self._check_keys(stream=frame.stream)
         if frame.from_ < 0:
-            raise _bad("'from' must be >= 0")
-        if frame.timeout_s is not None and frame.timeout_s <= 0:
-            raise _bad("'timeout_s' must be > 0 or null")
+            raise BadFrameError("'from' must be >= 0")
+        if frame.timeout_s is not None and not frame.timeout_s > 0:
+            raise BadFrameError("'timeout_s' must be > 0 or null")
         reader = await self.engine.open_reader(frame.run, frame.stream, frame.from_)
         while True:
             start = reader.next
             try:
                 batch = await reader.next_batch(frame.timeout_s)
             except ReadTimeout:
-                await self.conn.send(End(re=frame.id, reason="timeout", next=reader.next))
+                await self._emit(End(re=frame.id, reason="timeout", next=reader.next))
                 return
             if batch is None:
-                await self.conn.send(End(re=frame.id, reason="complete", next=reader.next))
+                await self._emit(End(re=frame.id, reason="complete", next=reader.next))
                 return
-            await self.conn.send(Chunks(re=frame.id, stream=frame.stream, start=start,
-                                        items=[orjson.Fragment(item) for item in batch]))
+            await self._emit(Chunks(re=frame.id, stream=frame.stream, start=start,
+                                    items=[orjson.Fragment(item) for item in batch]))
 
     async def _append(self, frame: Append) -> None:
         await self._allow("write", "streams", frame.run)
-        if frame.seq < 0 or not frame.producer:
-            raise _bad("append needs a producer id and a 'seq' >= 0")
+        self._check_keys(stream=frame.stream, producer=frame.producer)
+        if frame.seq < 0:
+            raise BadFrameError("append needs a 'seq' >= 0")
         nxt = await self.engine.append(frame.run, frame.stream, frame.producer, frame.seq,
                                        frame.items)
-        await self.conn.send(Ack(re=frame.id, next_seq=nxt))
+        await self._emit(Ack(re=frame.id, next_seq=nxt))
 
     async def _send(self, frame: Send) -> None:
         await self._allow("write", "inputStreams", frame.run)
+        self._check_keys(stream=frame.stream, key=frame.key)
+        limits = self.engine.limits
+        self._take("send", limits.send_rate, limits.send_burst)
         index = await self.engine.send_input(frame.run, frame.stream, frame.data, frame.key)
-        await self.conn.send(Ack(re=frame.id, index=index))
+        await self._emit(Ack(re=frame.id, index=index))
 
     async def _trigger(self, frame: Trigger) -> None:
         await self._allow("trigger", "tasks", frame.task)
+        limits = self.engine.limits
+        self._take("trigger", limits.trigger_rate, limits.trigger_burst)
         record = await self.engine.trigger(frame.task, frame.payload, frame.options)
-        await self.conn.send(Triggered(re=frame.id, run=record.id,
-                                       token=self.engine.auth.run_token(record.id)))
+        await self._emit(Triggered(re=frame.id, run=record.id,
+                                   token=self.engine.auth.run_token(record.id)))
 
     async def _subscribe(self, frame: Subscribe) -> None:
         await self._allow("read", "runs", frame.run)
         async for snapshot in self.engine.subscribe(frame.run):
-            await self.conn.send(RunInfo(re=frame.id, run=snapshot))
-        await self.conn.send(End(re=frame.id, reason="complete"))
+            await self._emit(RunInfo(re=frame.id, run=snapshot))
+        await self._emit(End(re=frame.id, reason="complete"))
 
     async def _retrieve(self, frame: Retrieve) -> None:
         await self._allow("read", "runs", frame.run)
         record = await self.engine.get_record(frame.run)
-        await self.conn.send(RunInfo(re=frame.id, run=record.to_wire()))
+        await self._emit(RunInfo(re=frame.id, run=record.to_wire()))
 
     async def _cancel_run(self, frame: CancelRun) -> None:
         await self._allow("write", "runs", frame.run)
         await self.engine.cancel_run(frame.run)
-        await self.conn.send(Ack(re=frame.id))
+        await self._emit(Ack(re=frame.id))
+
+    async def _create_token(self, frame: CreateToken) -> None:
+        if not self.grant.admin:
+            raise ForbiddenError("only the engine's API key may create access tokens")
+        token, expires_at = self.engine.issue_token(frame.scopes, frame.expires_in)
+        await self._emit(Token(re=frame.id, token=token, expires_at=round(expires_at, 3)))
 
 
-def _bad(message: str) -> RunwireError:
-    from sdk import BadFrameError
 
-    return BadFrameError(message)
+def _short(ident: Any) -> str:
+    text = repr(ident)
+    return text if len(text) <= 64 else text[:61] + "..."
+
+
+# --- rate limits --------------------------------------------------------------------------
+
+
+class RateLimiter:
+    """Token buckets, one per (credential fingerprint, action), on trio's clock.
+
+    A bucket holds up to ``burst`` tokens and refills at ``rate`` a second; each request
+    takes one. Buckets that are full again are forgotten when there are many, so memory stays
+    bounded by the credentials active in the last ``burst / rate`` seconds.
+    """
+
+    #: Buckets kept before full ones are pruned.
+    PRUNE_AT = 4096
+
+    def __init__(self) -> None:
+        # key -> (tokens left, when counted, rate, burst)
+        self._buckets: dict[tuple[str, str], tuple[float, float, float, int]] = {}
+
+    def take(self, key: tuple[str, str], rate: float | None, burst: int) -> bool:
+        """Take one token from ``key``'s bucket; ``False`` if it is empty."""
+        if rate is None:
+            return True
+        now = trio.current_time()
+        tokens = self._level(self._buckets.get(key, (float(burst), now, rate, burst)), now)
+        if tokens < 1.0:
+            self._buckets[key] = (tokens, now, rate, burst)
+            return False
+        self._buckets[key] = (tokens - 1.0, now, rate, burst)
+        if len(self._buckets) > self.PRUNE_AT:
+            self._prune(now)
+        return True
+
+    @staticmethod
+    def _level(bucket: tuple[float, float, float, int], now: float) -> float:
+        tokens, then, rate, burst = bucket
+        return min(float(burst), tokens + (now - then) * rate)
+
+    def _prune(self, now: float) -> None:
+        for key, bucket in list(self._buckets.items()):
+            if self._level(bucket, now) >= bucket[3]:
+                del self._buckets[key]
+
+
+_LIMITERS: weakref.WeakKeyDictionary[Engine, RateLimiter] = weakref.WeakKeyDictionary()
+
+
+def rate_limiter(engine: Engine) -> RateLimiter:
+    """The engine's rate limiter (one per engine, shared by all its sessions)."""
+    limiter = _LIMITERS.get(engine)
+    if limiter is None:
+        limiter = _LIMITERS[engine] = RateLimiter()
+    return limiter

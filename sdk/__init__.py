@@ -1,5 +1,6 @@
 """runwire SDK: define tasks, write and read streams, talk to an engine."""
 
+from ._auth import auth as auth
 from ._client import Client as Client
 from ._client import connect as connect
 from ._errors import BadFrameError as BadFrameError

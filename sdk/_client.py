@@ -1,13 +1,32 @@
 """The client: SDK calls from a backend, over one websocket (or an in-process pair).
 
-Theory of operation: :class:`Client` keeps one :class:`~transport.Connection` up. One task
+Theory of operation: :class:`Client` keeps one connection (a :class:`_Link`) up. One task
 reads frames and routes each by ``re`` to the :class:`_Inbox` of the request that asked for
-it. Every request is written so it can be issued again on a new connection: reads resume at
-the next index they have not delivered, producers resend the batch that was not acknowledged
+it. Routing never waits: an inbox is bounded by its own policy, so a slow consumer of one
+request cannot stall the others (a reader whose loop body awaits ``send`` on the same client
+would otherwise deadlock). A read whose consumer falls behind *pauses*: the client cancels it
+on the engine, drops what still arrives for it, and once the consumer has caught up reads
+again from the next index, which the engine serves from its store. A subscription that falls
+behind keeps only the newest run snapshot.
+
+Every request is written so it can be issued again on a new connection: reads resume at the
+next index they have not delivered, producers resend the batch that was not acknowledged
 (the engine drops what it already stored, by producer sequence number), ``send`` and
-``trigger`` carry a client-chosen idempotency key. When the link breaks, every inbox is told,
-the requests wait for the next connection, and the user sees nothing, unless the engine stays
-unreachable longer than ``reconnect_timeout``: then calls fail with :class:`ConnectionError`.
+``trigger`` carry an idempotency key (client-chosen when the caller gives none), and a
+re-issued ``cancel_run`` that finds the run finished counts as done. ``_call`` refuses to
+re-issue a request that carries no key. When the link breaks, every inbox is told, the
+requests wait for the next connection, and the user sees nothing. Reconnecting starts at
+once after a healthy connection (one that answered something, or lived a while), then
+backs off exponentially with jitter; each attempt is bounded in time.
+
+If the engine stays unreachable longer than ``reconnect_timeout``, waiting calls fail with
+:class:`ConnectionError`, and so do new calls while the engine is down; the client keeps
+trying in the background and works again once the engine is back. A refused credential
+(``unauthorized``) on reconnect is final: calls fail with :class:`UnauthorizedError`.
+
+Every task the client starts lives in the nursery of ``connect()`` (a connection's helper
+tasks in a nursery of their own, cancelled with it), so nothing outlives the block; on exit
+the connection is closed gracefully first, then everything left is cancelled.
 """
 
 from __future__ import annotations
@@ -21,16 +40,42 @@ from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import orjson
 import trio
 
 from transport import (
-    Ack, Append, Cancel, CancelRun, Chunks, Connection, ConnectionBroken, End, Error, Frame,
-    Hello, PROTOCOL_VERSION, Read, Retrieve, RunInfo, Send, Subscribe, Trigger, Triggered,
-    TransportError, Welcome, connect_websocket,
+    PROTOCOL_VERSION,
+    Ack,
+    Append,
+    Cancel,
+    CancelRun,
+    Chunks,
+    Connection,
+    ConnectionBroken,
+    End,
+    Error,
+    Frame,
+    Hello,
+    Read,
+    Retrieve,
+    RunInfo,
+    Send,
+    Subscribe,
+    TransportError,
+    Trigger,
+    Triggered,
+    Welcome,
+    connect_websocket,
 )
 
 from ._errors import (
-    OutsideRunError, RunwireError, StreamTimeoutError, UnauthorizedError, error_from_code,
+    OutsideRunError,
+    PayloadTooLargeError,
+    RunFinishedError,
+    RunwireError,
+    StreamTimeoutError,
+    UnauthorizedError,
+    error_from_code,
 )
 from ._models import Run, RunHandle, TaskRunResult
 from .runtime import Completion, bind_client, collapse_exception_groups, unbind_client
@@ -43,193 +88,401 @@ Connector = Callable[[trio.Nursery], Awaitable[Connection]]
 PRODUCER_HIGH_WATER = 8192
 #: Most chunks in one ``append`` frame.
 APPEND_BATCH = 4096
+#: Most bytes of chunks in one ``append`` frame (fewer if the engine's messages are smaller).
+APPEND_BATCH_BYTES = 1024 * 1024
+#: Room left in a message for the frame around a payload.
+FRAME_OVERHEAD = 4096
+#: Chunks a read buffers for a consumer that is behind before it pauses.
+READ_BUFFER = 8192
+#: Snapshots a subscription buffers before it keeps only the newest.
+SUBSCRIBE_BUFFER = 16
+#: First and largest pause between reconnect attempts, in seconds (before jitter).
+BACKOFF_FIRST = 0.05
+BACKOFF_MAX = 2.0
+#: Seconds after which a connection counts as healthy even if it answered nothing.
+STABLE_LINK = 5.0
+#: Seconds to close a connection gracefully or to deliver a ``cancel``.
+CLOSE_TIMEOUT = 1.0
 
 
-class _Disconnected:
-    """Put in every inbox when the connection breaks."""
+class _Signal:
+    """A marker put in an inbox: ``DISCONNECTED`` or ``PAUSED``."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
 
 
-DISCONNECTED = _Disconnected()
+#: The connection broke; the request is issued again on the next one.
+DISCONNECTED = _Signal("DISCONNECTED")
+#: The read's consumer fell behind; the read is issued again from the next index.
+PAUSED = _Signal("PAUSED")
 
 
 class _Inbox:
-    """Frames for one request. ``put`` waits when the consumer is far behind (backpressure)."""
+    """Frames for one request. ``put`` never waits; this base class keeps every frame."""
 
-    def __init__(self, limit: int = 64) -> None:
+    def __init__(self) -> None:
         self._items: collections.deque[Any] = collections.deque()
-        self._limit = limit
         self._ready = trio.Event()
-        self._space = trio.Event()
-        self.detached = False
 
-    async def put(self, frame: Any) -> None:
-        self._items.append(frame)
-        self._ready.set()
-        while len(self._items) > self._limit and not self.detached:
-            self._space = trio.Event()
-            await self._space.wait()
+    def put(self, frame: Any) -> bool:
+        """Keep ``frame``; ``True`` asks the router to cancel the request on the engine."""
+        self.append(frame)
+        return False
 
-    def put_nowait(self, frame: Any) -> None:
-        self._items.append(frame)
+    def append(self, item: Any) -> None:
+        self._items.append(item)
         self._ready.set()
 
     async def get(self) -> Any:
         while not self._items:
             self._ready = trio.Event()
             await self._ready.wait()
-        frame = self._items.popleft()
-        if len(self._items) <= self._limit:
-            self._space.set()
+        return self._items.popleft()
+
+
+class _ReadInbox(_Inbox):
+    """A read's inbox: past ``limit`` buffered chunks it pauses and drops what follows."""
+
+    def __init__(self, limit: int = READ_BUFFER) -> None:
+        super().__init__()
+        self.limit = limit
+        self.buffered = 0
+        self.paused = False
+
+    def put(self, frame: Any) -> bool:
+        if self.paused:
+            return False
+        if isinstance(frame, Chunks):
+            if self.buffered and self.buffered + len(frame.items) > self.limit:
+                self.paused = True
+                self.append(PAUSED)
+                return True
+            self.buffered += len(frame.items)
+        self.append(frame)
+        return False
+
+    async def get(self) -> Any:
+        frame = await super().get()
+        if isinstance(frame, Chunks):
+            self.buffered -= len(frame.items)
         return frame
 
-    def detach(self) -> None:
-        self.detached = True
-        self._space.set()
+
+class _RunInbox(_Inbox):
+    """A subscription's inbox: past ``limit`` snapshots, a new one replaces the newest."""
+
+    def __init__(self, limit: int = SUBSCRIBE_BUFFER) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def put(self, frame: Any) -> bool:
+        items = self._items
+        if isinstance(frame, RunInfo) and len(items) >= self.limit \
+                and isinstance(items[-1], RunInfo):
+            items[-1] = frame  # the engine coalesces snapshots too: the newest one wins
+            return False
+        return super().put(frame)
+
+
+class _Link:
+    """One connection, the nursery of its helper tasks, and whether it is gone."""
+
+    def __init__(self, conn: Connection, nursery: trio.Nursery) -> None:
+        self.conn = conn
+        self.nursery = nursery
+        self.gone = trio.Event()
+        self.answered = False
+        self.opened_at = trio.current_time()
+        self._closing = False
+        self._closed = trio.Event()
+
+    @property
+    def healthy(self) -> bool:
+        """Did it answer a request, or live long? (A link that breaks before it answers
+        anything may be broken by a request; reconnecting at once would loop.)"""
+        return self.answered or trio.current_time() - self.opened_at >= STABLE_LINK
+
+    async def close(self) -> None:
+        """Close gracefully (bounded), then stop the connection's helper tasks.
+
+        A second caller waits for the first: the helper tasks must live until the close
+        handshake is over, or it would wait for a reply nobody reads.
+        """
+        if self._closing:
+            await self._closed.wait()
+            return
+        self._closing = True
+        with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
+            await self.conn.aclose()
+        self.nursery.cancel_scope.cancel()
+        self._closed.set()
+
+
+async def _nursery_task(*, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    """Hold a nursery open until it is cancelled (a connection's helper tasks live in it)."""
+    async with trio.open_nursery() as nursery:
+        task_status.started(nursery)
+        await trio.sleep_forever()
 
 
 class Client:
     """A connection to an engine; use :func:`connect` or ``engine.connect()`` to get one.
 
     Args:
-        connector: opens a new (not yet greeted) connection; called again to reconnect.
+        connector: opens a new (not yet greeted) connection, with its helper tasks in the
+            nursery it is given; called again to reconnect.
         token: the API key or a public access token.
         reconnect_timeout: seconds the engine may stay unreachable before calls fail.
+        connect_timeout: seconds one connection attempt (up to ``welcome``) may take.
+
+    Attributes:
+        random: where the jitter of reconnect pauses comes from (seed it to replay one).
+        welcome: the engine's ``welcome`` on the current (or last) connection.
     """
 
-    def __init__(self, connector: Connector, token: str, *,
-                 reconnect_timeout: float = 60.0) -> None:
+    def __init__(self, connector: Connector, token: str, *, reconnect_timeout: float = 60.0,
+                 connect_timeout: float = 10.0) -> None:
+        if not isinstance(reconnect_timeout, (int, float)) or reconnect_timeout < 0:
+            raise ValueError("reconnect_timeout must be a number of seconds >= 0")
         self._connector = connector
         self._token = token
-        self.reconnect_timeout = reconnect_timeout
+        self.reconnect_timeout = float(reconnect_timeout)
+        self.connect_timeout = float(connect_timeout)
+        self.random = random.Random()
         self._nursery: trio.Nursery | None = None
-        self._conn: Connection | None = None
-        self._connected = trio.Event()
-        self._fatal: BaseException | None = None
+        self._link: _Link | None = None
+        self._up = trio.Event()
+        self._delay = BACKOFF_FIRST
+        self._fatal: tuple[type[Exception], str] | None = None
+        self._closing = False
         self._inboxes: dict[int, _Inbox] = {}
         self._next_id = 0
         self.welcome: Welcome | None = None
 
     # --- connection ------------------------------------------------------------------------
 
-    async def _open(self, nursery: trio.Nursery) -> Connection:
-        conn = await self._connector(nursery)
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Keep a connection up until cancelled (started by :func:`open_client`).
+
+        Raises:
+            ConnectionBroken: the first connection could not be made.
+            UnauthorizedError: the credential was refused.
+        """
+        link = await self._open_link(self.connect_timeout)
+        task_status.started()
+        while True:
+            await self._serve(link)
+            if self._closing:
+                return
+            link = await self._reconnect(link.healthy)
+
+    async def _open_link(self, timeout: float) -> _Link:
+        assert self._nursery is not None
+        nursery = await self._nursery.start(_nursery_task)
+        try:
+            with trio.fail_after(timeout):
+                conn = await self._connector(nursery)
+                await self._greet(conn)
+        except trio.TooSlowError:
+            nursery.cancel_scope.cancel()
+            raise ConnectionBroken(f"no connection to the engine within {timeout:g} s") \
+                from None
+        except RuntimeError:
+            # the client is being cancelled: the helper nursery may close before we are
+            # told, and then refuses new tasks; that is a cancellation, not an error
+            nursery.cancel_scope.cancel()
+            await trio.lowlevel.checkpoint_if_cancelled()
+            raise
+        except BaseException:
+            nursery.cancel_scope.cancel()
+            raise
+        return _Link(conn, nursery)
+
+    async def _greet(self, conn: Connection) -> None:
         try:
             await conn.send(Hello(protocol=PROTOCOL_VERSION, token=self._token))
             frame = await conn.receive()
+            if isinstance(frame, Error):
+                raise error_from_code(frame.code, frame.message)
+            if not isinstance(frame, Welcome):
+                raise ConnectionBroken(f"expected welcome, got {frame.type!r}")
         except BaseException:
-            await conn.aclose()
-            raise
-        if isinstance(frame, Error):
-            await conn.aclose()
-            raise error_from_code(frame.code, frame.message)
-        assert isinstance(frame, Welcome)
-        self.welcome = frame
-        return conn
-
-    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        """Keep a connection up until cancelled (started by :func:`connect`)."""
-        assert self._nursery is not None
-        conn = await self._open(self._nursery)
-        task_status.started()
-        while True:
-            self._attach(conn)
-            try:
-                await self._read_loop(conn)
-            except (ConnectionBroken, TransportError) as exc:
-                log.info("connection lost (%s); reconnecting", exc)
-            finally:
-                self._detach()
+            with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
                 await conn.aclose()
-            conn = await self._reconnect()
+            raise
+        self.welcome = frame
 
-    def _attach(self, conn: Connection) -> None:
-        self._conn = conn
-        self._connected.set()
-
-    def _detach(self) -> None:
-        self._conn = None
-        self._connected = trio.Event()
-        for inbox in self._inboxes.values():
-            inbox.put_nowait(DISCONNECTED)
-            inbox.detach()
-
-    async def _reconnect(self) -> Connection:
-        assert self._nursery is not None
-        deadline = trio.current_time() + self.reconnect_timeout
-        delay = 0.05
-        while True:
-            try:
-                return await self._open(self._nursery)
-            except UnauthorizedError as exc:
-                self._fail(exc)
-                raise
-            except (TransportError, OSError, RunwireError) as exc:
-                if trio.current_time() + delay > deadline:
-                    self._fail(ConnectionError(
-                        f"engine unreachable for {self.reconnect_timeout:g} s: {exc}"))
-                    await trio.sleep_forever()
-                await trio.sleep(delay * (1 + random.random()))
-                delay = min(delay * 2, 2.0)
-
-    def _fail(self, exc: BaseException) -> None:
-        self._fatal = exc
-        self._connected.set()
-
-    async def _read_loop(self, conn: Connection) -> None:
-        while True:
-            frame = await conn.receive()
-            re = getattr(frame, "re", None)
-            inbox = self._inboxes.get(re) if re is not None else None
-            if inbox is not None:
-                await inbox.put(frame)
-            elif isinstance(frame, Error):
-                log.warning("engine error without a request: %s %s", frame.code, frame.message)
-
-    async def _wait_connected(self) -> Connection:
-        while True:
-            if self._fatal is not None:
-                raise self._fatal
-            if self._conn is not None:
-                return self._conn
-            await self._connected.wait()
-
-    def _register(self, limit: int = 64) -> tuple[int, _Inbox]:
-        self._next_id += 1
-        inbox = _Inbox(limit)
-        self._inboxes[self._next_id] = inbox
-        return self._next_id, inbox
-
-    async def _send(self, conn: Connection, frame: Frame) -> bool:
-        """Send on ``conn``; ``False`` if the link broke (the caller waits and retries)."""
+    async def _serve(self, link: _Link) -> None:
+        """Route the link's frames until it breaks or is closed."""
+        self._attach(link)
         try:
-            await conn.send(frame)
+            while True:
+                self._route(link, await link.conn.receive())
+        except TransportError as exc:
+            if not self._closing:
+                log.info("connection lost (%s); reconnecting", exc)
+        finally:
+            self._detach(link)
+            await link.close()
+
+    def _attach(self, link: _Link) -> None:
+        self._link = link
+        self._fatal = None
+        self._up.set()
+
+    def _detach(self, link: _Link) -> None:
+        self._link = None
+        self._up = trio.Event()
+        link.gone.set()
+        for inbox in self._inboxes.values():
+            inbox.append(DISCONNECTED)
+
+    async def _reconnect(self, healthy: bool) -> _Link:
+        """A new link: at once after a healthy one, else after a growing, jittered pause.
+
+        Attempts are bounded by the time left before ``reconnect_timeout``; once it has
+        passed, calls fail (:meth:`_give_up`) and the attempts go on in the background.
+        """
+        deadline = trio.current_time() + self.reconnect_timeout
+        if healthy:
+            self._delay = BACKOFF_FIRST
+        else:
+            await self._back_off(deadline)
+        error: BaseException | None = None
+        while True:
+            now = trio.current_time()
+            if now >= deadline and self._fatal is None:
+                self._give_up(ConnectionError, f"engine unreachable for "
+                              f"{self.reconnect_timeout:g} s (last error: {error})")
+            budget = deadline - now if now < deadline else self.connect_timeout
+            try:
+                return await self._open_link(min(budget, self.connect_timeout))
+            except UnauthorizedError as exc:
+                self._give_up(UnauthorizedError, f"the engine refused the credential on "
+                              f"reconnect: {exc.message}")
+                await trio.sleep_forever()  # retrying will not make the credential valid
+            except (TransportError, OSError, RunwireError) as exc:
+                error = exc
+            await self._back_off(deadline)
+
+    async def _back_off(self, deadline: float) -> None:
+        """Sleep between half and all of the current delay (not past ``deadline``); double it."""
+        pause = self.random.uniform(self._delay / 2, self._delay)
+        self._delay = min(self._delay * 2, BACKOFF_MAX)
+        now = trio.current_time()
+        await trio.sleep(pause if now >= deadline else min(pause, deadline - now))
+
+    def _give_up(self, kind: type[Exception], message: str) -> None:
+        log.warning("%s", message)
+        self._fatal = (kind, message)
+        self._up.set()
+
+    async def _wait_link(self) -> _Link:
+        """The current connection; waits while reconnecting.
+
+        Raises:
+            ConnectionError: the engine was unreachable for ``reconnect_timeout``, or the
+                client is closed.
+            UnauthorizedError: the credential was refused on reconnect.
+        """
+        while True:
+            if self._link is not None:
+                return self._link
+            if self._closing:
+                raise ConnectionError("the client is closed")
+            if self._fatal is not None:
+                kind, message = self._fatal
+                raise kind(message)
+            await self._up.wait()
+
+    def _route(self, link: _Link, frame: Frame) -> None:
+        re = getattr(frame, "re", None)
+        inbox = self._inboxes.get(re) if re is not None else None
+        link.answered = True
+        if inbox is None:
+            if isinstance(frame, Error):
+                log.warning("engine error without a request: %s %s", frame.code, frame.message)
+            return
+        if inbox.put(frame):
+            link.nursery.start_soon(self._cancel_request, link, re)
+
+    def _register(self, inbox: _Inbox) -> int:
+        self._next_id += 1
+        self._inboxes[self._next_id] = inbox
+        return self._next_id
+
+    async def _send(self, link: _Link, frame: Frame) -> bool:
+        """Send on ``link``; ``False`` if the link broke (the caller waits and retries)."""
+        try:
+            await link.conn.send(frame)
             return True
         except TransportError:
             return False
 
     async def _call(self, make: Callable[[int], Frame]) -> Frame:
-        """One request, one answer; issued again after a reconnect."""
+        """One request, one answer; issued again after a reconnect if it is idempotent.
+
+        Raises:
+            ConnectionError: the link broke before the answer and the request carries no
+                key that makes issuing it again safe.
+        """
         while True:
-            conn = await self._wait_connected()
-            rid, inbox = self._register(4)
+            link = await self._wait_link()
+            rid = self._register(_Inbox())
             try:
-                if not await self._send(conn, make(rid)):
-                    continue
-                frame = await inbox.get()
+                frame = make(rid)
+                sent = await self._send(link, frame)
+                answer = await self._inboxes[rid].get() if sent else DISCONNECTED
             finally:
                 del self._inboxes[rid]
-            if frame is DISCONNECTED:
+            if answer is DISCONNECTED:
+                if not _reissuable(frame):
+                    raise ConnectionError(f"the connection broke before the answer to "
+                                          f"{frame.type!r}; it may or may not have happened")
+                await link.gone.wait()
                 continue
-            if isinstance(frame, Error):
-                raise error_from_code(frame.code, frame.message)
-            return frame
+            if isinstance(answer, Error):
+                raise error_from_code(answer.code, answer.message)
+            return answer
 
-    async def _cancel_request(self, rid: int) -> None:
-        conn = self._conn
-        if conn is not None:
-            with trio.move_on_after(1) as scope:
-                scope.shield = True
-                await self._send(conn, Cancel(id=rid))
+    async def _cancel_request(self, link: _Link, rid: int) -> None:
+        if not link.gone.is_set():
+            with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
+                await self._send(link, Cancel(id=rid))
+
+    def _encode(self, value: Any, what: str) -> bytes:
+        """``value`` as JSON, refused here if it could never fit in one message.
+
+        Raises:
+            TypeError: ``value`` is not JSON.
+            PayloadTooLargeError: it is larger than the engine's messages.
+        """
+        try:
+            data = orjson.dumps(value)
+        except TypeError as exc:
+            raise TypeError(f"{what} is not JSON: {exc}") from None
+        limit = self.max_item_bytes
+        if limit and len(data) > limit:
+            raise PayloadTooLargeError(f"{what} of {len(data)} bytes is over the "
+                                       f"{limit}-byte message limit of the engine")
+        return data
+
+    @property
+    def max_item_bytes(self) -> int:
+        """Largest encoded payload one frame can carry (0: the engine did not say)."""
+        size = self.welcome.max_message if self.welcome is not None else 0
+        return max(size - FRAME_OVERHEAD, 0)
+
+    async def aclose(self) -> None:
+        """Close the connection gracefully; calls fail afterwards. Safe to call twice."""
+        self._closing = True
+        self._up.set()
+        if self._link is not None:
+            await self._link.close()
 
     # --- Backend: streams -----------------------------------------------------------------
 
@@ -259,53 +512,51 @@ class Client:
         return done
 
     def spawn_background(self, fn: Callable[[], Awaitable[None]]) -> None:
-        if self._nursery is None:
+        if self._nursery is None or self._closing:
             raise OutsideRunError("the client is closed")
         self._nursery.start_soon(fn)
 
     async def read(self, run_id: str, key: str, start: int,
                    timeout: float | None) -> AsyncIterator[list[Any]]:
-        """Batches of chunks from ``start``; resumes at the next index after a reconnect."""
+        """Batches of chunks from ``start``; resumes at the next index after a reconnect.
+
+        Leaving the iteration early (``aclose``) cancels the read on the engine.
+        """
         nxt = start
         while True:
-            conn = await self._wait_connected()
-            rid, inbox = self._register()
-            finished = False
+            link = await self._wait_link()
+            inbox = _ReadInbox()
+            rid = self._register(inbox)
+            over = False
             try:
-                if not await self._send(conn, Read(id=rid, run=run_id, stream=key, from_=nxt,
+                if not await self._send(link, Read(id=rid, run=run_id, stream=key, from_=nxt,
                                                    timeout_s=timeout)):
-                    continue
-                while True:
+                    frame: Any = DISCONNECTED
+                else:
                     frame = await inbox.get()
-                    if frame is DISCONNECTED:
-                        break
+                while not isinstance(frame, _Signal):
                     if isinstance(frame, Chunks):
-                        items = frame.items
-                        if frame.start < nxt:
-                            items = items[nxt - frame.start:]
-                        elif frame.start > nxt:
-                            raise RunwireError(f"engine skipped chunks {nxt}..{frame.start - 1}")
+                        items = _fresh(frame, nxt)
                         if items:
                             nxt += len(items)
                             yield items
-                    elif isinstance(frame, End):
-                        finished = True
-                        if frame.reason == "timeout":
-                            raise StreamTimeoutError(
-                                f"no chunk on stream {key!r} of run {run_id} for {timeout} s")
+                    elif isinstance(frame, (End, Error)):
+                        over = True
+                        _raise_end(frame, run_id, key, timeout)
                         return
-                    elif isinstance(frame, Error):
-                        finished = True
-                        raise error_from_code(frame.code, frame.message)
+                    frame = await inbox.get()
             finally:
-                self._inboxes.pop(rid, None)
-                if not finished:
-                    await self._cancel_request(rid)
+                del self._inboxes[rid]
+                if not over and not inbox.paused:
+                    await self._cancel_request(link, rid)
+            if frame is DISCONNECTED:
+                await link.gone.wait()
 
     async def send(self, run_id: str, key: str, data: Any,
                    idempotency_key: str | None = None) -> int:
-        ikey = idempotency_key or uuid.uuid4().hex
-        frame = await self._call(lambda rid: Send(id=rid, run=run_id, stream=key, data=data,
+        ikey = idempotency_key or f"auto:{uuid.uuid4().hex}"
+        body = orjson.Fragment(self._encode(data, f"record for input stream {key!r}"))
+        frame = await self._call(lambda rid: Send(id=rid, run=run_id, stream=key, data=body,
                                                   key=ikey))
         assert isinstance(frame, Ack)
         return frame.index if frame.index is not None else -1
@@ -314,8 +565,10 @@ class Client:
 
     async def trigger(self, task_id: str, payload: Any, options: dict[str, Any]) -> RunHandle:
         opts = dict(options)
-        opts.setdefault("idempotency_key", f"auto:{uuid.uuid4().hex}")
-        frame = await self._call(lambda rid: Trigger(id=rid, task=task_id, payload=payload,
+        if opts.get("idempotency_key") is None:
+            opts["idempotency_key"] = f"auto:{uuid.uuid4().hex}"
+        body = orjson.Fragment(self._encode(payload, f"payload for task {task_id!r}"))
+        frame = await self._call(lambda rid: Trigger(id=rid, task=task_id, payload=body,
                                                      options=opts))
         assert isinstance(frame, Triggered)
         return RunHandle(id=frame.run, public_access_token=frame.token)
@@ -327,7 +580,9 @@ class Client:
 
     async def batch_trigger_and_wait(self, task_id: str, payloads: list[Any],
                                      options: dict[str, Any]) -> list[TaskRunResult[Any]]:
-        handles = [await self.trigger(task_id, p, options) for p in payloads]
+        key = options.get("idempotency_key")
+        handles = [await self.trigger(task_id, p, _item_options(options, key, i))
+                   for i, p in enumerate(payloads)]
         results: list[TaskRunResult[Any] | None] = [None] * len(handles)
 
         async def one(i: int, run_id: str) -> None:
@@ -352,46 +607,96 @@ class Client:
         return Run.from_wire(frame.run)
 
     async def cancel_run(self, run_id: str) -> None:
-        await self._call(lambda rid: CancelRun(id=rid, run=run_id))
+        attempts = 0
+
+        def make(rid: int) -> Frame:
+            nonlocal attempts
+            attempts += 1
+            return CancelRun(id=rid, run=run_id)
+
+        try:
+            await self._call(make)
+        except RunFinishedError:
+            if attempts == 1:
+                raise
+            # an earlier attempt's answer was lost: that attempt may be what ended the run
 
     async def subscribe(self, run_id: str) -> AsyncIterator[Run]:
         """Run snapshots until the run is finished; re-subscribes after a reconnect."""
+        last: dict[str, Any] | None = None
         while True:
-            conn = await self._wait_connected()
-            rid, inbox = self._register()
-            finished = False
+            link = await self._wait_link()
+            inbox = _RunInbox()
+            rid = self._register(inbox)
+            over = False
             try:
-                if not await self._send(conn, Subscribe(id=rid, run=run_id)):
-                    continue
-                while True:
+                if not await self._send(link, Subscribe(id=rid, run=run_id)):
+                    frame: Any = DISCONNECTED
+                else:
                     frame = await inbox.get()
-                    if frame is DISCONNECTED:
-                        break
+                while not isinstance(frame, _Signal):
                     if isinstance(frame, RunInfo):
-                        yield Run.from_wire(frame.run)
-                    elif isinstance(frame, End):
-                        finished = True
+                        if frame.run != last:  # a re-subscription repeats the current state
+                            last = frame.run
+                            yield Run.from_wire(frame.run)
+                    elif isinstance(frame, (End, Error)):
+                        over = True
+                        if isinstance(frame, Error):
+                            raise error_from_code(frame.code, frame.message)
                         return
-                    elif isinstance(frame, Error):
-                        finished = True
-                        raise error_from_code(frame.code, frame.message)
+                    frame = await inbox.get()
             finally:
-                self._inboxes.pop(rid, None)
-                if not finished:
-                    await self._cancel_request(rid)
+                del self._inboxes[rid]
+                if not over:
+                    await self._cancel_request(link, rid)
+            await link.gone.wait()
+
+
+def _fresh(frame: Chunks, nxt: int) -> list[Any]:
+    """The items of ``frame`` from index ``nxt`` on."""
+    if frame.start > nxt:
+        raise RunwireError(f"engine skipped chunks {nxt}..{frame.start - 1}")
+    return frame.items[nxt - frame.start:]
+
+
+def _raise_end(frame: End | Error, run_id: str, key: str, timeout: float | None) -> None:
+    """Raise what ends a read, if anything (a complete read ends quietly)."""
+    if isinstance(frame, Error):
+        raise error_from_code(frame.code, frame.message)
+    if frame.reason == "timeout":
+        raise StreamTimeoutError(f"no chunk on stream {key!r} of run {run_id} for {timeout} s")
+
+
+def _reissuable(frame: Frame) -> bool:
+    """May ``frame`` be sent again after its answer was lost, without doing it twice?"""
+    if isinstance(frame, Send):
+        return frame.key is not None
+    if isinstance(frame, Trigger):
+        return frame.options.get("idempotency_key") is not None
+    return True  # reads of state, appends (numbered), cancel_run (see Client.cancel_run)
+
+
+def _item_options(options: dict[str, Any], key: str | None, index: int) -> dict[str, Any]:
+    """Options for item ``index`` of a batch: a key given for the batch becomes one per item."""
+    if key is None:
+        return options
+    return {**options, "idempotency_key": f"{key}:{index}"}
 
 
 class _ClientProducer:
-    """A producer outside the engine: numbered batches, resent until acknowledged."""
+    """A producer outside the engine: numbered batches, resent until acknowledged.
+
+    Chunks are encoded when they are put, so a chunk that is not JSON fails the ``put``
+    (not the connection), and batches are cut by size as well as by count.
+    """
 
     def __init__(self, client: Client, run_id: str, key: str) -> None:
         self._client = client
         self._run = run_id
         self._key = key
         self.id = uuid.uuid4().hex
-        self._buffer: list[Any] = []
+        self._buffer: list[bytes] = []
         self._base = 0  # sequence number of _buffer[0]
-        self._acked = 0
         self._closed = False
         self._error: BaseException | None = None
         self._wake = trio.Event()
@@ -407,7 +712,8 @@ class _ClientProducer:
     def put_nowait(self, item: Any) -> None:
         if self._error is not None:
             raise self._error
-        self._buffer.append(item)
+        data = self._client._encode(item, f"chunk for stream {self._key!r}")
+        self._buffer.append(data)
         self._wake.set()
         self._start()
 
@@ -425,7 +731,7 @@ class _ClientProducer:
 
     async def flush(self) -> None:
         target = self._base + len(self._buffer)
-        while self._acked < target and self._error is None:
+        while self._base < target and self._error is None:
             await self._wait_progress()
         if self._error is not None:
             raise self._error
@@ -433,6 +739,22 @@ class _ClientProducer:
     def close(self) -> None:
         self._closed = True
         self._wake.set()
+
+    def _batch(self) -> list[orjson.Fragment]:
+        limit = min(APPEND_BATCH_BYTES, self._client.max_item_bytes or APPEND_BATCH_BYTES)
+        size = 0
+        batch = []
+        for data in self._buffer[:APPEND_BATCH]:
+            size += len(data)
+            if batch and size > limit:
+                break
+            batch.append(orjson.Fragment(data))
+        return batch
+
+    def _append_frame(self, seq: int, batch: list[orjson.Fragment]) -> Callable[[int], Frame]:
+        """The same batch, from sequence number ``seq``, for every attempt."""
+        return lambda rid: Append(id=rid, run=self._run, stream=self._key, producer=self.id,
+                                  seq=seq, items=batch)
 
     async def _sender(self) -> None:
         try:
@@ -443,17 +765,12 @@ class _ClientProducer:
                     self._wake = trio.Event()
                     await self._wake.wait()
                     continue
-                batch = self._buffer[:APPEND_BATCH]
-                base = self._base
-                frame = await self._client._call(
-                    lambda rid: Append(id=rid, run=self._run, stream=self._key,
-                                       producer=self.id, seq=base, items=batch))
+                frame = await self._client._call(self._append_frame(self._base, self._batch()))
                 assert isinstance(frame, Ack) and frame.next_seq is not None
-                done = frame.next_seq - self._base
-                del self._buffer[:done]
-                self._base = self._acked = frame.next_seq
+                del self._buffer[:frame.next_seq - self._base]
+                self._base = frame.next_seq
                 self._progress.set()
-        except (RunwireError, ConnectionError) as exc:
+        except Exception as exc:  # kept for put/flush to raise; never the client's problem
             self._error = exc
             self._progress.set()
 
@@ -467,10 +784,11 @@ def _ws_url(url: str) -> str:
 
 
 @asynccontextmanager
-async def open_client(connector: Connector, token: str, *,
-                      reconnect_timeout: float = 60.0) -> AsyncIterator[Client]:
+async def open_client(connector: Connector, token: str, *, reconnect_timeout: float = 60.0,
+                      connect_timeout: float = 10.0) -> AsyncIterator[Client]:
     """Run a :class:`Client` over ``connector`` for the duration of the block."""
-    client = Client(connector, token, reconnect_timeout=reconnect_timeout)
+    client = Client(connector, token, reconnect_timeout=reconnect_timeout,
+                    connect_timeout=connect_timeout)
     with collapse_exception_groups():
         async with trio.open_nursery() as nursery:
             client._nursery = nursery
@@ -480,18 +798,28 @@ async def open_client(connector: Connector, token: str, *,
                 yield client
             finally:
                 unbind_client(bound)
+                await client.aclose()
                 nursery.cancel_scope.cancel()
                 client._nursery = None
 
 
 @asynccontextmanager
 async def connect(url: str, api_key: str | None = None, *, access_token: str | None = None,
-                  reconnect_timeout: float = 60.0,
+                  reconnect_timeout: float = 60.0, connect_timeout: float = 10.0,
                   max_message_size: int = 64 * 1024 * 1024) -> AsyncIterator[Client]:
     """Connect to an engine at ``url`` with an API key or a public access token.
 
     Inside the block, SDK calls (``tasks.trigger``, ``streams.read``, ``runs.retrieve`` ...)
-    go to this engine.
+    go to this engine. A lost connection is made again in the background, and requests are
+    resumed on it (see ``docs/guide.md``, "Reconnects and exactly-once").
+
+    Args:
+        url: ``ws://host:port`` (the path defaults to ``/v1``).
+        api_key: the engine's secret key; or give ``access_token`` instead.
+        reconnect_timeout: seconds the engine may stay unreachable before calls fail
+            with :class:`ConnectionError`.
+        connect_timeout: seconds one connection attempt may take.
+        max_message_size: largest message accepted from the engine.
 
     Raises:
         UnauthorizedError: the credential was refused.
@@ -503,10 +831,12 @@ async def connect(url: str, api_key: str | None = None, *, access_token: str | N
     target = _ws_url(url)
 
     async def connector(nursery: trio.Nursery) -> Connection:
-        return await connect_websocket(nursery, target, max_message_size=max_message_size)
+        return await connect_websocket(nursery, target, max_message_size=max_message_size,
+                                       connect_timeout=connect_timeout)
 
     try:
-        async with open_client(connector, token, reconnect_timeout=reconnect_timeout) as client:
+        async with open_client(connector, token, reconnect_timeout=reconnect_timeout,
+                               connect_timeout=connect_timeout) as client:
             yield client
     except ConnectionBroken as exc:
         raise ConnectionError(str(exc)) from exc

@@ -77,6 +77,7 @@ class RunBackend(Backend, Protocol):
     def metadata_set(self, key: str, value: Any) -> None: ...
     def metadata_all(self) -> dict[str, Any]: ...
     async def suspend_for(self, seconds: float) -> None: ...
+    async def create_token(self, scopes: list[str], expires_in: float) -> str: ...
     async def legacy_stream(self, key: str, source: Any) -> AsyncIterator[Any]: ...
 
 
@@ -176,4 +177,9 @@ def collapse_exception_groups():
             inner = inner.exceptions[0]
         if inner is group:
             raise
-        raise inner from group.__cause__
+        context = inner.__context__  # keep the error's own cause and context, not the group
+        try:
+            raise inner
+        finally:
+            inner.__context__ = context
+            del inner, context

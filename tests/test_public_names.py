@@ -15,9 +15,11 @@ PUBLIC = {
         "RunFinishedError", "PayloadTooLargeError", "StreamTooLargeError", "BadFrameError",
         "UnknownTaskError", "InvalidPayloadError", "RateLimitedError", "InternalError",
         "StreamTimeoutError", "InputStreamTimeoutError", "TaskRunError", "OutsideRunError",
+        "auth",
     },
     "engine": {
-        "open_engine", "Engine", "Limits", "RunActor", "Store", "MemoryStore", "open_store",
+        "open_engine", "Engine", "Limits", "RunActor", "Store", "MemoryStore", "SqliteStore",
+        "open_store",
         "OutputStream", "InputMailbox", "Producer", "Auth", "Grant", "TRANSITIONS",
     },
     "transport": {
@@ -27,7 +29,7 @@ PUBLIC = {
         "ConnectionClosed", "FRAME_TYPES", "CLIENT_FRAMES", "ENGINE_FRAMES", "PROTOCOL_VERSION",
         "Frame", "Hello", "Welcome", "Read", "Chunks", "End", "Append", "Send", "Ack",
         "Trigger", "Triggered", "Subscribe", "Retrieve", "RunInfo", "CancelRun", "Cancel",
-        "Error",
+        "Error", "CreateToken", "Token",
     },
 }
 

@@ -22,6 +22,7 @@ from ._frames import Append as Append
 from ._frames import Cancel as Cancel
 from ._frames import CancelRun as CancelRun
 from ._frames import Chunks as Chunks
+from ._frames import CreateToken as CreateToken
 from ._frames import End as End
 from ._frames import Error as Error
 from ._frames import Frame as Frame
@@ -31,6 +32,7 @@ from ._frames import Retrieve as Retrieve
 from ._frames import RunInfo as RunInfo
 from ._frames import Send as Send
 from ._frames import Subscribe as Subscribe
+from ._frames import Token as Token
 from ._frames import Trigger as Trigger
 from ._frames import Triggered as Triggered
 from ._frames import Welcome as Welcome

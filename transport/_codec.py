@@ -2,9 +2,15 @@
 
 ``encode(frame) -> bytes`` and ``decode(data) -> Frame`` are the only places that turn frames
 into JSON and back; nobody else calls orjson on frames. Decoding is strict: an integer field
-refuses ``"5"`` and ``true``, a string field refuses ``5``. Anything wrong raises
-:class:`RemoteProtocolError` with code ``bad_frame`` and, when the message had a usable
-``id``, that id, so the answer can point back to the request.
+refuses ``"5"`` and ``true``, a string field refuses ``5``, a list field refuses a string.
+Anything wrong raises :class:`RemoteProtocolError` with code ``bad_frame`` and, when the
+message had a usable ``id``, that id, so the answer can point back to the request.
+
+Whatever :func:`decode` accepts, :func:`encode` can write again, also wrapped in an engine
+frame: orjson reads up to 1024 levels of nesting but writes at most 254, so a message nested
+deeper than :data:`MAX_DEPTH` is refused here, at the edge, instead of failing later deep
+inside the engine (found by the codec fuzzer, see ``docs/security.md``). Error messages
+quote at most :data:`QUOTE_LIMIT` characters of what the peer sent.
 """
 
 from __future__ import annotations
@@ -13,14 +19,19 @@ from typing import Any
 
 import attrs
 import orjson
+from cattrs import transform_error
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 from cattrs.preconf.orjson import make_converter
 
 from ._errors import RemoteProtocolError
 from ._frames import FRAME_TYPES, Frame, Json, JsonList, JsonObject, Read, request_id
 
-#: Deepest nesting accepted in a frame; orjson itself refuses more than 1024.
-MAX_DEPTH = 1024
+#: Deepest nesting accepted in a frame (the frame object itself is level 1).
+MAX_DEPTH = 128
+#: Deepest nesting orjson writes; anything deeper makes ``orjson.dumps`` fail.
+_ORJSON_WRITE_DEPTH = 254
+#: Longest piece of a peer's message quoted back in an error.
+QUOTE_LIMIT = 64
 
 
 def _strict(kind: type | tuple[type, ...], name: str):
@@ -44,6 +55,15 @@ def _json_list(value: Any, _: Any) -> list:
     return value
 
 
+def _str_list(value: Any, _: Any) -> list[str]:
+    if not isinstance(value, list):
+        raise TypeError(f"expected an array of strings, got {type(value).__name__}")
+    for item in value:
+        if not isinstance(item, str):
+            raise TypeError(f"expected an array of strings, got a {type(item).__name__} in it")
+    return value
+
+
 def _json_object(value: Any, _: Any) -> dict:
     if not isinstance(value, dict):
         raise TypeError(f"expected an object, got {type(value).__name__}")
@@ -59,6 +79,7 @@ def _make_converter():
     conv.register_structure_hook(Json, lambda v, _: v)
     conv.register_structure_hook(JsonList, _json_list)
     conv.register_structure_hook(JsonObject, _json_object)
+    conv.register_structure_hook_func(lambda t: t == list[str], _str_list)
     conv.register_unstructure_hook(Json, lambda v: v)
     conv.register_unstructure_hook(JsonList, lambda v: v)
     conv.register_unstructure_hook(JsonObject, lambda v: v)
@@ -97,7 +118,29 @@ def decode(data: bytes | bytearray | memoryview | str) -> Frame:
         raw = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         raise RemoteProtocolError(f"message is not valid JSON: {exc}") from None
+    _check_depth(raw, data)
     return from_dict(raw)
+
+
+def _check_depth(raw: Any, data: bytes | bytearray | memoryview | str) -> None:
+    """Refuse a message nested deeper than :data:`MAX_DEPTH`.
+
+    Cheap for ordinary frames: only a message with more than ``MAX_DEPTH`` opening brackets
+    can be that deep; for those, orjson (in C) tries to write the value wrapped in enough
+    extra levels that it fails exactly when the value is deeper than ``MAX_DEPTH``.
+    """
+    text = bytes(data) if isinstance(data, memoryview) else data
+    opening = ("[", "{") if isinstance(text, str) else (b"[", b"{")
+    if text.count(opening[0]) + text.count(opening[1]) <= MAX_DEPTH:
+        return
+    wrapped = raw
+    for _ in range(_ORJSON_WRITE_DEPTH - MAX_DEPTH):
+        wrapped = [wrapped]
+    try:
+        orjson.dumps(wrapped)
+    except orjson.JSONEncodeError:
+        raise RemoteProtocolError(f"message is nested deeper than {MAX_DEPTH} levels",
+                                  re=request_id(raw)) from None
 
 
 def from_dict(raw: Any) -> Frame:
@@ -106,9 +149,11 @@ def from_dict(raw: Any) -> Frame:
         raise RemoteProtocolError(f"a frame must be a JSON object, not {type(raw).__name__}")
     rid = request_id(raw)
     kind = raw.get("type")
-    structure = _STRUCTURE.get(kind) if isinstance(kind, str) else None
+    if not isinstance(kind, str):
+        raise RemoteProtocolError('a frame needs a string "type"', re=rid)
+    structure = _STRUCTURE.get(kind)
     if structure is None:
-        raise RemoteProtocolError(f"unknown frame type {kind!r}", re=rid)
+        raise RemoteProtocolError(f"unknown frame type {quote(kind)}", re=rid)
     try:
         return structure(raw, FRAME_TYPES[kind])
     except Exception as exc:  # cattrs raises ClassValidationError groups; flatten to one line
@@ -116,12 +161,19 @@ def from_dict(raw: Any) -> Frame:
 
 
 def _describe(exc: BaseException) -> str:
-    from cattrs import transform_error
-
     try:
-        return "; ".join(transform_error(exc))
+        text = "; ".join(transform_error(exc))
     except Exception:
-        return str(exc)
+        text = str(exc)
+    return text.replace("$.from_", "$.from")
+
+
+def quote(value: str) -> str:
+    """``repr(value)`` cut to :data:`QUOTE_LIMIT` characters, for error messages."""
+    text = repr(value)
+    if len(text) > QUOTE_LIMIT:
+        text = text[:QUOTE_LIMIT - 3] + "..."
+    return text
 
 
 def frame_fields(cls: type[Frame]) -> list[str]:

@@ -4,6 +4,14 @@ A :class:`Connection` owns a :class:`Protocol` and a message pipe (anything with
 ``send_message``/``get_message``/``aclose``). Sends are serialized by one lock; receiving is
 done by one task (the owner's reader loop). Foreign exceptions (trio-websocket's, trio's) are
 translated here, where they enter, into :class:`ConnectionBroken`.
+
+A send cancelled while the pipe was writing may have put part of a message on the wire
+(trio-websocket writes a message with ``send_all``, which a cancel can cut short). Nothing
+may follow such a fragment, so the connection is then aborted: the TCP stream is closed
+without a close frame and every later send raises :class:`ConnectionBroken`. In-memory
+pipes send whole messages or nothing, so for them a cancelled send is harmless. Callers
+that must be able to cancel a request without losing the connection send under a shield
+(see ``engine/_session.py``).
 """
 
 from __future__ import annotations
@@ -19,6 +27,8 @@ from ._protocol import Protocol, Role
 
 #: Close code sent when a peer sends a binary (not text) message.
 CLOSE_UNSUPPORTED = 1003
+#: Close code sent when this side must abort the connection (a message was cut short).
+CLOSE_INTERNAL = 1011
 
 
 class MessagePipe(TypingProtocol):
@@ -42,6 +52,7 @@ class Connection:
         self._pipe = pipe
         self._send_lock = trio.Lock()
         self._closed = False
+        self._torn = False
 
     @property
     def closed(self) -> bool:
@@ -58,8 +69,31 @@ class Connection:
         async with self._send_lock:
             if self._closed:
                 raise ConnectionClosed("connection closed")
+            if self._torn:
+                raise ConnectionBroken("an earlier send was cut short; the connection was "
+                                       "aborted")
             data = self.protocol.send(frame).decode()
-            await self._send_raw(data)
+            try:
+                await self._send_raw(data)
+            except trio.Cancelled:
+                if not getattr(self._pipe, "atomic_sends", False):
+                    await self._abort()
+                raise
+
+    async def _abort(self) -> None:
+        """Drop the link without another byte: a close frame after a fragment could be
+        read by the peer as the rest of the cut message."""
+        self._torn = True
+        # trio-websocket has no public abort; its _close_stream closes the TCP stream only
+        close_stream = getattr(self._pipe, "_close_stream", None)
+        with trio.CancelScope(shield=True), trio.move_on_after(1):
+            try:
+                if close_stream is not None:
+                    await close_stream()
+                else:
+                    await self._pipe.aclose(CLOSE_INTERNAL, "a message was cut short")
+            except Exception:  # best effort: the peer sees the connection end either way
+                pass
 
     async def _send_raw(self, data: str) -> None:
         try:
@@ -124,6 +158,9 @@ def _broken(exc: trio_websocket.ConnectionClosed) -> ConnectionBroken:
 class MemoryPipe:
     """One end of an in-memory message pipe; the peer sees our close as a broken link."""
 
+    #: A message is sent whole or not at all, even when the send is cancelled.
+    atomic_sends = True
+
     def __init__(self, send: trio.MemorySendChannel, receive: trio.MemoryReceiveChannel) -> None:
         self._send = send
         self._receive = receive
@@ -182,8 +219,64 @@ async def connect_websocket(nursery: trio.Nursery, url: str, *,
     """
     try:
         with trio.fail_after(connect_timeout):
-            ws = await trio_websocket.connect_websocket_url(
-                nursery, url, max_message_size=max_message_size, message_queue_size=16)
-    except (OSError, trio_websocket.HandshakeError, trio.TooSlowError) as exc:
-        raise ConnectionBroken(f"cannot connect to {url}: {exc}") from exc
+            ws = await nursery.start(_run_websocket, url, max_message_size)
+    except trio.TooSlowError as exc:
+        raise ConnectionBroken(f"cannot connect to {url}: timed out") from exc
     return Connection(ws, Role.CLIENT)
+
+
+async def _run_websocket(url: str, max_message_size: int, *,
+                         task_status: trio.TaskStatus[trio_websocket.WebSocketConnection]
+                         ) -> None:
+    """Run trio-websocket's reader for one client websocket, in a nursery of its own.
+
+    trio-websocket reports a refused handshake (an HTTP 503, say) from its background
+    reader, not from ``connect_websocket_url``; running it here turns that, like every
+    failure before the websocket is open, into :class:`ConnectionBroken` for the caller.
+    """
+    opened = False
+    try:
+        async with trio.open_nursery() as inner:
+            watch = _ReaderWatch(inner)
+            with watch.scope:
+                ws = await trio_websocket.connect_websocket_url(
+                    watch, url, max_message_size=max_message_size, message_queue_size=16)
+            if not watch.scope.cancelled_caught:
+                opened = True
+                task_status.started(ws)
+    except BaseException as exc:
+        cause = _single(exc)
+        if isinstance(cause, (OSError, trio_websocket.HandshakeError)):
+            raise ConnectionBroken(f"cannot connect to {url}: {cause!r}") from cause
+        raise
+    if not opened:
+        raise ConnectionBroken(f"cannot connect to {url}: the connection was reset during "
+                               f"the websocket handshake")
+
+
+class _ReaderWatch:
+    """A nursery stand-in for ``connect_websocket_url`` that notices its reader ending.
+
+    trio-websocket 0.12 waits for the opening handshake forever (until our timeout) when the
+    TCP stream is reset during it: its reader task ends without waking the waiter. Ending
+    the wait when the reader ends turns that into an immediate :class:`ConnectionBroken`.
+    """
+
+    def __init__(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
+        self.scope = trio.CancelScope()
+
+    def start_soon(self, fn, *args, name=None) -> None:  # noqa: ANN001 - trio's signature
+        async def watched() -> None:
+            try:
+                await fn(*args)
+            finally:
+                self.scope.cancel()  # a no-op once the handshake is over
+
+        self._nursery.start_soon(watched, name=name or fn)
+
+
+def _single(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc

@@ -130,6 +130,20 @@ class Cancel(Frame):
     id: int
 
 
+@attrs.frozen
+class CreateToken(Frame):
+    """Ask for a public access token carrying ``scopes`` for ``expires_in`` seconds.
+
+    Only a connection greeted with the engine's API key may ask; the engine signs the token,
+    so clients never need to know how tokens are made.
+    """
+
+    type: ClassVar[str] = "create_token"
+    id: int
+    scopes: list[str]
+    expires_in: float = 900.0
+
+
 # --- engine -> client ----------------------------------------------------------------------
 
 
@@ -194,6 +208,16 @@ class RunInfo(Frame):
 
 
 @attrs.frozen
+class Token(Frame):
+    """Answer to ``create_token``: the signed token and when it expires (epoch seconds)."""
+
+    type: ClassVar[str] = "token"
+    re: int
+    token: str
+    expires_at: float | None = None
+
+
+@attrs.frozen
 class Error(Frame):
     """Request ``re`` failed (``re`` is null for a frame that had no usable id)."""
 
@@ -204,9 +228,11 @@ class Error(Frame):
 
 
 CLIENT_FRAMES: tuple[type[Frame], ...] = (
-    Hello, Read, Append, Send, Trigger, Subscribe, Retrieve, CancelRun, Cancel,
+    Hello, Read, Append, Send, Trigger, Subscribe, Retrieve, CancelRun, Cancel, CreateToken,
 )
-ENGINE_FRAMES: tuple[type[Frame], ...] = (Welcome, Chunks, End, Ack, Triggered, RunInfo, Error)
+ENGINE_FRAMES: tuple[type[Frame], ...] = (
+    Welcome, Chunks, End, Ack, Triggered, RunInfo, Token, Error,
+)
 FRAME_TYPES: dict[str, type[Frame]] = {cls.type: cls for cls in CLIENT_FRAMES + ENGINE_FRAMES}
 
 

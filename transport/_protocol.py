@@ -9,11 +9,13 @@ the edges of ``TRANSITIONS`` (the same table for both roles, keyed by who sends 
     CLIENT:  START --send hello--> HELLO_SENT --recv welcome--> OPEN
                                               \\--recv error--> CLOSED
 
-In ``OPEN`` any frame of the right direction may pass. A message that is not a valid frame,
-is of the wrong direction, or comes in the wrong state raises :class:`RemoteProtocolError`
-with the error code (and, before ``hello``, the close code 4401) to answer with; the state is
-left unchanged, so the connection keeps working after an ``error`` frame. Misusing the object
-from this side raises :class:`LocalProtocolError`.
+In ``OPEN`` any frame of the right direction may pass, except a second ``hello`` or
+``welcome`` (an edge to ``None`` in the table means "refused"). A message that is not a
+valid frame, is of the wrong direction, or comes in the wrong state raises
+:class:`RemoteProtocolError` with the error code to answer with; before ``hello``, anything
+but a ``hello`` (garbage, any other frame of either direction) is ``unauthorized`` with
+close code 4401. The state is left unchanged, so the connection keeps working after an
+``error`` frame. Misusing the object from this side raises :class:`LocalProtocolError`.
 """
 
 from __future__ import annotations
@@ -48,8 +50,9 @@ class State(enum.Enum):
     CLOSED = "closed"
 
 
-# (state, "send" | "recv", frame class or None for any other frame) -> next state
-TRANSITIONS: dict[tuple[State, str, type[Frame] | None], State] = {
+# (state, "send" | "recv", frame class or None for any other frame) -> next state,
+# or None: that frame is refused in that state
+TRANSITIONS: dict[tuple[State, str, type[Frame] | None], State | None] = {
     (State.START, "send", Hello): State.HELLO_SENT,
     (State.HELLO_SENT, "recv", Welcome): State.OPEN,
     (State.HELLO_SENT, "recv", Error): State.CLOSED,
@@ -57,6 +60,10 @@ TRANSITIONS: dict[tuple[State, str, type[Frame] | None], State] = {
     (State.AWAIT_HELLO, "send", Error): State.CLOSED,
     (State.HELLO_RECEIVED, "send", Welcome): State.OPEN,
     (State.HELLO_RECEIVED, "send", Error): State.CLOSED,
+    (State.OPEN, "send", Hello): None,
+    (State.OPEN, "recv", Hello): None,
+    (State.OPEN, "send", Welcome): None,
+    (State.OPEN, "recv", Welcome): None,
     (State.OPEN, "send", None): State.OPEN,
     (State.OPEN, "recv", None): State.OPEN,
 }
@@ -77,9 +84,9 @@ class Protocol:
         self.state = _INITIAL[role]
 
     def _next(self, direction: str, cls: type[Frame]) -> State | None:
-        specific = TRANSITIONS.get((self.state, direction, cls))
-        if specific is not None or self.state is not State.OPEN:
-            return specific
+        key = (self.state, direction, cls)
+        if key in TRANSITIONS:
+            return TRANSITIONS[key]
         return TRANSITIONS.get((self.state, direction, None))
 
     def send(self, frame: Frame) -> bytes:
@@ -111,20 +118,22 @@ class Protocol:
             if self.state is State.AWAIT_HELLO:
                 exc.code, exc.close_code = "unauthorized", CLOSE_UNAUTHORIZED
             raise
-        incoming = _OUTGOING[Role.ENGINE if self.role is Role.CLIENT else Role.CLIENT]
         rid = getattr(frame, "id", None)
+        if self.state is State.AWAIT_HELLO and not isinstance(frame, Hello):
+            raise RemoteProtocolError("the first frame must be 'hello'", code="unauthorized",
+                                      re=rid, close_code=CLOSE_UNAUTHORIZED)
+        incoming = _OUTGOING[Role.ENGINE if self.role is Role.CLIENT else Role.CLIENT]
         if not isinstance(frame, incoming):
-            raise RemoteProtocolError(f"{frame.type!r} frames are not sent to a "
+            raise RemoteProtocolError(f"{frame.type!r} frames are not sent to the "
                                       f"{self.role.value}", re=rid)
         nxt = self._next("recv", type(frame))
         if nxt is None:
-            if self.state is State.AWAIT_HELLO:
-                raise RemoteProtocolError("the first frame must be 'hello'", code="unauthorized",
-                                          re=rid, close_code=CLOSE_UNAUTHORIZED)
             raise RemoteProtocolError(f"unexpected {frame.type!r} in state {self.state.value}",
                                       re=rid)
-        if isinstance(frame, Hello) and frame.protocol != PROTOCOL_VERSION:
-            raise RemoteProtocolError(f"unsupported protocol version {frame.protocol}",
+        if isinstance(frame, (Hello, Welcome)) and frame.protocol != PROTOCOL_VERSION:
+            # checked after the state, so only a handshake frame can get here
+            raise RemoteProtocolError(f"unsupported protocol version {frame.protocol} "
+                                      f"(this side speaks {PROTOCOL_VERSION})",
                                       code="bad_frame", close_code=CLOSE_BAD_PROTOCOL)
         self.state = nxt
         return frame

@@ -1,0 +1,211 @@
+"""The trio adapters: a frame Connection over an in-memory pair and over a real websocket."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+import trio
+import trio_websocket
+
+from transport import (
+    Ack, Connection, ConnectionBroken, ConnectionClosed, Hello, LocalProtocolError, Read,
+    RemoteProtocolError, Role, State, Welcome, connect_websocket, memory_connection_pair,
+    memory_pipe_pair,
+)
+
+HELLO = Hello(protocol=1, token="k")
+
+
+@asynccontextmanager
+async def memory_pair() -> AsyncIterator[tuple[Connection, Connection, object, object]]:
+    client_pipe, engine_pipe = memory_pipe_pair()
+    yield (Connection(client_pipe, Role.CLIENT), Connection(engine_pipe, Role.ENGINE),
+           client_pipe, engine_pipe)
+
+
+@asynccontextmanager
+async def websocket_pair() -> AsyncIterator[tuple[Connection, Connection, object, object]]:
+    """A client Connection and the engine-side Connection of a real trio-websocket link."""
+    accepted: list[tuple[Connection, trio_websocket.WebSocketConnection]] = []
+    ready = trio.Event()
+    done = trio.Event()
+
+    async def handler(request: trio_websocket.WebSocketRequest) -> None:
+        ws = await request.accept()
+        accepted.append((Connection(ws, Role.ENGINE), ws))
+        ready.set()
+        await done.wait()
+
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(trio_websocket.serve_websocket, handler, "127.0.0.1", 0,
+                                     None)
+        client = await connect_websocket(nursery, f"ws://127.0.0.1:{server.port}/v1")
+        await ready.wait()
+        engine, engine_ws = accepted[0]
+        try:
+            yield client, engine, client._pipe, engine_ws
+        finally:
+            done.set()
+            await client.aclose()
+            nursery.cancel_scope.cancel()
+
+
+PAIRS = {"memory": memory_pair, "websocket": websocket_pair}
+
+
+@pytest.fixture(params=sorted(PAIRS))
+def pair(request):
+    return PAIRS[request.param]
+
+
+async def greet(client: Connection, engine: Connection) -> None:
+    await client.send(HELLO)
+    assert await engine.receive() == HELLO
+    await engine.send(Welcome(protocol=1))
+    assert isinstance(await client.receive(), Welcome)
+
+
+async def test_frames_flow_both_ways(pair):
+    with trio.fail_after(10):
+        async with pair() as (client, engine, _, _):
+            await greet(client, engine)
+            await client.send(Read(id=1, run="r", from_=3))
+            assert await engine.receive() == Read(id=1, run="r", from_=3)
+            await engine.send(Ack(re=1, index=0))
+            assert await client.receive() == Ack(re=1, index=0)
+            assert client.protocol.state is engine.protocol.state is State.OPEN
+
+
+async def test_a_peer_close_is_broken_with_its_code(pair):
+    with trio.fail_after(10):
+        async with pair() as (client, engine, _, _):
+            await client.send(HELLO)
+            await engine.receive()
+            await engine.aclose(4401, "go away")
+            with pytest.raises(ConnectionBroken) as info:
+                await client.receive()
+            assert info.value.code == 4401
+            assert not client.closed
+
+
+async def test_websocket_close_reason_is_kept():
+    with trio.fail_after(10):
+        async with websocket_pair() as (client, engine, _, _):
+            await engine.aclose(4401, "no hello")
+            with pytest.raises(ConnectionBroken) as info:
+                await client.receive()
+            assert (info.value.code, info.value.reason) == (4401, "no hello")
+
+
+async def test_a_gone_peer_breaks_receive_and_send(pair):
+    with trio.fail_after(10):
+        async with pair() as (client, engine, _, _):
+            await greet(client, engine)
+            await engine.aclose()
+            with pytest.raises(ConnectionBroken):
+                await client.receive()
+            with pytest.raises(ConnectionBroken):
+                await client.send(Read(id=1, run="r"))
+
+
+async def test_aclose_twice_and_use_after_close(pair):
+    with trio.fail_after(10):
+        async with pair() as (client, engine, _, _):
+            await greet(client, engine)
+            await client.aclose()
+            await client.aclose()
+            assert client.closed
+            with pytest.raises(ConnectionClosed):
+                await client.send(Read(id=1, run="r"))
+            with pytest.raises(ConnectionClosed):
+                await client.receive()
+
+
+async def test_a_binary_message_is_a_remote_error_with_close_1003(pair):
+    with trio.fail_after(10):
+        async with pair() as (client, engine, client_pipe, _):
+            await greet(client, engine)
+            await client_pipe.send_message(b'{"type":"cancel","id":1}')
+            with pytest.raises(RemoteProtocolError) as info:
+                await engine.receive()
+            assert info.value.close_code == 1003
+            assert info.value.code == "bad_frame"
+
+
+async def test_a_bad_text_message_leaves_the_connection_working(pair):
+    with trio.fail_after(10):
+        async with pair() as (client, engine, client_pipe, _):
+            await greet(client, engine)
+            await client_pipe.send_message('{"type":"read","id":9}')
+            with pytest.raises(RemoteProtocolError) as info:
+                await engine.receive()
+            assert (info.value.re, info.value.close_code) == (9, None)
+            await client.send(Read(id=10, run="r"))
+            assert (await engine.receive()).id == 10
+
+
+async def test_a_local_protocol_misuse_is_raised_before_anything_is_sent():
+    with trio.fail_after(10):
+        client, engine = memory_connection_pair()
+        with pytest.raises(LocalProtocolError):
+            await client.send(Read(id=1, run="r"))
+        await client.send(HELLO)
+        assert await engine.receive() == HELLO
+
+
+async def test_sends_are_serialized(pair):
+    with trio.fail_after(10):
+        async with pair() as (client, engine, _, _):
+            await greet(client, engine)
+            async with trio.open_nursery() as nursery:
+                for i in range(50):
+                    nursery.start_soon(client.send, Read(id=i, run="r" * 1000))
+                got = {(await engine.receive()).id for _ in range(50)}
+            assert got == set(range(50))
+
+
+async def test_connecting_to_nothing_is_broken():
+    with trio.fail_after(10):
+        with trio.socket.socket() as sock:
+            await sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        async with trio.open_nursery() as nursery:
+            with pytest.raises(ConnectionBroken, match="cannot connect"):
+                await connect_websocket(nursery, f"ws://127.0.0.1:{port}/v1")
+
+
+async def test_a_send_cancelled_mid_message_aborts_the_websocket():
+    with trio.fail_after(10):
+        async with websocket_pair() as (client, engine, _, _):
+            await greet(client, engine)
+            big = Read(id=1, run="r" * 1_000_000)
+            sent = 0
+            with trio.move_on_after(0.5) as scope:
+                while True:  # nobody reads on the engine side: the socket fills up
+                    await client.send(big)
+                    sent += 1
+            assert scope.cancelled_caught
+            with pytest.raises(ConnectionBroken, match="cut short"):
+                await client.send(Read(id=2, run="r"))
+            # the engine gets whole frames, then the end of the link: never a torn one
+            received = 0
+            with pytest.raises(ConnectionBroken):
+                while True:
+                    assert await engine.receive() == big
+                    received += 1
+            assert received <= sent
+
+
+async def test_a_cancelled_memory_send_is_harmless():
+    with trio.fail_after(10):
+        client_pipe, engine_pipe = memory_pipe_pair(buffer=1)
+        client, engine = Connection(client_pipe, Role.CLIENT), Connection(engine_pipe, Role.ENGINE)
+        await greet(client, engine)
+        await client.send(Read(id=1, run="r"))
+        with trio.move_on_after(0.1):
+            await client.send(Read(id=2, run="r"))  # the buffer is full: never sent
+        assert (await engine.receive()).id == 1
+        await client.send(Read(id=3, run="r"))
+        assert (await engine.receive()).id == 3
