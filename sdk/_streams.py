@@ -209,15 +209,21 @@ class StreamReader(Generic[T]):
     """An async iterator over a stream's chunks, typed by its definition.
 
     It ends when the stream has ended; it raises :class:`StreamTimeoutError` when no chunk
-    arrived for ``timeout_in_seconds``. Leaving the loop early stops the read on the engine.
+    arrived for ``timeout_in_seconds``. To leave the loop early, use it as
+    ``async with await ai.read(run_id) as chunks:`` (or call :meth:`aclose`): the read is
+    stopped on the engine at once. A reader dropped without that is stopped when it is
+    garbage collected.
     """
 
     def __init__(self, batches: AsyncIterator[list[Any]], decode: Callable[[Any], T]) -> None:
         self._batches = batches
         self._decode = decode
+        self._items: AsyncIterator[T] | None = None
 
     def __aiter__(self) -> AsyncIterator[T]:
-        return self._iterate()
+        if self._items is None:
+            self._items = self._iterate()
+        return self._items
 
     async def _iterate(self) -> AsyncIterator[T]:
         decode = self._decode
@@ -227,6 +233,19 @@ class StreamReader(Generic[T]):
                     yield decode(item)
         finally:
             await self._batches.aclose()  # type: ignore[attr-defined]
+
+    async def aclose(self) -> None:
+        """Stop reading (safe to call twice, and after the stream ended)."""
+        if self._items is not None:
+            await self._items.aclose()  # type: ignore[attr-defined]
+        else:
+            await self._batches.aclose()  # type: ignore[attr-defined]
+
+    async def __aenter__(self) -> StreamReader[T]:
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self.aclose()
 
     async def collect(self) -> list[T]:
         """Read the whole stream into a list."""

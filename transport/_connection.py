@@ -142,6 +142,11 @@ class Connection:
                 await self._pipe.aclose(code, reason)
             except Exception:  # the peer may already be gone; closing is best effort
                 pass
+            # trio-websocket (0.12) returns early from aclose() on a connection the peer
+            # reset, leaving its TCP socket open until garbage collection: close it here.
+            close_stream = getattr(self._pipe, "_close_stream", None)
+            if close_stream is not None:
+                await close_stream()
 
 
 def _broken(exc: trio_websocket.ConnectionClosed) -> ConnectionBroken:
@@ -272,6 +277,12 @@ class _ReaderWatch:
                 await fn(*args)
             finally:
                 self.scope.cancel()  # a no-op once the handshake is over
+                # the reader is over, so is the connection: close its TCP socket, which
+                # trio-websocket leaves open when the reset came during the handshake
+                close = getattr(getattr(fn, "__self__", None), "_close_stream", None)
+                if close is not None:
+                    with trio.CancelScope(shield=True):
+                        await close()
 
         self._nursery.start_soon(watched, name=name or fn)
 

@@ -1,0 +1,57 @@
+"""Leaving a read early with ``async with``/``aclose()`` stops it on the engine at once."""
+
+import gc
+import warnings
+
+import trio
+
+from engine import open_engine
+from sdk import streams, task
+
+KEY = "reader-close-key-0123456789"
+ai = streams.define(id="ai", type=str)
+
+
+@task(id="endless")
+async def endless(payload):
+    async def tokens():
+        i = 0
+        while True:
+            yield f"t{i}"
+            i += 1
+            await trio.sleep(0.01)
+
+    await ai.pipe(tokens()).wait_until_complete()
+
+
+async def _open_reads(eng) -> int:
+    return sum(len(s._requests) for s in eng_sessions(eng))
+
+
+def eng_sessions(eng):
+    from engine._session import Session
+
+    return [o for o in gc.get_objects() if isinstance(o, Session) and o.engine is eng]
+
+
+async def test_async_with_stops_the_read_without_warnings(autojump_clock):
+    async with open_engine([endless], api_key=KEY, drain_timeout=1) as eng:
+        async with eng.connect():
+            handle = await endless.trigger({})
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", ResourceWarning)
+                async with await ai.read(handle.id) as chunks:
+                    assert await _open_reads(eng) == 0  # lazily opened on first iteration
+                    got = []
+                    async for chunk in chunks:
+                        got.append(chunk)
+                        if len(got) == 5:
+                            assert await _open_reads(eng) == 1
+                            break
+                assert got == [f"t{i}" for i in range(5)]
+                await trio.sleep(0.1)
+                assert await _open_reads(eng) == 0
+                gc.collect()
+            reader = await ai.read(handle.id)
+            await reader.aclose()
+            await reader.aclose()  # twice is fine
