@@ -34,7 +34,7 @@ from ._auth import Auth, check_scopes, generate_api_key
 from ._backend import RunBackend
 from ._records import RunRecord, new_run_id
 from ._store import Batch, Store, open_store
-from ._streams import OutputStream
+from ._streams import OutputStream, cap_bytes
 
 log = logging.getLogger("runwire.engine")
 
@@ -100,7 +100,7 @@ class Reader:
             if self.next < stream.length:
                 items = stream.tail(self.next, limits.frame_items, limits.frame_bytes)
                 if items is None:  # behind the live tail: the store has it
-                    items = _cap(await self.engine.store.read_chunks(
+                    items = cap_bytes(await self.engine.store.read_chunks(
                         self.run_id, self.key, self.next, limits.frame_items), limits.frame_bytes)
                 if items:
                     self.next += len(items)
@@ -111,15 +111,6 @@ class Reader:
                 await stream.wait_beyond(self.next)
                 continue
             raise ReadTimeout()
-
-
-def _cap(items: list[bytes], max_bytes: int) -> list[bytes]:
-    size = 0
-    for i, item in enumerate(items):
-        size += len(item)
-        if size > max_bytes and i > 0:
-            return items[:i]
-    return items
 
 
 class Engine:

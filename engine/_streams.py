@@ -38,6 +38,16 @@ PRODUCER_HIGH_WATER = 8192
 PRODUCER_YIELD_EVERY = 256
 
 
+def cap_bytes(items: list[bytes], max_bytes: int) -> list[bytes]:
+    """The longest prefix of ``items`` within ``max_bytes`` (never empty if ``items`` is not)."""
+    size = 0
+    for i, item in enumerate(items):
+        size += len(item)
+        if size > max_bytes and i > 0:
+            return items[:i]
+    return items
+
+
 class OutputStream:
     """One output stream of a live run: length, size, ended flag and the live tail."""
 
@@ -78,13 +88,7 @@ class OutputStream:
         if start < self._tail_start:
             return None
         begin = start - self._tail_start
-        items = self._tail[begin:begin + limit]
-        size = 0
-        for i, item in enumerate(items):
-            size += len(item)
-            if size > max_bytes and i > 0:
-                return items[:i]
-        return items
+        return cap_bytes(self._tail[begin:begin + limit], max_bytes)
 
     async def wait_beyond(self, index: int) -> None:
         """Return once chunk ``index`` exists or the stream has ended."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import inspect
+import weakref
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from typing import Any, Generic, TypeVar
 
@@ -218,12 +219,20 @@ class StreamReader(Generic[T]):
     def __init__(self, batches: AsyncIterator[list[Any]], decode: Callable[[Any], T]) -> None:
         self._batches = batches
         self._decode = decode
-        self._items: AsyncIterator[T] | None = None
+        # Weak: a bare loop that breaks drops its iterator, which stops the read (trio
+        # finalizes it). Strong inside ``async with``: the block's exit closes it cleanly.
+        self._items: weakref.ref[AsyncIterator[T]] | None = None
+        self._entered: AsyncIterator[T] | None = None
+        self._in_block = False
 
     def __aiter__(self) -> AsyncIterator[T]:
-        if self._items is None:
-            self._items = self._iterate()
-        return self._items
+        items = self._items() if self._items is not None else None
+        if items is None:
+            items = self._iterate()
+            self._items = weakref.ref(items)
+        if self._in_block:
+            self._entered = items
+        return items
 
     async def _iterate(self) -> AsyncIterator[T]:
         decode = self._decode
@@ -236,16 +245,21 @@ class StreamReader(Generic[T]):
 
     async def aclose(self) -> None:
         """Stop reading (safe to call twice, and after the stream ended)."""
-        if self._items is not None:
-            await self._items.aclose()  # type: ignore[attr-defined]
-        else:
-            await self._batches.aclose()  # type: ignore[attr-defined]
+        items = self._items() if self._items is not None else None
+        if items is not None:
+            await items.aclose()  # type: ignore[attr-defined]
+        await self._batches.aclose()  # type: ignore[attr-defined]
 
     async def __aenter__(self) -> StreamReader[T]:
+        self._in_block = True
         return self
 
     async def __aexit__(self, *exc_info: Any) -> None:
-        await self.aclose()
+        try:
+            await self.aclose()
+        finally:
+            self._in_block = False
+            self._entered = None
 
     async def collect(self) -> list[T]:
         """Read the whole stream into a list."""

@@ -23,7 +23,7 @@ from engine import Auth, Grant, open_engine
 from engine._auth import check_scopes
 from sdk import ForbiddenError, OutsideRunError, UnauthorizedError, auth, runs, streams, task
 
-from .conftest import API_KEY
+from .helpers import API_KEY
 from .rawclient import TRANSPORTS, raw_client, wait_for_connections
 
 ROOT = Path(__file__).resolve().parent.parent

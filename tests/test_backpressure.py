@@ -22,7 +22,7 @@ from sdk import streams, task
 from sdk._client import READ_BUFFER
 from transport import Chunks
 
-from .conftest import API_KEY
+from .helpers import API_KEY
 from .faultproxy import open_fault_proxy
 
 done = streams.input(id="done")

@@ -14,7 +14,7 @@ import sdk
 from engine import Limits, open_engine
 from sdk import InvalidPayloadError, schema_task, streams, task
 
-from .conftest import API_KEY
+from .helpers import API_KEY
 from .rawclient import TRANSPORTS, raw_client, wait_for_connections
 
 done = streams.input(id="done")

@@ -35,7 +35,7 @@ from sdk import task
 from transport import FRAME_TYPES, Protocol, RemoteProtocolError, Role, State, decode
 from transport._codec import frame_fields
 
-from .conftest import API_KEY
+from .helpers import API_KEY
 from .rawclient import Closed, raw_client, wait_for_connections
 
 LONG = os.environ.get("RUNWIRE_HYPOTHESIS_PROFILE") == "long"

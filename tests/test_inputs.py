@@ -4,13 +4,11 @@
 from __future__ import annotations
 
 import logging
-from contextlib import asynccontextmanager
 
 import attrs
 import pytest
 import trio
 
-from engine import open_engine
 from sdk import (
     InputResult,
     InputStreamDef,
@@ -20,48 +18,16 @@ from sdk import (
     OutsideRunError,
     PayloadTooLargeError,
     RetryPolicy,
-    Run,
     RunFinishedError,
     RunStatus,
     Subscription,
-    connect,
     metadata,
     runs,
     streams,
     task,
 )
 
-from .conftest import API_KEY
-
-
-@pytest.fixture(params=["memory", "ws"])
-def transport(request):
-    """Which client the test talks through: in-process, or a real websocket."""
-    return request.param
-
-
-@asynccontextmanager
-async def serve(tasks_, transport, *, time_limit=86400.0, **engine_options):
-    """An engine with ``tasks_`` and a client bound for SDK calls (in-process or websocket).
-
-    The block fails after ``time_limit`` seconds of (mock) time: a hang becomes a failure.
-    """
-    port = 0 if transport == "ws" else None
-    with trio.fail_after(time_limit):
-        async with open_engine(tasks_, api_key=API_KEY, port=port, **engine_options) as eng:
-            if transport == "ws":
-                async with connect(eng.url, api_key=API_KEY):
-                    yield eng
-            else:
-                async with eng.connect():
-                    yield eng
-
-
-async def final(run_id: str) -> Run:
-    async for run in runs.subscribe_to_run(run_id):
-        if run.is_finished:
-            return run
-    return await runs.retrieve(run_id)
+from .helpers import final, serve
 
 
 @attrs.frozen

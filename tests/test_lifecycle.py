@@ -7,7 +7,6 @@ Everything about time runs on the mock clock: a 60 s drain or a 7 day wait take 
 
 from __future__ import annotations
 
-from contextlib import asynccontextmanager
 
 import pytest
 import trio
@@ -19,44 +18,19 @@ from sdk import (
     OutsideRunError,
     Queue,
     RetryPolicy,
-    Run,
     RunFinishedError,
     RunStatus,
-    connect,
     metadata,
     runs,
     streams,
     task,
 )
 
-from .conftest import API_KEY
+from .helpers import API_KEY, final, serve
 
 Q, X, W = RunStatus.QUEUED, RunStatus.EXECUTING, RunStatus.WAITING
 DONE, FAILED, CANCELED, TIMED_OUT = (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELED,
                                      RunStatus.TIMED_OUT)
-
-
-@pytest.fixture(params=["memory", "ws"])
-def transport(request):
-    """Which client the test talks through: in-process, or a real websocket."""
-    return request.param
-
-
-@asynccontextmanager
-async def serve(tasks_, transport="memory", *, time_limit=86400.0, **engine_options):
-    """An engine with ``tasks_`` and a client bound for SDK calls (in-process or websocket).
-
-    The block fails after ``time_limit`` seconds of (mock) time: a hang becomes a failure.
-    """
-    port = 0 if transport == "ws" else None
-    with trio.fail_after(time_limit):
-        async with open_engine(tasks_, api_key=API_KEY, port=port, **engine_options) as eng:
-            if transport == "ws":
-                async with connect(eng.url, api_key=API_KEY):
-                    yield eng
-            else:
-                async with eng.connect():
-                    yield eng
 
 
 @pytest.fixture
@@ -72,13 +46,6 @@ def transitions(monkeypatch):
 
     monkeypatch.setattr(RunRecord, "set_status", recording)
     return seen  # the table itself is enforced by set_status: a bad change crashes the run
-
-
-async def final(run_id: str) -> Run:
-    async for run in runs.subscribe_to_run(run_id):
-        if run.is_finished:
-            return run
-    return await runs.retrieve(run_id)
 
 
 async def statuses(ids) -> list[RunStatus]:

@@ -12,7 +12,7 @@ from engine import Limits, open_engine
 from engine._session import RateLimiter
 from sdk import RateLimitedError, auth, streams, task
 
-from .conftest import API_KEY
+from .helpers import API_KEY
 from .rawclient import raw_client, wait_for_connections
 
 done = streams.input(id="done")

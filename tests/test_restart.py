@@ -31,7 +31,7 @@ from engine._sqlite_store import SqliteStore
 from sdk import Run, RunStatus, StreamDef, connect, runs
 
 from . import crash_tasks as ct
-from .conftest import API_KEY
+from .helpers import API_KEY
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS = [ct.finished, ct.retried, ct.fragile, ct.queued, ct.sink]

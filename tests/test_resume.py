@@ -18,7 +18,7 @@ import sdk
 from engine import open_engine
 from sdk import streams, task
 
-from .conftest import API_KEY
+from .helpers import API_KEY
 from .faultproxy import FaultProxy, open_fault_proxy
 
 done = streams.input(id="done")

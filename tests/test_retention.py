@@ -23,7 +23,7 @@ import trio.testing
 from engine import Engine, Limits, open_engine
 from sdk import NotFoundError, RunStatus, runs, streams, task
 
-from .conftest import API_KEY
+from .helpers import API_KEY
 
 RETENTION = 3600.0
 SWEEP_INTERVAL = 300.0

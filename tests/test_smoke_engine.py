@@ -1,9 +1,8 @@
-import trio
 
 from engine import open_engine
 from sdk import streams, task
 
-from .conftest import API_KEY
+from .helpers import API_KEY
 
 ai = streams.define(id="ai", type=str)
 

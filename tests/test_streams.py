@@ -7,13 +7,12 @@ mock clock: timeouts of a minute take no real time.
 from __future__ import annotations
 
 import itertools
-from contextlib import asynccontextmanager
 
 import attrs
 import pytest
 import trio
 
-from engine import Limits, open_engine
+from engine import Limits
 from sdk import (
     NotFoundError,
     OutsideRunError,
@@ -22,36 +21,12 @@ from sdk import (
     RunStatus,
     StreamTimeoutError,
     StreamTooLargeError,
-    connect,
     runs,
     streams,
     task,
 )
 
-from .conftest import API_KEY
-
-
-@pytest.fixture(params=["memory", "ws"])
-def transport(request):
-    """Which client the test talks through: in-process, or a real websocket."""
-    return request.param
-
-
-@asynccontextmanager
-async def serve(tasks, transport, *, time_limit=86400.0, **engine_options):
-    """An engine with ``tasks`` and a client bound for SDK calls (in-process or websocket).
-
-    The block fails after ``time_limit`` seconds of (mock) time: a hang becomes a failure.
-    """
-    port = 0 if transport == "ws" else None
-    with trio.fail_after(time_limit):
-        async with open_engine(tasks, api_key=API_KEY, port=port, **engine_options) as eng:
-            if transport == "ws":
-                async with connect(eng.url, api_key=API_KEY):
-                    yield eng
-            else:
-                async with eng.connect():
-                    yield eng
+from .helpers import final, serve
 
 
 @attrs.frozen
@@ -76,13 +51,6 @@ async def finish(run_id: str) -> None:
 
 async def read_all(run_id: str, key: str = "default", **kw) -> list:
     return await (await streams.read(run_id, key, **kw)).collect()
-
-
-async def final(run_id: str):
-    async for run in runs.subscribe_to_run(run_id):
-        if run.is_finished:
-            return run
-    return await runs.retrieve(run_id)
 
 
 # --- define: str and attrs types -----------------------------------------------------------

@@ -1,0 +1,40 @@
+"""Helpers shared by the behaviour tests: an engine with a bound client, and a run's end."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+
+from engine import Engine, open_engine
+from sdk import Run, connect, runs
+
+API_KEY = "test-api-key-0123456789"
+
+
+@asynccontextmanager
+async def serve(tasks: Any, transport: str = "memory", *, time_limit: float = 86400.0,
+                **engine_options: Any) -> AsyncIterator[Engine]:
+    """An engine with ``tasks`` and a client bound for SDK calls (in-process or websocket).
+
+    The block fails after ``time_limit`` seconds of (mock) time: a hang becomes a failure.
+    """
+    port = 0 if transport == "ws" else None
+    with trio.fail_after(time_limit):
+        async with open_engine(tasks, api_key=API_KEY, port=port, **engine_options) as eng:
+            if transport == "ws":
+                async with connect(eng.url, api_key=API_KEY):
+                    yield eng
+            else:
+                async with eng.connect():
+                    yield eng
+
+
+async def final(run_id: str) -> Run:
+    """The run once it is finished (follows its subscription to the end)."""
+    async for run in runs.subscribe_to_run(run_id):
+        if run.is_finished:
+            return run
+    return await runs.retrieve(run_id)
