@@ -32,6 +32,7 @@ import trio
 from sdk import (
     PayloadTooLargeError, RunContext, RunFinishedError, RunStatus, StreamTooLargeError, Task,
 )
+from sdk._convert import json_bytes
 from sdk._models import RunInfo as SdkRunInfo
 from sdk.runtime import TIMED_OUT, bind_run
 
@@ -145,7 +146,7 @@ class _Stage:
         used = stream.nbytes + self.nbytes.get(key, 0)
         for value in values:
             try:
-                data = orjson.dumps(value)
+                data = json_bytes(value)
             except TypeError as exc:
                 error = TypeError(f"chunk for stream {key!r} is not JSON: {exc}")
                 break
@@ -190,12 +191,14 @@ class RunActor:
         self.engine = engine
         self.record = record
         self.task = task
-        self.mailbox = Mailbox(engine.limits.mailbox_size)
+        self.mailbox = Mailbox(engine.limits.mailbox_size, self._wake_committer)
+        self._nursery: trio.Nursery | None = None
+        self._committing = False
         self.streams: dict[str, OutputStream] = {}
         self.inputs: dict[str, InputMailbox] = {}
         self.seqs: dict[tuple[str, str], int] = {}
         self.finished = trio.Event()
-        self._changed = trio.Event()
+        self._changed: trio.Event | None = None  # made when a subscriber waits
         self.version = 0
         self._run_dirty = False
         self._writable = True
@@ -206,7 +209,7 @@ class RunActor:
         self._attempt_offs: list[Callable[[], None]] = []  # on() handlers of this attempt
         self._run_scope = trio.CancelScope()
         self._attempt_scope: trio.CancelScope | None = None
-        self._reacquiring = trio.CancelScope()  # suspended(): taking the queue slot back
+        self._reacquiring: trio.CancelScope | None = None  # suspended(): slot being retaken
         self._producers: trio.Nursery | None = None
         self._handlers: trio.Nursery | None = None
         self.backend: Any = None
@@ -243,12 +246,15 @@ class RunActor:
 
     def _bump(self) -> None:
         self.version += 1
-        self._changed.set()
-        self._changed = trio.Event()
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
 
     async def wait_change(self, seen: int) -> None:
         """Return once the record is newer than version ``seen`` or the run has finished."""
         while self.version == seen and not self.finished.is_set():
+            if self._changed is None:
+                self._changed = trio.Event()
             await self._changed.wait()
 
     def set_status(self, status: RunStatus) -> None:
@@ -272,7 +278,8 @@ class RunActor:
         if not self.finished.is_set():
             self._cancel_requested = True
             self._run_scope.cancel()
-            self._reacquiring.cancel()
+            if self._reacquiring is not None:
+                self._reacquiring.cancel()
             if self._producers is not None:
                 self._producers.cancel_scope.cancel()
 
@@ -282,7 +289,8 @@ class RunActor:
         """The run's whole life; reports ready as soon as it can take messages."""
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._commit_loop)
+                self._nursery = nursery
+                self._wake_committer()  # work that arrived before the actor ran
                 task_status.started()
                 await self._live()
                 nursery.cancel_scope.cancel()
@@ -290,6 +298,7 @@ class RunActor:
             log.exception("run %s crashed", self.id)
             await self._crash(exc)
         finally:
+            self._nursery = None  # nothing may be started in it any more
             self._writable = self._accepting = False
             self.mailbox.close(RunFinishedError(f"run {self.id} has finished"))
             self.engine._actor_done(self)
@@ -436,10 +445,20 @@ class RunActor:
 
     # --- the commit loop -----------------------------------------------------------------------
 
+    def _wake_committer(self) -> None:
+        """Work arrived: start the commit loop unless it runs (or the actor has not started)."""
+        if not self._committing and self._nursery is not None and self.mailbox.has_work():
+            self._committing = True
+            self._nursery.start_soon(self._commit_loop)
+
     async def _commit_loop(self) -> None:
-        while True:
-            messages, producers = await self.mailbox.take()
-            await self._commit(messages, producers)
+        """Commit until the mailbox is empty, then end (the next work starts it again)."""
+        try:
+            while self.mailbox.has_work():
+                messages, producers = await self.mailbox.take()
+                await self._commit(messages, producers)
+        finally:
+            self._committing = False
 
     async def _commit(self, messages: list[Any], producers: list[Producer]) -> None:
         stage = _Stage(self)
@@ -500,7 +519,7 @@ class RunActor:
         if not self._accepting:
             msg.reply.set(error=RunFinishedError(f"run {self.id} has finished"))
             return
-        data = orjson.dumps(msg.data)
+        data = json_bytes(msg.data)
         limit = self.engine.limits.max_record_bytes
         if len(data) > limit:
             msg.reply.set(error=PayloadTooLargeError(
@@ -571,5 +590,5 @@ class RunActor:
             value = await self.input(key).next_record(timeout)
         if ikey is not None and value is not TIMED_OUT:
             expires = None if ttl is None else self.engine.clock() + ttl
-            await self.submit(SaveWaitpoint(f"{key}:{ikey}", orjson.dumps(value), expires))
+            await self.submit(SaveWaitpoint(f"{key}:{ikey}", json_bytes(value), expires))
         return value

@@ -32,6 +32,9 @@ class _MissingRunProducer:
     async def put(self, item: Any) -> None:
         raise await self._engine.missing_run_error(self._run_id)
 
+    async def put_many(self, items: list[Any]) -> None:
+        raise await self._engine.missing_run_error(self._run_id)
+
     async def flush(self) -> None:
         raise await self._engine.missing_run_error(self._run_id)
 

@@ -58,7 +58,7 @@ class Limits:
     max_message_bytes: int = 16 * MiB
     frame_items: int = 1024
     frame_bytes: int = 1 * MiB
-    live_tail: int = 4096
+    live_tail: int = 8192  # >= a producer's high-water mark, so live readers stay in memory
     mailbox_size: int = 1024
     retention: float = 28 * DAY
     sweep_interval: float = 3600.0
@@ -69,6 +69,7 @@ class Limits:
     trigger_burst: int = 1000
     send_rate: float | None = 1000.0
     send_burst: int = 10000
+    rate_limit_api_key: bool = False
     max_token_lifetime: float = 30 * DAY
     max_key_chars: int = 256
 

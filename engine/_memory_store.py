@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
+import orjson
 import trio
+
+from sdk._convert import json_bytes
 
 from ._store import Batch, Store, StoredRecord, StreamState
 
@@ -25,7 +27,8 @@ class MemoryStore(Store):
     scheme = "memory"
 
     def __init__(self) -> None:
-        self._runs: dict[str, dict[str, Any]] = {}
+        self._runs: dict[str, bytes] = {}
+        self._by_key: dict[tuple[str, str], str] = {}
         self._streams: dict[str, dict[str, _Stream]] = {}
         self._seqs: dict[str, dict[tuple[str, str], int]] = {}
         self._records: dict[str, dict[str, list[StoredRecord]]] = {}
@@ -35,7 +38,9 @@ class MemoryStore(Store):
         await trio.lowlevel.checkpoint()
         self._check_gaps(batch)  # before writing anything: a refused batch leaves no trace
         for run in batch.runs:
-            self._runs[run["id"]] = copy.deepcopy(run)
+            self._runs[run["id"]] = json_bytes(run)  # compact, and a private copy
+            if run.get("idempotency_key") is not None:
+                self._by_key[(run["task_id"], run["idempotency_key"])] = run["id"]
         for app in batch.chunks:
             stream = self._streams.setdefault(app.run_id, {}).setdefault(app.key, _Stream())
             stream.items.extend(app.items)
@@ -65,19 +70,17 @@ class MemoryStore(Store):
     async def get_run(self, run_id: str) -> dict[str, Any] | None:
         await trio.lowlevel.checkpoint()
         run = self._runs.get(run_id)
-        return copy.deepcopy(run) if run is not None else None
+        return orjson.loads(run) if run is not None else None
 
     async def find_run(self, task_id: str, idempotency_key: str) -> str | None:
         await trio.lowlevel.checkpoint()
-        for run in self._runs.values():
-            if run["task_id"] == task_id and run.get("idempotency_key") == idempotency_key:
-                return run["id"]
-        return None
+        return self._by_key.get((task_id, idempotency_key))
 
     async def unfinished_runs(self) -> list[dict[str, Any]]:
         await trio.lowlevel.checkpoint()
         final = {"COMPLETED", "FAILED", "CANCELED", "CRASHED", "TIMED_OUT"}
-        return [copy.deepcopy(r) for r in self._runs.values() if r["status"] not in final]
+        runs = (orjson.loads(r) for r in self._runs.values())
+        return [r for r in runs if r["status"] not in final]
 
     async def read_chunks(self, run_id: str, key: str, start: int, limit: int) -> list[bytes]:
         await trio.lowlevel.checkpoint()
@@ -106,10 +109,12 @@ class MemoryStore(Store):
 
     async def delete_finished_before(self, cutoff: float) -> int:
         await trio.lowlevel.checkpoint()
-        doomed = [rid for rid, run in self._runs.items()
+        runs = {rid: orjson.loads(raw) for rid, raw in self._runs.items()}
+        doomed = [rid for rid, run in runs.items()
                   if run.get("finished_at") is not None and run["finished_at"] < cutoff]
         for rid in doomed:
             del self._runs[rid]
+            self._by_key.pop((runs[rid]["task_id"], runs[rid].get("idempotency_key")), None)
             self._streams.pop(rid, None)
             self._seqs.pop(rid, None)
             self._records.pop(rid, None)

@@ -11,7 +11,8 @@ Every request is checked against the connection's grant (and its expiry).
 Limits, each answered with an error the client can act on (see ``docs/security.md``):
 connections beyond ``max_connections`` are refused (``rate_limited``, close 1013); at most
 ``max_requests_per_connection`` requests are open at once (``rate_limited``); ``trigger``
-and ``send`` draw from token buckets per credential (``rate_limited``).
+and ``send`` draw from token buckets per public access token (``rate_limited``; the API key
+too if ``Limits.rate_limit_api_key`` is set).
 
 Cancelling a request (a ``cancel`` frame) never cuts a message short: a request sends
 through :meth:`Session._emit`, under a shield that only the end of the session lifts, so a
@@ -225,6 +226,8 @@ class Session:
             raise ForbiddenError(f"this credential may not {action} {resource} {_short(ident)}")
 
     def _take(self, action: str, rate: float | None, burst: int) -> None:
+        if self.grant.admin and not self.engine.limits.rate_limit_api_key:
+            return  # the backend's own key is trusted; public tokens are what the rates bound
         if not rate_limiter(self.engine).take((self.grant.key, action), rate, burst):
             raise RateLimitedError(f"too many {action} requests for this credential (at most "
                                    f"{rate:g} a second, bursts of {burst}); try again later")

@@ -129,6 +129,18 @@ class Producer:
         if self._put % PRODUCER_YIELD_EVERY == 0:
             await trio.lowlevel.checkpoint()
 
+    async def put_many(self, items: list[Any]) -> None:
+        """Queue several chunks at once (a pipe reads sync sources in slices)."""
+        if self.error is not None:
+            raise self.error
+        self.actor.check_writable()
+        self.buffer.extend(items)
+        self._put += len(items)
+        self.actor.mailbox.mark_dirty(self)
+        while len(self.buffer) >= PRODUCER_HIGH_WATER and self.error is None:
+            await self._wait_progress()
+        await trio.lowlevel.checkpoint()
+
     def take(self) -> list[Any]:
         """The actor takes the whole buffer."""
         items, self.buffer = self.buffer, []
@@ -158,16 +170,18 @@ class Producer:
 class Mailbox:
     """An actor's inbox: bounded control messages plus dirty producers; one consumer.
 
-    Policy when full: ``put`` waits (backpressure to the sender). Producers never wait here;
-    their own buffers are bounded by their high-water mark.
+    ``on_work`` is called whenever work arrives, so the actor can start its commit loop only
+    when there is something to commit (an idle run costs no parked task). Policy when full:
+    ``put`` waits (backpressure to the sender). Producers never wait here; their own buffers
+    are bounded by their high-water mark.
     """
 
-    def __init__(self, limit: int = 1024) -> None:
-        self._messages: collections.deque[Any] = collections.deque()
+    def __init__(self, limit: int, on_work: Callable[[], None]) -> None:
+        self._messages: list[Any] = []  # taken all at once, so a list is enough
         self._dirty: dict[Producer, None] = {}
         self._limit = limit
-        self._ready = trio.Event()
-        self._space = trio.Event()
+        self._on_work = on_work
+        self._space: trio.Event | None = None  # only while a sender waits
         self._poked = False
         self._closed: BaseException | None = None
 
@@ -178,12 +192,13 @@ class Mailbox:
             the mailbox's close error, if the actor has stopped.
         """
         while len(self._messages) >= self._limit and self._closed is None:
-            self._space = trio.Event()
+            if self._space is None:
+                self._space = trio.Event()
             await self._space.wait()
         if self._closed is not None:
             raise self._closed
         self._messages.append(message)
-        self._ready.set()
+        self._on_work()
 
     def close(self, error: BaseException) -> None:
         """The actor stopped: answer what is queued with ``error`` and refuse new messages."""
@@ -194,29 +209,31 @@ class Mailbox:
         for producer in self._dirty:
             producer.settled(len(producer.take()), error)
         self._dirty.clear()
-        self._space.set()
+        if self._space is not None:
+            self._space.set()
 
     def mark_dirty(self, producer: Producer) -> None:
         self._dirty[producer] = None
-        self._ready.set()
+        self._on_work()
 
     def poke(self) -> None:
-        """Wake the consumer with no message (the run record changed)."""
+        """Ask for a commit with no message (the run record changed)."""
         self._poked = True
-        self._ready.set()
+        self._on_work()
+
+    def has_work(self) -> bool:
+        return bool(self._messages or self._dirty or self._poked)
 
     async def take(self) -> tuple[list[Any], list[Producer]]:
-        """Wait for work, let producers add to it for one scheduler pass, take it all."""
-        while not (self._messages or self._dirty or self._poked):
-            self._ready = trio.Event()
-            await self._ready.wait()
-        self._poked = False
+        """Let producers add to the work for one scheduler pass, then take it all."""
         await trio.lowlevel.checkpoint()  # coalesce: runnable producers append first
-        messages = list(self._messages)
-        self._messages.clear()
+        self._poked = False
+        messages, self._messages = self._messages, []
         producers = list(self._dirty)
         self._dirty.clear()
-        self._space.set()
+        if self._space is not None:
+            self._space.set()
+            self._space = None
         return messages, producers
 
 
@@ -277,9 +294,10 @@ class InputMailbox:
         self.count = 0
         self.keys: dict[str, int] = {}
         self.last: Any = None
-        self._pending: collections.deque[Any] = collections.deque()
+        # made on first use: a run waiting on one input stream should cost little memory
+        self._pending: collections.deque[Any] | None = None
         self._handlers: list[_Handler] = []
-        self._waiters: collections.deque[_Waiter] = collections.deque()
+        self._waiters: collections.deque[_Waiter] | None = None
 
     def deliver(self, value: Any) -> None:
         """A stored record arrives."""
@@ -292,6 +310,8 @@ class InputMailbox:
                 waiter.give(value)
                 return
         if not self._handlers:
+            if self._pending is None:
+                self._pending = collections.deque()
             self._pending.append(value)
 
     def add_handler(self, handler: _Handler) -> None:
@@ -315,10 +335,15 @@ class InputMailbox:
             await trio.lowlevel.checkpoint()
             return kept
         waiter = _Waiter()
+        if self._waiters is None:
+            self._waiters = collections.deque()
         self._waiters.append(waiter)
         try:
-            with trio.move_on_after(timeout if timeout is not None else float("inf")):
+            if timeout is None:
                 await waiter.event.wait()
+            else:
+                with trio.move_on_after(timeout):
+                    await waiter.event.wait()
         finally:
             if not waiter.event.is_set():
                 waiter.event.set()  # mark as gone, so deliver() skips it

@@ -77,6 +77,7 @@ from ._errors import (
     UnauthorizedError,
     error_from_code,
 )
+from ._convert import json_bytes
 from ._models import Run, RunHandle, TaskRunResult
 from .runtime import Completion, bind_client, collapse_exception_groups, unbind_client
 
@@ -462,7 +463,7 @@ class Client:
             PayloadTooLargeError: it is larger than the engine's messages.
         """
         try:
-            data = orjson.dumps(value)
+            data = json_bytes(value)
         except TypeError as exc:
             raise TypeError(f"{what} is not JSON: {exc}") from None
         limit = self.max_item_bytes
@@ -703,6 +704,7 @@ class _ClientProducer:
         self._progress = trio.Event()
         self._started = False
         self._puts = 0
+        self._what = f"chunk for stream {key!r}"
 
     def _start(self) -> None:
         if not self._started:
@@ -712,8 +714,7 @@ class _ClientProducer:
     def put_nowait(self, item: Any) -> None:
         if self._error is not None:
             raise self._error
-        data = self._client._encode(item, f"chunk for stream {self._key!r}")
-        self._buffer.append(data)
+        self._buffer.append(self._client._encode(item, self._what))
         self._wake.set()
         self._start()
 
@@ -724,6 +725,13 @@ class _ClientProducer:
             await self._wait_progress()
         if self._puts % 256 == 0:
             await trio.lowlevel.checkpoint()
+
+    async def put_many(self, items: list[Any]) -> None:
+        for item in items:
+            self.put_nowait(item)
+        while len(self._buffer) >= PRODUCER_HIGH_WATER and self._error is None:
+            await self._wait_progress()
+        await trio.lowlevel.checkpoint()
 
     async def _wait_progress(self) -> None:
         self._progress = trio.Event()

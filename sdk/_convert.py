@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from cattrs import transform_error
 from cattrs.preconf.orjson import make_converter
 
@@ -43,3 +44,16 @@ def from_json(value: Any, cls: Any, what: str = "value") -> Any:
         except Exception:
             detail = f"{what}: {exc}"
         raise InvalidPayloadError(f"invalid {what}: {detail}") from None
+
+
+def json_bytes(value: Any) -> bytes:
+    """``value`` as compact JSON bytes, for keeping (stores, tails, buffers).
+
+    orjson (>= 3.12) returns bytes objects with about 4 KiB of spare capacity; a copy of
+    exactly the right size makes a kept chunk cost its length, not 4 KiB (measured: the memory
+    store went from 4,131 to 58 bytes per short chunk).
+
+    Raises:
+        TypeError: ``value`` is not JSON-serializable.
+    """
+    return memoryview(orjson.dumps(value)).tobytes()

@@ -38,12 +38,13 @@ class InputStreamDef(Generic[T]):
     def __init__(self, id: str, type: Any = None) -> None:
         self.id = _check_key(id)
         self.type = type
+        self._what = f"record of input stream {self.id!r}"
 
     def __repr__(self) -> str:
         return f"<InputStreamDef {self.id!r}>"
 
     def _decode(self, value: Any) -> T:
-        return from_json(value, self.type, f"record of input stream {self.id!r}")
+        return from_json(value, self.type, self._what)
 
     def on(self, handler: Callable[[T], Any], *, fail_run: bool = False) -> Subscription:
         """Call ``handler`` (sync or async) for every record, in order, in the run's nursery.

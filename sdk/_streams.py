@@ -22,6 +22,8 @@ from .runtime import Completion, ProducerSink, current_backend
 
 T = TypeVar("T")
 DEFAULT_KEY = "default"
+#: Chunks a pipe takes from a sync source per put.
+PIPE_SLICE = 256
 
 Source = AsyncIterable[Any] | Iterable[Any]
 
@@ -124,11 +126,23 @@ async def _pump(sink: ProducerSink, source: Source, encode: Callable[[Any], Any]
                 if tee is not None:
                     tee.feed(item)
                 await sink.put(encode(item))
-        else:
-            for item in source:  # type: ignore[union-attr]
-                if tee is not None:
-                    tee.feed(item)
-                await sink.put(encode(item))
+        else:  # a sync source never blocks: take it in slices, one put per slice
+            items = iter(source)  # type: ignore[call-overload]
+            full = True
+            while full:
+                batch: list[Any] = []
+                try:
+                    for item in items:
+                        batch.append(item)
+                        if len(batch) == PIPE_SLICE:
+                            break
+                finally:  # what the source yielded before it raised is still stored
+                    if tee is not None:
+                        for item in batch:
+                            tee.feed(item)
+                    if batch:
+                        await sink.put_many([encode(item) for item in batch])
+                full = len(batch) == PIPE_SLICE
         await sink.flush()
     finally:
         if tee is not None:
@@ -284,12 +298,13 @@ class StreamDef(Generic[T]):
     def __init__(self, id: str, type: Any = None) -> None:
         self.id = _check_key(id)
         self.type = type
+        self._what = f"chunk of stream {self.id!r}"
 
     def __repr__(self) -> str:
         return f"<StreamDef {self.id!r}>"
 
     def _decode(self, value: Any) -> T:
-        return from_json(value, self.type, f"chunk of stream {self.id!r}")
+        return from_json(value, self.type, self._what)
 
     def pipe(self, source: Source, *, target: str = "self") -> PipeResult[T]:
         """Store every chunk of ``source`` in this stream; returns at once."""

@@ -27,6 +27,9 @@ class ProducerSink(Protocol):
     async def put(self, item: Any) -> None:
         """Queue one JSON-ready chunk; waits only when the producer's buffer is full."""
 
+    async def put_many(self, items: list[Any]) -> None:
+        """Queue several chunks; always a checkpoint."""
+
     def put_nowait(self, item: Any) -> None:
         """Queue one chunk without ever waiting (the buffer may grow past its mark)."""
 

@@ -111,7 +111,7 @@ async def test_open_requests_per_connection_are_limited(autojump_clock):
 
 async def test_triggers_are_rate_limited_per_credential(autojump_clock):
     with trio.fail_after(60):
-        limits = Limits(trigger_rate=1.0, trigger_burst=3)
+        limits = Limits(trigger_rate=1.0, trigger_burst=3, rate_limit_api_key=True)
         async with open_engine(TASKS, api_key=API_KEY, limits=limits) as eng:
             async with eng.connect():
                 for i in range(3):
@@ -132,7 +132,7 @@ async def test_triggers_are_rate_limited_per_credential(autojump_clock):
 
 async def test_sends_are_rate_limited_per_credential(autojump_clock):
     with trio.fail_after(60):
-        limits = Limits(send_rate=2.0, send_burst=2)
+        limits = Limits(send_rate=2.0, send_burst=2, rate_limit_api_key=True)
         async with open_engine(TASKS, api_key=API_KEY, limits=limits) as eng:
             async with eng.connect():
                 handle = await waiter.trigger({})
@@ -150,6 +150,21 @@ async def test_sends_are_rate_limited_per_credential(autojump_clock):
                 await done.send(handle.id, "ok")  # a token came back
                 assert (await sdk.runs.retrieve(handle.id)).status.value in (
                     "COMPLETED", "EXECUTING")
+
+
+async def test_the_api_key_is_not_rate_limited_by_default(autojump_clock):
+    with trio.fail_after(60):
+        limits = Limits(trigger_rate=1.0, trigger_burst=2)
+        async with open_engine(TASKS, api_key=API_KEY, limits=limits) as eng:
+            async with eng.connect():
+                for i in range(10):
+                    await echo.trigger(i)
+                token = await auth.create_public_token(scopes=["trigger:tasks:lim-echo"])
+            async with eng.connect(token):
+                await echo.trigger(0)
+                await echo.trigger(1)
+                with pytest.raises(RateLimitedError):
+                    await echo.trigger(2)
 
 
 async def test_rates_can_be_turned_off(autojump_clock):
