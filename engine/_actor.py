@@ -119,6 +119,43 @@ def error_dict(exc: BaseException) -> dict[str, str]:
     return {"type": type(exc).__name__, "message": str(exc)}
 
 
+def _encode_fast(values: list[Any], used: int,
+                 limits: Any) -> tuple[list[bytes] | None, int, None]:
+    """Encode a batch in one pass; ``None`` if any chunk would be refused (the hot path)."""
+    dumps = orjson.dumps
+    try:
+        encoded = [memoryview(dumps(v)).tobytes() for v in values]  # see json_bytes
+    except TypeError:
+        return None, 0, None
+    sizes = list(map(len, encoded))
+    size = sum(sizes)
+    if (sizes and max(sizes) > limits.max_chunk_bytes) or used + size > limits.max_stream_bytes:
+        return None, 0, None
+    return encoded, size, None
+
+
+def _encode_checked(key: str, values: list[Any], used: int,
+                    limits: Any) -> tuple[list[bytes], int, BaseException | None]:
+    """Encode chunks in order until one is refused; what came before it is kept."""
+    encoded: list[bytes] = []
+    size = 0
+    for value in values:
+        try:
+            data = json_bytes(value)
+        except TypeError as exc:
+            return encoded, size, TypeError(f"chunk for stream {key!r} is not JSON: {exc}")
+        if len(data) > limits.max_chunk_bytes:
+            return encoded, size, PayloadTooLargeError(
+                f"chunk of {len(data)} bytes is over the {limits.max_chunk_bytes}-byte limit")
+        if used + size + len(data) > limits.max_stream_bytes:  # keep what fits
+            return encoded, size, StreamTooLargeError(
+                f"stream {key!r} would exceed {limits.max_stream_bytes} bytes; "
+                f"it holds {used + size} bytes, earlier chunks stay readable")
+        encoded.append(data)
+        size += len(data)
+    return encoded, size, None
+
+
 class _Stage:
     """What one commit cycle writes, and what to do once it is stored."""
 
@@ -140,27 +177,10 @@ class _Stage:
         actor = self.actor
         limits = actor.engine.limits
         stream = actor.stream(key)
-        encoded: list[bytes] = []
-        size = 0
-        error: BaseException | None = None
         used = stream.nbytes + self.nbytes.get(key, 0)
-        for value in values:
-            try:
-                data = json_bytes(value)
-            except TypeError as exc:
-                error = TypeError(f"chunk for stream {key!r} is not JSON: {exc}")
-                break
-            if len(data) > limits.max_chunk_bytes:
-                error = PayloadTooLargeError(
-                    f"chunk of {len(data)} bytes is over the {limits.max_chunk_bytes}-byte limit")
-                break
-            if used + size + len(data) > limits.max_stream_bytes:  # keep what fits
-                error = StreamTooLargeError(
-                    f"stream {key!r} would exceed {limits.max_stream_bytes} bytes; "
-                    f"it holds {used + size} bytes, earlier chunks stay readable")
-                break
-            encoded.append(data)
-            size += len(data)
+        encoded, size, error = _encode_fast(values, used, limits)
+        if encoded is None:  # something is refused: find what, chunk by chunk
+            encoded, size, error = _encode_checked(key, values, used, limits)
         if not encoded:
             return 0, error
         start = self.next_index.get(key, stream.length)

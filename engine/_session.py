@@ -34,7 +34,6 @@ import weakref
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-import orjson
 import trio
 
 from sdk import BadFrameError, ForbiddenError, RateLimitedError, RunwireError, UnauthorizedError
@@ -260,7 +259,7 @@ class Session:
                 await self._emit(End(re=frame.id, reason="complete", next=reader.next))
                 return
             await self._emit(Chunks(re=frame.id, stream=frame.stream, start=start,
-                                    items=[orjson.Fragment(item) for item in batch]))
+                                    items=batch))  # stored JSON bytes, joined by the codec
 
     async def _append(self, frame: Append) -> None:
         await self._allow("write", "streams", frame.run)

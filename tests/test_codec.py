@@ -183,3 +183,15 @@ def test_encode_is_the_compact_json_of_unstructure():
     frame = SAMPLES["send"]
     assert encode(frame) == orjson.dumps(unstructure(frame))
     assert list(unstructure(frame))[0] == "type"
+
+
+def test_chunks_with_encoded_items_are_joined_unchanged():
+    """The engine's fast path: stored JSON bytes go into the array as they are."""
+    from transport import Chunks, decode, encode
+
+    items = [b'"x"', b'{"k":[1,2.5,"\\u00e9"]}', b"null", b"[]"]
+    frame = Chunks(re=3, stream='odd "key"', start=7, items=items)
+    data = encode(frame)
+    assert decode(data) == Chunks(re=3, stream='odd "key"', start=7,
+                                  items=["x", {"k": [1, 2.5, "é"]}, None, []])
+    assert decode(encode(decode(data))) == decode(data)

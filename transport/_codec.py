@@ -24,7 +24,7 @@ from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, overrid
 from cattrs.preconf.orjson import make_converter
 
 from ._errors import RemoteProtocolError
-from ._frames import FRAME_TYPES, Frame, Json, JsonList, JsonObject, Read, request_id
+from ._frames import FRAME_TYPES, Chunks, Frame, Json, JsonList, JsonObject, Read, request_id
 
 #: Deepest nesting accepted in a frame (the frame object itself is level 1).
 MAX_DEPTH = 128
@@ -103,8 +103,21 @@ def unstructure(frame: Frame) -> dict[str, Any]:
 
 
 def encode(frame: Frame) -> bytes:
-    """Serialize a frame to UTF-8 JSON bytes."""
+    """Serialize a frame to UTF-8 JSON bytes.
+
+    A ``chunks`` frame whose items are ``bytes`` is taken to carry chunks that are already
+    JSON (the engine keeps chunks encoded): they are joined into the array as they are,
+    never parsed or re-encoded.
+    """
+    if type(frame) is Chunks and frame.items and type(frame.items[0]) is bytes:
+        return _encode_encoded_chunks(frame)
     return orjson.dumps(unstructure(frame))
+
+
+def _encode_encoded_chunks(frame: Chunks) -> bytes:
+    head = orjson.dumps({"type": "chunks", "re": frame.re, "stream": frame.stream,
+                         "start": frame.start, "items": []})
+    return b"".join((head[:-2], b",".join(frame.items), b"]}"))  # head ends with '[]}'
 
 
 def decode(data: bytes | bytearray | memoryview | str) -> Frame:

@@ -159,7 +159,11 @@ class Welcome(Frame):
 
 @attrs.frozen
 class Chunks(Frame):
-    """Chunks ``start``, ``start + 1``, ... of a stream, for read request ``re``."""
+    """Chunks ``start``, ``start + 1``, ... of a stream, for read request ``re``.
+
+    The engine may build it with ``items`` as a list of already-encoded JSON ``bytes``; the
+    codec then joins them into the array unchanged. Decoded frames always hold JSON values.
+    """
 
     type: ClassVar[str] = "chunks"
     re: int
