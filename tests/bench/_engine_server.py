@@ -126,26 +126,6 @@ def _pid() -> int:
 # would gain before anyone makes it. The engine's code is not touched.
 
 
-def _trim_chunk_bytes() -> None:
-    """orjson >= 3.12 returns bytes over-allocated to ~4 KiB for a short output; keep a
-    right-sized copy of every chunk the engine retains (live tail, memory store)."""
-    import orjson
-
-    from engine import _actor
-
-    dumps = orjson.dumps
-
-    class _Trimmed:
-        def __getattr__(self, name: str) -> Any:
-            return getattr(orjson, name)
-
-        @staticmethod
-        def dumps(value: Any, *a: Any, **k: Any) -> bytes:
-            return bytes(memoryview(dumps(value, *a, **k)))
-
-    _actor.orjson = _Trimmed()  # type: ignore[assignment]
-
-
 def _no_wal_autocheckpoint() -> None:
     """SQLite checkpoints the WAL inside the COMMIT that crosses 1,000 pages, so every so
     often one commit (and every chunk waiting on it) is slow. Turn that off, to see how much
@@ -162,49 +142,8 @@ def _no_wal_autocheckpoint() -> None:
     _sqlite_store.SqliteStore._connect = _connect  # type: ignore[method-assign]
 
 
-def _batch_sync_pipe() -> None:
-    """``pipe`` of a sync iterable: take 256 items at a time and hand them to the producer in
-    one ``put_many`` (one writability check, one ``mark_dirty``), instead of one ``put``
-    each. Async sources are unchanged."""
-    import itertools
-
-    from engine._streams import PRODUCER_HIGH_WATER, Producer
-    from sdk import _streams
-
-    def put_many(self: Any, items: list[Any]) -> None:
-        if self.error is not None:
-            raise self.error
-        self.actor.check_writable()
-        self.buffer.extend(items)
-        self._put += len(items)
-        self.actor.mailbox.mark_dirty(self)
-
-    Producer.put_many = put_many  # type: ignore[attr-defined]
-    pump = _streams._pump
-
-    async def _pump(sink: Any, source: Any, encode: Any, tee: Any) -> None:
-        if hasattr(source, "__aiter__") or not hasattr(sink, "put_many"):
-            return await pump(sink, source, encode, tee)
-        try:
-            items = iter(source)
-            while raw := list(itertools.islice(items, 256)):
-                if tee is not None:
-                    for item in raw:
-                        tee.feed(item)
-                sink.put_many([encode(item) for item in raw])
-                while len(sink.buffer) >= PRODUCER_HIGH_WATER and sink.error is None:
-                    await sink._wait_progress()
-                await trio.lowlevel.checkpoint()
-            await sink.flush()
-        finally:
-            if tee is not None:
-                tee.close()
-
-    _streams._pump = _pump  # type: ignore[assignment]
-
-
-WHAT_IF = {"trim_chunk_bytes": _trim_chunk_bytes, "no_wal_autocheckpoint": _no_wal_autocheckpoint,
-           "batch_sync_pipe": _batch_sync_pipe}
+# (trim_chunk_bytes and batch_sync_pipe measured R1 and R2; both are now in the engine.)
+WHAT_IF = {"no_wal_autocheckpoint": _no_wal_autocheckpoint}
 
 
 def worker(role: str, args: dict[str, Any]) -> None:

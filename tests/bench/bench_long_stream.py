@@ -27,7 +27,7 @@ class Params:
     repeat: int = 2
     stores: tuple[str, ...] = ("sqlite", "memory")
     #: engine patches (``_engine_server.WHAT_IF``) measured as extra variants of each store
-    what_ifs: tuple[str, ...] = ("trim_chunk_bytes",)
+    what_ifs: tuple[str, ...] = ()
 
 
 FULL = Params()

@@ -45,7 +45,7 @@ class Params:
     repeat: int = 3
     stores: tuple[str, ...] = ("memory", "sqlite")
     #: engine patches (``_engine_server.WHAT_IF``) measured as extra memory:// pipe variants
-    what_ifs: tuple[str, ...] = ("trim_chunk_bytes",)
+    what_ifs: tuple[str, ...] = ()
 
 
 FULL = Params()
