@@ -30,6 +30,7 @@ import orjson
 import trio
 
 from sdk import (
+    BadFrameError,
     PayloadTooLargeError, RunContext, RunFinishedError, RunStatus, StreamTooLargeError, Task,
 )
 from sdk._convert import json_bytes
@@ -511,11 +512,13 @@ class RunActor:
         else:  # pragma: no cover - a bug
             reply.set(error=TypeError(f"unknown mailbox message {message!r}"))
 
+    def _stream_keys(self) -> list[str]:
+        """Every output stream of the run: written to, or only read so far."""
+        return list(dict.fromkeys([*self.record.streams, *self.streams]))
+
     def _stage_external(self, stage: _Stage, msg: ExternalAppend) -> None:
         expected = self.seqs.get((msg.key, msg.producer), 0)
         if msg.seq > expected:
-            from sdk import BadFrameError
-
             msg.reply.set(error=BadFrameError(
                 f"producer {msg.producer!r} skipped sequence numbers {expected}..{msg.seq - 1}"))
             return
@@ -539,7 +542,11 @@ class RunActor:
         if not self._accepting:
             msg.reply.set(error=RunFinishedError(f"run {self.id} has finished"))
             return
-        data = json_bytes(msg.data)
+        try:  # a record from a task did not pass the wire codec: refuse it here, not crash
+            data = json_bytes(msg.data)
+        except TypeError as exc:
+            msg.reply.set(error=TypeError(f"input record for {msg.key!r} is not JSON: {exc}"))
+            return
         limit = self.engine.limits.max_record_bytes
         if len(data) > limit:
             msg.reply.set(error=PayloadTooLargeError(
@@ -563,8 +570,7 @@ class RunActor:
         record.output, record.error = msg.output, msg.error
         record.set_status(msg.status, self.engine.clock())
         self._run_dirty = True
-        for key in list(self.streams) + [k for k in record.streams if k not in self.streams]:
-            stage.batch.ended.append((self.id, key))
+        stage.batch.ended.extend((self.id, key) for key in self._stream_keys())
 
         def finished() -> None:
             for stream in self.streams.values():
@@ -584,7 +590,7 @@ class RunActor:
             record.set_status(RunStatus.CRASHED, self.engine.clock())
             record.error = error_dict(exc)
         batch = Batch(runs=[record.to_store()],
-                      ended=[(self.id, k) for k in set(self.streams) | set(record.streams)])
+                      ended=[(self.id, k) for k in self._stream_keys()])
         with trio.move_on_after(5) as scope:
             scope.shield = True
             try:

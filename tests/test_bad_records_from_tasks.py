@@ -1,0 +1,46 @@
+"""A record sent from inside a task skips the wire codec; a bad one must fail the sender only."""
+
+import trio
+
+from sdk import RunStatus, runs, streams, task
+
+from .helpers import final, serve
+
+note = streams.input(id="note")
+
+
+@task(id="listener")
+async def listener(payload):
+    result = await note.once(timeout_ms=60_000)
+    return result.output if result.ok else "timeout"
+
+
+@task(id="bad-sender")
+async def bad_sender(payload):
+    try:
+        await note.send(payload["run"], payload["kind"] == "object" and object() or _deep(300))
+    except TypeError as exc:
+        assert "not JSON" in str(exc)
+        await note.send(payload["run"], "fine")
+        return "refused"
+    return "sent"
+
+
+def _deep(depth):
+    value = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+async def test_a_non_json_record_from_a_task_fails_the_sender_not_the_target(autojump_clock):
+    for kind in ("object", "deep"):
+        async with serve([listener, bad_sender]):
+            handle = await listener.trigger({})
+            result = await bad_sender.trigger_and_wait({"run": handle.id, "kind": kind})
+            assert result.output == "refused", kind
+            run = await final(handle.id)
+            assert run.status is RunStatus.COMPLETED, (kind, run.error)
+            assert run.output == "fine"
+            await trio.sleep(0)
+            assert (await runs.retrieve(handle.id)).status is RunStatus.COMPLETED
