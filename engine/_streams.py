@@ -124,8 +124,7 @@ class Producer:
 
     async def put(self, item: Any) -> None:
         self.put_nowait(item)
-        while len(self.buffer) >= PRODUCER_HIGH_WATER and self.error is None:
-            await self._wait_progress()
+        await self._below_high_water()
         if self._put % PRODUCER_YIELD_EVERY == 0:
             await trio.lowlevel.checkpoint()
 
@@ -137,8 +136,7 @@ class Producer:
         self.buffer.extend(items)
         self._put += len(items)
         self.actor.mailbox.mark_dirty(self)
-        while len(self.buffer) >= PRODUCER_HIGH_WATER and self.error is None:
-            await self._wait_progress()
+        await self._below_high_water()
         await trio.lowlevel.checkpoint()
 
     def take(self) -> list[Any]:
@@ -151,15 +149,16 @@ class Producer:
         self._done += count
         if error is not None and self.error is None:
             self.error = error
-        self._progress.set()
-
-    async def _wait_progress(self) -> None:
+        self._progress.set()  # wakes every waiter (a writer's merges share one producer)
         self._progress = trio.Event()
-        await self._progress.wait()
+
+    async def _below_high_water(self) -> None:
+        while len(self.buffer) >= PRODUCER_HIGH_WATER and self.error is None:
+            await self._progress.wait()
 
     async def flush(self) -> None:
         while self._done < self._put and self.error is None:
-            await self._wait_progress()
+            await self._progress.wait()
         if self.error is not None:
             raise self.error
 

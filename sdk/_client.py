@@ -721,26 +721,33 @@ class _ClientProducer:
     async def put(self, item: Any) -> None:
         self.put_nowait(item)
         self._puts += 1
-        while len(self._buffer) >= PRODUCER_HIGH_WATER and self._error is None:
-            await self._wait_progress()
+        await self._below_high_water()
         if self._puts % 256 == 0:
             await trio.lowlevel.checkpoint()
 
     async def put_many(self, items: list[Any]) -> None:
-        for item in items:
-            self.put_nowait(item)
-        while len(self._buffer) >= PRODUCER_HIGH_WATER and self._error is None:
-            await self._wait_progress()
+        if self._error is not None:
+            raise self._error
+        encode, what = self._client._encode, self._what
+        self._buffer.extend([encode(item, what) for item in items])
+        self._wake.set()
+        self._start()
+        await self._below_high_water()
         await trio.lowlevel.checkpoint()
 
-    async def _wait_progress(self) -> None:
+    async def _below_high_water(self) -> None:
+        while len(self._buffer) >= PRODUCER_HIGH_WATER and self._error is None:
+            await self._progress.wait()
+
+    def _advance(self) -> None:
+        """Wake every waiter (a writer's merges share one producer), for the next change."""
+        self._progress.set()
         self._progress = trio.Event()
-        await self._progress.wait()
 
     async def flush(self) -> None:
         target = self._base + len(self._buffer)
         while self._base < target and self._error is None:
-            await self._wait_progress()
+            await self._progress.wait()
         if self._error is not None:
             raise self._error
 
@@ -777,10 +784,10 @@ class _ClientProducer:
                 assert isinstance(frame, Ack) and frame.next_seq is not None
                 del self._buffer[:frame.next_seq - self._base]
                 self._base = frame.next_seq
-                self._progress.set()
+                self._advance()
         except Exception as exc:  # kept for put/flush to raise; never the client's problem
             self._error = exc
-            self._progress.set()
+            self._advance()
 
 
 def _ws_url(url: str) -> str:
