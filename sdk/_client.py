@@ -728,10 +728,13 @@ class _ClientProducer:
     async def put_many(self, items: list[Any]) -> None:
         if self._error is not None:
             raise self._error
-        encode, what = self._client._encode, self._what
-        self._buffer.extend([encode(item, what) for item in items])
-        self._wake.set()
-        self._start()
+        encode, what, buffer = self._client._encode, self._what, self._buffer
+        try:
+            for item in items:  # a chunk that is not JSON raises; the ones before it are kept
+                buffer.append(encode(item, what))
+        finally:
+            self._wake.set()
+            self._start()
         await self._below_high_water()
         await trio.lowlevel.checkpoint()
 
