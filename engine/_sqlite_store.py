@@ -367,10 +367,9 @@ class SqliteStore(Store):
         """Delete runs finished before ``cutoff`` and all their data, a few per transaction."""
         await self._ready()
         total = 0
-        while True:
-            with trio.CancelScope(shield=True):
-                removed = await trio.to_thread.run_sync(self._delete_some, cutoff,
-                                                        limiter=self._write_limiter)
+        while True:  # cancellable between steps; a step in its thread always finishes whole
+            removed = await trio.to_thread.run_sync(self._delete_some, cutoff,
+                                                    limiter=self._write_limiter)
             total += removed
             if removed < DELETE_STEP:
                 return total
