@@ -30,7 +30,7 @@ from sdk.runtime import collapse_exception_groups
 from transport import Connection, memory_connection_pair
 
 from ._actor import ExternalAppend, RunActor, SendInput
-from ._auth import Auth, check_scopes, generate_api_key
+from ._auth import Auth, generate_api_key
 from ._backend import RunBackend
 from ._records import RunRecord, new_run_id
 from ._store import Batch, Store, open_store
@@ -250,12 +250,13 @@ class Engine:
         if not (isinstance(expires_in, (int, float)) and math.isfinite(expires_in)
                 and 0 < expires_in <= limit):
             raise BadFrameError(f"'expires_in' must be a number of seconds in (0, {limit:g}]")
-        try:
-            checked = check_scopes(scopes)
-        except ValueError as exc:
-            raise BadFrameError(str(exc)) from None
+        if not isinstance(scopes, list):  # create_token would accept any iterable
+            raise BadFrameError("scopes must be a list such as ['read:runs:<run id>']")
         expires_at = self.auth.clock() + expires_in
-        return self.auth.create_token(checked, expires_in), expires_at
+        try:
+            return self.auth.create_token(scopes, expires_in), expires_at
+        except ValueError as exc:  # a malformed scope
+            raise BadFrameError(str(exc)) from None
 
     async def missing_run_error(self, run_id: str) -> Exception:
         """The error for a run that is not live here: finished, or unknown."""

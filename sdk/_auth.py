@@ -22,7 +22,16 @@ from .runtime import current_backend, current_run
 
 #: Default lifetime of a public token.
 DEFAULT_EXPIRATION = "15m"
-_SCOPE = re.compile(r"^(read|write|trigger):(runs|tasks|inputStreams|streams)(:.+)?$", re.DOTALL)
+#: The scopes a token may carry, as ``(action, resource)``; the id part is free. The engine
+#: checks tokens with the same :func:`check_scopes`, so a typo fails here, locally.
+SCOPE_KINDS = frozenset({
+    ("read", "runs"), ("read", "tasks"), ("write", "inputStreams"), ("write", "streams"),
+    ("write", "runs"), ("trigger", "tasks"),
+})
+#: Most scopes in one token, and the longest scope.
+MAX_SCOPES = 64
+MAX_SCOPE_CHARS = 256
+_SCOPE = re.compile(r"^([A-Za-z]+):([A-Za-z]+)(?::(.+))?$", re.DOTALL)
 
 
 class _Auth:
@@ -72,13 +81,32 @@ def normalize_scopes(scopes: Iterable[str] | Mapping[str, Any]) -> list[str]:
         raise ValueError("scopes is a list of strings, not one string")
     else:
         found = list(scopes)
-    if not found:
-        raise ValueError("a token needs at least one scope")
-    for scope in found:
-        if not isinstance(scope, str) or not _SCOPE.match(scope):
-            raise ValueError(f"malformed scope {scope!r}: expected 'action:resource[:id]' "
-                             f"such as 'read:runs:run_123'")
-    return found
+    return check_scopes(found)
+
+
+def check_scopes(scopes: Any) -> list[str]:
+    """The scopes, sorted and deduplicated, if every one is well formed.
+
+    Raises:
+        ValueError: not a non-empty list of ``action:resource[:id]`` strings of a known kind.
+    """
+    if not isinstance(scopes, (list, tuple, set, frozenset)) or not scopes:
+        raise ValueError("scopes must be a non-empty list such as ['read:runs:<run id>']")
+    if len(scopes) > MAX_SCOPES:
+        raise ValueError(f"a token carries at most {MAX_SCOPES} scopes")
+    for scope in scopes:
+        _check_scope(scope)
+    return sorted(set(scopes))
+
+
+def _check_scope(scope: Any) -> None:
+    if not isinstance(scope, str) or not 0 < len(scope) <= MAX_SCOPE_CHARS:
+        raise ValueError(f"a scope is a string of 1-{MAX_SCOPE_CHARS} characters")
+    match = _SCOPE.match(scope)
+    if match is None or (match.group(1), match.group(2)) not in SCOPE_KINDS:
+        known = ", ".join(sorted(f"{a}:{r}" for a, r in SCOPE_KINDS))
+        raise ValueError(f"unknown scope {scope[:64]!r}; scopes are one of {known}, "
+                         "optionally followed by ':<id>'")
 
 
 def _from_mapping(scopes: Mapping[str, Any]) -> Iterable[str]:

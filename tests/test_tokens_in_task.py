@@ -46,3 +46,19 @@ async def test_token_expiry_follows_the_engine_clock(autojump_clock):
             pass
         else:
             raise AssertionError("an expired token was accepted")
+
+
+def test_sdk_and_engine_check_scopes_the_same_way():
+    """A typo in a scope fails locally, before any request; both sides share one check."""
+    import pytest
+
+    from engine._auth import check_scopes as engine_check
+    from sdk._auth import normalize_scopes
+
+    for bad in (["write:tasks:x"], ["trigger:runs"], ["read:runs:x"] * 0, ["x" * 300]):
+        with pytest.raises(ValueError):
+            normalize_scopes(bad)
+        with pytest.raises(ValueError):
+            engine_check(bad)
+    assert normalize_scopes({"read": {"runs": ["b", "a"]}}) == ["read:runs:a", "read:runs:b"]
+    assert normalize_scopes(["read:runs:a", "read:runs:a"]) == engine_check(["read:runs:a"])
