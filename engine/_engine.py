@@ -32,6 +32,7 @@ from transport import Connection, memory_connection_pair
 from ._actor import ExternalAppend, RunActor, SendInput
 from ._auth import Auth, generate_api_key
 from ._backend import RunBackend
+from ._limits import RateLimiter
 from ._records import RunRecord, new_run_id
 from ._store import Batch, Store, open_store
 from ._streams import OutputStream, cap_bytes
@@ -131,6 +132,7 @@ class Engine:
         self.store = store
         self.api_key = api_key
         self.auth = Auth(api_key, clock=self.clock)
+        self.rate_limiter = RateLimiter()
         self.drain_timeout = float(drain_timeout)
         self.limits = limits or Limits()
         self.actors: dict[str, RunActor] = {}

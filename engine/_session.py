@@ -30,7 +30,6 @@ them), the read loop stops reading, and TCP pushes back on the client.
 from __future__ import annotations
 
 import logging
-import weakref
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +41,7 @@ from transport import (
     CreateToken, End, Error, Frame, Hello, PROTOCOL_VERSION, Read, RemoteProtocolError,
     Retrieve, RunInfo, Send, Subscribe, Token, Trigger, Triggered, Welcome,
 )
+from transport._connection import CLOSE_INTERNAL
 from transport._protocol import CLOSE_UNAUTHORIZED
 
 from ._auth import Grant
@@ -57,7 +57,6 @@ Handler = Callable[[Any], Awaitable[None]]
 #: Close code for "the engine is overloaded, try again later" (RFC 6455 registry).
 CLOSE_TRY_AGAIN = 1013
 #: Close code for "the engine hit an unexpected condition".
-CLOSE_INTERNAL = 1011
 #: Seconds a refusal (error frame and close) may take before the connection is dropped.
 REFUSE_TIMEOUT = 5.0
 
@@ -213,10 +212,11 @@ class Session:
         grant = self.grant
         if grant.expired(self.engine.auth.clock()):
             raise UnauthorizedError("the access token has expired; reconnect with a new one")
-        if grant.admin or grant.allows(action, resource, ident):
+        if grant.allows(action, resource, ident):
             return
-        task_id = None
-        if resource == "runs" and any(s.startswith("read:tasks:") for s in grant.scopes):
+        task_id = None  # only a read of a run can be allowed by its task's scope
+        if (action, resource) == ("read", "runs") and any(
+                s.startswith("read:tasks:") for s in grant.scopes):
             try:
                 task_id = (await self.engine.get_record(ident)).task_id
             except RunwireError:
@@ -227,7 +227,7 @@ class Session:
     def _take(self, action: str, rate: float | None, burst: int) -> None:
         if self.grant.admin and not self.engine.limits.rate_limit_api_key:
             return  # the backend's own key is trusted; public tokens are what the rates bound
-        if not rate_limiter(self.engine).take((self.grant.key, action), rate, burst):
+        if not self.engine.rate_limiter.take((self.grant.key, action), rate, burst):
             raise RateLimitedError(f"too many {action} requests for this credential (at most "
                                    f"{rate:g} a second, bursts of {burst}); try again later")
 
@@ -313,57 +313,3 @@ class Session:
 def _short(ident: Any) -> str:
     text = repr(ident)
     return text if len(text) <= 64 else text[:61] + "..."
-
-
-# --- rate limits --------------------------------------------------------------------------
-
-
-class RateLimiter:
-    """Token buckets, one per (credential fingerprint, action), on trio's clock.
-
-    A bucket holds up to ``burst`` tokens and refills at ``rate`` a second; each request
-    takes one. Buckets that are full again are forgotten when there are many, so memory stays
-    bounded by the credentials active in the last ``burst / rate`` seconds.
-    """
-
-    #: Buckets kept before full ones are pruned.
-    PRUNE_AT = 4096
-
-    def __init__(self) -> None:
-        # key -> (tokens left, when counted, rate, burst)
-        self._buckets: dict[tuple[str, str], tuple[float, float, float, int]] = {}
-
-    def take(self, key: tuple[str, str], rate: float | None, burst: int) -> bool:
-        """Take one token from ``key``'s bucket; ``False`` if it is empty."""
-        if rate is None:
-            return True
-        now = trio.current_time()
-        tokens = self._level(self._buckets.get(key, (float(burst), now, rate, burst)), now)
-        if tokens < 1.0:
-            self._buckets[key] = (tokens, now, rate, burst)
-            return False
-        self._buckets[key] = (tokens - 1.0, now, rate, burst)
-        if len(self._buckets) > self.PRUNE_AT:
-            self._prune(now)
-        return True
-
-    @staticmethod
-    def _level(bucket: tuple[float, float, float, int], now: float) -> float:
-        tokens, then, rate, burst = bucket
-        return min(float(burst), tokens + (now - then) * rate)
-
-    def _prune(self, now: float) -> None:
-        for key, bucket in list(self._buckets.items()):
-            if self._level(bucket, now) >= bucket[3]:
-                del self._buckets[key]
-
-
-_LIMITERS: weakref.WeakKeyDictionary[Engine, RateLimiter] = weakref.WeakKeyDictionary()
-
-
-def rate_limiter(engine: Engine) -> RateLimiter:
-    """The engine's rate limiter (one per engine, shared by all its sessions)."""
-    limiter = _LIMITERS.get(engine)
-    if limiter is None:
-        limiter = _LIMITERS[engine] = RateLimiter()
-    return limiter

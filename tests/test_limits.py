@@ -9,7 +9,7 @@ import trio_websocket
 
 import sdk
 from engine import Limits, open_engine
-from engine._session import RateLimiter
+from engine._limits import RateLimiter
 from sdk import RateLimitedError, auth, streams, task
 
 from .helpers import API_KEY
