@@ -217,10 +217,12 @@ class _Link:
             await self._closed.wait()
             return
         self._closing = True
-        with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
-            await self.conn.aclose()
-        self.nursery.cancel_scope.cancel()
-        self._closed.set()
+        try:
+            with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
+                await self.conn.aclose()
+        finally:  # whatever happened, the helper tasks stop and a second caller is let go
+            self.nursery.cancel_scope.cancel()
+            self._closed.set()
 
 
 async def _nursery_task(*, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:

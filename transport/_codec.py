@@ -36,7 +36,7 @@ QUOTE_LIMIT = 64
 
 def _strict(kind: type | tuple[type, ...], name: str):
     def structure(value: Any, _: Any) -> Any:
-        if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
             raise TypeError(f"expected {name}, got {type(value).__name__}")
         return value
 
@@ -49,24 +49,12 @@ def _float(value: Any, _: Any) -> float:
     return float(value)
 
 
-def _json_list(value: Any, _: Any) -> list:
-    if not isinstance(value, list):
-        raise TypeError(f"expected an array, got {type(value).__name__}")
-    return value
-
-
 def _str_list(value: Any, _: Any) -> list[str]:
     if not isinstance(value, list):
         raise TypeError(f"expected an array of strings, got {type(value).__name__}")
     for item in value:
         if not isinstance(item, str):
             raise TypeError(f"expected an array of strings, got a {type(item).__name__} in it")
-    return value
-
-
-def _json_object(value: Any, _: Any) -> dict:
-    if not isinstance(value, dict):
-        raise TypeError(f"expected an object, got {type(value).__name__}")
     return value
 
 
@@ -77,8 +65,8 @@ def _make_converter():
     conv.register_structure_hook(bool, _strict(bool, "a boolean"))
     conv.register_structure_hook(float, _float)
     conv.register_structure_hook(Json, lambda v, _: v)
-    conv.register_structure_hook(JsonList, _json_list)
-    conv.register_structure_hook(JsonObject, _json_object)
+    conv.register_structure_hook(JsonList, _strict(list, "an array"))
+    conv.register_structure_hook(JsonObject, _strict(dict, "an object"))
     conv.register_structure_hook_func(lambda t: t == list[str], _str_list)
     conv.register_unstructure_hook(Json, lambda v: v)
     conv.register_unstructure_hook(JsonList, lambda v: v)

@@ -84,13 +84,9 @@ class Connection:
         """Drop the link without another byte: a close frame after a fragment could be
         read by the peer as the rest of the cut message."""
         self._torn = True
-        # trio-websocket has no public abort; its _close_stream closes the TCP stream only
-        close_stream = getattr(self._pipe, "_close_stream", None)
         with trio.CancelScope(shield=True), trio.move_on_after(1):
             try:
-                if close_stream is not None:
-                    await close_stream()
-                else:
+                if not await _close_tcp(self._pipe):
                     await self._pipe.aclose(CLOSE_INTERNAL, "a message was cut short")
             except Exception:  # best effort: the peer sees the connection end either way
                 pass
@@ -140,13 +136,24 @@ class Connection:
             scope.shield = True
             try:
                 await self._pipe.aclose(code, reason)
+                # trio-websocket (0.12) returns early from aclose() on a connection the
+                # peer reset, leaving its TCP socket open until garbage collection
+                await _close_tcp(self._pipe)
             except Exception:  # the peer may already be gone; closing is best effort
                 pass
-            # trio-websocket (0.12) returns early from aclose() on a connection the peer
-            # reset, leaving its TCP socket open until garbage collection: close it here.
-            close_stream = getattr(self._pipe, "_close_stream", None)
-            if close_stream is not None:
-                await close_stream()
+
+
+async def _close_tcp(pipe: object) -> bool:
+    """Close a trio-websocket connection's TCP stream; ``False`` for other pipes.
+
+    trio-websocket has no public way to drop the socket without a close handshake; this is
+    the one place that relies on its private ``_close_stream``.
+    """
+    close_stream = getattr(pipe, "_close_stream", None)
+    if close_stream is None:
+        return False
+    await close_stream()
+    return True
 
 
 def _broken(exc: trio_websocket.ConnectionClosed) -> ConnectionBroken:
@@ -279,10 +286,8 @@ class _ReaderWatch:
                 self.scope.cancel()  # a no-op once the handshake is over
                 # the reader is over, so is the connection: close its TCP socket, which
                 # trio-websocket leaves open when the reset came during the handshake
-                close = getattr(getattr(fn, "__self__", None), "_close_stream", None)
-                if close is not None:
-                    with trio.CancelScope(shield=True):
-                        await close()
+                with trio.CancelScope(shield=True):
+                    await _close_tcp(getattr(fn, "__self__", None))
 
         self._nursery.start_soon(watched, name=name or fn)
 

@@ -25,15 +25,13 @@ import enum
 from ._codec import decode, encode
 from ._errors import LocalProtocolError, RemoteProtocolError
 from ._frames import (
-    CLIENT_FRAMES, ENGINE_FRAMES, PROTOCOL_VERSION, Error, Frame, Hello, Welcome, request_id,
+    CLIENT_FRAMES, ENGINE_FRAMES, PROTOCOL_VERSION, Error, Frame, Hello, Welcome,
 )
 
 #: Close code for "hello missing or credential refused".
 CLOSE_UNAUTHORIZED = 4401
 #: Close code for "unsupported protocol version".
 CLOSE_BAD_PROTOCOL = 4400
-#: Close code for "message too big" (RFC 6455).
-CLOSE_TOO_BIG = 1009
 
 
 class Role(enum.Enum):
@@ -143,4 +141,4 @@ class Protocol:
         self.state = State.CLOSED
 
 
-__all__ = ["Protocol", "Role", "State", "TRANSITIONS", "request_id"]
+__all__ = ["Protocol", "Role", "State", "TRANSITIONS"]
