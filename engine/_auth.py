@@ -52,14 +52,12 @@ class Grant:
     Attributes:
         admin: the engine's API key: everything is allowed.
         scopes: the token's scopes.
-        subject: who the token was made for (a run id, ``public``, ``api-key``).
         expires_at: when the token expires (``Auth.clock`` seconds), ``None`` for never.
         key: a fingerprint of the credential, to key per-credential limits.
     """
 
     admin: bool = False
     scopes: frozenset[str] = frozenset()
-    subject: str = "anonymous"
     expires_at: float | None = None
     key: str = ""
 
@@ -112,13 +110,16 @@ class Auth:
             raise UnauthorizedError("a credential is required")
         raw = token.encode("utf-8", "surrogatepass")
         if hmac.compare_digest(raw, self._api_key):
-            return Grant(admin=True, subject="api-key", key="api-key")
+            return Grant(admin=True, key="api-key")
         claims = self._claims(token)
         scopes = claims.get("scopes")
         if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
             raise UnauthorizedError("the access token has no valid scopes")
-        return Grant(scopes=frozenset(scopes), subject=str(claims.get("sub", "token")),
-                     expires_at=float(claims["exp"]), key=fingerprint(token))
+        grant = Grant(scopes=frozenset(scopes), expires_at=float(claims["exp"]),
+                      key=fingerprint(token))
+        if grant.expired(self.clock()):  # the same check every later request makes
+            raise UnauthorizedError("the access token has expired")
+        return grant
 
     def _claims(self, token: str) -> dict[str, Any]:
         try:
@@ -131,8 +132,6 @@ class Auth:
         exp = claims.get("exp")
         if isinstance(exp, bool) or not isinstance(exp, (int, float)) or not math.isfinite(exp):
             raise UnauthorizedError("the access token has no valid expiry")
-        if self.clock() >= exp:
-            raise UnauthorizedError("the access token has expired")
         return claims
 
     def create_token(self, scopes: Iterable[str], expires_in: float = 900.0,

@@ -28,9 +28,9 @@ Finished runs are not touched: their status, output and streams stay as they wer
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from sdk import RunStatus
+from sdk import RunStatus, Task
 
 from ._records import RunRecord
 from ._store import Batch
@@ -56,16 +56,18 @@ async def _recover_one(engine: Engine, raw: dict) -> None:
     record = RunRecord.from_wire(raw)
     task = engine.tasks.get(record.task_id)
     if task is None:
-        await _crash(engine, record, unknown_task=True)
+        await _crash(engine, record, f"task {record.task_id!r} is not registered on this engine")
     elif record.status is RunStatus.QUEUED and record.started_at is None:
-        await _resume(engine, record, next_attempt=False)
+        await _resume(engine, record, task, next_attempt=False)
     elif record.attempt < task.retry.max_attempts:
-        await _resume(engine, record, next_attempt=True)
+        await _resume(engine, record, task, next_attempt=True)
     else:
-        await _crash(engine, record, unknown_task=False)
+        await _crash(engine, record, "the engine stopped while the run was live and it has "
+                                     "no retries left")
 
 
-async def _resume(engine: Engine, record: RunRecord, next_attempt: bool) -> None:
+async def _resume(engine: Engine, record: RunRecord, task: Task[Any, Any], *,
+                  next_attempt: bool) -> None:
     """Start an actor for the run again, on top of what the store kept of it."""
     store = engine.store
     states = await store.streams(record.id)
@@ -88,15 +90,13 @@ async def _resume(engine: Engine, record: RunRecord, next_attempt: bool) -> None
             box.keys.update({r.idempotency_key: r.index for r in stored if r.idempotency_key})
         actor.touch()
 
-    await engine._start_actor(record, engine.tasks[record.task_id], prepare)
+    await engine._start_actor(record, task, prepare)
 
 
-async def _crash(engine: Engine, record: RunRecord, *, unknown_task: bool) -> None:
+async def _crash(engine: Engine, record: RunRecord, why: str) -> None:
     """Mark the run ``CRASHED`` and end every one of its streams, in one batch."""
     states = await engine.store.streams(record.id)
     record.set_status(RunStatus.CRASHED, engine.clock())
-    why = (f"task {record.task_id!r} is not registered on this engine" if unknown_task
-           else "the engine stopped while the run was live and it has no retries left")
     record.error = {"type": "EngineRestart", "message": why}
     keys = set(states) | set(record.streams)
     await engine.store.commit(Batch(runs=[record.to_store()],
