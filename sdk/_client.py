@@ -435,11 +435,11 @@ class Client:
         """
         while True:
             link = await self._wait_link()
-            rid = self._register(_Inbox())
+            inbox = _Inbox()
+            rid = self._register(inbox)
             try:
                 frame = make(rid)
-                sent = await self._send(link, frame)
-                answer = await self._inboxes[rid].get() if sent else DISCONNECTED
+                answer = await self._issue(link, inbox, frame)
             finally:
                 del self._inboxes[rid]
             if answer is DISCONNECTED:
@@ -451,6 +451,10 @@ class Client:
             if isinstance(answer, Error):
                 raise error_from_code(answer.code, answer.message)
             return answer
+
+    async def _issue(self, link: _Link, inbox: _Inbox, frame: Frame) -> Any:
+        """Send a request; its first answer, or ``DISCONNECTED`` if the link broke."""
+        return await inbox.get() if await self._send(link, frame) else DISCONNECTED
 
     async def _cancel_request(self, link: _Link, rid: int) -> None:
         if not link.gone.is_set():
@@ -532,11 +536,8 @@ class Client:
             rid = self._register(inbox)
             over = False
             try:
-                if not await self._send(link, Read(id=rid, run=run_id, stream=key, from_=nxt,
-                                                   timeout_s=timeout)):
-                    frame: Any = DISCONNECTED
-                else:
-                    frame = await inbox.get()
+                frame = await self._issue(link, inbox, Read(id=rid, run=run_id, stream=key,
+                                                            from_=nxt, timeout_s=timeout))
                 while not isinstance(frame, _Signal):
                     if isinstance(frame, Chunks):
                         items = _fresh(frame, nxt)
@@ -633,10 +634,7 @@ class Client:
             rid = self._register(inbox)
             over = False
             try:
-                if not await self._send(link, Subscribe(id=rid, run=run_id)):
-                    frame: Any = DISCONNECTED
-                else:
-                    frame = await inbox.get()
+                frame = await self._issue(link, inbox, Subscribe(id=rid, run=run_id))
                 while not isinstance(frame, _Signal):
                     if isinstance(frame, RunInfo):
                         if frame.run != last:  # a re-subscription repeats the current state

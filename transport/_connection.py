@@ -94,10 +94,9 @@ class Connection:
     async def _send_raw(self, data: str) -> None:
         try:
             await self._pipe.send_message(data)
-        except trio_websocket.ConnectionClosed as exc:
-            raise _broken(exc) from exc
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise ConnectionBroken("connection lost") from exc
+        except (trio_websocket.ConnectionClosed, trio.BrokenResourceError,
+                trio.ClosedResourceError) as exc:
+            raise self._lost(exc) from exc
 
     async def receive(self) -> Frame:
         """Wait for the next frame.
@@ -112,12 +111,9 @@ class Connection:
             raise ConnectionClosed("connection closed")
         try:
             message = await self._pipe.get_message()
-        except trio_websocket.ConnectionClosed as exc:
-            raise _broken(exc) from exc
-        except (trio.EndOfChannel, trio.BrokenResourceError) as exc:
-            raise ConnectionBroken("connection lost") from exc
-        except trio.ClosedResourceError as exc:
-            raise ConnectionClosed("connection closed") from exc
+        except (trio_websocket.ConnectionClosed, trio.EndOfChannel, trio.BrokenResourceError,
+                trio.ClosedResourceError) as exc:
+            raise self._lost(exc) from exc
         if isinstance(message, bytes):
             raise RemoteProtocolError("frames are text messages, not binary",
                                       close_code=CLOSE_UNSUPPORTED)
@@ -125,6 +121,14 @@ class Connection:
             return self.protocol.receive(message)
         except LocalProtocolError as exc:
             raise ConnectionClosed(str(exc)) from exc
+
+    def _lost(self, exc: BaseException) -> ConnectionBroken | ConnectionClosed:
+        """Closed by us (we closed it while the call waited), or broken by the peer."""
+        if self._closed or isinstance(exc, trio.ClosedResourceError):
+            return ConnectionClosed("connection closed")
+        if isinstance(exc, trio_websocket.ConnectionClosed):
+            return _broken(exc)
+        return ConnectionBroken("connection lost")
 
     async def aclose(self, code: int = 1000, reason: str | None = None) -> None:
         """Close the connection; safe to call twice."""
