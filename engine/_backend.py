@@ -6,10 +6,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
+import trio
 
 from sdk import Run, RunContext, RunHandle, TaskRunResult
-from sdk._streams import _start_pipe
 from sdk._convert import to_json
+from sdk._streams import _start_pipe
 from sdk.runtime import Completion
 
 from ._streams import Producer
@@ -164,8 +165,6 @@ class RunBackend:
         return dict(self.actor.record.metadata)
 
     async def suspend_for(self, seconds: float) -> None:
-        import trio
-
         async with self.actor.suspended():
             await trio.sleep(seconds)
 
