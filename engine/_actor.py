@@ -473,10 +473,18 @@ class RunActor:
             self._nursery.start_soon(self._commit_loop)
 
     async def _commit_loop(self) -> None:
-        """Commit until the mailbox is empty, then end (the next work starts it again)."""
+        """Commit until the mailbox is empty, then end (the next work starts it again).
+
+        Being started already gave runnable producers a scheduler pass to add to the work,
+        so the first cycle takes it at once; later ones let producers run first (coalescing).
+        """
         try:
+            first = True
             while self.mailbox.has_work():
-                messages, producers = await self.mailbox.take()
+                if not first:
+                    await trio.lowlevel.checkpoint()
+                first = False
+                messages, producers = self.mailbox.take()
                 await self._commit(messages, producers)
         finally:
             self._committing = False

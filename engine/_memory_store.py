@@ -35,7 +35,11 @@ class MemoryStore(Store):
         self._waitpoints: dict[tuple[str, str], tuple[bytes, float | None]] = {}
 
     async def commit(self, batch: Batch) -> None:
-        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint_if_cancelled()  # cancelled: nothing is written
+        self._write(batch)
+        await trio.lowlevel.cancel_shielded_checkpoint()  # written: let others run, then return
+
+    def _write(self, batch: Batch) -> None:
         self._check_gaps(batch)  # before writing anything: a refused batch leaves no trace
         for run in batch.runs:
             self._runs[run["id"]] = json_bytes(run)  # compact, and a private copy

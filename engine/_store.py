@@ -4,7 +4,8 @@ Theory of operation: a run's actor is the only writer of that run's data. It gat
 its producers and mailbox hand it and writes it as one :class:`Batch` (one transaction, one
 pipeline), assigning chunk and record indices itself. The store therefore never decides an
 index; it stores rows and answers reads. Chunks and records are stored as JSON bytes, exactly
-as they go on the wire. Every implementation passes ``tests/test_store_contract.py``.
+as they go on the wire: compact JSON (orjson's output), so never holding a raw newline byte.
+Every implementation passes ``tests/test_store_contract.py``.
 """
 
 from __future__ import annotations

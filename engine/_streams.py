@@ -40,6 +40,8 @@ PRODUCER_YIELD_EVERY = 256
 
 def cap_bytes(items: list[bytes], max_bytes: int) -> list[bytes]:
     """The longest prefix of ``items`` within ``max_bytes`` (never empty if ``items`` is not)."""
+    if sum(map(len, items)) <= max_bytes:  # the usual case, summed in C
+        return items
     size = 0
     for i, item in enumerate(items):
         size += len(item)
@@ -223,9 +225,8 @@ class Mailbox:
     def has_work(self) -> bool:
         return bool(self._messages or self._dirty or self._poked)
 
-    async def take(self) -> tuple[list[Any], list[Producer]]:
-        """Let producers add to the work for one scheduler pass, then take it all."""
-        await trio.lowlevel.checkpoint()  # coalesce: runnable producers append first
+    def take(self) -> tuple[list[Any], list[Producer]]:
+        """Take all the work (the caller lets producers run first, so it coalesces)."""
         self._poked = False
         messages, self._messages = self._messages, []
         producers = list(self._dirty)

@@ -26,6 +26,16 @@ def to_json(value: Any) -> Any:
     return converter.unstructure(value)
 
 
+_PLAIN_TYPES = frozenset(_PLAIN)
+
+
+def to_json_many(values: list[Any]) -> list[Any]:
+    """``to_json`` of each value; ``values`` itself when every one is plain (checked in C)."""
+    if _PLAIN_TYPES.issuperset(map(type, values)):
+        return values
+    return [to_json(value) for value in values]
+
+
 def from_json(value: Any, cls: Any, what: str = "value") -> Any:
     """Structure ``value`` into ``cls``; ``Any``/``object``/``None`` leave it as it is.
 

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import collections
 import inspect
+import itertools
 import weakref
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from typing import Any, Generic, TypeVar
 
 import trio
 
-from ._convert import from_json, to_json
+from ._convert import from_json, to_json, to_json_many
 from .runtime import Completion, ProducerSink, current_backend
 
 T = TypeVar("T")
@@ -68,6 +69,15 @@ class _Tee:
             self._live = False
             return
         self._items.append(item)
+        self._event.set()
+
+    def feed_many(self, items: list[Any]) -> None:
+        if not self._live or not items:
+            return
+        if not self._wanted:
+            self._live = False
+            return
+        self._items.extend(items)
         self._event.set()
 
     def close(self) -> None:
@@ -128,20 +138,18 @@ async def _pump(sink: ProducerSink, source: Source, encode: Callable[[Any], Any]
                 await sink.put(encode(item))
         else:  # a sync source never blocks: take it in slices, one put per slice
             items = iter(source)  # type: ignore[call-overload]
+            encode_many = to_json_many if encode is to_json else (
+                lambda batch: [encode(item) for item in batch])
             full = True
             while full:
                 batch: list[Any] = []
-                try:
-                    for item in items:
-                        batch.append(item)
-                        if len(batch) == PIPE_SLICE:
-                            break
+                try:  # list.extend keeps what it took before the source raised
+                    batch.extend(itertools.islice(items, PIPE_SLICE))
                 finally:  # what the source yielded before it raised is still stored
                     if tee is not None:
-                        for item in batch:
-                            tee.feed(item)
+                        tee.feed_many(batch)
                     if batch:
-                        await sink.put_many([encode(item) for item in batch])
+                        await sink.put_many(encode_many(batch))
                 full = len(batch) == PIPE_SLICE
         await sink.flush()
     finally:

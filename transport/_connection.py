@@ -66,7 +66,11 @@ class Connection:
             ConnectionBroken: the peer went away.
             LocalProtocolError: the frame may not be sent in the current state.
         """
-        async with self._send_lock:
+        try:  # a free lock is taken without yielding: the send itself is the checkpoint
+            self._send_lock.acquire_nowait()
+        except trio.WouldBlock:
+            await self._send_lock.acquire()
+        try:
             if self._closed:
                 raise ConnectionClosed("connection closed")
             if self._torn:
@@ -79,6 +83,8 @@ class Connection:
                 if not getattr(self._pipe, "atomic_sends", False):
                     await self._abort()
                 raise
+        finally:
+            self._send_lock.release()
 
     async def _abort(self) -> None:
         """Drop the link without another byte: a close frame after a fragment could be

@@ -1,0 +1,247 @@
+"""Where the SQLite store writes (trio thread or worker thread), its background WAL
+checkpoints, its page format, and the conversion of schema 1 files."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import shutil
+import sqlite3
+import threading
+from array import array
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from engine._sqlite_store import (
+    CHECKPOINT_PAGES,
+    INLINE_BYTES,
+    PAGE_ITEMS,
+    SCHEMA_VERSION,
+    SqliteStore,
+)
+from engine._store import Batch, ChunkAppend
+
+pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
+
+
+def append(start: int, items: list[bytes], key: str = "s") -> Batch:
+    return Batch(chunks=[ChunkAppend("r1", key, start, items, sum(map(len, items)))])
+
+
+def record_threads(store: SqliteStore) -> list[bool]:
+    """Patch ``store._write`` to note, per group, whether it ran on the trio thread."""
+    on_trio_thread: list[bool] = []
+    write = store._write
+
+    def spy(group: Any) -> None:
+        on_trio_thread.append(threading.current_thread() is threading.main_thread())
+        write(group)
+
+    store._write = spy  # type: ignore[method-assign]
+    return on_trio_thread
+
+
+async def test_small_groups_are_written_on_the_trio_thread_big_ones_in_a_worker(tmp_path):
+    store = SqliteStore(str(tmp_path / "w.db"))
+    try:
+        placed = record_threads(store)
+        await store.commit(append(0, [b'"small"']))
+        big = [b'"' + b"x" * 1000 + b'"'] * (INLINE_BYTES // 1000 + 1)
+        await store.commit(append(1, big))
+        assert placed == [True, False]
+        assert await store.read_chunks("r1", "s", 0, 10**6) == [b'"small"', *big]
+    finally:
+        await store.aclose()
+
+
+async def test_synchronous_full_writes_every_group_in_a_worker_thread(tmp_path):
+    store = SqliteStore.from_url(f"sqlite:///{tmp_path / 'f.db'}?synchronous=full")
+    try:
+        placed = record_threads(store)
+        await store.commit(append(0, [b"1"]))
+        await store.commit(append(1, [b"2"]))
+        assert placed == [False, False]
+        autocheckpoint = await store._read(
+            store._rows, "PRAGMA wal_autocheckpoint")  # the reader's: SQLite's default
+        assert autocheckpoint == [(1000,)]
+    finally:
+        await store.aclose()
+
+
+async def test_a_memory_database_does_everything_on_the_trio_thread():
+    store = SqliteStore(":memory:")
+    try:
+        placed = record_threads(store)
+        await store.commit(append(0, [b'"' + b"y" * (INLINE_BYTES + 1) + b'"']))
+        assert placed == [True]
+        threads: list[bool] = []
+        rows = store._rows
+
+        def spy(*args: Any) -> Any:
+            threads.append(threading.current_thread() is threading.main_thread())
+            return rows(*args)
+
+        store._rows = spy  # type: ignore[method-assign]
+        assert (await store.streams("r1"))["s"].length == 1
+        assert threads == [True]
+    finally:
+        await store.aclose()
+
+
+async def test_the_wal_is_checkpointed_in_the_background_not_inside_commits(tmp_path):
+    store = SqliteStore(str(tmp_path / "c.db"))
+    try:
+        started: list[bool] = []
+        checkpoint = store._checkpoint
+
+        def spy() -> None:
+            started.append(threading.current_thread() is threading.main_thread())
+            checkpoint()
+
+        store._checkpoint = spy  # type: ignore[method-assign]
+        await store.commit(append(0, [b"0"]))
+        writer = store._writer
+        assert writer is not None
+        assert writer.execute("PRAGMA wal_autocheckpoint").fetchone() == (0,)
+        written = 1
+        while not started and written < CHECKPOINT_PAGES:  # each commit dirties a few pages
+            await store.commit(append(written, [b"%d" % written]))
+            written += 1
+        assert started == [False]  # started once, in a worker thread
+        with trio.fail_after(10):
+            while store._checkpointing is not None:
+                await trio.sleep(0.01)
+        # the checkpoint copied the WAL into the database file: the file alone, without its
+        # WAL, holds the chunks written before it started
+        shutil.copyfile(tmp_path / "c.db", tmp_path / "copy.db")
+        probe = sqlite3.connect(tmp_path / "copy.db")
+        (pages,) = probe.execute("SELECT count(*) FROM chunk_pages").fetchone()
+        probe.close()
+        assert pages >= written - 1
+        assert await store.read_chunks("r1", "s", 0, 10**6) == [b"%d" % i for i in range(written)]
+    finally:
+        await store.aclose()
+    assert not (tmp_path / "c.db-wal").exists()
+
+
+async def test_a_failing_checkpoint_is_logged_and_writes_go_on(tmp_path, caplog):
+    store = SqliteStore(str(tmp_path / "e.db"))
+    try:
+        def broken() -> None:
+            raise sqlite3.OperationalError("disk I/O error")
+
+        store._checkpoint = broken  # type: ignore[method-assign]
+        caplog.set_level(logging.WARNING, logger="runwire.engine")
+        i = 0
+        with trio.fail_after(10):
+            while "checkpoint" not in caplog.text:
+                await store.commit(append(i, [b"%d" % i]))
+                i += 1
+                await trio.lowlevel.checkpoint()
+        assert "disk I/O error" in caplog.text
+        await store.commit(append(i, [b"%d" % i]))  # the store still writes
+        assert len(await store.read_chunks("r1", "s", 0, 10**6)) == i + 1
+    finally:
+        await store.aclose()
+
+
+async def test_a_chunk_with_a_raw_newline_is_refused_and_the_rest_of_the_group_commits(
+        tmp_path):
+    store = SqliteStore(str(tmp_path / "n.db"))
+    try:
+        await store.commit(append(0, [b'"first"']))
+        results: dict[str, Any] = {}
+
+        async def commit(name: str, batch: Batch) -> None:
+            try:
+                await store.commit(batch)
+                results[name] = "ok"
+            except ValueError as exc:
+                results[name] = str(exc)
+
+        async with trio.open_nursery() as nursery:  # both ride in one group commit
+            nursery.start_soon(commit, "bad", append(1, [b'"a"', b'"b\nc"'], key="s"))
+            nursery.start_soon(commit, "good", append(0, [b'"fine"'], key="other"))
+        assert results["good"] == "ok"
+        assert "compact JSON" in results["bad"]
+        assert await store.read_chunks("r1", "s", 0, 10) == [b'"first"']
+        assert await store.read_chunks("r1", "other", 0, 10) == [b'"fine"']
+        # alone in its transaction, too; and across pages
+        with pytest.raises(ValueError, match="compact JSON"):
+            await store.commit(append(1, [b"1"] * PAGE_ITEMS + [b"2\n"]))
+        assert (await store.streams("r1"))["s"].length == 1
+    finally:
+        await store.aclose()
+
+
+async def test_pages_round_trip_odd_chunks(tmp_path):
+    store = SqliteStore(str(tmp_path / "p.db"))
+    items = [b'""', b"0", b'"\\n"', b'{"a":[1,{"b":"\\r\\n"}]}', b'"' + b"z" * 70_000 + b'"',
+             *[b"%d" % i for i in range(3 * PAGE_ITEMS)], b"null"]
+    try:
+        await store.commit(append(0, items))
+        assert await store.read_chunks("r1", "s", 0, 10**6) == items
+        for start in (0, 3, 4, 5, PAGE_ITEMS, 2 * PAGE_ITEMS + 7, len(items) - 1):
+            assert await store.read_chunks("r1", "s", start, 5) == items[start:start + 5]
+    finally:
+        await store.aclose()
+
+
+def _write_schema_1_file(path: Path, pages: list[list[bytes]]) -> None:
+    """A database as schema 1 wrote it: pages with an ``ends`` array of end offsets."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.executescript("""
+        PRAGMA journal_mode = WAL;
+        CREATE TABLE runs (id TEXT PRIMARY KEY, task_id TEXT NOT NULL, idempotency_key TEXT,
+            status TEXT NOT NULL, finished_at REAL, data BLOB NOT NULL);
+        CREATE TABLE streams (sid INTEGER PRIMARY KEY, run_id TEXT NOT NULL,
+            key TEXT NOT NULL, length INTEGER NOT NULL DEFAULT 0,
+            nbytes INTEGER NOT NULL DEFAULT 0, ended INTEGER NOT NULL DEFAULT 0,
+            UNIQUE (run_id, key));
+        CREATE TABLE chunk_pages (sid INTEGER NOT NULL, last INTEGER NOT NULL,
+            first INTEGER NOT NULL, ends BLOB NOT NULL, data BLOB NOT NULL,
+            PRIMARY KEY (sid, last));
+        CREATE TABLE producer_seqs (run_id TEXT NOT NULL, key TEXT NOT NULL,
+            producer TEXT NOT NULL, next_seq INTEGER NOT NULL,
+            PRIMARY KEY (run_id, key, producer)) WITHOUT ROWID;
+        CREATE TABLE records (run_id TEXT NOT NULL, key TEXT NOT NULL, idx INTEGER NOT NULL,
+            data BLOB NOT NULL, idempotency_key TEXT, PRIMARY KEY (run_id, key, idx));
+        CREATE TABLE waitpoints (run_id TEXT NOT NULL, key TEXT NOT NULL, data BLOB NOT NULL,
+            expires_at REAL, PRIMARY KEY (run_id, key));
+        PRAGMA user_version = 1;
+    """)
+    total = sum(map(len, pages))
+    conn.execute("INSERT INTO streams (sid, run_id, key, length, nbytes, ended) "
+                 "VALUES (1, 'r1', 's', ?, ?, 1)", (total, sum(map(len, itertools.chain(*pages)))))
+    first = 0
+    for page in pages:
+        ends, end = array("I"), 0
+        for item in page:
+            end += len(item)
+            ends.append(end)
+        conn.execute("INSERT INTO chunk_pages VALUES (1, ?, ?, ?, ?)",
+                     (first + len(page) - 1, first, ends.tobytes(), b"".join(page)))
+        first += len(page)
+    conn.close()
+
+
+async def test_a_schema_1_file_is_converted_when_opened(tmp_path):
+    pages = [[b'"a"', b"1", b'{"k":"v"}'], [b'""'], [b"%d" % i for i in range(700)]]
+    _write_schema_1_file(tmp_path / "old.db", pages)
+    store = SqliteStore(str(tmp_path / "old.db"))
+    try:
+        every = list(itertools.chain(*pages))
+        assert await store.read_chunks("r1", "s", 0, 10**6) == every
+        assert await store.read_chunks("r1", "s", 2, 3) == every[2:5]
+        await store.commit(append(len(every), [b'"new"']))
+        assert (await store.read_chunks("r1", "s", len(every), 5)) == [b'"new"']
+    finally:
+        await store.aclose()
+    conn = sqlite3.connect(tmp_path / "old.db")
+    assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+    columns = [row[1] for row in conn.execute("PRAGMA table_info(chunk_pages)")]
+    conn.close()
+    assert "ends" not in columns
