@@ -54,8 +54,11 @@ Theory of operation.
   order until it has ``n`` chunks.
 
 Schema: ``runs`` (JSON blob plus indexed task/idempotency key/status/finished_at),
-``streams`` (one row per output stream: integer ``sid``, length, bytes, ended),
-``chunk_pages``, ``producer_seqs``, ``records`` and ``waitpoints``.
+``streams`` (one row per output stream: integer ``sid``, run, key, ended), ``chunk_pages``
+(``WITHOUT ROWID``, keyed by ``(sid, last)``; each row also holds the stream's size in bytes
+through it, so a stream's length and size are read off its last page and an append writes
+one row, one database page when it is small), ``producer_seqs``, ``records`` and
+``waitpoints``.
 """
 
 from __future__ import annotations
@@ -119,8 +122,6 @@ CREATE TABLE IF NOT EXISTS streams (
     sid INTEGER PRIMARY KEY,
     run_id TEXT NOT NULL,
     key TEXT NOT NULL,
-    length INTEGER NOT NULL DEFAULT 0,
-    nbytes INTEGER NOT NULL DEFAULT 0,
     ended INTEGER NOT NULL DEFAULT 0,
     UNIQUE (run_id, key)
 );
@@ -128,9 +129,10 @@ CREATE TABLE IF NOT EXISTS chunk_pages (
     sid INTEGER NOT NULL,
     last INTEGER NOT NULL,
     first INTEGER NOT NULL,
+    total INTEGER NOT NULL,
     data BLOB NOT NULL,
     PRIMARY KEY (sid, last)
-);
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS producer_seqs (
     run_id TEXT NOT NULL,
     key TEXT NOT NULL,
@@ -169,6 +171,19 @@ ON CONFLICT (run_id, key, producer) DO UPDATE SET next_seq = excluded.next_seq
 _END_STREAM = """
 INSERT INTO streams (run_id, key, ended) VALUES (?, ?, 1)
 ON CONFLICT (run_id, key) DO UPDATE SET ended = 1
+"""
+#: A stream's sid, length and size in bytes (from its last page), by run and key.
+_STREAM_END = """
+SELECT s.sid, coalesce(p.last + 1, 0), coalesce(p.total, 0) FROM streams s
+LEFT JOIN chunk_pages p ON p.sid = s.sid
+    AND p.last = (SELECT max(last) FROM chunk_pages WHERE sid = s.sid)
+WHERE s.run_id = ? AND s.key = ?
+"""
+_STREAMS_OF_RUN = """
+SELECT s.key, coalesce(p.last + 1, 0), coalesce(p.total, 0), s.ended FROM streams s
+LEFT JOIN chunk_pages p ON p.sid = s.sid
+    AND p.last = (SELECT max(last) FROM chunk_pages WHERE sid = s.sid)
+WHERE s.run_id = ? ORDER BY s.sid
 """
 _DELETE_RUN_DATA = (
     "DELETE FROM chunk_pages WHERE sid IN (SELECT sid FROM streams WHERE run_id = ?)",
@@ -234,7 +249,7 @@ class _Pending:
     def pages(self) -> int:
         """About how many database pages writing this batch dirties."""
         batch = self.batch
-        rows = (len(self.run_rows) + 3 * len(batch.chunks) + len(batch.records)
+        rows = (len(self.run_rows) + len(batch.chunks) + len(batch.records)
                 + len(batch.waitpoints) + len(batch.ended))
         return 1 + rows + self.nbytes // _PAGE_SIZE
 
@@ -580,9 +595,7 @@ class SqliteStore(Store):
         return found
 
     async def streams(self, run_id: str) -> dict[str, StreamState]:
-        rows = await self._read(
-            self._rows, "SELECT key, length, nbytes, ended FROM streams WHERE run_id = ? "
-            "ORDER BY sid", run_id)
+        rows = await self._read(self._rows, _STREAMS_OF_RUN, run_id)
         return {key: StreamState(length, nbytes, bool(ended))
                 for key, length, nbytes, ended in rows}
 
@@ -630,29 +643,30 @@ def _apply(conn: sqlite3.Connection, batch: Batch, run_rows: list[tuple[Any, ...
 
 
 def _append_chunks(conn: sqlite3.Connection, app: ChunkAppend) -> None:
-    row = conn.execute("SELECT sid, length FROM streams WHERE run_id = ? AND key = ?",
-                       (app.run_id, app.key)).fetchone()
+    """Add the append's pages. Only the ``chunk_pages`` row is written (one database page
+    for a small append): a stream's length and size are read off its last page."""
+    row = conn.execute(_STREAM_END, (app.run_id, app.key)).fetchone()
     if row is None:
         sid = conn.execute("INSERT INTO streams (run_id, key) VALUES (?, ?)",
                            (app.run_id, app.key)).lastrowid
-        length = 0
+        length = nbytes = 0
     else:
-        sid, length = row
+        sid, length, nbytes = row
     if app.start != length:
         raise RuntimeError(f"chunk index gap in {app.run_id}/{app.key}: store has {length}, "
                            f"batch starts at {app.start}")
-    conn.executemany("INSERT INTO chunk_pages (sid, last, first, data) VALUES (?, ?, ?, ?)",
-                     _pages(sid, app.start, app.items, app.nbytes))
-    conn.execute("UPDATE streams SET length = ?, nbytes = nbytes + ? WHERE sid = ?",
-                 (app.start + len(app.items), app.nbytes, sid))
+    conn.executemany("INSERT INTO chunk_pages (sid, last, first, total, data) "
+                     "VALUES (?, ?, ?, ?, ?)",
+                     _pages(sid, app.start, nbytes, app.items, app.nbytes))
     if app.producer is not None and app.next_seq is not None:
         conn.execute(_UPSERT_SEQ, (app.run_id, app.key, app.producer, app.next_seq))
 
 
-def _pages(sid: int, start: int, items: list[bytes],
-           nbytes: int) -> list[tuple[int, int, int, bytes]]:
-    """Rows of ``chunk_pages`` for chunks ``start ..`` (``nbytes`` in all): at most
-    ``PAGE_ITEMS`` chunks and (unless one chunk alone is bigger) ``PAGE_BYTES`` bytes per page.
+def _pages(sid: int, start: int, before: int, items: list[bytes],
+           nbytes: int) -> list[tuple[int, int, int, int, bytes]]:
+    """Rows of ``chunk_pages`` for chunks ``start ..`` (``nbytes`` in all, after ``before``
+    bytes already stored): at most ``PAGE_ITEMS`` chunks and (unless one chunk alone is
+    bigger) ``PAGE_BYTES`` bytes per page; each row carries the stream's size through it.
 
     Per-chunk work stays in C (``join``; ``map``/``accumulate``/``bisect`` only when the
     chunks need more than one page): this runs once for every chunk the engine stores.
@@ -664,7 +678,7 @@ def _pages(sid: int, start: int, items: list[bytes],
         data = _SEP.join(items)
         if data.count(_SEP) != len(items) - 1:
             raise _not_compact()
-        return [(sid, start + len(items) - 1, start, data)]
+        return [(sid, start + len(items) - 1, start, before + nbytes, data)]
     total = list(accumulate(map(len, items)))
     rows = []
     begin = 0
@@ -676,7 +690,7 @@ def _pages(sid: int, start: int, items: list[bytes],
         data = _SEP.join(items[begin:end])
         if data.count(_SEP) != end - begin - 1:
             raise _not_compact()
-        rows.append((sid, start + end - 1, start + begin, data))
+        rows.append((sid, start + end - 1, start + begin, before + total[end - 1], data))
         begin = end
     return rows
 
@@ -699,18 +713,33 @@ def _migrate(conn: sqlite3.Connection) -> None:
 
 
 def _migrate_from_1(conn: sqlite3.Connection) -> None:
-    """Schema 1 -> 2: pages kept their chunks' end offsets (``ends``, little-endian uint32)
-    beside the bytes; now the chunks are joined by newlines. One transaction."""
+    """Schema 1 -> 2, in one transaction. Schema 1 pages kept their chunks' end offsets
+    (``ends``, little-endian uint32) beside the bytes, and ``streams`` kept each stream's
+    length and size, rewritten by every append (two more database pages per commit). Now
+    chunks are joined by newlines and each page carries the stream's size through it."""
     conn.execute("BEGIN IMMEDIATE")
     try:
-        last = 0
-        while rows := conn.execute("SELECT rowid, ends, data FROM chunk_pages WHERE rowid > ? "
-                                   "ORDER BY rowid LIMIT 256", (last,)).fetchall():
-            conn.executemany("UPDATE chunk_pages SET data = ? WHERE rowid = ?",
-                             [(_SEP.join(_split_v1(ends, data)), rowid)
-                              for rowid, ends, data in rows])
-            last = rows[-1][0]
-        conn.execute("ALTER TABLE chunk_pages DROP COLUMN ends")
+        conn.execute("ALTER TABLE chunk_pages RENAME TO chunk_pages_1")
+        conn.execute("ALTER TABLE streams RENAME TO streams_1")
+        for statement in _SCHEMA.split(";"):  # not executescript: it would COMMIT first
+            if statement.strip():
+                conn.execute(statement)
+        conn.execute("INSERT INTO streams (sid, run_id, key, ended) "
+                     "SELECT sid, run_id, key, ended FROM streams_1")
+        sid = last = -1
+        total = 0
+        while rows := conn.execute(
+                "SELECT sid, last, first, ends, data FROM chunk_pages_1 WHERE (sid, last) > "
+                "(?, ?) ORDER BY sid, last LIMIT 256", (sid, last)).fetchall():
+            converted = []
+            for page_sid, page_last, first, ends, data in rows:
+                total = (total if page_sid == sid else 0) + len(data)
+                sid, last = page_sid, page_last
+                converted.append((sid, last, first, total, _SEP.join(_split_v1(ends, data))))
+            conn.executemany("INSERT INTO chunk_pages (sid, last, first, total, data) "
+                             "VALUES (?, ?, ?, ?, ?)", converted)
+        conn.execute("DROP TABLE chunk_pages_1")
+        conn.execute("DROP TABLE streams_1")
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:

@@ -22,7 +22,7 @@ from engine._sqlite_store import (
     SCHEMA_VERSION,
     SqliteStore,
 )
-from engine._store import Batch, ChunkAppend
+from engine._store import Batch, ChunkAppend, StreamState
 
 pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
 
@@ -234,6 +234,8 @@ async def test_a_schema_1_file_is_converted_when_opened(tmp_path):
     store = SqliteStore(str(tmp_path / "old.db"))
     try:
         every = list(itertools.chain(*pages))
+        assert await store.streams("r1") == {
+            "s": StreamState(len(every), sum(map(len, every)), True)}
         assert await store.read_chunks("r1", "s", 0, 10**6) == every
         assert await store.read_chunks("r1", "s", 2, 3) == every[2:5]
         await store.commit(append(len(every), [b'"new"']))
@@ -242,6 +244,10 @@ async def test_a_schema_1_file_is_converted_when_opened(tmp_path):
         await store.aclose()
     conn = sqlite3.connect(tmp_path / "old.db")
     assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
-    columns = [row[1] for row in conn.execute("PRAGMA table_info(chunk_pages)")]
+    page_columns = [row[1] for row in conn.execute("PRAGMA table_info(chunk_pages)")]
+    stream_columns = [row[1] for row in conn.execute("PRAGMA table_info(streams)")]
+    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
     conn.close()
-    assert "ends" not in columns
+    assert page_columns == ["sid", "last", "first", "total", "data"]
+    assert stream_columns == ["sid", "run_id", "key", "ended"]
+    assert not {"chunk_pages_1", "streams_1"} & tables
