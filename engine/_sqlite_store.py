@@ -315,12 +315,14 @@ class SqliteStore(Store):
             self._lock_fd = _lock_file(self.path + ".lock")
         opened: list[sqlite3.Connection] = []
         try:
-            opened.append(self._connect())
+            # the writer touches the pages it appends and the b-trees' rightmost paths: a
+            # small cache does (a 16 MiB one filled up with pages nobody reads again)
+            opened.append(self._connect(cache_kib=16384 if self._memory else 2048))
             _migrate(opened[0])
             if not self._memory:
                 if self._inline:  # checkpoints run in the background instead (see above)
                     opened[0].execute("PRAGMA wal_autocheckpoint = 0")
-                opened.append(self._connect())
+                opened.append(self._connect(cache_kib=16384))  # the reader: catch-up reads
         except sqlite3.Error as exc:
             for conn in opened:
                 conn.close()
@@ -328,13 +330,13 @@ class SqliteStore(Store):
             raise OSError(f"cannot open SQLite store {self.path!r}: {exc}") from exc
         self._writer, self._reader = opened[0], opened[-1]
 
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self, cache_kib: int) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA busy_timeout = 5000")
         if not self._memory:
             conn.execute("PRAGMA journal_mode = WAL")
         conn.execute(f"PRAGMA synchronous = {self.synchronous}")
-        conn.execute("PRAGMA cache_size = -16384")  # 16 MiB
+        conn.execute(f"PRAGMA cache_size = -{cache_kib}")
         return conn
 
     def _unlock(self) -> None:
@@ -482,7 +484,7 @@ class SqliteStore(Store):
         """Copy what the WAL holds into the database file (``PASSIVE``: never blocks a
         writer or a reader; what is written meanwhile waits for the next checkpoint)."""
         if self._checkpointer is None:
-            self._checkpointer = self._connect()
+            self._checkpointer = self._connect(cache_kib=256)
         self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     def _writing(self) -> sqlite3.Connection:
