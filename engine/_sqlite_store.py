@@ -378,8 +378,7 @@ class SqliteStore(Store):
     # --- writing --------------------------------------------------------------------------
 
     async def commit(self, batch: Batch) -> None:
-        """Write ``batch`` atomically: at once on the trio thread if nothing is ahead of it
-        and it may be written there, else in the next group commit.
+        """Write ``batch`` atomically, in the next group commit.
 
         Raises:
             RuntimeError: a chunk append does not start at the stream's stored length.
@@ -388,23 +387,9 @@ class SqliteStore(Store):
         """
         await self._ready()
         entry = _Pending(batch)
-        if self._queue or self._turn.locked() or not self._may_write_inline([entry]):
-            await self._commit_in_group(entry)
-        else:  # nobody ahead: write before yielding (one scheduler pass less per commit)
-            await trio.lowlevel.checkpoint_if_cancelled()
-            self._turn.acquire_nowait()
-            try:
-                self._write_inline([entry])
-            finally:
-                self._turn.release()
-            await trio.lowlevel.cancel_shielded_checkpoint()  # written: let others run
-        if entry.error is not None:
-            raise entry.error
-
-    async def _commit_in_group(self, entry: _Pending) -> None:
         self._queue.append(entry)
         try:
-            async with self._turn:
+            async with self._turn:  # taking it yields once: batches of the same pass join
                 if not entry.taken:
                     await self._write_group()
         except trio.Cancelled:
@@ -414,6 +399,8 @@ class SqliteStore(Store):
             with trio.CancelScope(shield=True):
                 await entry.done.wait()
             raise
+        if entry.error is not None:
+            raise entry.error
 
     def _may_write_inline(self, group: list[_Pending]) -> bool:
         return self._inline and (self._memory or

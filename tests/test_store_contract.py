@@ -466,10 +466,14 @@ def count_groups(store: SqliteStore) -> list[int]:
     return groups
 
 
+@pytest.mark.parametrize("synchronous", ["normal", "full"])  # trio thread / worker thread
 @bounded
-async def test_sqlite_group_commit_merges_concurrent_batches(tmp_path: Path) -> None:
-    store = SqliteStore(str(tmp_path / "g.db"), synchronous="full")  # writes in a thread
-    groups = count_groups(store)
+async def test_sqlite_group_commit_merges_concurrent_batches(tmp_path: Path,
+                                                             synchronous: str) -> None:
+    store = SqliteStore(str(tmp_path / "g.db"), synchronous=synchronous)
+    groups: list[int] = []
+    write = store._write
+    store._write = lambda group: (groups.append(len(group)), write(group))[1]  # type: ignore
     try:
         await store.get_run("warm-up")  # open the file first
         async with trio.open_nursery() as nursery:
@@ -478,37 +482,6 @@ async def test_sqlite_group_commit_merges_concurrent_batches(tmp_path: Path) -> 
         assert sum(groups) == 50
         assert len(groups) <= 3, groups  # the first alone, the rest ride together
         assert all([await store.get_run(f"r{i}") for i in range(50)])
-    finally:
-        await store.aclose()
-
-
-@bounded
-async def test_sqlite_inline_commits_write_at_once_or_ride_behind_a_busy_turn(
-        tmp_path: Path) -> None:
-    store = SqliteStore(str(tmp_path / "i.db"))  # synchronous=normal: small writes inline
-    groups = count_groups(store)
-    try:
-        await store.get_run("warm-up")
-        async with trio.open_nursery() as nursery:  # nothing ahead: each writes at once
-            for i in range(5):
-                nursery.start_soon(store.commit, Batch(runs=[run(f"a{i}")]))
-        assert groups == [1] * 5
-        groups.clear()
-        release = trio.Event()
-
-        async def busy(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-            async with store._turn:  # as if a big write were in flight in a thread
-                task_status.started()
-                await release.wait()
-
-        async with trio.open_nursery() as nursery:
-            await nursery.start(busy)
-            for i in range(20):
-                nursery.start_soon(store.commit, Batch(runs=[run(f"b{i}")]))
-            await trio.testing.wait_all_tasks_blocked()
-            release.set()
-        assert groups == [20]
-        assert all([await store.get_run(f"b{i}") for i in range(20)])
     finally:
         await store.aclose()
 
