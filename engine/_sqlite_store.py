@@ -402,34 +402,18 @@ class SqliteStore(Store):
         if entry.error is not None:
             raise entry.error
 
-    def _may_write_inline(self, group: list[_Pending]) -> bool:
-        return self._inline and (self._memory or
-                                 sum(entry.nbytes for entry in group) <= INLINE_BYTES)
-
     async def _write_group(self) -> None:
         group, self._queue = self._queue, []
-        if self._may_write_inline(group):
-            self._write_inline(group)
-            return
         for entry in group:
             entry.taken = True
         try:
-            with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(self._write, group, limiter=self._write_limiter)
-        except Exception as exc:  # noqa: BLE001 - whatever broke the write, every waiter hears it
-            for entry in group:
-                entry.error = entry.error or exc
-        finally:
-            for entry in group:
-                entry.done.set()
-        self._written(group)
-
-    def _write_inline(self, group: list[_Pending]) -> None:
-        """Write ``group`` on the trio thread (see "Threads" in the module docstring)."""
-        for entry in group:
-            entry.taken = True
-        try:
-            self._write(group)
+            if self._inline and (self._memory or
+                                 sum(entry.nbytes for entry in group) <= INLINE_BYTES):
+                self._write(group)  # on the trio thread: see "Threads" in the module docstring
+            else:
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(self._write, group,
+                                                  limiter=self._write_limiter)
         except Exception as exc:  # noqa: BLE001 - whatever broke the write, every waiter hears it
             for entry in group:
                 entry.error = entry.error or exc

@@ -13,7 +13,7 @@ import collections
 import inspect
 import itertools
 import weakref
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
 from typing import Any, Generic, TypeVar
 
 import trio
@@ -63,15 +63,9 @@ class _Tee:
         return self._iterate()
 
     def feed(self, item: Any) -> None:
-        if not self._live:
-            return
-        if not self._wanted:
-            self._live = False
-            return
-        self._items.append(item)
-        self._event.set()
+        self.feed_many((item,))
 
-    def feed_many(self, items: list[Any]) -> None:
+    def feed_many(self, items: Sequence[Any]) -> None:
         if not self._live or not items:
             return
         if not self._wanted:

@@ -7,6 +7,8 @@ test (the machine is shared). The real figures come from ``python -m tests.bench
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import pytest
 
@@ -33,3 +35,19 @@ def test_benchmark_runs_and_reports_numbers(name: str) -> None:
 def test_every_benchmark_is_found() -> None:
     assert {"throughput", "latency", "fanout", "many_runs", "long_stream",
             "trigger"} <= set(BENCHMARKS)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("store", ["memory", "sqlite"])
+def test_latency_stages_tool_runs_and_reports_every_stage(store: str) -> None:
+    """``python -m tests.bench.latency_stages`` (a profiling tool: it patches engine
+    internals, so it runs in its own process)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.bench.latency_stages", "--store", store, "--mode", "pipe",
+         "--chunks", "150"], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    stages = ["stage", "committed", "send0", "send1", "routed", "reader"]
+    stages += ["store write"] if store == "sqlite" else []
+    for stage in stages:
+        line = next(line for line in done.stdout.splitlines() if line.strip().startswith(stage))
+        assert "p50" in line and "nan" not in line, line

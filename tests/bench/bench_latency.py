@@ -33,7 +33,7 @@ class Params:
     repeat: int = 3
     stores: tuple[str, ...] = ("memory", "sqlite")
     #: engine patches (``_engine_server.WHAT_IF``) measured as extra sqlite:// variants
-    what_ifs: tuple[str, ...] = ()  # e.g. ("no_wal_autocheckpoint",)
+    what_ifs: tuple[str, ...] = ()  # names in _engine_server.WHAT_IF
 
 
 FULL = Params()
