@@ -172,19 +172,14 @@ _END_STREAM = """
 INSERT INTO streams (run_id, key, ended) VALUES (?, ?, 1)
 ON CONFLICT (run_id, key) DO UPDATE SET ended = 1
 """
-#: A stream's sid, length and size in bytes (from its last page), by run and key.
-_STREAM_END = """
-SELECT s.sid, coalesce(p.last + 1, 0), coalesce(p.total, 0) FROM streams s
-LEFT JOIN chunk_pages p ON p.sid = s.sid
-    AND p.last = (SELECT max(last) FROM chunk_pages WHERE sid = s.sid)
-WHERE s.run_id = ? AND s.key = ?
+#: Streams with their length and size in bytes, read off each one's last page.
+_WITH_LAST_PAGE = """
+coalesce(p.last + 1, 0), coalesce(p.total, 0) FROM streams s LEFT JOIN chunk_pages p
+ON p.sid = s.sid AND p.last = (SELECT max(last) FROM chunk_pages WHERE sid = s.sid)
 """
-_STREAMS_OF_RUN = """
-SELECT s.key, coalesce(p.last + 1, 0), coalesce(p.total, 0), s.ended FROM streams s
-LEFT JOIN chunk_pages p ON p.sid = s.sid
-    AND p.last = (SELECT max(last) FROM chunk_pages WHERE sid = s.sid)
-WHERE s.run_id = ? ORDER BY s.sid
-"""
+_STREAM_END = f"SELECT s.sid, {_WITH_LAST_PAGE} WHERE s.run_id = ? AND s.key = ?"
+_STREAMS_OF_RUN = (f"SELECT s.key, s.ended, {_WITH_LAST_PAGE} WHERE s.run_id = ? "
+                   "ORDER BY s.sid")
 _DELETE_RUN_DATA = (
     "DELETE FROM chunk_pages WHERE sid IN (SELECT sid FROM streams WHERE run_id = ?)",
     "DELETE FROM streams WHERE run_id = ?",
@@ -475,14 +470,15 @@ class SqliteStore(Store):
                     conn.execute("ROLLBACK")
                     group[0].error = exc
                     return
-            for entry in group if len(group) > 1 else ():
-                conn.execute("SAVEPOINT batch")
-                try:
-                    _apply(conn, entry.batch, entry.run_rows)
-                except _REFUSED as exc:
-                    conn.execute("ROLLBACK TO batch")
-                    entry.error = exc
-                conn.execute("RELEASE batch")
+            else:
+                for entry in group:
+                    conn.execute("SAVEPOINT batch")
+                    try:
+                        _apply(conn, entry.batch, entry.run_rows)
+                    except _REFUSED as exc:
+                        conn.execute("ROLLBACK TO batch")
+                        entry.error = exc
+                    conn.execute("RELEASE batch")
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -557,10 +553,8 @@ class SqliteStore(Store):
             "WHERE run_id = ? AND key = ?) AND last >= ? ORDER BY last", (run_id, key, start))
         try:
             for first, data in cursor:
-                items = data.split(_SEP)
                 skip = max(start - first, 0)
-                found.extend(items[skip:skip + limit - len(found)] if skip or
-                             len(items) > limit - len(found) else items)
+                found.extend(data.split(_SEP)[skip:skip + limit - len(found)])
                 if len(found) >= limit:
                     break
         finally:
@@ -570,7 +564,7 @@ class SqliteStore(Store):
     async def streams(self, run_id: str) -> dict[str, StreamState]:
         rows = await self._read(self._rows, _STREAMS_OF_RUN, run_id)
         return {key: StreamState(length, nbytes, bool(ended))
-                for key, length, nbytes, ended in rows}
+                for key, ended, length, nbytes in rows}
 
     async def producer_seqs(self, run_id: str) -> dict[tuple[str, str], int]:
         rows = await self._read(

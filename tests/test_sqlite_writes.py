@@ -111,9 +111,9 @@ async def test_the_wal_is_checkpointed_in_the_background_not_inside_commits(tmp_
             await store.commit(append(written, [b"%d" % written]))
             written += 1
         assert started == [False]  # started once, in a worker thread
-        with trio.fail_after(10):
-            while store._checkpointing is not None:
-                await trio.sleep(0.01)
+        assert store._checkpointing is not None
+        with trio.fail_after(10):  # a safety bound only: the event ends the wait
+            await store._checkpointing.wait()
         # the checkpoint copied the WAL into the database file: the file alone, without its
         # WAL, holds the chunks written before it started
         shutil.copyfile(tmp_path / "c.db", tmp_path / "copy.db")
