@@ -287,6 +287,11 @@ def spawn(module: str, role: str, **args: Any) -> Worker:
     return Worker(module, role, args)
 
 
+def spawn_engine(**args: Any) -> Worker:
+    """Start an engine worker (``tests/bench/_engine_server.py``); it prints ``READY``."""
+    return spawn("tests.bench._engine_server", "serve", **args)
+
+
 def run_client(module: str, role: str, timeout: float = 600.0, **args: Any) -> dict[str, Any]:
     """Run a client worker to completion; its ``RESULT``."""
     with spawn(module, role, **args) as worker:

@@ -24,7 +24,7 @@ import trio
 from sdk import connect, streams, task, tasks
 
 from ._baselines import chunk
-from ._harness import API_KEY, Report, emit, read_commands, spawn, worker_main
+from ._harness import API_KEY, Report, emit, read_commands, spawn, spawn_engine, worker_main
 
 NAME = "fanout"
 fan = streams.define(id="fan", type=str)
@@ -111,8 +111,7 @@ def worker(role: str, args: dict[str, Any]) -> None:
 
 
 def _one(params: Params, shared: bool) -> dict[str, float]:
-    with spawn("tests.bench._engine_server", "serve", store="memory://",
-               tasks=[__name__]) as engine:
+    with spawn_engine(store="memory://", tasks=[__name__]) as engine:
         url = engine.expect("READY")["url"]
         key = uuid.uuid4().hex
         procs = [spawn(__name__, "readers", url=url, n=params.chunks, key=key,

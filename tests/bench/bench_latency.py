@@ -20,7 +20,16 @@ import trio
 from sdk import connect, streams, task, tasks
 
 from ._baselines import latency_summary
-from ._harness import API_KEY, Report, emit, engine_stores, run_client, spawn, worker_main
+from ._harness import (
+    API_KEY,
+    Report,
+    emit,
+    engine_stores,
+    run_client,
+    spawn,
+    spawn_engine,
+    worker_main,
+)
 
 NAME = "latency"
 stamps = streams.define(id="stamps")
@@ -80,16 +89,14 @@ def worker(role: str, args: dict[str, Any]) -> None:
 def run(params: Params = FULL) -> Report:
     report = Report(NAME)
     stores = engine_stores(report, params.stores)
-    servers = {name: spawn("tests.bench._engine_server", "serve", store=url, tasks=[__name__])
-               for name, url in stores.items()}
+    servers = {name: spawn_engine(store=url, tasks=[__name__]) for name, url in stores.items()}
     labels = {name: (name, "") for name in stores}  # server -> (store, label suffix)
     if "sqlite" in stores:
         for what_if in params.what_ifs:
             server = f"sqlite+{what_if}"
             labels[server] = ("sqlite", f" [what-if {what_if}]")
-            servers[server] = spawn("tests.bench._engine_server", "serve", tasks=[__name__],
-                                    store=engine_stores(report, ["sqlite"])["sqlite"],
-                                    what_if=[what_if])
+            servers[server] = spawn_engine(tasks=[__name__], what_if=[what_if],
+                                           store=engine_stores(report, ["sqlite"])["sqlite"])
     servers["bare"] = spawn("tests.bench._baselines", "trio-server")
     samples: dict[str, list[dict[str, Any]]] = {}
     try:

@@ -14,7 +14,7 @@ from typing import Any
 
 import attrs
 
-from ._harness import MiB, Report, engine_stores, run_client, spawn
+from ._harness import MiB, Report, engine_stores, run_client, spawn_engine
 
 NAME = "long_stream"
 READER = "tests.bench.bench_throughput"
@@ -36,8 +36,8 @@ SMOKE = Params(chunks=5_000, warmup=1_000, repeat=1, stores=("memory",), what_if
 
 
 def _one(url: str, params: Params, what_if: list[str]) -> dict[str, Any]:
-    with spawn("tests.bench._engine_server", "serve", store=url, tasks=[READER], sample_s=0.1,
-               series=True, what_if=what_if) as engine:
+    with spawn_engine(store=url, tasks=[READER], sample_s=0.1, series=True,
+                      what_if=what_if) as engine:
         engine_url = engine.expect("READY")["url"]
         run_client(READER, "read", url=engine_url, task="bench-pipe", n=params.warmup)
         engine.send("reset")

@@ -31,6 +31,7 @@ from ._harness import (
     engine_stores,
     run_client,
     spawn,
+    spawn_engine,
     worker_main,
 )
 
@@ -106,11 +107,9 @@ def worker(role: str, args: dict[str, Any]) -> None:
 def run(params: Params = FULL) -> Report:
     report = Report(NAME)
     stores = engine_stores(report, params.stores)
-    servers = {name: spawn("tests.bench._engine_server", "serve", store=url, tasks=[__name__])
-               for name, url in stores.items()}
+    servers = {name: spawn_engine(store=url, tasks=[__name__]) for name, url in stores.items()}
     for what_if in params.what_ifs:
-        servers[what_if] = spawn("tests.bench._engine_server", "serve", store="memory://",
-                                 tasks=[__name__], what_if=[what_if])
+        servers[what_if] = spawn_engine(store="memory://", tasks=[__name__], what_if=[what_if])
     servers["asyncio"] = spawn("tests.bench._baselines", "asyncio-server")
     servers["trio"] = spawn("tests.bench._baselines", "trio-server")
     try:

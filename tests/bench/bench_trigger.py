@@ -21,7 +21,16 @@ import trio
 
 from sdk import connect, task
 
-from ._harness import API_KEY, Report, emit, engine_stores, run_client, spawn, worker_main
+from ._harness import (
+    API_KEY,
+    Report,
+    emit,
+    engine_stores,
+    run_client,
+    spawn,
+    spawn_engine,
+    worker_main,
+)
 
 NAME = "trigger"
 NO_LIMITS = {"trigger_rate": None, "send_rate": None}
@@ -87,8 +96,7 @@ def worker(role: str, args: dict[str, Any]) -> None:
 
 
 def _engine_rate(url: str, n: int, concurrency: int) -> dict[str, Any]:
-    with spawn("tests.bench._engine_server", "serve", store=url, tasks=[__name__],
-               limits=NO_LIMITS) as engine:
+    with spawn_engine(store=url, tasks=[__name__], limits=NO_LIMITS) as engine:
         engine_url = engine.expect("READY")["url"]
         cpu0 = engine.cpu_seconds()
         result = run_client(__name__, "trigger", url=engine_url, n=n, concurrency=concurrency)

@@ -24,7 +24,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from ._harness import Report, engine_stores, spawn
+from ._harness import Report, engine_stores, spawn, spawn_engine
 
 #: The benchmark worker's own stdin thread, blocked in ``readline``: not the engine's work.
 IGNORED = ("_readline ",)
@@ -120,8 +120,8 @@ def profile(store: str, task: str, chunks: int, top: int, rate: int, out: Path,
     if url is None:
         raise SystemExit(f"store {store!r} is not available")
     sections = []
-    with spawn("tests.bench._engine_server", "serve", store=url,
-               tasks=["tests.bench.bench_throughput"], what_if=what_if) as engine:
+    with spawn_engine(store=url, tasks=["tests.bench.bench_throughput"],
+                      what_if=what_if) as engine:
         engine_url = engine.expect("READY")["url"]
         reader = spawn("tests.bench.bench_throughput", "read", url=engine_url, task=task,
                        n=chunks)
