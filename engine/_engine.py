@@ -89,6 +89,8 @@ class Reader:
         self.key = key
         self.next = start
         self.stream = stream
+        #: parked at the live tail, waiting for chunks (a pusher may hand them over meanwhile)
+        self.waiting = False
 
     async def next_batch(self, timeout: float | None) -> list[bytes] | None:
         """The next chunks (at least one), ``None`` once the stream has ended.
@@ -110,8 +112,12 @@ class Reader:
             if stream.ended:
                 return None
             with trio.move_on_after(timeout if timeout is not None else float("inf")):
-                await stream.wait_beyond(self.next)
-                continue
+                self.waiting = True
+                try:
+                    await stream.wait_beyond(self.next)
+                finally:
+                    self.waiting = False
+                continue  # woken (chunks, maybe already pushed, or the end): the timer restarts
             raise ReadTimeout()
 
 

@@ -25,6 +25,17 @@ Backpressure: the session never queues frames for a client. Every answer is sent
 bounded in-memory channel) to take it. A client that stops reading stalls only its own
 session: its request tasks wait on the lock (at most ``max_requests_per_connection`` of
 them), the read loop stops reading, and TCP pushes back on the client.
+
+Live pushes: a read that waits at the live tail registers a *pusher* with the stream. When
+the run's commit cycle stores new chunks, the pusher sends them at once, from the commit
+cycle, with :meth:`Connection.send_nowait` -- one non-blocking socket write, no task to
+wake and no scheduler pass before the bytes leave (this is most of a chunk's latency). It
+sends only what a read task would have sent next (one ``chunks`` frame from ``reader.next``)
+and only when that cannot block: the read is parked, not cancelled, the connection's send
+lock is free and the socket takes the message. Otherwise it does nothing and the read task,
+woken as always, sends the frame itself (the overrun policy: wait, never drop). A message
+the socket took only in part is finished by a short ``_flush`` task before any other byte
+goes out on that connection.
 """
 
 from __future__ import annotations
@@ -45,7 +56,7 @@ from transport._connection import CLOSE_INTERNAL
 from transport._protocol import CLOSE_UNAUTHORIZED
 
 from ._auth import Grant
-from ._engine import ReadTimeout
+from ._engine import Reader, ReadTimeout
 
 if TYPE_CHECKING:
     from ._engine import Engine
@@ -71,6 +82,7 @@ class Session:
         self._requests: dict[int, trio.CancelScope] = {}
         self._sending: set[trio.CancelScope] = set()
         self._ending = False
+        self._nursery: trio.Nursery | None = None
         self._handlers: dict[type[Frame], Handler] = {
             Read: self._read, Append: self._append, Send: self._send, Trigger: self._trigger,
             Subscribe: self._subscribe, Retrieve: self._retrieve, CancelRun: self._cancel_run,
@@ -86,6 +98,7 @@ class Session:
                                    CLOSE_TRY_AGAIN)
             elif await self._handshake():
                 async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
                     try:
                         await self._loop(nursery)
                     finally:
@@ -107,12 +120,22 @@ class Session:
 
     async def _emit(self, frame: Frame) -> None:
         """Send a request's frame whole: only the end of the session may interrupt it."""
+        await self._whole(self.conn.send, frame)
+
+    async def _whole(self, send: Callable[..., Awaitable[None]], *args: Any) -> None:
         with trio.CancelScope(shield=not self._ending) as scope:
             self._sending.add(scope)
             try:
-                await self.conn.send(frame)
+                await send(*args)
             finally:
                 self._sending.discard(scope)
+
+    async def _flush(self) -> None:
+        """Finish a chunks frame that a push wrote in part (see "Live pushes")."""
+        try:
+            await self._whole(self.conn.flush)
+        except (ConnectionBroken, ConnectionClosed):
+            pass  # the connection is gone; the read loop ends the session
 
     # --- handshake ---------------------------------------------------------------------------
 
@@ -248,18 +271,46 @@ class Session:
         if frame.timeout_s is not None and not frame.timeout_s > 0:
             raise BadFrameError("'timeout_s' must be > 0 or null")
         reader = await self.engine.open_reader(frame.run, frame.stream, frame.from_)
-        while True:
-            start = reader.next
+        push = self._pusher(frame, reader)
+        reader.stream.add_pusher(push)
+        try:
+            while True:
+                try:
+                    batch = await reader.next_batch(frame.timeout_s)
+                except ReadTimeout:
+                    await self._emit(End(re=frame.id, reason="timeout", next=reader.next))
+                    return
+                if batch is None:
+                    await self._emit(End(re=frame.id, reason="complete", next=reader.next))
+                    return
+                start = reader.next - len(batch)  # (pushes may have moved it while it waited)
+                await self._emit(Chunks(re=frame.id, stream=frame.stream, start=start,
+                                        items=batch))  # stored JSON bytes, joined by the codec
+        finally:
+            reader.stream.remove_pusher(push)
+
+    def _pusher(self, frame: Read, reader: Reader) -> Callable[[], None]:
+        """The read's pusher: new chunks straight from the commit cycle ("Live pushes")."""
+        scope = self._requests.get(frame.id)
+        limits = self.engine.limits
+
+        def push() -> None:
+            if not reader.waiting or self._ending or (scope is not None and scope.cancel_called):
+                return
+            items = reader.stream.tail(reader.next, limits.frame_items, limits.frame_bytes)
+            if not items:
+                return
             try:
-                batch = await reader.next_batch(frame.timeout_s)
-            except ReadTimeout:
-                await self._emit(End(re=frame.id, reason="timeout", next=reader.next))
-                return
-            if batch is None:
-                await self._emit(End(re=frame.id, reason="complete", next=reader.next))
-                return
-            await self._emit(Chunks(re=frame.id, stream=frame.stream, start=start,
-                                    items=batch))  # stored JSON bytes, joined by the codec
+                sent = self.conn.send_nowait(Chunks(re=frame.id, stream=frame.stream,
+                                                    start=reader.next, items=items))
+            except Exception:  # noqa: BLE001 - never into the commit cycle: the read's own
+                return         # send (woken next) meets the same error and reports it
+            if sent:
+                reader.next += len(items)
+                if self.conn.unflushed and self._nursery is not None:
+                    self._nursery.start_soon(self._flush)
+
+        return push
 
     async def _append(self, frame: Append) -> None:
         await self._allow("write", "streams", frame.run)

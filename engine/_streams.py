@@ -63,6 +63,7 @@ class OutputStream:
         self._tail_start = length
         self._tail_limit = tail_limit
         self._changed = trio.Event()
+        self._pushers: tuple[Callable[[], None], ...] = ()
 
     def extend(self, items: list[bytes], nbytes: int) -> None:
         """Chunks just committed to the Store: keep them in the tail and wake readers."""
@@ -74,7 +75,20 @@ class OutputStream:
             cut = len(self._tail) - self._tail_limit
             del self._tail[:cut]
             self._tail_start += cut
+        for push in self._pushers:
+            push()
         self._wake()
+
+    def add_pusher(self, push: Callable[[], None]) -> None:
+        """Call ``push()`` on every :meth:`extend`, before readers are woken.
+
+        A pusher hands the new chunks to a reader that waits at the live tail, at once and
+        without blocking (``Session._read``), or does nothing; it must not raise.
+        """
+        self._pushers = (*self._pushers, push)  # a new tuple: extend may be iterating
+
+    def remove_pusher(self, push: Callable[[], None]) -> None:
+        self._pushers = tuple(p for p in self._pushers if p is not push)
 
     def end(self) -> None:
         """No chunk will ever follow; readers finish once they have read to ``length``."""

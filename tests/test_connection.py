@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import pytest
 import trio
+import trio.testing
 import trio_websocket
 
 from transport import (
-    Ack, Connection, ConnectionBroken, ConnectionClosed, Hello, LocalProtocolError, Read,
+    Ack, Chunks, Connection, ConnectionBroken, ConnectionClosed, Hello, LocalProtocolError, Read,
     RemoteProtocolError, Role, State, Welcome, connect_websocket, memory_connection_pair,
     memory_pipe_pair,
 )
+from transport._connection import _Baton
 
 HELLO = Hello(protocol=1, token="k")
 
@@ -209,3 +213,151 @@ async def test_a_cancelled_memory_send_is_harmless():
         assert (await engine.receive()).id == 1
         await client.send(Read(id=3, run="r"))
         assert (await engine.receive()).id == 3
+
+
+# --- send_nowait: the engine's live pushes ----------------------------------------------------
+
+BIG = Chunks(re=1, stream="s", start=0, items=[b'"' + b"x" * 200_000 + b'"'])
+BIG_RECEIVED = Chunks(re=1, stream="s", start=0, items=["x" * 200_000])  # items decoded
+
+
+async def test_send_nowait_sends_a_whole_frame_at_once(pair):
+    with trio.fail_after(10):
+        async with pair() as (client, engine, _, _):
+            await greet(client, engine)
+            assert engine.send_nowait(Ack(re=1, index=0)) is True
+            assert not engine.unflushed
+            assert await client.receive() == Ack(re=1, index=0)
+            await engine.flush()  # nothing to flush: returns at once
+
+
+async def test_send_nowait_checks_the_protocol_like_send(pair):
+    with trio.fail_after(10):
+        async with pair() as (_, engine, _, _):
+            with pytest.raises(LocalProtocolError):  # before the handshake
+                engine.send_nowait(Ack(re=1, index=0))
+            assert engine.protocol.state is State.AWAIT_HELLO
+
+
+async def test_send_nowait_refuses_when_closed_or_while_a_send_holds_the_lock(pair):
+    with trio.fail_after(10):
+        async with pair() as (client, engine, _, _):
+            await greet(client, engine)
+            async with engine._send_lock:  # an ordinary send is under way
+                assert engine.send_nowait(Ack(re=1, index=0)) is False
+            await engine.aclose()
+            assert engine.send_nowait(Ack(re=1, index=0)) is False
+
+
+async def test_send_nowait_on_a_full_memory_pipe_sends_nothing():
+    with trio.fail_after(10):
+        client_pipe, engine_pipe = memory_pipe_pair(buffer=1)
+        client, engine = Connection(client_pipe, Role.CLIENT), Connection(engine_pipe, Role.ENGINE)
+        await greet(client, engine)
+        assert engine.send_nowait(Ack(re=1, index=0)) is True
+        assert engine.send_nowait(Ack(re=2, index=0)) is False  # full: not sent, no state kept
+        assert engine.protocol.state is State.OPEN
+        assert await client.receive() == Ack(re=1, index=0)
+        await engine.send(Ack(re=3, index=0))
+        assert await client.receive() == Ack(re=3, index=0)
+
+
+async def fill_until_partial(engine: Connection, engine_ws) -> int:
+    """Push BIG frames at a client that does not read until one goes out only in part."""
+    engine_ws._stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 32 * 1024)
+    for sent in range(1, 1000):
+        assert engine.send_nowait(BIG) is True  # a full socket takes at least part of it
+        if engine.unflushed:
+            return sent
+    raise AssertionError("the socket never filled up")
+
+
+async def test_a_half_written_push_is_finished_before_any_other_bytes():
+    with trio.fail_after(20):
+        async with websocket_pair() as (client, engine, client_ws, engine_ws):
+            await greet(client, engine)
+            client_ws._stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
+            pushed = await fill_until_partial(engine, engine_ws)
+            assert engine.send_nowait(Ack(re=9, index=0)) is False  # the wire is taken
+            received: list[object] = []
+
+            async def read(n: int) -> None:
+                for _ in range(n):
+                    received.append(await client.receive())
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read, pushed + 1)
+                # trio-websocket's own writes (a pong) wait for the rest too
+                nursery.start_soon(client_ws.ping, b"p")
+                await engine.send(Ack(re=9, index=0))  # finishes the rest, then sends
+            assert received == [BIG_RECEIVED] * pushed + [Ack(re=9, index=0)]
+            assert not engine.unflushed
+
+
+async def test_flush_and_aclose_finish_a_half_written_push():
+    with trio.fail_after(20):
+        async with websocket_pair() as (client, engine, client_ws, engine_ws):
+            await greet(client, engine)
+            client_ws._stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
+            pushed = await fill_until_partial(engine, engine_ws)
+            received: list[object] = []
+
+            async def read() -> None:
+                with contextlib.suppress(ConnectionBroken):
+                    while True:
+                        received.append(await client.receive())
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read)
+                await engine.flush()
+                assert not engine.unflushed
+                assert engine.send_nowait(BIG) is True
+                await engine.aclose(1000)  # whatever is half-written goes first
+            assert received == [BIG_RECEIVED] * (pushed + 1)
+
+
+async def test_a_cancelled_flush_aborts_the_connection():
+    with trio.fail_after(20):
+        async with websocket_pair() as (client, engine, client_ws, engine_ws):
+            await greet(client, engine)
+            client_ws._stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
+            engine_ws._stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 32 * 1024)
+            for i in range(20):  # the client's message queue (16) fills; its reader stops
+                await engine.send(Ack(re=i, index=0))
+            huge = Chunks(re=1, stream="s", start=0, items=[b'"' + b"x" * 5_000_000 + b'"'])
+            assert engine.send_nowait(huge) is True
+            assert engine.unflushed
+            with trio.move_on_after(0.2) as scope:
+                await engine.flush()  # nobody reads: the rest never fits
+            assert scope.cancelled_caught
+            with pytest.raises(ConnectionBroken, match="cut short"):
+                await engine.send(Ack(re=1, index=0))
+            assert engine.send_nowait(Ack(re=1, index=0)) is False
+            # the client gets the whole frames, then the end of the link: never a torn one
+            for i in range(20):
+                assert await client.receive() == Ack(re=i, index=0)
+            with pytest.raises(ConnectionBroken):
+                await client.receive()
+
+
+async def test_the_wire_lock_is_fifo_and_released_by_any_task():
+    baton = _Baton()
+    order: list[int] = []
+    baton.acquire_nowait()
+    with pytest.raises(trio.WouldBlock):
+        baton.acquire_nowait()
+
+    async def take(i: int) -> None:
+        async with baton:
+            order.append(i)
+            await trio.sleep(0)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(3):
+            nursery.start_soon(take, i)
+            await trio.testing.wait_all_tasks_blocked()
+        baton.release()  # by this task, which never "took" it in trio's sense
+    assert order == [0, 1, 2]
+    assert not baton.locked()
+    with pytest.raises(RuntimeError):
+        baton.release()

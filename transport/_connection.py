@@ -12,14 +12,30 @@ without a close frame and every later send raises :class:`ConnectionBroken`. In-
 pipes send whole messages or nothing, so for them a cancelled send is harmless. Callers
 that must be able to cancel a request without losing the connection send under a shield
 (see ``engine/_session.py``).
+
+**Sending without waiting** (:meth:`Connection.send_nowait`): the engine pushes live chunks
+to readers from its commit cycle, synchronously, when that needs no waiting: the send lock
+is free and the pipe takes the message now. Over a memory pipe that is the channel's
+``send_nowait``. Over trio-websocket it is one non-blocking ``write`` of the encoded message
+to the TCP socket; if the kernel takes only part of it, the rest is kept and the
+connection's wire lock stays held until :meth:`Connection.flush` (or the next
+:meth:`Connection.send`) writes it, so no other bytes -- not even trio-websocket's own pongs
+or close frame -- can come between. That wire lock (:class:`_Baton`) replaces
+trio-websocket's private ``_stream_lock``, because trio's own locks may only be released by
+the task that took them. The fast path uses trio-websocket's private ``_wsproto``,
+``_stream`` and ``_stream_lock`` (checked when the connection is made; without them,
+``send_nowait`` returns ``False`` and everything goes through :meth:`Connection.send`).
 """
 
 from __future__ import annotations
 
+import os
 from typing import Protocol as TypingProtocol
 
 import trio
 import trio_websocket
+from wsproto.connection import ConnectionState
+from wsproto.events import TextMessage
 
 from ._errors import ConnectionBroken, ConnectionClosed, LocalProtocolError, RemoteProtocolError
 from ._frames import Frame
@@ -53,6 +69,7 @@ class Connection:
         self._send_lock = trio.Lock()
         self._closed = False
         self._torn = False
+        self._direct = _DirectWrite.attach(pipe)
 
     @property
     def closed(self) -> bool:
@@ -71,11 +88,8 @@ class Connection:
         except trio.WouldBlock:
             await self._send_lock.acquire()
         try:
-            if self._closed:
-                raise ConnectionClosed("connection closed")
-            if self._torn:
-                raise ConnectionBroken("an earlier send was cut short; the connection was "
-                                       "aborted")
+            self._check_open()
+            await self._finish_rest()
             data = self.protocol.send(frame).decode()
             try:
                 await self._send_raw(data)
@@ -85,6 +99,70 @@ class Connection:
                 raise
         finally:
             self._send_lock.release()
+
+    def send_nowait(self, frame: Frame) -> bool:
+        """Send ``frame`` now if that needs no waiting (see the module docstring).
+
+        Returns ``True`` if the frame went out, or is committed to go out before anything
+        else (its rest is written by :meth:`flush` or the next :meth:`send`); ``False`` if
+        nothing was sent: the send lock is taken, the pipe is full or closed, or the pipe
+        has no way to send without waiting. Then send it with :meth:`send`.
+
+        Raises:
+            LocalProtocolError: the frame may not be sent in the current state.
+        """
+        if self._closed or self._torn or self._send_lock.locked():
+            return False
+        write = self._direct.write if self._direct is not None else getattr(
+            self._pipe, "send_nowait", None)
+        if write is None:
+            return False
+        state = self.protocol.state
+        data = self.protocol.send(frame)
+        if write(data.decode()):
+            return True
+        self.protocol.state = state  # not sent: as if never asked
+        return False
+
+    @property
+    def unflushed(self) -> bool:
+        """A message :meth:`send_nowait` wrote in part waits for :meth:`flush`."""
+        return self._direct is not None and bool(self._direct.rest)
+
+    async def flush(self) -> None:
+        """Write the rest of a message :meth:`send_nowait` wrote in part (if any).
+
+        Raises:
+            ConnectionBroken: the peer went away (or the flush was cancelled midway, which
+                aborts the connection).
+            ConnectionClosed: this side closed the connection.
+        """
+        if not self.unflushed:
+            return
+        async with self._send_lock:
+            self._check_open()
+            await self._finish_rest()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ConnectionClosed("connection closed")
+        if self._torn:
+            raise ConnectionBroken("an earlier send was cut short; the connection was "
+                                   "aborted")
+
+    async def _finish_rest(self) -> None:
+        """Under the send lock: write what ``send_nowait`` left unwritten."""
+        if not self.unflushed:
+            return
+        assert self._direct is not None
+        try:
+            await self._direct.flush()
+        except trio.Cancelled:
+            await self._abort()
+            raise
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self._torn = True
+            raise self._lost(exc) from exc
 
     async def _abort(self) -> None:
         """Drop the link without another byte: a close frame after a fragment could be
@@ -145,6 +223,9 @@ class Connection:
         with trio.move_on_after(2) as scope:
             scope.shield = True
             try:
+                if self.unflushed and not self._torn:  # the close frame must follow it
+                    assert self._direct is not None
+                    await self._direct.flush()
                 await self._pipe.aclose(code, reason)
                 # trio-websocket (0.12) returns early from aclose() on a connection the
                 # peer reset, leaving its TCP socket open until garbage collection
@@ -164,6 +245,98 @@ async def _close_tcp(pipe: object) -> bool:
         return False
     await close_stream()
     return True
+
+
+class _Baton:
+    """A FIFO lock that any task may release, with the interface trio-websocket uses.
+
+    It stands in for trio-websocket's ``_stream_lock``: a message :meth:`_DirectWrite.write`
+    left half-written holds it (taken by no task in particular) until some task writes the
+    rest. ``release`` hands it straight to the longest waiter, as trio's FIFO lock does.
+    """
+
+    def __init__(self) -> None:
+        self._held = False
+        self._lot = trio.lowlevel.ParkingLot()
+
+    def locked(self) -> bool:
+        return self._held
+
+    def acquire_nowait(self) -> None:
+        if self._held:
+            raise trio.WouldBlock
+        self._held = True
+
+    async def acquire(self) -> None:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self._held:
+            await self._lot.park()  # release() hands it over: it is ours when we wake
+        else:
+            self._held = True
+            await trio.lowlevel.cancel_shielded_checkpoint()
+
+    def release(self) -> None:
+        if not self._held:
+            raise RuntimeError("the wire lock is not held")
+        if not self._lot.unpark():
+            self._held = False
+
+    async def __aenter__(self) -> None:
+        await self.acquire()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.release()
+
+
+class _DirectWrite:
+    """Non-blocking writes of whole websocket messages to a trio-websocket's TCP socket."""
+
+    def __init__(self, ws: trio_websocket.WebSocketConnection) -> None:
+        self.ws = ws
+        self.stream: trio.SocketStream = ws._stream
+        self.baton = _Baton()
+        ws._stream_lock = self.baton  # type: ignore[assignment]
+        self.rest = b""
+
+    @classmethod
+    def attach(cls, pipe: object) -> _DirectWrite | None:
+        """The fast path for ``pipe``, or ``None`` if it is not a plain-TCP trio-websocket
+        connection with the private attributes this relies on (see the module docstring)."""
+        if os.name != "posix" or not isinstance(pipe, trio_websocket.WebSocketConnection):
+            return None
+        if not (isinstance(getattr(pipe, "_stream", None), trio.SocketStream)
+                and isinstance(getattr(pipe, "_stream_lock", None), trio.StrictFIFOLock)
+                and hasattr(getattr(pipe, "_wsproto", None), "send")):
+            return None
+        return cls(pipe)
+
+    def write(self, message: str) -> bool:
+        """Write one text message if the socket takes at least part of it now."""
+        ws = self.ws
+        if self.baton.locked() or ws.closed is not None:
+            return False
+        if ws._wsproto.state is not ConnectionState.OPEN:
+            return False
+        fd = self.stream.socket.fileno()
+        if fd < 0:  # closed under us (the connection is being dropped)
+            return False
+        data = ws._wsproto.send(TextMessage(data=message))
+        try:
+            sent = os.write(fd, data)
+        except OSError:  # full (EAGAIN) or broken: the caller's async send finds out which
+            return False
+        if sent < len(data):
+            self.rest = data[sent:]
+            self.baton.acquire_nowait()
+        return True
+
+    async def flush(self) -> None:
+        """Write the rest of a half-written message, then let other writers go."""
+        rest, self.rest = self.rest, b""
+        try:
+            await self.stream.send_all(rest)
+        finally:
+            self.baton.release()
 
 
 def _broken(exc: trio_websocket.ConnectionClosed) -> ConnectionBroken:
@@ -191,6 +364,14 @@ class MemoryPipe:
 
     async def send_message(self, message: str) -> None:
         await self._send.send(message)
+
+    def send_nowait(self, message: str) -> bool:
+        """Send ``message`` if the channel has room now (``False``: it was not sent)."""
+        try:
+            self._send.send_nowait(message)
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            return False
+        return True
 
     async def get_message(self) -> str | bytes:
         try:

@@ -10,7 +10,8 @@ every chunk, how long after its stamp it reached each stage:
 
 * ``stage``: the actor's commit cycle picked it up (``_Stage.chunks``);
 * ``committed``: the store returned and the cycle applies it (tails, wake-ups);
-* ``send0`` / ``send1``: the session starts / finishes sending its ``chunks`` frame;
+* ``send0`` / ``send1``: the session starts / finishes sending its ``chunks`` frame (a push
+  from the commit cycle, or the read task's own send; ``pushed`` counts the pushes);
 * ``routed``: the reader's client routed the frame to the read (reader process);
 * ``reader``: the reader's ``async for`` got it;
 * ``store write``: the time the SQLite write itself took (not cumulative).
@@ -82,7 +83,7 @@ def _instrument(marks: dict[str, list[float]]) -> None:
     import orjson
 
     from engine import _actor, _session, _sqlite_store
-    from transport import Chunks
+    from transport import Chunks, Connection
 
     def since(stamp: int) -> float:
         return (time.time_ns() - stamp) / 1e6
@@ -107,6 +108,20 @@ def _instrument(marks: dict[str, list[float]]) -> None:
         else:
             await emit(self, frame)
 
+    send_nowait = Connection.send_nowait
+
+    def pushed(self: Any, frame: Any) -> bool:
+        if not (isinstance(frame, Chunks) and frame.stream == "stamps"):
+            return send_nowait(self, frame)
+        stamp = orjson.loads(frame.items[-1])[1]
+        began = since(stamp)
+        sent = send_nowait(self, frame)
+        if sent:
+            marks["send0"].append(began)
+            marks["send1"].append(since(stamp))
+            marks["pushed"].append(1.0)
+        return sent
+
     write = _sqlite_store.SqliteStore._write
 
     def written(self: Any, group: Any) -> None:
@@ -116,6 +131,7 @@ def _instrument(marks: dict[str, list[float]]) -> None:
 
     _actor._Stage.chunks = staged  # type: ignore[method-assign]
     _session.Session._emit = emitted  # type: ignore[method-assign]
+    Connection.send_nowait = pushed  # type: ignore[method-assign]
     _sqlite_store.SqliteStore._write = written  # type: ignore[method-assign]
 
 
@@ -130,7 +146,8 @@ async def measure(store: str, mode: str, n: int) -> dict[str, list[float]]:
     from engine import open_engine
 
     marks: dict[str, list[float]] = {k: [] for k in
-                                     ("stage", "committed", "send0", "send1", "store write")}
+                                     ("stage", "committed", "send0", "send1", "store write",
+                                      "pushed")}
     _instrument(marks)
     with tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite:///{tmp}/stages.db" if store == "sqlite" else "memory://"
@@ -163,6 +180,8 @@ def main(argv: list[str] | None = None) -> None:
     for name in ("stage", "committed", "send0", "send1", "routed", "reader", "store write"):
         if marks[name]:
             print(f"  {name:12s} {percentiles(marks[name])}")
+    print(f"  pushed from the commit cycle: {len(marks['pushed'])} of {len(marks['send0'])} "
+          f"chunks frames")
 
 
 if __name__ == "__main__":
