@@ -262,66 +262,70 @@ async def test_send_nowait_on_a_full_memory_pipe_sends_nothing():
         assert await client.receive() == Ack(re=3, index=0)
 
 
-async def fill_until_partial(engine: Connection, engine_ws) -> int:
-    """Push BIG frames at a client that does not read until one goes out only in part."""
+def small_buffers(client_ws, engine_ws) -> None:
+    """32 KiB socket buffers on the link, so a few big frames fill it."""
+    client_ws._stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
     engine_ws._stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 32 * 1024)
-    for sent in range(1, 1000):
-        assert engine.send_nowait(BIG) is True  # a full socket takes at least part of it
-        if engine.unflushed:
-            return sent
-    raise AssertionError("the socket never filled up")
+
+
+@asynccontextmanager
+async def half_written() -> AsyncIterator[tuple[Connection, Connection, object, int]]:
+    """A greeted websocket pair whose engine end pushed BIG frames at a client that does
+    not read, until one went out only in part: (client, engine, client_ws, frames pushed)."""
+    with trio.fail_after(20):
+        async with websocket_pair() as (client, engine, client_ws, engine_ws):
+            await greet(client, engine)
+            small_buffers(client_ws, engine_ws)
+            for pushed in range(1, 1000):
+                assert engine.send_nowait(BIG) is True  # a full socket takes part of it
+                if engine.unflushed:
+                    break
+            else:
+                raise AssertionError("the socket never filled up")
+            yield client, engine, client_ws, pushed
 
 
 async def test_a_half_written_push_is_finished_before_any_other_bytes():
-    with trio.fail_after(20):
-        async with websocket_pair() as (client, engine, client_ws, engine_ws):
-            await greet(client, engine)
-            client_ws._stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
-            pushed = await fill_until_partial(engine, engine_ws)
-            assert engine.send_nowait(Ack(re=9, index=0)) is False  # the wire is taken
-            received: list[object] = []
+    async with half_written() as (client, engine, client_ws, pushed):
+        assert engine.send_nowait(Ack(re=9, index=0)) is False  # the wire is taken
+        received: list[object] = []
 
-            async def read(n: int) -> None:
-                for _ in range(n):
-                    received.append(await client.receive())
+        async def read(n: int) -> None:
+            for _ in range(n):
+                received.append(await client.receive())
 
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(read, pushed + 1)
-                # trio-websocket's own writes (a pong) wait for the rest too
-                nursery.start_soon(client_ws.ping, b"p")
-                await engine.send(Ack(re=9, index=0))  # finishes the rest, then sends
-            assert received == [BIG_RECEIVED] * pushed + [Ack(re=9, index=0)]
-            assert not engine.unflushed
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read, pushed + 1)
+            # trio-websocket's own writes (a pong) wait for the rest too
+            nursery.start_soon(client_ws.ping, b"p")
+            await engine.send(Ack(re=9, index=0))  # finishes the rest, then sends
+        assert received == [BIG_RECEIVED] * pushed + [Ack(re=9, index=0)]
+        assert not engine.unflushed
 
 
 async def test_flush_and_aclose_finish_a_half_written_push():
-    with trio.fail_after(20):
-        async with websocket_pair() as (client, engine, client_ws, engine_ws):
-            await greet(client, engine)
-            client_ws._stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
-            pushed = await fill_until_partial(engine, engine_ws)
-            received: list[object] = []
+    async with half_written() as (client, engine, _, pushed):
+        received: list[object] = []
 
-            async def read() -> None:
-                with contextlib.suppress(ConnectionBroken):
-                    while True:
-                        received.append(await client.receive())
+        async def read() -> None:
+            with contextlib.suppress(ConnectionBroken):
+                while True:
+                    received.append(await client.receive())
 
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(read)
-                await engine.flush()
-                assert not engine.unflushed
-                assert engine.send_nowait(BIG) is True
-                await engine.aclose(1000)  # whatever is half-written goes first
-            assert received == [BIG_RECEIVED] * (pushed + 1)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read)
+            await engine.flush()
+            assert not engine.unflushed
+            assert engine.send_nowait(BIG) is True
+            await engine.aclose(1000)  # whatever is half-written goes first
+        assert received == [BIG_RECEIVED] * (pushed + 1)
 
 
 async def test_a_cancelled_flush_aborts_the_connection():
     with trio.fail_after(20):
         async with websocket_pair() as (client, engine, client_ws, engine_ws):
             await greet(client, engine)
-            client_ws._stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
-            engine_ws._stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 32 * 1024)
+            small_buffers(client_ws, engine_ws)
             for i in range(20):  # the client's message queue (16) fills; its reader stops
                 await engine.send(Ack(re=i, index=0))
             huge = Chunks(re=1, stream="s", start=0, items=[b'"' + b"x" * 5_000_000 + b'"'])
@@ -350,7 +354,7 @@ async def test_the_wire_lock_is_fifo_and_released_by_any_task():
     async def take(i: int) -> None:
         async with baton:
             order.append(i)
-            await trio.sleep(0)
+            await trio.lowlevel.checkpoint()
 
     async with trio.open_nursery() as nursery:
         for i in range(3):

@@ -25,6 +25,7 @@ trio-websocket's private ``_stream_lock``, because trio's own locks may only be 
 the task that took them. The fast path uses trio-websocket's private ``_wsproto``,
 ``_stream`` and ``_stream_lock`` (checked when the connection is made; without them,
 ``send_nowait`` returns ``False`` and everything goes through :meth:`Connection.send`).
+Only engine-side connections set this up; a client's trio-websocket is left as it is.
 """
 
 from __future__ import annotations
@@ -69,7 +70,8 @@ class Connection:
         self._send_lock = trio.Lock()
         self._closed = False
         self._torn = False
-        self._direct = _DirectWrite.attach(pipe)
+        # only the engine pushes; a client's trio-websocket keeps its own lock
+        self._direct = _DirectWrite.attach(pipe) if role is Role.ENGINE else None
 
     @property
     def closed(self) -> bool:
@@ -332,6 +334,8 @@ class _DirectWrite:
 
     async def flush(self) -> None:
         """Write the rest of a half-written message, then let other writers go."""
+        if not self.rest:  # (the rest was already taken by another flush)
+            return
         rest, self.rest = self.rest, b""
         try:
             await self.stream.send_all(rest)
