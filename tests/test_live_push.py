@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import trio
 
+from engine._streams import OutputStream
 from sdk import streams, task
 from transport import Connection
 
@@ -90,7 +91,15 @@ async def test_a_failing_push_never_breaks_the_run_or_the_read(
         assert (await final(handle.id)).output == 50
 
 
-async def test_the_pusher_is_gone_once_the_read_ends(transport, autojump_clock):
+async def test_the_pusher_is_gone_once_the_read_ends(transport, autojump_clock, monkeypatch):
+    removed = trio.Event()
+    remove_pusher = OutputStream.remove_pusher
+
+    def noted(self: OutputStream, push: Any) -> None:
+        remove_pusher(self, push)
+        removed.set()
+
+    monkeypatch.setattr(OutputStream, "remove_pusher", noted)
     async with serve([ticker], transport) as eng:
         handle = await ticker.trigger({"n": 1000, "every": 1})
         stream = None
@@ -100,6 +109,6 @@ async def test_the_pusher_is_gone_once_the_read_ends(transport, autojump_clock):
             if value == 3:
                 break
         with trio.fail_after(5):  # the engine sees the cancel and ends the read
-            while stream._pushers:
-                await trio.sleep(0.01)
+            await removed.wait()
+        assert stream._pushers == ()
         await ticks.read(handle.id)  # the client still works
