@@ -33,7 +33,7 @@ from sdk import (
     BadFrameError,
     PayloadTooLargeError, RunContext, RunFinishedError, RunStatus, StreamTooLargeError, Task,
 )
-from sdk._convert import json_bytes
+from sdk._convert import json_bytes, json_bytes_many
 from sdk._models import RunInfo as SdkRunInfo
 from sdk.runtime import TIMED_OUT, bind_run
 
@@ -123,9 +123,8 @@ def error_dict(exc: BaseException) -> dict[str, str]:
 def _encode_fast(values: list[Any], used: int,
                  limits: Any) -> tuple[list[bytes] | None, int, None]:
     """Encode a batch in one pass; ``None`` if any chunk would be refused (the hot path)."""
-    dumps = orjson.dumps
     try:
-        encoded = [memoryview(dumps(v)).tobytes() for v in values]  # see json_bytes
+        encoded = json_bytes_many(values)
     except TypeError:
         return None, 0, None
     sizes = list(map(len, encoded))

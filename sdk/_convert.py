@@ -6,6 +6,8 @@ unstructured by cattrs. Structuring into a declared type reports the path of the
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
@@ -34,6 +36,18 @@ def to_json_many(values: list[Any]) -> list[Any]:
     if _PLAIN_TYPES.issuperset(map(type, values)):
         return values
     return [to_json(value) for value in values]
+
+
+def from_json_many(values: list[Any], cls: Any, what: str = "value") -> Iterable[Any]:
+    """``from_json`` of each value, lazily (a bad value raises when its turn comes).
+
+    ``values`` itself when every value already is ``cls`` exactly (checked in C): a reader
+    of a ``str`` stream does no per-chunk call.
+    """
+    if cls is None or cls is Any or cls is object or (
+            cls in _PLAIN and frozenset((cls,)).issuperset(map(type, values))):
+        return values
+    return (from_json(value, cls, what) for value in values)
 
 
 def from_json(value: Any, cls: Any, what: str = "value") -> Any:
@@ -67,3 +81,29 @@ def json_bytes(value: Any) -> bytes:
         TypeError: ``value`` is not JSON-serializable.
     """
     return memoryview(orjson.dumps(value)).tobytes()
+
+
+#: What JSON must escape in a string: quote, backslash, control characters.
+_ESCAPED = re.compile(r'["\\\x00-\x1f]')
+_STR = frozenset((str,))
+
+
+def json_bytes_many(values: list[Any]) -> list[bytes]:
+    """``[json_bytes(v) for v in values]``, in a few C calls when every value is a plain string.
+
+    Short strings (LLM tokens) are the common chunk, and one ``orjson.dumps`` per chunk
+    costs an allocation of its 4 KiB buffer and a copy (~320 ns a chunk). When no
+    string of the batch needs escaping, their JSON is the string in quotes: the batch is
+    joined with a newline (which JSON strings never hold raw), encoded once and split
+    (~100 ns a chunk). The result is byte for byte what orjson writes (property-tested).
+
+    Raises:
+        TypeError: a value is not JSON-serializable.
+    """
+    if values and _STR.issuperset(map(type, values)) and not _ESCAPED.search("".join(values)):
+        try:
+            return ('"' + '"\n"'.join(values) + '"').encode().split(b"\n")
+        except UnicodeEncodeError:  # a lone surrogate: orjson refuses it below, as it should
+            pass
+    dumps = orjson.dumps
+    return [memoryview(dumps(value)).tobytes() for value in values]

@@ -18,7 +18,7 @@ from typing import Any, Generic, TypeVar
 
 import trio
 
-from ._convert import from_json, to_json, to_json_many
+from ._convert import from_json_many, to_json, to_json_many
 from .runtime import Completion, ProducerSink, current_backend
 
 T = TypeVar("T")
@@ -232,9 +232,10 @@ class StreamReader(Generic[T]):
     garbage collected.
     """
 
-    def __init__(self, batches: AsyncIterator[list[Any]], decode: Callable[[Any], T]) -> None:
+    def __init__(self, batches: AsyncIterator[list[Any]],
+                 decode: Callable[[list[Any]], Iterable[T]]) -> None:
         self._batches = batches
-        self._decode = decode
+        self._decode = decode  # a batch's values -> its chunks, lazily
         # Weak: a bare loop that breaks drops its iterator, which stops the read (trio
         # finalizes it). Strong inside ``async with``: the block's exit closes it cleanly.
         self._items: weakref.ref[AsyncIterator[T]] | None = None
@@ -254,8 +255,8 @@ class StreamReader(Generic[T]):
         decode = self._decode
         try:
             async for batch in self._batches:
-                for item in batch:
-                    yield decode(item)
+                for item in decode(batch):
+                    yield item
         finally:
             await self._batches.aclose()  # type: ignore[attr-defined]
 
@@ -283,7 +284,7 @@ class StreamReader(Generic[T]):
 
 
 def _open_read(run_id: str, key: str, timeout: float | None, start: int,
-               decode: Callable[[Any], Any]) -> StreamReader[Any]:
+               decode: Callable[[list[Any]], Iterable[Any]]) -> StreamReader[Any]:
     if not isinstance(run_id, str) or not run_id:
         raise TypeError("run_id must be a non-empty string")
     if not isinstance(start, int) or isinstance(start, bool) or start < 0:
@@ -305,8 +306,8 @@ class StreamDef(Generic[T]):
     def __repr__(self) -> str:
         return f"<StreamDef {self.id!r}>"
 
-    def _decode(self, value: Any) -> T:
-        return from_json(value, self.type, self._what)
+    def _decode(self, values: list[Any]) -> Iterable[T]:
+        return from_json_many(values, self.type, self._what)
 
     def pipe(self, source: Source, *, target: str = "self") -> PipeResult[T]:
         """Store every chunk of ``source`` in this stream; returns at once."""
