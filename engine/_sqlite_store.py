@@ -52,6 +52,12 @@ Theory of operation.
   chunk to build and as much to unpack (opening a schema 1 file converts it).
   ``read_chunks(start, n)`` seeks to the first page with ``last >= start`` and reads pages in
   order until it has ``n`` chunks.
+* **Where streams end.** An append must know its stream's ``sid``, length and size; the
+  writer remembers them for the last ``END_CACHE_STREAMS`` streams it wrote, as of the last
+  commit, so a busy stream's append skips the lookup (a join on its last page, ~20 us of a
+  ~100 us commit under load). A transaction's changes are kept apart until it commits (a
+  savepoint's until it is released), so a rollback leaves nothing stale behind; deleting
+  runs forgets everything.
 
 Schema: ``runs`` (JSON blob plus indexed task/idempotency key/status/finished_at),
 ``streams`` (one row per output stream: integer ``sid``, run, key, ended), ``chunk_pages``
@@ -63,6 +69,7 @@ one row, one database page when it is small), ``producer_seqs``, ``records`` and
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import logging
@@ -71,7 +78,7 @@ import sqlite3
 import sys
 from array import array
 from bisect import bisect_right
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from itertools import accumulate
 from typing import Any, TypeVar
 from urllib.parse import parse_qs
@@ -98,6 +105,8 @@ INLINE_BYTES = 256 * 1024
 #: Start a background WAL checkpoint once about this many pages were written since the
 #: last one (SQLite's own automatic checkpoint uses the same figure).
 CHECKPOINT_PAGES = 1000
+#: Streams whose end (sid, length, size) the writer remembers (see "Where streams end").
+END_CACHE_STREAMS = 1024
 _PAGE_SIZE = 4096
 _SEP = b"\n"  # between the chunks of a page; never inside compact JSON
 #: What rolls back one batch and fails its caller (a gap, a bad chunk, a constraint);
@@ -278,6 +287,8 @@ class SqliteStore(Store):
         self._turn = trio.Lock()  # fair: committers take turns in arrival order
         self._queue: list[_Pending] = []
         self._closed = False
+        #: (run id, key) -> (sid, length, bytes) as of the last commit; see "Where streams end"
+        self._ends: dict[tuple[str, str], tuple[int, int, int]] = {}
 
     @classmethod
     def from_url(cls, url: str) -> SqliteStore:
@@ -461,11 +472,13 @@ class SqliteStore(Store):
     def _write(self, group: list[_Pending]) -> None:
         """One transaction for the whole group; a failing batch is rolled back alone."""
         conn = self._writing()
+        written: dict[tuple[str, str], tuple[int, int, int]] = {}  # this transaction's ends
         conn.execute("BEGIN IMMEDIATE")
         try:
             if len(group) == 1:  # the usual case: no savepoint needed to roll back alone
                 try:
-                    _apply(conn, group[0].batch, group[0].run_rows)
+                    _apply(conn, group[0].batch, group[0].run_rows,
+                           collections.ChainMap(written, self._ends))
                 except _REFUSED as exc:
                     conn.execute("ROLLBACK")
                     group[0].error = exc
@@ -473,17 +486,30 @@ class SqliteStore(Store):
             else:
                 for entry in group:
                     conn.execute("SAVEPOINT batch")
+                    ends = collections.ChainMap({}, written, self._ends)
                     try:
-                        _apply(conn, entry.batch, entry.run_rows)
+                        _apply(conn, entry.batch, entry.run_rows, ends)
                     except _REFUSED as exc:
                         conn.execute("ROLLBACK TO batch")
                         entry.error = exc
+                    else:
+                        written.update(ends.maps[0])
                     conn.execute("RELEASE batch")
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+        self._remember(written)
+
+    def _remember(self, written: dict[tuple[str, str], tuple[int, int, int]]) -> None:
+        """Committed: keep the streams' new ends, most recently written last."""
+        ends = self._ends
+        for key, end in written.items():
+            ends.pop(key, None)
+            ends[key] = end
+        while len(ends) > END_CACHE_STREAMS:
+            del ends[next(iter(ends))]
 
     async def delete_finished_before(self, cutoff: float) -> int:
         """Delete runs finished before ``cutoff`` and all their data, a few per transaction."""
@@ -499,6 +525,7 @@ class SqliteStore(Store):
 
     def _delete_some(self, cutoff: float) -> int:
         conn = self._writing()
+        self._ends.clear()  # a deleted stream's sid may be given to a new one
         with conn:  # BEGIN ... COMMIT, or ROLLBACK on error
             conn.execute("BEGIN IMMEDIATE")
             ids = [(row[0],) for row in conn.execute(
@@ -591,12 +618,16 @@ class SqliteStore(Store):
 # --- helpers that run in the writer thread ------------------------------------------------
 
 
-def _apply(conn: sqlite3.Connection, batch: Batch, run_rows: list[tuple[Any, ...]]) -> None:
-    """Write one batch (inside the group's transaction), in the memory store's order."""
+def _apply(conn: sqlite3.Connection, batch: Batch, run_rows: list[tuple[Any, ...]],
+           ends: MutableMapping[tuple[str, str], tuple[int, int, int]]) -> None:
+    """Write one batch (inside the group's transaction), in the memory store's order.
+
+    ``ends`` holds known stream ends and takes the new ones (see "Where streams end").
+    """
     if run_rows:
         conn.executemany(_UPSERT_RUN, run_rows)
     for app in batch.chunks:
-        _append_chunks(conn, app)
+        _append_chunks(conn, app, ends)
     if batch.records:
         conn.executemany("INSERT INTO records (run_id, key, idx, data, idempotency_key) "
                          "VALUES (?, ?, ?, ?, ?)",
@@ -609,10 +640,13 @@ def _apply(conn: sqlite3.Connection, batch: Batch, run_rows: list[tuple[Any, ...
         conn.executemany(_END_STREAM, batch.ended)
 
 
-def _append_chunks(conn: sqlite3.Connection, app: ChunkAppend) -> None:
+def _append_chunks(conn: sqlite3.Connection, app: ChunkAppend,
+                   ends: MutableMapping[tuple[str, str], tuple[int, int, int]]) -> None:
     """Add the append's pages. Only the ``chunk_pages`` row is written (one database page
-    for a small append): a stream's length and size are read off its last page."""
-    row = conn.execute(_STREAM_END, (app.run_id, app.key)).fetchone()
+    for a small append): a stream's length and size are read off its last page, or
+    remembered from the last append (``ends``)."""
+    stream = (app.run_id, app.key)
+    row = ends.get(stream) or conn.execute(_STREAM_END, stream).fetchone()
     if row is None:
         sid = conn.execute("INSERT INTO streams (run_id, key) VALUES (?, ?)",
                            (app.run_id, app.key)).lastrowid
@@ -625,6 +659,7 @@ def _append_chunks(conn: sqlite3.Connection, app: ChunkAppend) -> None:
     conn.executemany("INSERT INTO chunk_pages (sid, last, first, total, data) "
                      "VALUES (?, ?, ?, ?, ?)",
                      _pages(sid, app.start, nbytes, app.items, app.nbytes))
+    ends[stream] = (sid, app.start + len(app.items), nbytes + app.nbytes)
     if app.producer is not None and app.next_seq is not None:
         conn.execute(_UPSERT_SEQ, (app.run_id, app.key, app.producer, app.next_seq))
 
@@ -646,6 +681,17 @@ def _pages(sid: int, start: int, before: int, items: list[bytes],
         if data.count(_SEP) != len(items) - 1:
             raise _not_compact()
         return [(sid, start + len(items) - 1, start, before + nbytes, data)]
+    if nbytes <= PAGE_BYTES:  # pages cut by count alone: a page's size is its length in C
+        rows = []
+        through = before
+        for begin in range(0, len(items), PAGE_ITEMS):
+            page = items[begin:begin + PAGE_ITEMS]
+            data = _SEP.join(page)
+            if data.count(_SEP) != len(page) - 1:
+                raise _not_compact()
+            through += len(data) - (len(page) - 1)  # less the separators
+            rows.append((sid, start + begin + len(page) - 1, start + begin, through, data))
+        return rows
     total = list(accumulate(map(len, items)))
     rows = []
     begin = 0

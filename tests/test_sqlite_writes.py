@@ -14,13 +14,21 @@ from typing import Any
 
 import pytest
 import trio
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
+from engine import _sqlite_store as sqlite_store
+from engine._records import RunRecord
 from engine._sqlite_store import (
+    _STREAM_END,
     CHECKPOINT_PAGES,
     INLINE_BYTES,
+    PAGE_BYTES,
     PAGE_ITEMS,
     SCHEMA_VERSION,
     SqliteStore,
+    _pages,
+    _Pending,
 )
 from engine._store import Batch, ChunkAppend, StreamState
 
@@ -190,6 +198,34 @@ async def test_pages_round_trip_odd_chunks(tmp_path):
         await store.aclose()
 
 
+def _reference_pages(sid: int, start: int, before: int,
+                     items: list[bytes]) -> list[tuple[int, int, int, int, bytes]]:
+    """Pages as the docstring of ``_pages`` defines them, the slow and obvious way."""
+    rows, begin, through = [], 0, before
+    while begin < len(items):
+        end, size = begin, 0
+        while end < len(items) and end - begin < PAGE_ITEMS and (
+                end == begin or size + len(items[end]) <= PAGE_BYTES):
+            size += len(items[end])
+            end += 1
+        through += size
+        rows.append((sid, start + end - 1, start + begin, through, b"\n".join(items[begin:end])))
+        begin = end
+    return rows
+
+
+@settings(max_examples=60, deadline=None)
+@example(sizes=[9] * (2 * PAGE_ITEMS + 3), start=5, before=7)  # count alone cuts the pages
+@example(sizes=[9] * PAGE_ITEMS + [300_000] + [1] * 2, start=0, before=0)  # bytes do too
+@given(sizes=st.lists(st.sampled_from([1, 2, 9, 5_000, 70_000, 300_000]), min_size=1,
+                      max_size=3 * PAGE_ITEMS + 5).filter(lambda s: sum(s) < 2_000_000),
+       start=st.integers(0, 10**6), before=st.integers(0, 10**9))
+def test_pages_are_cut_by_count_and_bytes(sizes, start, before):
+    items = [b"7" * size for size in sizes]
+    assert _pages(3, start, before, items, sum(sizes)) == _reference_pages(
+        3, start, before, items)
+
+
 def _write_schema_1_file(path: Path, pages: list[list[bytes]]) -> None:
     """A database as schema 1 wrote it: pages with an ``ends`` array of end offsets."""
     conn = sqlite3.connect(path, isolation_level=None)
@@ -251,3 +287,107 @@ async def test_a_schema_1_file_is_converted_when_opened(tmp_path):
     assert page_columns == ["sid", "last", "first", "total", "data"]
     assert stream_columns == ["sid", "run_id", "key", "ended"]
     assert not {"chunk_pages_1", "streams_1"} & tables
+
+
+# --- where streams end: remembered by the writer, never out of step with the file -----------
+
+
+def _file_ends(store: SqliteStore) -> dict[tuple[str, str], tuple[int, int, int]]:
+    """Every stream's (sid, length, bytes), read from the file by another connection."""
+    conn = sqlite3.connect(store.path)
+    try:
+        return {(run_id, key): tuple(conn.execute(_STREAM_END, (run_id, key)).fetchone()[:3])
+                for run_id, key in conn.execute("SELECT run_id, key FROM streams")}
+    finally:
+        conn.close()
+
+
+def _check_remembered(store: SqliteStore) -> None:
+    on_file = _file_ends(store)
+    assert store._ends, "nothing remembered: the test would prove nothing"
+    for stream, end in store._ends.items():
+        assert on_file[stream] == end, stream
+
+
+async def test_remembered_ends_follow_commits_and_refusals(tmp_path):
+    store = SqliteStore(str(tmp_path / "e.db"))
+    try:
+        await store.commit(append(0, [b'"a"', b'"b"']))
+        await store.commit(append(2, [b'"c"']))
+        _check_remembered(store)
+        assert store._ends[("r1", "s")][1:] == (3, 9)
+        # one group, in this order (written directly: trio may start tasks in any order);
+        # each batch has its savepoint, and a refused one must leave no end behind
+        group = [_Pending(append(3, [b'"d"'])), _Pending(append(9, [b'"x"'])),
+                 _Pending(append(4, [b'"e"', b'"\n"'])),
+                 _Pending(Batch(chunks=[*append(4, [b'"e"']).chunks,  # refused after s moved
+                                        *append(7, [b'"v"'], key="v").chunks])),
+                 _Pending(append(4, [b'"e"'])),
+                 _Pending(append(0, [b'"o"'], key="t")),
+                 _Pending(append(5, [b'"p"'], key="u"))]
+        store._write(group)
+        assert [type(entry.error).__name__ for entry in group] == [
+            "NoneType", "RuntimeError", "ValueError", "RuntimeError", "NoneType", "NoneType",
+            "RuntimeError"]
+        assert ("r1", "u") not in store._ends
+        _check_remembered(store)
+        assert store._ends[("r1", "s")][1] == 5
+        for start in (4, 6):  # an overlap and a gap are still refused from what is remembered
+            with pytest.raises(RuntimeError, match="gap"):
+                await store.commit(append(start, [b'"y"']))
+        await store.commit(append(5, [b'"f"']))
+        _check_remembered(store)
+        assert await store.read_chunks("r1", "s", 0, 10) == [
+            b'"a"', b'"b"', b'"c"', b'"d"', b'"e"', b'"f"']
+    finally:
+        await store.aclose()
+
+
+async def test_a_failed_transaction_leaves_the_remembered_ends_alone(tmp_path, monkeypatch):
+    store = SqliteStore(str(tmp_path / "f.db"))
+    try:
+        await store.commit(append(0, [b'"a"']))
+        before = dict(store._ends)
+        monkeypatch.setattr(sqlite_store, "_END_STREAM", "NOT SQL")  # fails after the append
+        with pytest.raises(sqlite3.OperationalError):
+            await store.commit(Batch(chunks=[ChunkAppend("r1", "s", 1, [b'"b"'], 3)],
+                                     ended=[("r1", "s")]))
+        assert store._ends == before
+        monkeypatch.undo()
+        await store.commit(append(1, [b'"b"']))
+        _check_remembered(store)
+    finally:
+        await store.aclose()
+
+
+async def test_remembered_ends_are_bounded_and_forgotten_streams_still_append(
+        tmp_path, monkeypatch):
+    monkeypatch.setattr(sqlite_store, "END_CACHE_STREAMS", 3)
+    store = SqliteStore(str(tmp_path / "b.db"))
+    try:
+        for key in "abcde":
+            await store.commit(append(0, [b'"1"'], key=key))
+        assert list(store._ends) == [("r1", "c"), ("r1", "d"), ("r1", "e")]
+        await store.commit(append(1, [b'"2"'], key="a"))  # looked up in the file again
+        assert list(store._ends) == [("r1", "d"), ("r1", "e"), ("r1", "a")]
+        with pytest.raises(RuntimeError, match="gap"):
+            await store.commit(append(2, [b'"3"'], key="b"))
+        _check_remembered(store)
+    finally:
+        await store.aclose()
+
+
+async def test_deleting_runs_forgets_every_remembered_end(tmp_path):
+    store = SqliteStore(str(tmp_path / "d.db"))
+    try:
+        done = RunRecord(id="r1", task_id="t", created_at=1.0).to_store()
+        done.update(status="COMPLETED", finished_at=5.0)
+        await store.commit(Batch(runs=[done], chunks=[ChunkAppend("r1", "s", 0, [b"1"], 1)]))
+        assert store._ends
+        assert await store.delete_finished_before(10.0) == 1
+        assert store._ends == {}
+        await store.commit(append(0, [b"2"]))  # the same run id and key start afresh
+        assert await store.read_chunks("r1", "s", 0, 10) == [b"2"]
+        _check_remembered(store)
+    finally:
+        await store.aclose()
