@@ -46,6 +46,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("runwire.engine")
 
+#: A commit cycle that took at least this many chunks means producers outpace the commits:
+#: the next cycle lets them run scheduler passes first, until two passes in a row add fewer
+#: than ``BUSY_PASS_CHUNKS`` or ``MAX_CYCLE_CHUNKS`` wait. Under load commits grow instead of
+#: multiplying (each one is a Store transaction); sparse chunks never wait for it.
+BUSY_CYCLE_CHUNKS = 256
+BUSY_PASS_CHUNKS = 64
+MAX_CYCLE_CHUNKS = 2048
+
 
 class _Reply:
     """The answer to a mailbox message, for whoever waits on it."""
@@ -474,25 +482,38 @@ class RunActor:
     async def _commit_loop(self) -> None:
         """Commit until the mailbox is empty, then end (the next work starts it again).
 
-        Being started already gave runnable producers a scheduler pass to add to the work,
-        so the first cycle takes it at once; later ones let producers run first (coalescing).
+        Every cycle yields inside the store's commit, and work that arrives meanwhile is
+        taken by the next cycle at once: it has already waited a whole cycle. Being started
+        already gave runnable producers a scheduler pass, so the first cycle does not wait
+        either. Only after a busy cycle (``BUSY_CYCLE_CHUNKS``) does the loop let producers
+        run first, for as long as they keep adding (up to ``MAX_CYCLE_CHUNKS``): under load
+        commits grow instead of multiplying.
         """
+        mailbox = self.mailbox
         try:
-            first = True
-            while self.mailbox.has_work():
-                if not first:
-                    await trio.lowlevel.checkpoint()
-                first = False
-                messages, producers = self.mailbox.take()
-                await self._commit(messages, producers)
+            taken = 0
+            while mailbox.has_work():
+                if taken >= BUSY_CYCLE_CHUNKS:  # let the next batch grow
+                    queued, idle = mailbox.queued_chunks(), 0
+                    while idle < 2 and queued < MAX_CYCLE_CHUNKS:
+                        await trio.lowlevel.checkpoint()
+                        grown = mailbox.queued_chunks() - queued
+                        queued += grown
+                        # trio runs a pass's tasks in either order: one pass may show nothing
+                        idle = idle + 1 if grown < BUSY_PASS_CHUNKS else 0
+                messages, producers = mailbox.take()
+                taken = await self._commit(messages, producers)
         finally:
             self._committing = False
 
-    async def _commit(self, messages: list[Any], producers: list[Producer]) -> None:
+    async def _commit(self, messages: list[Any], producers: list[Producer]) -> int:
+        """Stage, store and apply one cycle's work; returns how many chunks producers gave."""
         stage = _Stage(self)
+        taken = 0
         for producer in producers:
             items = producer.take()
             if items:
+                taken += len(items)
                 _, err = stage.chunks(producer.key, items)
                 stage.after.append(lambda p=producer, n=len(items), e=err: p.settled(n, e))
         for message in messages:
@@ -503,6 +524,7 @@ class RunActor:
         if stage.batch:
             await self.engine.store.commit(stage.batch)
         stage.apply()
+        return taken
 
     def _stage_message(self, stage: _Stage, message: Any) -> None:
         reply = message.reply

@@ -236,6 +236,10 @@ class Mailbox:
         self._poked = True
         self._on_work()
 
+    def queued_chunks(self) -> int:
+        """Chunks waiting in the dirty producers' buffers."""
+        return sum(len(producer.buffer) for producer in self._dirty)
+
     def has_work(self) -> bool:
         return bool(self._messages or self._dirty or self._poked)
 

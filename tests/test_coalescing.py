@@ -1,0 +1,69 @@
+"""How the commit loop groups chunks into store commits: big under load, at once when sparse."""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+import trio
+
+from engine import MemoryStore
+from engine._actor import BUSY_CYCLE_CHUNKS, MAX_CYCLE_CHUNKS
+from engine._store import Batch
+from sdk import streams, task, tasks
+from sdk._streams import PIPE_SLICE
+
+from .helpers import final, serve
+
+TOTAL = 30_000
+
+
+class CountingStore(MemoryStore):
+    """A memory store that notes how many chunks each commit carried (per stream)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sizes: list[int] = []
+
+    async def commit(self, batch: Batch) -> None:
+        sizes = [len(app.items) for app in batch.chunks if app.key == "default"]
+        await super().commit(batch)
+        self.sizes.extend(sizes)
+
+
+@task(id="busy-pipe")
+async def busy_pipe(payload: Any) -> int:
+    await streams.pipe(f"t{i}" for i in range(TOTAL)).wait_until_complete()
+    return TOTAL
+
+
+@task(id="sparse-appends")
+async def sparse_appends(payload: Any) -> int:
+    for i in range(20):
+        await trio.sleep(0.5)
+        await streams.append(i)
+    return 20
+
+
+async def test_a_busy_pipe_commits_in_big_batches_with_every_chunk_in_order():
+    store = CountingStore()
+    async with serve([busy_pipe], store=store) as eng:
+        handle = await tasks.trigger("busy-pipe", None)
+        assert (await final(handle.id)).output == TOTAL
+        chunks = await eng.store.read_chunks(handle.id, "default", 0, TOTAL + 1)
+    assert chunks == [f'"t{i}"'.encode() for i in range(TOTAL)]
+    assert sum(store.sizes) == TOTAL
+    # one commit per slice without the busy rule; batches grow to MAX_CYCLE_CHUNKS with it
+    assert statistics.median(store.sizes) >= MAX_CYCLE_CHUNKS // 2
+    assert max(store.sizes) <= MAX_CYCLE_CHUNKS + PIPE_SLICE
+    assert len(store.sizes) <= TOTAL // (2 * BUSY_CYCLE_CHUNKS)
+
+
+async def test_sparse_chunks_are_committed_one_by_one(autojump_clock):
+    store = CountingStore()
+    async with serve([sparse_appends], store=store) as eng:
+        handle = await tasks.trigger("sparse-appends", None)
+        assert (await final(handle.id)).output == 20
+        chunks = await eng.store.read_chunks(handle.id, "default", 0, 100)
+    assert chunks == [b"%d" % i for i in range(20)]
+    assert store.sizes == [1] * 20
