@@ -92,7 +92,11 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def commit(self, batch: Batch) -> None:
-        """Write a batch atomically; returns once it is durable (as durable as the store is)."""
+        """Write a batch atomically; returns once it is durable (as durable as the store is).
+
+        Like every trio async function it must be a checkpoint: an actor's commit loop takes
+        what arrived meanwhile at once, and relies on this yield to let producers run.
+        """
 
     @abc.abstractmethod
     async def get_run(self, run_id: str) -> dict[str, Any] | None:
