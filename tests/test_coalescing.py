@@ -24,11 +24,13 @@ class CountingStore(MemoryStore):
     def __init__(self) -> None:
         super().__init__()
         self.sizes: list[int] = []
+        self.times: list[float] = []  # trio time of each commit, beside its size
 
     async def commit(self, batch: Batch) -> None:
         sizes = [len(app.items) for app in batch.chunks if app.key == "default"]
         await super().commit(batch)
         self.sizes.extend(sizes)
+        self.times.extend(trio.current_time() for _ in sizes)
 
 
 @task(id="busy-pipe")
@@ -37,12 +39,23 @@ async def busy_pipe(payload: Any) -> int:
     return TOTAL
 
 
-@task(id="sparse-appends")
-async def sparse_appends(payload: Any) -> int:
-    for i in range(20):
+SPARSE = 20
+put_at: list[float] = []
+
+
+async def burst_then_sparse() -> Any:
+    for i in range(2 * BUSY_CYCLE_CHUNKS):  # a busy cycle first: the loop starts coalescing
+        yield i
+    for i in range(SPARSE):
         await trio.sleep(0.5)
-        await streams.append(i)
-    return 20
+        put_at.append(trio.current_time())
+        yield -i
+
+
+@task(id="burst-then-sparse")
+async def burst_then_sparse_pipe(payload: Any) -> int:
+    await streams.pipe(burst_then_sparse()).wait_until_complete()  # never waits per chunk
+    return SPARSE
 
 
 async def test_a_busy_pipe_commits_in_big_batches_with_every_chunk_in_order():
@@ -59,11 +72,13 @@ async def test_a_busy_pipe_commits_in_big_batches_with_every_chunk_in_order():
     assert len(store.sizes) <= TOTAL // (2 * BUSY_CYCLE_CHUNKS)
 
 
-async def test_sparse_chunks_are_committed_one_by_one(autojump_clock):
+async def test_sparse_chunks_after_a_burst_are_committed_alone_and_at_once(autojump_clock):
     store = CountingStore()
-    async with serve([sparse_appends], store=store) as eng:
-        handle = await tasks.trigger("sparse-appends", None)
-        assert (await final(handle.id)).output == 20
-        chunks = await eng.store.read_chunks(handle.id, "default", 0, 100)
-    assert chunks == [b"%d" % i for i in range(20)]
-    assert store.sizes == [1] * 20
+    put_at.clear()
+    async with serve([burst_then_sparse_pipe], store=store):
+        handle = await tasks.trigger("burst-then-sparse", None)
+        assert (await final(handle.id)).output == SPARSE
+    assert sum(store.sizes) == 2 * BUSY_CYCLE_CHUNKS + SPARSE
+    assert store.sizes[-SPARSE:] == [1] * SPARSE
+    # committed in the same (mock) instant it was put: no batching by time
+    assert store.times[-SPARSE:] == put_at
