@@ -676,16 +676,11 @@ def _pages(sid: int, start: int, before: int, items: list[bytes],
     Raises:
         ValueError: a chunk holds a raw newline, so it is not compact JSON.
     """
-    if len(items) <= PAGE_ITEMS and nbytes <= PAGE_BYTES:  # the usual case: one page
-        data = _SEP.join(items)
-        if data.count(_SEP) != len(items) - 1:
-            raise _not_compact()
-        return [(sid, start + len(items) - 1, start, before + nbytes, data)]
-    if nbytes <= PAGE_BYTES:  # pages cut by count alone: a page's size is its length in C
+    if nbytes <= PAGE_BYTES:  # cut by count alone, usually one page; sizes from lengths
         rows = []
         through = before
         for begin in range(0, len(items), PAGE_ITEMS):
-            page = items[begin:begin + PAGE_ITEMS]
+            page = items if len(items) <= PAGE_ITEMS else items[begin:begin + PAGE_ITEMS]
             data = _SEP.join(page)
             if data.count(_SEP) != len(page) - 1:
                 raise _not_compact()
