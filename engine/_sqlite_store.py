@@ -670,8 +670,8 @@ def _pages(sid: int, start: int, before: int, items: list[bytes],
     bytes already stored): at most ``PAGE_ITEMS`` chunks and (unless one chunk alone is
     bigger) ``PAGE_BYTES`` bytes per page; each row carries the stream's size through it.
 
-    Per-chunk work stays in C (``join``; ``map``/``accumulate``/``bisect`` only when the
-    chunks need more than one page): this runs once for every chunk the engine stores.
+    Per-chunk work stays in C (``join``, ``count``; ``map``/``accumulate``/``bisect`` only
+    when the chunks hold more than ``PAGE_BYTES``): this runs for every chunk stored.
 
     Raises:
         ValueError: a chunk holds a raw newline, so it is not compact JSON.
