@@ -39,7 +39,7 @@ from sdk.runtime import TIMED_OUT, bind_run
 
 from ._records import RunRecord
 from ._store import Batch, ChunkAppend, RecordAppend, Waitpoint
-from ._streams import InputMailbox, Mailbox, OutputStream, Producer, _Handler
+from ._streams import InputMailbox, Mailbox, OutputStream, _Handler
 
 if TYPE_CHECKING:
     from ._engine import Engine
@@ -174,6 +174,7 @@ class _Stage:
         self.extend: dict[str, tuple[list[bytes], int]] = {}
         self.next_index: dict[str, int] = {}
         self.nbytes: dict[str, int] = {}
+        self.taken = 0  # chunks taken from producers
 
     def chunks(self, key: str, values: list[Any], producer: str | None = None,
                first_seq: int | None = None) -> tuple[int, BaseException | None]:
@@ -483,17 +484,20 @@ class RunActor:
         """Commit until the mailbox is empty, then end (the next work starts it again).
 
         Every cycle yields inside the store's commit, and work that arrives meanwhile is
-        taken by the next cycle at once: it has already waited a whole cycle. Being started
-        already gave runnable producers a scheduler pass, so the first cycle does not wait
-        either. Only after a busy cycle (``BUSY_CYCLE_CHUNKS``) does the loop let producers
-        run first, for as long as they keep adding (up to ``MAX_CYCLE_CHUNKS``): under load
-        commits grow instead of multiplying.
+        taken by the next cycle at once (or by the same one, if the store stages it after
+        its yield): it has already waited a whole cycle. Being started already gave runnable
+        producers a scheduler pass, so the first cycle does not wait either. Only after a
+        busy cycle (``BUSY_CYCLE_CHUNKS``) does the loop let producers run first, for as
+        long as they keep adding (up to ``MAX_CYCLE_CHUNKS``): under load commits grow
+        instead of multiplying.
         """
         mailbox = self.mailbox
         try:
             taken = 0
-            while mailbox.has_work():
+            while True:
                 if taken >= BUSY_CYCLE_CHUNKS:  # let the next batch grow
+                    # (even if nothing waits yet: the cycle staged what was put until the
+                    # moment it was written, so a busy producer has not had its turn since)
                     queued, idle = mailbox.queued_chunks(), 0
                     while idle < 2 and queued < MAX_CYCLE_CHUNKS:
                         await trio.lowlevel.checkpoint()
@@ -501,19 +505,33 @@ class RunActor:
                         queued += grown
                         # trio runs a pass's tasks in either order: one pass may show nothing
                         idle = idle + 1 if grown < BUSY_PASS_CHUNKS else 0
-                messages, producers = mailbox.take()
-                taken = await self._commit(messages, producers)
+                if not mailbox.has_work():
+                    break
+                taken = await self._commit()
         finally:
             self._committing = False
 
-    async def _commit(self, messages: list[Any], producers: list[Producer]) -> int:
-        """Stage, store and apply one cycle's work; returns how many chunks producers gave."""
+    async def _commit(self) -> int:
+        """Stage, store and apply one cycle's work; returns how many chunks producers gave.
+
+        The store stages the batch when it is about to write (``Store.commit_staged``), so
+        what producers add while this cycle waits for its turn still rides in it.
+        """
+        staged: list[_Stage] = []
+        await self.engine.store.commit_staged(lambda: self._stage(staged))
+        (stage,) = staged  # the store stages exactly once before it returns
+        stage.apply()
+        return stage.taken
+
+    def _stage(self, staged: list[_Stage]) -> Batch:
+        """Take the mailbox's work and stage it (possibly in another actor's task)."""
+        messages, producers = self.mailbox.take()
         stage = _Stage(self)
-        taken = 0
+        staged.append(stage)
         for producer in producers:
             items = producer.take()
             if items:
-                taken += len(items)
+                stage.taken += len(items)
                 _, err = stage.chunks(producer.key, items)
                 stage.after.append(lambda p=producer, n=len(items), e=err: p.settled(n, e))
         for message in messages:
@@ -521,10 +539,7 @@ class RunActor:
         if self._run_dirty:
             self._run_dirty = False
             stage.batch.runs.append(self.record.to_store())
-        if stage.batch:
-            await self.engine.store.commit(stage.batch)
-        stage.apply()
-        return taken
+        return stage.batch
 
     def _stage_message(self, stage: _Stage, message: Any) -> None:
         reply = message.reply

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -35,8 +36,13 @@ class MemoryStore(Store):
         self._waitpoints: dict[tuple[str, str], tuple[bytes, float | None]] = {}
 
     async def commit(self, batch: Batch) -> None:
-        await trio.lowlevel.checkpoint_if_cancelled()  # cancelled: nothing is written
-        self._write(batch)
+        await self.commit_staged(lambda: batch)
+
+    async def commit_staged(self, stage: Callable[[], Batch]) -> None:
+        await trio.lowlevel.checkpoint_if_cancelled()  # cancelled: nothing is taken or written
+        batch = stage()
+        if batch:
+            self._write(batch)
         await trio.lowlevel.cancel_shielded_checkpoint()  # written: let others run, then return
 
     def _write(self, batch: Batch) -> None:

@@ -26,7 +26,9 @@ Theory of operation.
 * **Group commit.** Every actor commits one :class:`~engine._store.Batch` per cycle. Callers
   append their batch to a queue and take a fair ``trio.Lock``; whoever holds it writes
   *everything queued so far* as one transaction, so batches that arrive while a transaction
-  is in flight ride together in the next one. A caller returns only once its own batch is
+  is in flight ride together in the next one. An actor queues its staging function
+  (``commit_staged``), called when the group is taken: what its producers put while it
+  waited for the lock is in its batch too. A caller returns only once its own batch is
   committed (or raises that batch's error). When several batches ride together each gets a
   SAVEPOINT, so a bad batch (an index gap, a bug) is rolled back alone and the rest of the
   group still commits.
@@ -232,23 +234,36 @@ def parse_sqlite_url(url: str) -> tuple[str, dict[str, str]]:
 class _Pending:
     """One caller's batch waiting for (or riding in) a group commit.
 
-    The runs' rows are built (and their JSON encoded) on the trio thread, so the size of a
-    group is known before choosing where to write it.
+    The batch is staged (built by the caller's ``stage``) when the group is taken, and the
+    runs' rows are built (their JSON encoded) then too, on the trio thread, so the size of
+    the group is known before choosing where to write it.
     """
 
-    __slots__ = ("batch", "done", "error", "nbytes", "run_rows", "taken")
+    __slots__ = ("batch", "done", "error", "nbytes", "run_rows", "stage", "taken")
 
-    def __init__(self, batch: Batch) -> None:
-        self.batch = batch
+    def __init__(self, stage: Callable[[], Batch]) -> None:
+        self.stage = stage
+        self.batch = Batch()
+        self.run_rows: list[tuple[Any, ...]] = []
+        self.nbytes = 0
+        self.taken = False
+        self.done = trio.Event()
+        self.error: BaseException | None = None
+
+    def build(self) -> bool:
+        """Stage the batch; ``False`` if there is nothing to write (or staging failed)."""
+        try:
+            batch = self.batch = self.stage()
+        except Exception as exc:  # noqa: BLE001 - the caller's own error, raised to it alone
+            self.error = exc
+            return False
         self.run_rows = [(run["id"], run["task_id"], run.get("idempotency_key"), run["status"],
                           run.get("finished_at"), orjson.dumps(run)) for run in batch.runs]
         self.nbytes = (sum(len(row[5]) for row in self.run_rows)
                        + sum(app.nbytes for app in batch.chunks)
                        + sum(len(r.data) for r in batch.records)
                        + sum(len(w.data) for w in batch.waitpoints))
-        self.taken = False
-        self.done = trio.Event()
-        self.error: BaseException | None = None
+        return bool(batch)
 
     def pages(self) -> int:
         """About how many database pages writing this batch dirties."""
@@ -391,11 +406,15 @@ class SqliteStore(Store):
             ValueError: a chunk is not compact JSON (it holds a raw newline).
             trio.ClosedResourceError: the store is closed.
         """
+        await self.commit_staged(lambda: batch)
+
+    async def commit_staged(self, stage: Callable[[], Batch]) -> None:
+        """Stage the batch when its group is taken, then write it like :meth:`commit`."""
         await self._ready()
-        entry = _Pending(batch)
+        entry = _Pending(stage)
         self._queue.append(entry)
         try:
-            async with self._turn:  # taking it yields once: batches of the same pass join
+            async with self._turn:  # taking it yields once: callers of the same pass join
                 if not entry.taken:
                     await self._write_group()
         except trio.Cancelled:
@@ -409,14 +428,16 @@ class SqliteStore(Store):
             raise entry.error
 
     async def _write_group(self) -> None:
-        group, self._queue = self._queue, []
+        taken = group = self._queue
+        self._queue = []
         for entry in group:
             entry.taken = True
         try:
-            if self._inline and (self._memory or
-                                 sum(entry.nbytes for entry in group) <= INLINE_BYTES):
+            group = [entry for entry in group if entry.build()]  # staged now: see commit_staged
+            if group and self._inline and (self._memory or
+                                           sum(entry.nbytes for entry in group) <= INLINE_BYTES):
                 self._write(group)  # on the trio thread: see "Threads" in the module docstring
-            else:
+            elif group:
                 with trio.CancelScope(shield=True):
                     await trio.to_thread.run_sync(self._write, group,
                                                   limiter=self._write_limiter)
@@ -424,7 +445,7 @@ class SqliteStore(Store):
             for entry in group:
                 entry.error = entry.error or exc
         finally:
-            for entry in group:
+            for entry in taken:
                 entry.done.set()
         self._written(group)
 

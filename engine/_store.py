@@ -11,9 +11,11 @@ Every implementation passes ``tests/test_store_contract.py``.
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from typing import Any
 
 import attrs
+import trio
 
 
 @attrs.define
@@ -97,6 +99,25 @@ class Store(abc.ABC):
         Like every trio async function it must be a checkpoint: an actor's commit loop takes
         what arrived meanwhile at once, and relies on this yield to let producers run.
         """
+
+    async def commit_staged(self, stage: Callable[[], Batch]) -> None:
+        """Like :meth:`commit`, for a batch that ``stage()`` builds at the last moment.
+
+        ``stage`` is called once, on the trio thread, when the store is about to write (a
+        store that groups commits calls it when the caller's turn comes), so whatever the
+        caller's producers added while it waited for its turn rides in the same commit.
+        It may be called from another caller's task, so it must only build data. It is
+        not called at all if the caller is cancelled first: then nothing was taken. An
+        empty batch is not written. What ``stage`` raises, this raises, and only this.
+
+        This default builds at once and calls :meth:`commit`.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()  # cancelled: nothing is taken
+        batch = stage()
+        if batch:
+            await self.commit(batch)
+        else:
+            await trio.lowlevel.cancel_shielded_checkpoint()
 
     @abc.abstractmethod
     async def get_run(self, run_id: str) -> dict[str, Any] | None:

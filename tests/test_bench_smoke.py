@@ -44,7 +44,7 @@ def test_latency_stages_tool_runs_and_reports_every_stage(store: str) -> None:
     internals, so it runs in its own process)."""
     done = subprocess.run(
         [sys.executable, "-m", "tests.bench.latency_stages", "--store", store, "--mode", "pipe",
-         "--chunks", "150"], capture_output=True, text=True, timeout=120, check=False)
+         "--chunks", "400"], capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
     stages = ["stage", "committed", "send0", "send1", "routed", "reader"]
     stages += ["store write"] if store == "sqlite" else []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -26,9 +27,15 @@ class CountingStore(MemoryStore):
         self.sizes: list[int] = []
         self.times: list[float] = []  # trio time of each commit, beside its size
 
-    async def commit(self, batch: Batch) -> None:
-        sizes = [len(app.items) for app in batch.chunks if app.key == "default"]
-        await super().commit(batch)
+    async def commit_staged(self, stage: Callable[[], Batch]) -> None:
+        sizes: list[int] = []
+
+        def counted() -> Batch:
+            batch = stage()
+            sizes.extend(len(app.items) for app in batch.chunks if app.key == "default")
+            return batch
+
+        await super().commit_staged(counted)
         self.sizes.extend(sizes)
         self.times.extend(trio.current_time() for _ in sizes)
 

@@ -302,6 +302,12 @@ def _file_ends(store: SqliteStore) -> dict[tuple[str, str], tuple[int, int, int]
         conn.close()
 
 
+def _staged(batch: Batch) -> _Pending:
+    entry = _Pending(lambda: batch)
+    assert entry.build()
+    return entry
+
+
 def _check_remembered(store: SqliteStore) -> None:
     on_file = _file_ends(store)
     assert store._ends, "nothing remembered: the test would prove nothing"
@@ -318,13 +324,13 @@ async def test_remembered_ends_follow_commits_and_refusals(tmp_path):
         assert store._ends[("r1", "s")][1:] == (3, 9)
         # one group, in this order (written directly: trio may start tasks in any order);
         # each batch has its savepoint, and a refused one must leave no end behind
-        group = [_Pending(append(3, [b'"d"'])), _Pending(append(9, [b'"x"'])),
-                 _Pending(append(4, [b'"e"', b'"\n"'])),
-                 _Pending(Batch(chunks=[*append(4, [b'"e"']).chunks,  # refused after s moved
-                                        *append(7, [b'"v"'], key="v").chunks])),
-                 _Pending(append(4, [b'"e"'])),
-                 _Pending(append(0, [b'"o"'], key="t")),
-                 _Pending(append(5, [b'"p"'], key="u"))]
+        group = [_staged(append(3, [b'"d"'])), _staged(append(9, [b'"x"'])),
+                 _staged(append(4, [b'"e"', b'"\n"'])),
+                 _staged(Batch(chunks=[*append(4, [b'"e"']).chunks,  # refused after s moved
+                                       *append(7, [b'"v"'], key="v").chunks])),
+                 _staged(append(4, [b'"e"'])),
+                 _staged(append(0, [b'"o"'], key="t")),
+                 _staged(append(5, [b'"p"'], key="u"))]
         store._write(group)
         assert [type(entry.error).__name__ for entry in group] == [
             "NoneType", "RuntimeError", "ValueError", "RuntimeError", "NoneType", "NoneType",

@@ -387,6 +387,42 @@ async def test_durable_stores_keep_everything_across_reopen(name: str, tmp_path:
         await second.aclose()
 
 
+@bounded
+async def test_commit_staged_builds_the_batch_when_it_is_written(store: Store) -> None:
+    staged: list[str] = []
+
+    def stage() -> Batch:
+        staged.append("r1")
+        return Batch(runs=[run("r1")], chunks=[chunks("r1", "default", 0, ["a"])])
+
+    await store.commit_staged(stage)
+    assert staged == ["r1"]  # once
+    assert await store.read_chunks("r1", "default", 0, 5) == enc(["a"])
+    before = await snapshot(store, "r1")
+    await store.commit_staged(Batch)  # nothing to write: no error
+
+    def broken() -> Batch:
+        raise KeyError("staging failed")
+
+    with pytest.raises(KeyError, match="staging failed"):
+        await store.commit_staged(broken)
+    with pytest.raises(RuntimeError, match="gap"):
+        await store.commit_staged(lambda: Batch(runs=[run("r1", status="EXECUTING")],
+                                                chunks=[chunks("r1", "default", 5, ["x"])]))
+    assert await snapshot(store, "r1") == before
+
+    def late() -> Batch:
+        staged.append("r2")
+        return Batch(runs=[run("r2")])
+
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await store.commit_staged(late)
+    assert scope.cancelled_caught
+    assert staged == ["r1"]  # cancelled before its turn: nothing was taken
+    assert await store.get_run("r2") is None
+
+
 # --- sqlite mechanics ------------------------------------------------------------------------
 
 
@@ -486,20 +522,63 @@ async def test_sqlite_group_commit_merges_concurrent_batches(tmp_path: Path,
         await store.aclose()
 
 
+async def busy_committer(store: SqliteStore, release: trio.Event,
+                         task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    """Hold the store's turn, as if a group commit were in flight, until ``release``."""
+    async with store._turn:
+        task_status.started()
+        await release.wait()
+
+
+@bounded
+async def test_sqlite_batches_are_staged_when_their_group_is_taken(tmp_path: Path) -> None:
+    store = SqliteStore(str(tmp_path / "s.db"))
+    groups = count_groups(store)
+    produced = ["a"]  # what a producer has handed over so far
+    staged: list[list[str]] = []
+    errors: list[BaseException] = []
+
+    def stage() -> Batch:
+        staged.append(list(produced))
+        return Batch(chunks=[chunks("r1", "default", 0, list(produced))])
+
+    def broken() -> Batch:
+        raise KeyError("only this caller's")
+
+    async def commit(fn: Callable[[], Batch]) -> None:
+        try:
+            await store.commit_staged(fn)
+        except KeyError as exc:
+            errors.append(exc)
+
+    try:
+        await store.get_run("warm-up")
+        release = trio.Event()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(busy_committer, store, release)
+            for fn in (stage, broken, lambda: Batch(runs=[run("other")])):
+                nursery.start_soon(commit, fn)
+            await trio.testing.wait_all_tasks_blocked()
+            assert staged == []  # waiting for the turn: nothing taken yet
+            produced.append("b")  # handed over meanwhile: it rides in the same commit
+            release.set()
+        assert staged == [["a", "b"]]
+        assert groups == [2]  # one transaction; the batch that failed to stage is not in it
+        assert [str(exc) for exc in errors] == ['"only this caller\'s"']
+        assert await store.read_chunks("r1", "default", 0, 5) == enc(["a", "b"])
+        assert await store.get_run("other") is not None
+    finally:
+        await store.aclose()
+
+
 @bounded
 async def test_sqlite_cancelled_commit_writes_nothing(tmp_path: Path) -> None:
     store = SqliteStore(str(tmp_path / "c.db"))
     try:
         await store.get_run("warm-up")
         release = trio.Event()
-
-        async def busy_committer(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-            async with store._turn:  # as if a group commit were in flight
-                task_status.started()
-                await release.wait()
-
         async with trio.open_nursery() as nursery:
-            await nursery.start(busy_committer)
+            await nursery.start(busy_committer, store, release)
             with trio.move_on_after(0.05) as scope:
                 await store.commit(Batch(runs=[run("cancelled")]))
             assert scope.cancelled_caught
