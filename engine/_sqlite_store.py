@@ -343,7 +343,10 @@ class SqliteStore(Store):
             if not self._memory:
                 if self._inline:  # checkpoints run in the background instead (see above)
                     opened[0].execute("PRAGMA wal_autocheckpoint = 0")
-                opened.append(self._connect(cache_kib=16384))  # the reader: catch-up reads
+                # the reader: catch-up reads scan pages in order and rarely come back, and
+                # the OS page cache holds the file anyway; a 16 MiB cache filled up when a
+                # reader fell behind and read the same speed (docs/performance.md, round 6)
+                opened.append(self._connect(cache_kib=2048))
         except sqlite3.Error as exc:
             for conn in opened:
                 conn.close()

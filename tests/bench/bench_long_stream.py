@@ -3,7 +3,9 @@
 The engine process samples its resident set size every 100 ms while a task pipes the chunks
 and a reader in another process reads them over a websocket (the throughput benchmark's task
 and reader). Growth = peak during the stream minus the size after a warm-up stream, taken
-just before. With ``sqlite://`` the chunks live on disk, so growth is the engine's own: the
+just before. The *lagging reader* variants pause the reader for ``LAG_PAUSE_S`` every
+``LAG_EVERY`` chunks, so it falls behind the live tail and catches up from the store (and
+is still reading from it after the task has finished). With ``sqlite://`` the chunks live on disk, so growth is the engine's own: the
 target (< 50 MiB) applies there. ``memory://`` keeps every chunk in the engine process by
 design; its growth is reported per chunk, which shows what one stored chunk costs.
 """
@@ -26,23 +28,30 @@ class Params:
     warmup: int = 20_000
     repeat: int = 2
     stores: tuple[str, ...] = ("sqlite", "memory")
+    #: stores also measured with a lagging reader
+    lagging: tuple[str, ...] = ("sqlite",)
     #: engine patches (``_engine_server.WHAT_IF``) measured as extra variants of each store
     what_ifs: tuple[str, ...] = ()
 
 
 FULL = Params()
 QUICK = Params(chunks=300_000, repeat=1)
-SMOKE = Params(chunks=5_000, warmup=1_000, repeat=1, stores=("memory",), what_ifs=())
+SMOKE = Params(chunks=5_000, warmup=1_000, repeat=1, stores=("memory",), lagging=("memory",),
+               what_ifs=())
+LAG_EVERY = 20_000
+LAG_PAUSE_S = 0.02
 
 
-def _one(url: str, params: Params, what_if: list[str]) -> dict[str, Any]:
+def _one(url: str, params: Params, what_if: list[str], lagging: bool = False) -> dict[str, Any]:
     with spawn_engine(store=url, tasks=[READER], sample_s=0.1, series=True,
                       what_if=what_if) as engine:
         engine_url = engine.expect("READY")["url"]
         run_client(READER, "read", url=engine_url, task="bench-pipe", n=params.warmup)
         engine.send("reset")
         engine.expect("RESET")
-        read = run_client(READER, "read", url=engine_url, task="bench-pipe", n=params.chunks)
+        lag = {"pause_every": min(LAG_EVERY, params.chunks // 5), "pause_s": LAG_PAUSE_S}
+        read = run_client(READER, "read", url=engine_url, task="bench-pipe", n=params.chunks,
+                          **(lag if lagging else {}))
         stats = engine.stop()
     base, series = stats["sampled_base"], stats["series"]
     marks = {}
@@ -65,11 +74,14 @@ def run(params: Params = FULL) -> Report:
     samples: dict[str, list[dict[str, Any]]] = {}
     for _ in range(params.repeat):
         for store, url in stores.items():
-            for what_if in [[]] + [[w] for w in params.what_ifs]:
+            variants = [([], False)] + [([w], False) for w in params.what_ifs]
+            variants += [([], True)] if store in params.lagging else []
+            for what_if, lagging in variants:
                 if store == "sqlite":
                     url = engine_stores(report, ["sqlite"])[store]  # a fresh database
-                label = store + "".join(f" [what-if {w}]" for w in what_if)
-                samples.setdefault(label, []).append(_one(url, params, what_if))
+                label = store + " lagging reader" * lagging + "".join(
+                    f" [what-if {w}]" for w in what_if)
+                samples.setdefault(label, []).append(_one(url, params, what_if, lagging))
     for label, results in samples.items():
         report.add(f"{label}: RSS after warm-up", "MiB", [r["base"] for r in results],
                    higher_is_better=False)

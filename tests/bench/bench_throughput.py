@@ -72,7 +72,10 @@ async def append_chunks(payload: dict[str, Any]) -> int:
 # --- reader process ------------------------------------------------------------------------
 
 
-async def _read_once(task_id: str, n: int) -> dict[str, Any]:
+async def _read_once(task_id: str, n: int, pause_every: int = 0,
+                     pause_s: float = 0.0) -> dict[str, Any]:
+    """Trigger ``task_id`` and read its ``n`` chunks; with ``pause_every``, the reader stops
+    for ``pause_s`` every so many chunks (a slow consumer: it falls behind the live tail)."""
     cpu0, t0 = time.process_time(), time.perf_counter()
     handle = await tasks.trigger(task_id, {"n": n})
     count, first, last_at, last = 0, 0.0, 0.0, None
@@ -80,6 +83,8 @@ async def _read_once(task_id: str, n: int) -> dict[str, Any]:
         count += 1
         if count == 1:
             first = time.perf_counter()
+        if pause_every and count % pause_every == 0:
+            await trio.sleep(pause_s)
         if count == n:
             last_at, last = time.perf_counter(), item
     if count != n or last != chunk(n - 1):
@@ -93,7 +98,8 @@ async def _reader(args: dict[str, Any]) -> dict[str, Any]:
     async with connect(args["url"], api_key=API_KEY):
         await _read_once(args["task"], 100)  # warm up lazily built converters and paths
         emit("WARM")
-        return await _read_once(args["task"], args["n"])
+        return await _read_once(args["task"], args["n"], args.get("pause_every", 0),
+                                args.get("pause_s", 0.0))
 
 
 def worker(role: str, args: dict[str, Any]) -> None:
