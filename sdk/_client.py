@@ -2,7 +2,8 @@
 
 Theory of operation: :class:`Client` keeps one connection (a :class:`_Link`) up. One task
 reads frames and routes each by ``re`` to the :class:`_Inbox` of the request that asked for
-it. Routing never waits: an inbox is bounded by its own policy, so a slow consumer of one
+it; while a consumer waits on an empty inbox it takes that task's place and receives itself,
+so its own frame reaches it without a task switch (:class:`_Receiver`). Routing never waits: an inbox is bounded by its own policy, so a slow consumer of one
 request cannot stall the others (a reader whose loop body awaits ``send`` on the same client
 would otherwise deadlock). A read whose consumer falls behind *pauses*: the client cancels it
 on the engine, drops what still arrives for it, and once the consumer has caught up reads
@@ -123,11 +124,19 @@ PAUSED = _Signal("PAUSED")
 
 
 class _Inbox:
-    """Frames for one request. ``put`` never waits; this base class keeps every frame."""
+    """Frames for one request. ``put`` never waits; this base class keeps every frame.
+
+    ``lead`` (set by the client) lets ``get`` receive frames itself while the inbox is
+    empty, instead of waiting to be woken (see :class:`_Receiver`).
+    """
 
     def __init__(self) -> None:
         self._items: collections.deque[Any] = collections.deque()
         self._ready = trio.Event()
+        self.lead: Callable[[_Inbox], Awaitable[bool]] | None = None
+
+    def __bool__(self) -> bool:  # something to get
+        return bool(self._items)
 
     def put(self, frame: Any) -> bool:
         """Keep ``frame``; ``True`` asks the router to cancel the request on the engine."""
@@ -141,7 +150,8 @@ class _Inbox:
     async def get(self) -> Any:
         while not self._items:
             self._ready = trio.Event()
-            await self._ready.wait()
+            if self.lead is None or not await self.lead(self):
+                await self._ready.wait()
         return self._items.popleft()
 
 
@@ -189,11 +199,81 @@ class _RunInbox(_Inbox):
         return super().put(frame)
 
 
+class _Receiver:
+    """Who takes a link's frames off its connection: the link's serve task, or a consumer.
+
+    Routing a frame to a waiting consumer wakes it one scheduler pass later. So a consumer
+    whose inbox is empty takes over (:meth:`lead`): it receives and routes frames itself
+    until one of them is its own, which it then has without a task switch, and gives the
+    connection back. Only one task receives at a time, so frames are routed in the order
+    they came: the consumer asks the serve task to stop receiving (cancelling that receive
+    loses nothing: a channel's receive either got its message or did not) and waits until
+    it stood aside, after routing whatever it had already got.
+    """
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.leader: _Inbox | None = None
+        self.error: Exception | None = None  # what a leader's receive raised, for serve
+        self.closed = False
+        self._scope: trio.CancelScope | None = None  # the serve task's receive
+        self._aside = trio.Event()  # the serve task stood aside for the leader
+        self._back = trio.Event()  # the leader gave the connection back
+
+    async def serve_receive(self) -> Frame | None:
+        """The serve task's next frame; ``None`` after standing aside for a leader.
+
+        Raises:
+            Exception: what the connection raised (to the leader, if it was receiving).
+        """
+        if self.error is not None:
+            raise self.error
+        if self.leader is not None:
+            self._aside.set()
+            await self._back.wait()
+            return None
+        with trio.CancelScope() as self._scope:
+            try:
+                return await self.conn.receive()
+            finally:
+                self._scope = None
+        return None  # asked to stand aside (only lead() cancels this scope)
+
+    async def lead(self, inbox: _Inbox, route: Callable[[Frame], None]) -> bool:
+        """Receive and route frames until ``inbox`` has one; ``False`` if another task
+        receives (or the link is gone), and the caller should wait to be woken instead."""
+        if self.leader is not None or self.closed or self.error is not None:
+            return False
+        self.leader, self._aside = inbox, trio.Event()
+        try:
+            if self._scope is not None:
+                self._scope.cancel()
+            await self._aside.wait()
+            while not inbox and not self.closed:
+                try:
+                    frame = await self.conn.receive()
+                except Exception as exc:  # noqa: BLE001 - the serve task handles it, as ever
+                    self.error = exc
+                    break
+                route(frame)
+        finally:
+            self.leader = None
+            self._back.set()
+            self._back = trio.Event()
+        return True
+
+    def close(self) -> None:
+        """The serve task is done: nobody receives on this connection any more."""
+        self.closed = True
+        self._aside.set()
+
+
 class _Link:
     """One connection, the nursery of its helper tasks, and whether it is gone."""
 
     def __init__(self, conn: Connection, nursery: trio.Nursery) -> None:
         self.conn = conn
+        self.receiver = _Receiver(conn)
         self.nursery = nursery
         self.gone = trio.Event()
         self.answered = False
@@ -322,13 +402,17 @@ class Client:
     async def _serve(self, link: _Link) -> None:
         """Route the link's frames until it breaks or is closed."""
         self._attach(link)
+        receiver = link.receiver
         try:
             while True:
-                self._route(link, await link.conn.receive())
+                frame = await receiver.serve_receive()
+                if frame is not None:
+                    self._route(link, frame)
         except TransportError as exc:
             if not self._closing:
                 log.info("connection lost (%s); reconnecting", exc)
         finally:
+            receiver.close()
             self._detach(link)
             await link.close()
 
@@ -416,7 +500,15 @@ class Client:
     def _register(self, inbox: _Inbox) -> int:
         self._next_id += 1
         self._inboxes[self._next_id] = inbox
+        inbox.lead = self._lead
         return self._next_id
+
+    async def _lead(self, inbox: _Inbox) -> bool:
+        """Let a consumer with an empty inbox receive on the current link (:class:`_Receiver`)."""
+        link = self._link
+        if link is None:
+            return False
+        return await link.receiver.lead(inbox, lambda frame: self._route(link, frame))
 
     async def _send(self, link: _Link, frame: Frame) -> bool:
         """Send on ``link``; ``False`` if the link broke (the caller waits and retries)."""

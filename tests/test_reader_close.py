@@ -4,6 +4,7 @@ import gc
 import warnings
 
 import trio
+import trio.testing
 
 from engine import open_engine
 from sdk import streams, task
@@ -25,6 +26,9 @@ async def endless(payload):
 
 
 async def _open_reads(eng) -> int:
+    # the client may have its answer before the engine's request task has finished
+    # (a request is forgotten once its answer is sent): let the engine settle first
+    await trio.testing.wait_all_tasks_blocked()
     return sum(len(s._requests) for s in eng_sessions(eng))
 
 
