@@ -3,12 +3,13 @@
 Theory of operation: :class:`Client` keeps one connection (a :class:`_Link`) up. One task
 reads frames and routes each by ``re`` to the :class:`_Inbox` of the request that asked for
 it; while a consumer waits on an empty inbox it takes that task's place and receives itself,
-so its own frame reaches it without a task switch (:class:`_Receiver`). Routing never waits: an inbox is bounded by its own policy, so a slow consumer of one
-request cannot stall the others (a reader whose loop body awaits ``send`` on the same client
-would otherwise deadlock). A read whose consumer falls behind *pauses*: the client cancels it
-on the engine, drops what still arrives for it, and once the consumer has caught up reads
-again from the next index, which the engine serves from its store. A subscription that falls
-behind keeps only the newest run snapshot.
+so its own frame reaches it without a task switch (:class:`_Receiver`). Routing never waits:
+an inbox is bounded by its own policy, so a slow consumer of one request cannot stall the
+others (a reader whose loop body awaits ``send`` on the same client would otherwise
+deadlock). A read whose consumer falls behind *pauses*: the client cancels it on the engine,
+drops what still arrives for it, and once the consumer has caught up reads again from the
+next index, which the engine serves from its store. A subscription that falls behind keeps
+only the newest run snapshot.
 
 Every request is written so it can be issued again on a new connection: reads resume at the
 next index they have not delivered, producers resend the batch that was not acknowledged

@@ -4,10 +4,11 @@ The engine process samples its resident set size every 100 ms while a task pipes
 and a reader in another process reads them over a websocket (the throughput benchmark's task
 and reader). Growth = peak during the stream minus the size after a warm-up stream, taken
 just before. The *lagging reader* variants pause the reader for ``LAG_PAUSE_S`` every
-``LAG_EVERY`` chunks, so it falls behind the live tail and catches up from the store (and
-is still reading from it after the task has finished). With ``sqlite://`` the chunks live on disk, so growth is the engine's own: the
-target (< 50 MiB) applies there. ``memory://`` keeps every chunk in the engine process by
-design; its growth is reported per chunk, which shows what one stored chunk costs.
+``LAG_EVERY`` chunks, so it falls behind the live tail and catches up from the store (and is
+still reading from it after the task has finished). With ``sqlite://`` the chunks live on
+disk, so growth is the engine's own: the target (< 50 MiB) applies there. ``memory://``
+keeps every chunk in the engine process by design; its growth is reported per chunk, which
+shows what one stored chunk costs.
 """
 
 from __future__ import annotations
