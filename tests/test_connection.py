@@ -202,6 +202,18 @@ async def test_a_send_cancelled_mid_message_aborts_the_websocket():
             assert received <= sent
 
 
+async def test_a_send_cancelled_before_it_starts_leaves_the_websocket_working():
+    with trio.fail_after(10):
+        async with websocket_pair() as (client, engine, _, _):
+            await greet(client, engine)
+            with trio.CancelScope() as scope:
+                scope.cancel()
+                await client.send(Read(id=1, run="r"))  # e.g. cleanup code after a cancel
+            assert scope.cancelled_caught
+            await client.send(Read(id=2, run="r"))
+            assert (await engine.receive()).id == 2
+
+
 async def test_a_cancelled_memory_send_is_harmless():
     with trio.fail_after(10):
         client_pipe, engine_pipe = memory_pipe_pair(buffer=1)

@@ -92,6 +92,9 @@ class Connection:
         try:
             self._check_open()
             await self._finish_rest()
+            # already cancelled: leave before a byte is written, and the connection works on
+            # (a send cancelled part-way through the message must tear it down, below)
+            await trio.lowlevel.checkpoint_if_cancelled()
             data = self.protocol.send(frame).decode()
             try:
                 await self._send_raw(data)
