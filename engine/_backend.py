@@ -9,7 +9,6 @@ import orjson
 import trio
 
 from sdk import Run, RunContext, RunHandle, TaskRunResult
-from sdk._convert import to_json
 from sdk._streams import _start_pipe
 from sdk.runtime import Completion
 
@@ -169,4 +168,4 @@ class RunBackend:
             await trio.sleep(seconds)
 
     async def legacy_stream(self, key: str, source: Any) -> AsyncIterator[Any]:
-        return _start_pipe(key, source, "self", to_json).stream
+        return _start_pipe(key, source, "self").stream

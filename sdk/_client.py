@@ -79,7 +79,7 @@ from ._errors import (
     UnauthorizedError,
     error_from_code,
 )
-from ._convert import json_bytes
+from ._convert import json_bytes, json_bytes_many
 from ._models import Run, RunHandle, TaskRunResult
 from .runtime import Completion, bind_client, collapse_exception_groups, unbind_client
 
@@ -571,6 +571,17 @@ class Client:
                                        f"{limit}-byte message limit of the engine")
         return data
 
+    def _encode_many(self, values: list[Any]) -> list[bytes] | None:
+        """``values`` as JSON in one batch; ``None`` if :meth:`_encode` would refuse one."""
+        try:
+            encoded = json_bytes_many(values)
+        except TypeError:
+            return None
+        limit = self.max_item_bytes
+        if limit and encoded and max(map(len, encoded)) > limit:
+            return None
+        return encoded
+
     @property
     def max_item_bytes(self) -> int:
         """Largest encoded payload one frame can carry (0: the engine did not say)."""
@@ -750,7 +761,7 @@ def _fresh(frame: Chunks, nxt: int) -> list[Any]:
     """The items of ``frame`` from index ``nxt`` on."""
     if frame.start > nxt:
         raise RunwireError(f"engine skipped chunks {nxt}..{frame.start - 1}")
-    return frame.items[nxt - frame.start:]
+    return frame.items if frame.start == nxt else frame.items[nxt - frame.start:]
 
 
 def _raise_end(frame: End | Error, run_id: str, key: str, timeout: float | None) -> None:
@@ -821,10 +832,14 @@ class _ClientProducer:
     async def put_many(self, items: list[Any]) -> None:
         if self._error is not None:
             raise self._error
-        encode, what, buffer = self._client._encode, self._what, self._buffer
+        client, what, buffer = self._client, self._what, self._buffer
         try:
-            for item in items:  # a chunk that is not JSON raises; the ones before it are kept
-                buffer.append(encode(item, what))
+            encoded = client._encode_many(items)
+            if encoded is not None:
+                buffer.extend(encoded)
+            else:  # something is refused: the chunks before it are kept, then it raises
+                for item in items:
+                    buffer.append(client._encode(item, what))
         finally:
             self._wake.set()
             self._start()

@@ -62,8 +62,14 @@ class _Tee:
         self._wanted = True
         return self._iterate()
 
-    def feed(self, item: Any) -> None:
-        self.feed_many((item,))
+    def feed(self, item: Any) -> None:  # feed_many of one item, without the tuple
+        if not self._live:
+            return
+        if not self._wanted:
+            self._live = False
+            return
+        self._items.append(item)
+        self._event.set()
 
     def feed_many(self, items: Sequence[Any]) -> None:
         if not self._live or not items:
@@ -122,18 +128,15 @@ class WriterResult:
         await self._done.wait()
 
 
-async def _pump(sink: ProducerSink, source: Source, encode: Callable[[Any], Any],
-                tee: _Tee | None) -> None:
+async def _pump(sink: ProducerSink, source: Source, tee: _Tee | None) -> None:
     try:
         if hasattr(source, "__aiter__"):
             async for item in source:  # type: ignore[union-attr]
                 if tee is not None:
                     tee.feed(item)
-                await sink.put(encode(item))
+                await sink.put(to_json(item))
         else:  # a sync source never blocks: take it in slices, one put per slice
             items = iter(source)  # type: ignore[call-overload]
-            encode_many = to_json_many if encode is to_json else (
-                lambda batch: [encode(item) for item in batch])
             full = True
             while full:
                 batch: list[Any] = []
@@ -143,7 +146,7 @@ async def _pump(sink: ProducerSink, source: Source, encode: Callable[[Any], Any]
                     if tee is not None:
                         tee.feed_many(batch)
                     if batch:
-                        await sink.put_many(encode_many(batch))
+                        await sink.put_many(to_json_many(batch))
                 full = len(batch) == PIPE_SLICE
         await sink.flush()
     finally:
@@ -151,8 +154,7 @@ async def _pump(sink: ProducerSink, source: Source, encode: Callable[[Any], Any]
             tee.close()
 
 
-def _start_pipe(key: str, source: Source, target: str,
-                encode: Callable[[Any], Any]) -> PipeResult[Any]:
+def _start_pipe(key: str, source: Source, target: str) -> PipeResult[Any]:
     _check_source(source)
     backend = current_backend()
     sink = backend.open_producer(backend.resolve_target(target), key)
@@ -160,7 +162,7 @@ def _start_pipe(key: str, source: Source, target: str,
 
     async def job() -> None:
         try:
-            await _pump(sink, source, encode, tee)
+            await _pump(sink, source, tee)
         finally:
             sink.close()
 
@@ -180,21 +182,20 @@ async def _append(key: str, chunk: Any, target: str) -> None:
 class StreamWriter:
     """Given to a writer's ``execute`` function: ``write`` one chunk, ``merge`` a source."""
 
-    def __init__(self, sink: ProducerSink, encode: Callable[[Any], Any], backend: Any) -> None:
+    def __init__(self, sink: ProducerSink, backend: Any) -> None:
         self._sink = sink
-        self._encode = encode
         self._backend = backend
         self._merges: list[Completion] = []
 
     def write(self, chunk: Any) -> None:
         """Queue one chunk (never blocks)."""
-        self._sink.put_nowait(self._encode(chunk))  # type: ignore[attr-defined]
+        self._sink.put_nowait(to_json(chunk))  # type: ignore[attr-defined]
 
     def merge(self, source: Source) -> None:
         """Pipe ``source`` into the same stream alongside the writes."""
         _check_source(source)
         self._merges.append(self._backend.spawn_producer(
-            lambda: _pump(self._sink, source, self._encode, None)))
+            lambda: _pump(self._sink, source, None)))
 
     async def _finish(self) -> None:
         for merge in self._merges:
@@ -202,13 +203,13 @@ class StreamWriter:
         await self._sink.flush()
 
 
-def _start_writer(key: str, execute: Callable[[StreamWriter], Any], target: str,
-                  encode: Callable[[Any], Any]) -> WriterResult:
+def _start_writer(key: str, execute: Callable[[StreamWriter], Any],
+                  target: str) -> WriterResult:
     if not callable(execute):
         raise TypeError("writer(execute=...) needs a function taking the writer")
     backend = current_backend()
     sink = backend.open_producer(backend.resolve_target(target), key)
-    writer = StreamWriter(sink, encode, backend)
+    writer = StreamWriter(sink, backend)
 
     async def job() -> None:
         try:
@@ -311,7 +312,7 @@ class StreamDef(Generic[T]):
 
     def pipe(self, source: Source, *, target: str = "self") -> PipeResult[T]:
         """Store every chunk of ``source`` in this stream; returns at once."""
-        return _start_pipe(self.id, source, target, to_json)
+        return _start_pipe(self.id, source, target)
 
     async def append(self, chunk: T, *, target: str = "self") -> None:
         """Store one chunk; returns once it is stored."""
@@ -320,7 +321,7 @@ class StreamDef(Generic[T]):
     def writer(self, execute: Callable[[StreamWriter], Any], *,
                target: str = "self") -> WriterResult:
         """Run ``execute(w)`` as a producer of this stream (``w.write``, ``w.merge``)."""
-        return _start_writer(self.id, execute, target, to_json)
+        return _start_writer(self.id, execute, target)
 
     async def read(self, run_id: str, *, timeout_in_seconds: float | None = 60,
                    start_index: int = 0) -> StreamReader[T]:
@@ -352,7 +353,7 @@ class _Streams:
             key, source = DEFAULT_KEY, key_or_source
         else:
             key = _check_key(key_or_source)
-        return _start_pipe(key, source, target, to_json)
+        return _start_pipe(key, source, target)
 
     async def append(self, key_or_chunk: Any, chunk: Any = _identity, *,
                      target: str = "self") -> None:
@@ -366,7 +367,7 @@ class _Streams:
     def writer(self, key: str = DEFAULT_KEY, *, execute: Callable[[StreamWriter], Any],
                target: str = "self") -> WriterResult:
         """``writer(key, execute=fn)``; no key means ``"default"``."""
-        return _start_writer(_check_key(key), execute, target, to_json)
+        return _start_writer(_check_key(key), execute, target)
 
     async def read(self, run_id: str, key: str = DEFAULT_KEY, *,
                    timeout_in_seconds: float | None = 60,

@@ -403,12 +403,14 @@ async def test_a_chunk_that_is_not_json_fails_the_pipe_not_the_client() -> None:
         async with engine_behind_proxy(seed=21) as proxy:
             async with sdk.connect(proxy.url, api_key=API_KEY):
                 handle = await sink.trigger({})
-                pipe = streams.pipe("k", [1, object()], target=handle.id)
+                pipe = streams.pipe("k", [1, 2, object(), 3], target=handle.id)
                 with pytest.raises(TypeError, match="not JSON"):
                     await pipe.wait_until_complete()
                 await done.send(handle.id, "finish")
                 run = await sdk.runs.retrieve(handle.id)
+                stored = await (await streams.read(handle.id, "k")).collect()
             assert run.id == handle.id
+            assert stored == [1, 2]  # the chunks before the bad one are kept, none after
 
 
 async def test_batch_trigger_with_a_key_starts_one_run_per_payload() -> None:
