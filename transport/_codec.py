@@ -108,8 +108,13 @@ def _encode_encoded_chunks(frame: Chunks) -> bytes:
     return b"".join((head[:-2], b",".join(frame.items), b"]}"))  # head ends with '[]}'
 
 
-def decode(data: bytes | bytearray | memoryview | str) -> Frame:
+def decode(data: bytes | bytearray | memoryview | str, *, check_depth: bool = True) -> Frame:
     """Parse one message into a frame.
+
+    ``check_depth=False`` skips the nesting check (:func:`_check_depth`), which costs a
+    second encoding of a message holding many arrays or objects: a client may, since it
+    decodes what an engine encoded (and so at most ``MAX_DEPTH`` deep), and never encodes
+    it again.
 
     Raises:
         RemoteProtocolError: the message is not JSON, not an object, has no known ``type``,
@@ -119,7 +124,8 @@ def decode(data: bytes | bytearray | memoryview | str) -> Frame:
         raw = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         raise RemoteProtocolError(f"message is not valid JSON: {exc}") from None
-    _check_depth(raw, data)
+    if check_depth:
+        _check_depth(raw, data)
     return from_dict(raw)
 
 

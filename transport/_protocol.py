@@ -111,7 +111,7 @@ class Protocol:
         if self.state is State.CLOSED:
             raise LocalProtocolError("connection is closed")
         try:
-            frame = decode(data)
+            frame = decode(data, check_depth=self.role is Role.ENGINE)  # see decode()
         except RemoteProtocolError as exc:
             if self.state is State.AWAIT_HELLO:
                 exc.code, exc.close_code = "unauthorized", CLOSE_UNAUTHORIZED
