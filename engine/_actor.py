@@ -42,7 +42,7 @@ from ._store import Batch, ChunkAppend, RecordAppend, Waitpoint
 from ._streams import InputMailbox, Mailbox, OutputStream, _Handler
 
 if TYPE_CHECKING:
-    from ._engine import Engine
+    from ._engine import Engine, Limits
 
 log = logging.getLogger("runwire.engine")
 
@@ -129,21 +129,22 @@ def error_dict(exc: BaseException) -> dict[str, str]:
 
 
 def _encode_fast(values: list[Any], used: int,
-                 limits: Any) -> tuple[list[bytes] | None, int, None]:
-    """Encode a batch in one pass; ``None`` if any chunk would be refused (the hot path)."""
+                 limits: Limits) -> tuple[list[bytes], int] | None:
+    """Encode a batch in one pass, with its size; ``None`` if any chunk would be refused
+    (the hot path)."""
     try:
         encoded = json_bytes_many(values)
     except TypeError:
-        return None, 0, None
+        return None
     sizes = list(map(len, encoded))
     size = sum(sizes)
     if (sizes and max(sizes) > limits.max_chunk_bytes) or used + size > limits.max_stream_bytes:
-        return None, 0, None
-    return encoded, size, None
+        return None
+    return encoded, size
 
 
 def _encode_checked(key: str, values: list[Any], used: int,
-                    limits: Any) -> tuple[list[bytes], int, BaseException | None]:
+                    limits: Limits) -> tuple[list[bytes], int, BaseException | None]:
     """Encode chunks in order until one is refused; what came before it is kept."""
     encoded: list[bytes] = []
     size = 0
@@ -187,8 +188,10 @@ class _Stage:
         limits = actor.engine.limits
         stream = actor.stream(key)
         used = stream.nbytes + self.nbytes.get(key, 0)
-        encoded, size, error = _encode_fast(values, used, limits)
-        if encoded is None:  # something is refused: find what, chunk by chunk
+        fast = _encode_fast(values, used, limits)
+        if fast is not None:
+            (encoded, size), error = fast, None
+        else:  # something is refused: find what, chunk by chunk
             encoded, size, error = _encode_checked(key, values, used, limits)
         if not encoded:
             return 0, error
@@ -501,10 +504,9 @@ class RunActor:
                     queued, idle = mailbox.queued_chunks(), 0
                     while idle < 2 and queued < MAX_CYCLE_CHUNKS:
                         await trio.lowlevel.checkpoint()
-                        grown = mailbox.queued_chunks() - queued
-                        queued += grown
+                        before, queued = queued, mailbox.queued_chunks()
                         # trio runs a pass's tasks in either order: one pass may show nothing
-                        idle = idle + 1 if grown < BUSY_PASS_CHUNKS else 0
+                        idle = idle + 1 if queued - before < BUSY_PASS_CHUNKS else 0
                 if not mailbox.has_work():
                     break
                 taken = await self._commit()
@@ -517,17 +519,14 @@ class RunActor:
         The store stages the batch when it is about to write (``Store.commit_staged``), so
         what producers add while this cycle waits for its turn still rides in it.
         """
-        staged: list[_Stage] = []
-        await self.engine.store.commit_staged(lambda: self._stage(staged))
-        (stage,) = staged  # the store stages exactly once before it returns
+        stage = _Stage(self)
+        await self.engine.store.commit_staged(lambda: self._stage(stage))
         stage.apply()
         return stage.taken
 
-    def _stage(self, staged: list[_Stage]) -> Batch:
+    def _stage(self, stage: _Stage) -> Batch:
         """Take the mailbox's work and stage it (possibly in another actor's task)."""
         messages, producers = self.mailbox.take()
-        stage = _Stage(self)
-        staged.append(stage)
         for producer in producers:
             items = producer.take()
             if items:

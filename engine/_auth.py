@@ -43,8 +43,6 @@ def fingerprint(credential: str) -> str:
     return hashlib.sha256(credential.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
-
-
 @attrs.frozen
 class Grant:
     """What one connection may do.
@@ -141,14 +139,20 @@ class Auth:
         Raises:
             ValueError: a scope is malformed, or ``expires_in`` is not a positive number.
         """
+        return self.issue(scopes, expires_in, subject)[0]
+
+    def issue(self, scopes: Iterable[str], expires_in: float,
+              subject: str = "public") -> tuple[str, float]:
+        """:meth:`create_token`, and the expiry signed into the token (``exp``)."""
         scope_list = check_scopes(list(scopes) if not isinstance(scopes, str) else scopes)
         if (isinstance(expires_in, bool) or not isinstance(expires_in, (int, float))
                 or not math.isfinite(expires_in) or expires_in <= 0):
             raise ValueError("expires_in must be a positive number of seconds")
         now = self.clock()
-        claims = {"iss": ISSUER, "sub": subject, "iat": int(now),
-                  "exp": round(now + expires_in, 3), "scopes": scope_list}
-        return jwt.encode(claims, self._signing_key, algorithm="HS256")
+        exp = round(now + expires_in, 3)
+        claims = {"iss": ISSUER, "sub": subject, "iat": int(now), "exp": exp,
+                  "scopes": scope_list}
+        return jwt.encode(claims, self._signing_key, algorithm="HS256"), exp
 
     def run_token(self, run_id: str, expires_in: float = 86400.0) -> str:
         """The token ``trigger`` returns: read that run, send to its input streams."""

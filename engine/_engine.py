@@ -35,7 +35,7 @@ from ._backend import RunBackend
 from ._limits import RateLimiter
 from ._records import RunRecord, new_run_id
 from ._store import Batch, Store, open_store
-from ._streams import OutputStream, cap_bytes
+from ._streams import PRODUCER_HIGH_WATER, OutputStream, cap_bytes
 
 log = logging.getLogger("runwire.engine")
 
@@ -59,7 +59,7 @@ class Limits:
     max_message_bytes: int = 16 * MiB
     frame_items: int = 1024
     frame_bytes: int = 1 * MiB
-    live_tail: int = 8192  # >= a producer's high-water mark, so live readers stay in memory
+    live_tail: int = PRODUCER_HIGH_WATER  # >= it, so live readers stay in memory
     mailbox_size: int = 1024
     retention: float = 28 * DAY
     sweep_interval: float = 3600.0
@@ -260,9 +260,8 @@ class Engine:
             raise BadFrameError(f"'expires_in' must be a number of seconds in (0, {limit:g}]")
         if not isinstance(scopes, list):  # create_token would accept any iterable
             raise BadFrameError("scopes must be a list such as ['read:runs:<run id>']")
-        expires_at = self.auth.clock() + expires_in
         try:
-            return self.auth.create_token(scopes, expires_in), expires_at
+            return self.auth.issue(scopes, expires_in)
         except ValueError as exc:  # a malformed scope
             raise BadFrameError(str(exc)) from None
 

@@ -67,7 +67,6 @@ Handler = Callable[[Any], Awaitable[None]]
 
 #: Close code for "the engine is overloaded, try again later" (RFC 6455 registry).
 CLOSE_TRY_AGAIN = 1013
-#: Close code for "the engine hit an unexpected condition".
 #: Seconds a refusal (error frame and close) may take before the connection is dropped.
 REFUSE_TIMEOUT = 5.0
 
@@ -291,11 +290,11 @@ class Session:
 
     def _pusher(self, frame: Read, reader: Reader) -> Callable[[], None]:
         """The read's pusher: new chunks straight from the commit cycle ("Live pushes")."""
-        scope = self._requests.get(frame.id)
+        scope = self._requests[frame.id]  # the read runs as a request
         limits = self.engine.limits
 
         def push() -> None:
-            if not reader.waiting or self._ending or (scope is not None and scope.cancel_called):
+            if not reader.waiting or self._ending or scope.cancel_called:
                 return
             items = reader.stream.tail(reader.next, limits.frame_items, limits.frame_bytes)
             if not items:
@@ -357,8 +356,7 @@ class Session:
         if not self.grant.admin:
             raise ForbiddenError("only the engine's API key may create access tokens")
         token, expires_at = self.engine.issue_token(frame.scopes, frame.expires_in)
-        await self._emit(Token(re=frame.id, token=token, expires_at=round(expires_at, 3)))
-
+        await self._emit(Token(re=frame.id, token=token, expires_at=expires_at))
 
 
 def _short(ident: Any) -> str:
