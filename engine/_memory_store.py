@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -35,14 +34,9 @@ class MemoryStore(Store):
         self._records: dict[str, dict[str, list[StoredRecord]]] = {}
         self._waitpoints: dict[tuple[str, str], tuple[bytes, float | None]] = {}
 
-    async def commit(self, batch: Batch) -> None:
-        await self.commit_staged(lambda: batch)
-
-    async def commit_staged(self, stage: Callable[[], Batch]) -> None:
-        await trio.lowlevel.checkpoint_if_cancelled()  # cancelled: nothing is taken or written
-        batch = stage()
-        if batch:
-            self._write(batch)
+    async def commit(self, batch: Batch) -> None:  # (commit_staged: the Store default)
+        await trio.lowlevel.checkpoint_if_cancelled()  # cancelled: nothing is written
+        self._write(batch)
         await trio.lowlevel.cancel_shielded_checkpoint()  # written: let others run, then return
 
     def _write(self, batch: Batch) -> None:

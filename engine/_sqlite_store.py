@@ -541,21 +541,25 @@ class SqliteStore(Store):
         total = 0
         while True:  # cancellable between steps; a step in its thread always finishes whole
             async with self._turn:  # no commit may write on the writer connection meanwhile
-                removed = await trio.to_thread.run_sync(self._delete_some, cutoff,
-                                                        limiter=self._write_limiter)
+                if self._memory:  # its one connection is used on the trio thread only
+                    removed = self._delete_some(cutoff)
+                else:
+                    removed = await trio.to_thread.run_sync(self._delete_some, cutoff,
+                                                            limiter=self._write_limiter)
             total += removed
             if removed < DELETE_STEP:
                 return total
 
     def _delete_some(self, cutoff: float) -> int:
         conn = self._writing()
-        self._ends.clear()  # a deleted stream's sid may be given to a new one
         with conn:  # BEGIN ... COMMIT, or ROLLBACK on error
             conn.execute("BEGIN IMMEDIATE")
             ids = [(row[0],) for row in conn.execute(
                 "SELECT id FROM runs WHERE finished_at < ? LIMIT ?", (cutoff, DELETE_STEP))]
             for statement in _DELETE_RUN_DATA:
                 conn.executemany(statement, ids)
+        if ids:
+            self._ends.clear()  # a deleted stream's sid may be given to a new one
         return len(ids)
 
     # --- reading --------------------------------------------------------------------------

@@ -47,9 +47,18 @@ def clock() -> trio.testing.MockClock:
     return trio.testing.MockClock(autojump_threshold=0.01)
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "sqlite-in-memory"])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    return "memory://" if request.param == "memory" else f"sqlite:///{tmp_path / 'r.db'}"
+    return {"memory": "memory://", "sqlite": f"sqlite:///{tmp_path / 'r.db'}",
+            "sqlite-in-memory": "sqlite:///:memory:"}[request.param]
+
+
+def test_the_sqlite_store_knows_every_final_status() -> None:
+    from engine._sqlite_store import _FINAL
+    from sdk._models import FINAL_STATUSES
+
+    assert set(_FINAL.strip("()").replace("'", "").split(", ")) == {
+        status.value for status in FINAL_STATUSES}
 
 
 class Sweeps:
