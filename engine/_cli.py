@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import math
 import os
 import signal
 import sys
@@ -34,11 +35,26 @@ def _parser() -> argparse.ArgumentParser:
                        help="secret API key (default: $RUNWIRE_API_KEY, else generated)")
     serve.add_argument("--drain-timeout", type=float, default=60.0,
                        help="seconds a finished task's producers may go on (default 60)")
-    serve.add_argument("--retention", default="28d",
+    serve.add_argument("--retention", default="28d", type=_retention,
                        help="how long finished runs are kept: seconds or 30m/12h/28d "
                             "(default 28d)")
     serve.add_argument("--log-level", default="INFO")
     return parser
+
+
+def _retention(text: str) -> float:
+    """``--retention``: a number of seconds, or a duration such as ``12h``."""
+    try:
+        value: Any = float(text)
+    except ValueError:
+        value = text  # "30m", "28d", ...
+    try:
+        seconds = parse_duration(value, "--retention")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if seconds is None or not math.isfinite(seconds):
+        raise argparse.ArgumentTypeError(f"--retention must be finite, not {text!r}")
+    return seconds
 
 
 def load_tasks(modules: list[str]) -> list[Any]:
@@ -56,7 +72,7 @@ async def _serve(args: argparse.Namespace) -> None:
         api_key = generate_api_key()
         print(f"generated API key (shown once): {api_key}", flush=True)
     tasks = load_tasks(args.tasks)
-    limits = Limits(retention=parse_duration(args.retention, "--retention") or 0.0)
+    limits = Limits(retention=args.retention)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with open_engine(tasks, store=args.store, api_key=api_key, host=args.host,
                                port=args.port, drain_timeout=args.drain_timeout,

@@ -99,3 +99,19 @@ def test_unknown_tasks_module_is_a_clear_error():
         cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert result.returncode == 2
     assert "no_such_module_xyz" in result.stderr
+
+
+def test_retention_takes_seconds_or_a_duration():
+    from engine._cli import _parser
+
+    def retention(*value: str) -> float:
+        return _parser().parse_args(["serve", *value]).retention
+
+    assert retention() == 28 * 86400.0
+    assert retention("--retention", "3600") == 3600.0
+    assert retention("--retention", "12h") == 12 * 3600.0
+    result = subprocess.run(
+        [sys.executable, "-m", "engine", "serve", "--retention", "soon", "--store", "memory://"],
+        cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2  # an argparse usage error, not a traceback
+    assert "--retention" in result.stderr and "Traceback" not in result.stderr
