@@ -1,4 +1,5 @@
-"""Helpers shared by the behaviour tests: an engine with a bound client, and a run's end."""
+"""Helpers shared by the behaviour tests: an engine with a bound client, a run's end, and a
+``go`` signal a test sends to a run that waits for it."""
 
 from __future__ import annotations
 
@@ -9,9 +10,12 @@ from typing import Any
 import trio
 
 from engine import Engine, open_engine
-from sdk import Run, connect, runs
+from sdk import Run, connect, runs, streams
 
 API_KEY = "test-api-key-0123456789"
+
+#: The input stream a test sends on to let a waiting run go on (see ``until_go``, ``finish``).
+go = streams.input(id="go")
 
 
 @asynccontextmanager
@@ -38,3 +42,13 @@ async def final(run_id: str) -> Run:
         if run.is_finished:
             return run
     return await runs.retrieve(run_id)
+
+
+async def until_go() -> None:
+    """Inside a run: wait until the test sends on the ``go`` input stream (``finish``)."""
+    (await go.once()).unwrap()
+
+
+async def finish(run_id: str) -> None:
+    """Send on the ``go`` input stream of ``run_id``: its ``until_go()`` returns."""
+    await go.send(run_id, True)

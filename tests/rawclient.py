@@ -17,7 +17,7 @@ import trio
 import trio_websocket
 
 from engine._engine import Engine
-from transport import Connection, ConnectionBroken, Role, memory_pipe_pair
+from transport import PROTOCOL_VERSION, Connection, ConnectionBroken, Role, memory_pipe_pair
 
 TRANSPORTS = ("memory", "ws")
 
@@ -58,7 +58,7 @@ class RawClient:
         return orjson.loads(message)
 
     async def hello(self, token: str) -> dict[str, Any]:
-        await self.send({"type": "hello", "protocol": 1, "token": token})
+        await self.send({"type": "hello", "protocol": PROTOCOL_VERSION, "token": token})
         return await self.recv()
 
     async def ask(self, frame: dict[str, Any]) -> dict[str, Any]:

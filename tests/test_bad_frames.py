@@ -15,7 +15,7 @@ from engine import Limits, open_engine
 from sdk import InvalidPayloadError, schema_task, streams, task
 
 from .helpers import API_KEY
-from .rawclient import TRANSPORTS, raw_client, wait_for_connections
+from .rawclient import raw_client, wait_for_connections
 
 done = streams.input(id="done")
 
@@ -46,11 +46,6 @@ class Order:
 @schema_task(id="bf-order", schema=Order)
 async def order(payload: Order):
     return sum(line.qty for line in payload.lines)
-
-
-@pytest.fixture(params=TRANSPORTS)
-def kind(request) -> str:
-    return request.param
 
 
 async def still_works(client, rid: int = 1000) -> None:
@@ -99,10 +94,10 @@ BAD = [
 
 
 @pytest.mark.parametrize("message, re", BAD)
-async def test_a_bad_frame_is_answered_and_the_connection_goes_on(kind, message, re):
+async def test_a_bad_frame_is_answered_and_the_connection_goes_on(transport, message, re):
     with trio.fail_after(10):
         async with open_engine([echo, waiter, order], api_key=API_KEY, port=0) as eng:
-            async with raw_client(eng, kind, API_KEY) as client:
+            async with raw_client(eng, transport, API_KEY) as client:
                 await expect_error(client, message, "bad_frame", re)
                 await expect_error(client, message, "bad_frame", re)  # and again
 
@@ -116,17 +111,17 @@ async def test_a_bad_frame_is_answered_and_the_connection_goes_on(kind, message,
     ({"type": "create_token", "id": 35, "scopes": ["read:bananas"]}, "bad_frame"),
     ({"type": "create_token", "id": 36, "scopes": ["read:runs"], "expires_in": -1}, "bad_frame"),
 ])
-async def test_a_bad_request_is_answered_with_its_code(kind, message, code):
+async def test_a_bad_request_is_answered_with_its_code(transport, message, code):
     with trio.fail_after(10):
         async with open_engine([echo, waiter, order], api_key=API_KEY, port=0) as eng:
-            async with raw_client(eng, kind, API_KEY) as client:
+            async with raw_client(eng, transport, API_KEY) as client:
                 await expect_error(client, message, code, message["id"])
 
 
-async def test_a_duplicate_request_id_is_refused_and_the_first_goes_on(kind):
+async def test_a_duplicate_request_id_is_refused_and_the_first_goes_on(transport):
     with trio.fail_after(10):
         async with open_engine([echo, waiter, order], api_key=API_KEY, port=0) as eng:
-            async with raw_client(eng, kind, API_KEY) as client:
+            async with raw_client(eng, transport, API_KEY) as client:
                 run = (await client.ask({"type": "trigger", "id": 1, "task": "bf-waiter"}))["run"]
                 read = {"type": "read", "id": 2, "run": run, "timeout_s": None}
                 await client.send(read)
@@ -142,19 +137,19 @@ async def test_a_duplicate_request_id_is_refused_and_the_first_goes_on(kind):
                 assert again["type"] == "run" and again["re"] == 2
 
 
-async def test_cancel_of_an_unknown_request_is_ignored(kind):
+async def test_cancel_of_an_unknown_request_is_ignored(transport):
     with trio.fail_after(10):
         async with open_engine([echo], api_key=API_KEY, port=0) as eng:
-            async with raw_client(eng, kind, API_KEY) as client:
+            async with raw_client(eng, transport, API_KEY) as client:
                 await client.send({"type": "cancel", "id": 12345})
                 await still_works(client)
 
 
-async def test_a_binary_message_closes_with_1003_and_others_go_on(kind):
+async def test_a_binary_message_closes_with_1003_and_others_go_on(transport):
     with trio.fail_after(10):
         async with open_engine([echo], api_key=API_KEY, port=0) as eng:
-            async with raw_client(eng, kind, API_KEY) as bystander:
-                async with raw_client(eng, kind, API_KEY) as client:
+            async with raw_client(eng, transport, API_KEY) as bystander:
+                async with raw_client(eng, transport, API_KEY) as client:
                     await client.send(b'{"type":"cancel","id":1}')
                     answer = await client.recv()
                     assert (answer["type"], answer["code"]) == ("error", "bad_frame")
@@ -181,20 +176,20 @@ async def test_a_message_over_the_limit_closes_with_1009_and_others_go_on():
                 assert (await bystander.ask(fits))["type"] == "triggered"
 
 
-async def test_the_welcome_announces_the_message_limit(kind):
+async def test_the_welcome_announces_the_message_limit(transport):
     with trio.fail_after(10):
         async with open_engine([echo], api_key=API_KEY, port=0,
                                limits=Limits(max_message_bytes=12345)) as eng:
-            async with raw_client(eng, kind) as client:
+            async with raw_client(eng, transport) as client:
                 welcome = await client.hello(API_KEY)
                 assert welcome == {"type": "welcome", "protocol": 1, "engine": "runwire",
                                    "max_message": 12345}
 
 
-async def test_a_bad_hello_version_closes_with_4400(kind):
+async def test_a_bad_hello_version_closes_with_4400(transport):
     with trio.fail_after(10):
         async with open_engine([echo], api_key=API_KEY, port=0) as eng:
-            async with raw_client(eng, kind) as client:
+            async with raw_client(eng, transport) as client:
                 answer = await client.ask({"type": "hello", "protocol": 2, "token": API_KEY})
                 assert (answer["type"], answer["code"]) == ("error", "bad_frame")
                 assert await client.closed_with() == 4400
@@ -228,10 +223,10 @@ async def test_an_invalid_schema_payload_names_the_field_for_the_sdk(payload, pa
 
 
 @pytest.mark.parametrize("payload, path", BAD_ORDERS)
-async def test_an_invalid_schema_payload_names_the_field_for_raw_clients(kind, payload, path):
+async def test_an_invalid_schema_payload_names_the_field_for_raw_clients(transport, payload, path):
     with trio.fail_after(10):
         async with open_engine([echo, order], api_key=API_KEY, port=0) as eng:
-            async with raw_client(eng, kind, API_KEY) as client:
+            async with raw_client(eng, transport, API_KEY) as client:
                 answer = await expect_error(
                     client, {"type": "trigger", "id": 41, "task": "bf-order", "payload": payload},
                     "invalid_payload", 41)
@@ -249,12 +244,12 @@ async def test_an_invalid_schema_payload_over_the_sdk_websocket():
 # --- nesting: what the engine accepts it can store and send on ------------------------------
 
 
-async def test_deep_data_is_refused_at_the_edge_and_the_run_lives_on(kind):
+async def test_deep_data_is_refused_at_the_edge_and_the_run_lives_on(transport):
     from transport._codec import MAX_DEPTH
 
     with trio.fail_after(10):
         async with open_engine([echo, waiter], api_key=API_KEY, port=0) as eng:
-            async with raw_client(eng, kind, API_KEY) as client:
+            async with raw_client(eng, transport, API_KEY) as client:
                 run = (await client.ask({"type": "trigger", "id": 1, "task": "bf-waiter"}))["run"]
 
                 def send(rid: int, depth: int) -> str:  # data nested so the frame has depth

@@ -27,7 +27,7 @@ from sdk import (
     task,
 )
 
-from .helpers import final, serve
+from .helpers import final, finish, serve, until_go
 
 
 @attrs.frozen
@@ -44,7 +44,6 @@ class Approval:
 cancel = streams.input(id="cancel", type=CancelSignal)
 approval = streams.input(id="approval", type=Approval)
 data = streams.input(id="data")
-go = streams.input(id="go")
 
 
 def test_input_definitions():
@@ -171,11 +170,11 @@ async def listener(payload):
     sub = data.on(sync_seen.append)
     assert isinstance(sub, Subscription)
     data.on(async_handler)
-    (await go.once()).unwrap()  # the test sent 3 records, then go
+    await until_go()  # the test sent 3 records, then go
     sub.off()
     sub.off()  # twice is fine
     metadata.set("off", True)
-    (await go.once()).unwrap()  # the test sent 2 more records, then go
+    await until_go()  # the test sent 2 more records, then go
     await trio.sleep(1)
     return {"sync": sync_seen, "async": async_seen}
 
@@ -187,13 +186,13 @@ async def test_on_handler_sees_every_record_until_off(transport, autojump_clock)
         for i in range(3):
             await data.send(handle.id, i)
         await trio.sleep(1)
-        await go.send(handle.id, True)
+        await finish(handle.id)  # the first go: the run turns its sync handler off
         async for run in runs.subscribe_to_run(handle.id):
             if run.metadata.get("off"):
                 break
         for i in range(3, 5):
             await data.send(handle.id, i)
-        await go.send(handle.id, True)
+        await finish(handle.id)
         run = await final(handle.id)
     assert run.output == {"sync": [0, 1, 2], "async": [0, 1, 2, 3, 4]}
 
@@ -212,9 +211,7 @@ async def fan_in(payload):
         await trio.sleep(1)
         nursery.start_soon(waiter, "younger")
         await trio.sleep(1)
-        metadata.set("ready", True)
-        await trio.sleep(20)  # the test sends one record at 10 s
-        metadata.set("after_first", dict(waiters))
+        await trio.sleep(20)  # the test sends one record at 10 s, another at 15 s
     return {"h1": h1, "h2": h2, "waiters": waiters}
 
 
@@ -233,7 +230,7 @@ async def test_every_record_reaches_every_handler_and_only_the_oldest_waiter(
 
 @task(id="late-listener")
 async def late_listener(payload):
-    (await go.once()).unwrap()
+    await until_go()
     first = (await data.once()).unwrap()
     second = (await data.once(timeout_ms=0)).unwrap()
     seen = []
@@ -247,7 +244,7 @@ async def test_records_sent_before_any_listener_are_kept(transport, autojump_clo
         handle = await late_listener.trigger()
         for i in range(4):
             await data.send(handle.id, i)
-        await go.send(handle.id, True)
+        await finish(handle.id)
         run = await final(handle.id)
     assert run.output == {"once": [0, 1], "on": [2, 3]}
 
@@ -258,7 +255,7 @@ async def test_records_sent_before_any_listener_are_kept(transport, autojump_clo
 @task(id="peeker")
 async def peeker(payload):
     before = data.peek()
-    (await go.once()).unwrap()
+    await until_go()
     latest = data.peek()
     oldest = (await data.once()).unwrap()  # peek does not consume
     return {"before": before, "latest": latest, "once": oldest, "after": data.peek()}
@@ -269,7 +266,7 @@ async def test_peek_is_the_latest_record_and_never_waits(transport, autojump_clo
         handle = await peeker.trigger()
         await data.send(handle.id, "a")
         await data.send(handle.id, "b")
-        await go.send(handle.id, True)
+        await finish(handle.id)
         run = await final(handle.id)
     assert run.output == {"before": None, "latest": "b", "once": "a", "after": "b"}
 
@@ -302,7 +299,7 @@ async def wait_timeout(payload):
     result = await approval.wait(timeout=payload["timeout"])
     metadata.set("waited", trio.current_time() - start)
     metadata.set("timed_out", isinstance(result.error, InputStreamTimeoutError))
-    (await go.once()).unwrap()
+    await until_go()
     return result.ok
 
 
@@ -313,9 +310,9 @@ async def test_wait_times_out_after_hours_on_the_mock_clock(transport, autojump_
         assert (await runs.retrieve(handle.id)).status is RunStatus.WAITING
         await trio.sleep(3600 + 1)
         run = await runs.retrieve(handle.id)
-        assert run.status is RunStatus.EXECUTING  # back from the wait, on go.once()
+        assert run.status is RunStatus.EXECUTING  # back from the wait, in until_go()
         assert run.metadata == {"waited": pytest.approx(3 * 3600), "timed_out": True}
-        await go.send(handle.id, True)
+        await finish(handle.id)
         assert (await final(handle.id)).output is False
 
 
@@ -345,7 +342,7 @@ async def test_wait_with_an_idempotency_key_returns_the_same_record_on_retry(
 
 @task(id="collector")
 async def collector(payload):
-    (await go.once()).unwrap()
+    await until_go()
     return {"first": (await data.once(timeout_ms=0)).output, "peek": data.peek()}
 
 
@@ -353,7 +350,7 @@ async def test_send_to_a_finished_run_is_refused_and_changes_nothing(
         transport, autojump_clock):
     async with serve([collector], transport):
         handle = await collector.trigger()
-        await go.send(handle.id, True)
+        await finish(handle.id)
         before = await final(handle.id)
         with pytest.raises(RunFinishedError) as info:
             await data.send(handle.id, "late")
@@ -378,7 +375,7 @@ async def test_a_record_over_1_mib_is_refused_and_the_run_is_untouched(
             await data.send(handle.id, "x" * (1024 * 1024))
         assert await runs.retrieve(handle.id) == before
         await data.send(handle.id, "small")  # a record that fits still gets through
-        await go.send(handle.id, True)
+        await finish(handle.id)
         run = await final(handle.id)
     assert run.output == {"first": "small", "peek": "small"}
 
@@ -389,12 +386,16 @@ async def test_send_with_an_idempotency_key_is_delivered_once(transport, autojum
         await data.send(handle.id, "once", idempotency_key="k1")
         await data.send(handle.id, "once", idempotency_key="k1")
         await data.send(handle.id, "twice", idempotency_key="k2")
-        await go.send(handle.id, True)
+        await finish(handle.id)
         run = await final(handle.id)
     assert run.output == {"first": "once", "peek": "twice"}
 
 
 # --- handlers and the end of the run -----------------------------------------------------------
+
+
+#: What ``slow_handler`` and its handler did, and when: (event, record, time).
+slow_handler_log: list = []
 
 
 @task(id="slow-handler")
@@ -404,31 +405,27 @@ async def slow_handler(payload):
         try:
             await trio.sleep_forever()
         finally:
-            payload_log.append(("cancelled", record, trio.current_time()))
+            slow_handler_log.append(("cancelled", record, trio.current_time()))
 
     data.on(handler)
-    data.on(lambda record: None)  # a handler that never gets a record cancels as well
-    (await go.once()).unwrap()
-    payload_log.append(("returned", None, trio.current_time()))
+    await until_go()
+    slow_handler_log.append(("returned", None, trio.current_time()))
     return "done"
 
 
-payload_log: list = []
-
-
 async def test_on_handlers_are_cancelled_when_the_run_ends(transport, autojump_clock):
-    payload_log.clear()
+    slow_handler_log.clear()
     async with serve([slow_handler], transport):
         handle = await slow_handler.trigger()
         await data.send(handle.id, "r1")
         await trio.sleep(100)
-        await go.send(handle.id, True)
+        await finish(handle.id)
         run = await final(handle.id)
         ended = trio.current_time()
     assert run.status is RunStatus.COMPLETED
-    assert [entry[:2] for entry in payload_log] == [("returned", None), ("cancelled", "r1")]
+    assert [entry[:2] for entry in slow_handler_log] == [("returned", None), ("cancelled", "r1")]
     # no drain for handlers: cancelled at once, the run ends at the same instant
-    assert payload_log[1][2] == payload_log[0][2] == pytest.approx(ended)
+    assert slow_handler_log[1][2] == slow_handler_log[0][2] == pytest.approx(ended)
 
 
 @task(id="raising-handler")
@@ -441,7 +438,7 @@ async def raising_handler(payload):
         seen.append(record)
 
     data.on(handler, fail_run=payload["fail_run"])
-    (await go.once()).unwrap()
+    await until_go()
     return seen
 
 
@@ -453,7 +450,7 @@ async def test_a_raising_handler_is_logged_and_the_run_goes_on(
         for record in ("a", "bad", "b"):
             await data.send(handle.id, record)
         await trio.sleep(1)
-        await go.send(handle.id, True)
+        await finish(handle.id)
         run = await final(handle.id)
     assert run.status is RunStatus.COMPLETED
     assert run.output == ["a", "b"]
@@ -481,7 +478,7 @@ async def give_up(payload):
     metadata.set("gave_up_at", trio.current_time())
     with trio.move_on_after(5):
         await data.once()
-    (await go.once()).unwrap()
+    await until_go()
     # records sent after the waiters gave up were kept for the next listener
     return {"approval": (await approval.once(timeout_ms=0)).output,
             "data": (await data.once(timeout_ms=0)).output}
@@ -497,7 +494,7 @@ async def test_a_wait_in_a_cancel_scope_gives_up_cleanly(transport, autojump_clo
         await trio.sleep(10)
         await approval.send(handle.id, Approval(True, "late"))
         await data.send(handle.id, "late data")
-        await go.send(handle.id, True)
+        await finish(handle.id)
         run = await final(handle.id)
     assert run.output == {"approval": {"approved": True, "by": "late"}, "data": "late data"}
 
@@ -512,7 +509,7 @@ async def retry_listener(payload, ctx):
     if attempt == 1:
         await trio.sleep(1)
         raise RuntimeError("the first attempt fails after registering its handler")
-    (await go.once()).unwrap()
+    await until_go()
     return "ok"
 
 
@@ -523,7 +520,7 @@ async def test_a_failed_attempts_handlers_do_not_fire_in_the_retry(transport, au
         await trio.sleep(10)  # attempt 2 is listening
         await data.send(handle.id, "x")
         await trio.sleep(1)
-        await go.send(handle.id, True)
+        await finish(handle.id)
         run = await final(handle.id)
     assert run.status is RunStatus.COMPLETED and run.attempt == 2
     assert retry_log == [(2, "x")]

@@ -54,7 +54,6 @@ async def test_async_with_stops_the_read_without_warnings(autojump_clock):
                             assert await _open_reads(eng) == 1
                             break
                 assert got == [f"t{i}" for i in range(5)]
-                await trio.sleep(0.1)
                 assert await _open_reads(eng) == 0
                 gc.collect()
             ours = [w for w in caught if "StreamReader" in str(w.message)]

@@ -1,8 +1,6 @@
-
-from engine import open_engine
 from sdk import streams, task
 
-from .helpers import API_KEY
+from .helpers import serve
 
 ai = streams.define(id="ai", type=str)
 
@@ -14,8 +12,7 @@ async def smoke(payload):
 
 
 async def test_smoke(autojump_clock):
-    async with open_engine([smoke], api_key=API_KEY) as eng:
-        async with eng.connect():
-            handle = await smoke.trigger({"n": 10})
-            chunks = await (await ai.read(handle.id)).collect()
+    async with serve([smoke]):
+        handle = await smoke.trigger({"n": 10})
+        chunks = await (await ai.read(handle.id)).collect()
     assert chunks == [f"t{i}" for i in range(10)]

@@ -11,6 +11,7 @@ import itertools
 import attrs
 import pytest
 import trio
+import trio.testing
 
 from engine import Limits
 from sdk import (
@@ -26,7 +27,7 @@ from sdk import (
     task,
 )
 
-from .helpers import final, serve
+from .helpers import final, finish, serve, until_go
 
 
 @attrs.frozen
@@ -37,16 +38,6 @@ class Progress:
 
 ai = streams.define(id="ai", type=str)
 progress = streams.define(id="progress", type=Progress)
-go = streams.input(id="go")
-
-
-async def until_go() -> None:
-    """Keep the run alive until the test sends on the ``go`` input stream."""
-    (await go.once()).unwrap()
-
-
-async def finish(run_id: str) -> None:
-    await go.send(run_id, True)
 
 
 async def read_all(run_id: str, key: str = "default", **kw) -> list:
@@ -86,17 +77,12 @@ def test_define_rejects_bad_ids():
 
 @task(id="pipe-at-once")
 async def pipe_at_once(payload):
-    release = trio.Event()
-
     async def source():
-        await release.wait()  # only the task can release it, after pipe() has returned
         for i in range(5):
             yield f"a{i}"
 
-    result = ai.pipe(source())
-    tee = result.stream
-    release.set()
-    seen = [chunk async for chunk in tee]
+    result = ai.pipe(source())  # pipe() is sync: it returns before the source is started
+    seen = [chunk async for chunk in result.stream]
     await result.wait_until_complete()
     consumed = []
 
@@ -276,7 +262,7 @@ async def test_targets_self_parent_root_and_run_id(transport, autojump_clock):
 
 @task(id="late-child")
 async def late_child(payload):
-    (await go.once()).unwrap()  # the parent has finished by now
+    await until_go()  # the parent has finished by now
     try:
         await ai.append("too late", target="parent")
     except RunFinishedError:
@@ -364,9 +350,10 @@ async def test_reading_a_finished_stream_from_zero_yields_all_then_ends(
     async with serve([counter], transport, limits=limits) as eng:
         handle = await counter.trigger({"n": 2500})
         assert (await final(handle.id)).status is RunStatus.COMPLETED
-        with trio.fail_after(5):  # the final status is published just before the actor goes
-            while handle.id in eng.actors:
-                await trio.sleep(0.001)
+        # the final status is published just before the actor goes: let the engine settle
+        await trio.testing.wait_all_tasks_blocked()
+        assert handle.id not in eng.actors
+        with trio.fail_after(5):
             chunks = await (await ai.read(handle.id, start_index=0)).collect()
         assert chunks == [str(i) for i in range(2500)]
         assert await (await ai.read(handle.id, start_index=1234)).collect() == [

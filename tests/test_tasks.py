@@ -29,9 +29,6 @@ from sdk import (
 from .helpers import final, serve
 
 
-go = streams.input(id="go")
-
-
 def ctx_info(ctx) -> dict:
     return {"id": ctx.run.id, "task_id": ctx.run.task_id, "parent_id": ctx.run.parent_id,
             "root_id": ctx.run.root_id, "attempt": ctx.attempt}
