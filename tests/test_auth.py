@@ -227,7 +227,6 @@ async def test_create_public_token_needs_a_client():
 async def test_a_token_expiring_mid_connection_is_refused_per_request(autojump_clock):
     with trio.fail_after(7200):
         async with open_engine(TASKS, api_key=API_KEY) as eng:
-            eng.auth.clock = eng.clock  # token expiry on the mock clock
             async with eng.connect():
                 a = await waiter.trigger({})
                 token = await auth.create_public_token(scopes=[f"read:runs:{a.id}"],
@@ -448,6 +447,7 @@ async def test_cli_takes_the_key_from_the_flag_or_the_environment(how):
     with trio.fail_after(60):
         proc = (serve("--api-key", key, env_key=decoy) if how == "flag"
                 else serve(env_key=key))
+        lines: list[str] = []
         try:
             url, lines = await until_serving(proc)
             assert await can_connect(url, key)
@@ -472,3 +472,10 @@ async def test_cli_generates_a_key_and_shows_it_once():
             rest = await stop(proc)
         assert sum(line.count(generated) for line in lines) == 1
         assert generated not in rest
+
+
+async def test_the_expiry_sent_with_a_token_is_the_one_signed_into_it(autojump_clock):
+    async with open_engine(TASKS, api_key=API_KEY) as eng:
+        await trio.sleep(1234.5678)  # a clock that is not a whole number of seconds
+        token, expires_at = eng.issue_token(["read:runs:x"], 60.25)
+        assert eng.auth.authenticate(token).expires_at == expires_at
