@@ -7,12 +7,14 @@ test (the machine is shared). The real figures come from ``python -m tests.bench
 from __future__ import annotations
 
 import math
+import re
 import subprocess
 import sys
 
 import pytest
 
 from tests.bench.__main__ import benchmarks
+from tests.bench._harness import REPO
 
 BENCHMARKS = {name: m for name, m in benchmarks().items() if hasattr(m, "SMOKE")}
 
@@ -44,7 +46,7 @@ def test_latency_stages_tool_runs_and_reports_every_stage(store: str) -> None:
     internals, so it runs in its own process)."""
     done = subprocess.run(
         [sys.executable, "-m", "tests.bench.latency_stages", "--store", store, "--mode", "pipe",
-         "--chunks", "400"], capture_output=True, text=True, timeout=120, check=False)
+         "--chunks", "400"], cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
     stages = ["recv", "reader"]
     stages += [] if store == "bare" else ["stage", "committed", "send0", "send1", "routed"]
@@ -52,3 +54,17 @@ def test_latency_stages_tool_runs_and_reports_every_stage(store: str) -> None:
     for stage in stages:
         line = next(line for line in done.stdout.splitlines() if line.strip().startswith(stage))
         assert "p50" in line and "nan" not in line, line
+
+
+@pytest.mark.slow
+def test_the_store_benchmark_runs_and_reports_numbers() -> None:
+    """``python -m tests.bench.bench_store`` has its own command line (the full run prints
+    its output as is)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.bench.bench_store", "--chunks", "2000", "--repeat", "1",
+         "--commits", "20"], capture_output=True, text=True, timeout=120, check=False,
+        cwd=REPO)
+    assert done.returncode == 0, done.stdout + done.stderr
+    for shape in ("one-run", "many-runs"):
+        assert re.search(rf"{shape} +sqlite/memory = \d", done.stdout), done.stdout
+    assert done.stdout.count("one-chunk commits") == 2, done.stdout

@@ -20,6 +20,7 @@ A client opens one connection and sends one request (a JSON object with ``op``):
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from typing import Any
 
@@ -58,7 +59,7 @@ async def _asyncio_serve() -> None:
     async with serve(_asyncio_handler, "127.0.0.1", 0, compression=None,
                      max_size=None) as server:
         port = server.sockets[0].getsockname()[1]
-        emit("READY", {"url": f"ws://127.0.0.1:{port}", "pid": _pid()})
+        emit("READY", {"url": f"ws://127.0.0.1:{port}", "pid": os.getpid()})
         loop = asyncio.get_running_loop()
         while await loop.run_in_executor(None, read_commands) != "stop":
             pass
@@ -119,7 +120,7 @@ async def _trio_serve() -> None:
         server = await nursery.start(lambda task_status: trio_websocket.serve_websocket(
             _trio_handler, "127.0.0.1", 0, ssl_context=None, handler_nursery=nursery,
             task_status=task_status))
-        emit("READY", {"url": f"ws://127.0.0.1:{server.port}", "pid": _pid()})
+        emit("READY", {"url": f"ws://127.0.0.1:{server.port}", "pid": os.getpid()})
         while await trio.to_thread.run_sync(read_commands, abandon_on_cancel=True) != "stop":
             pass
         emit("RESULT")
@@ -182,12 +183,6 @@ def latency_summary(latencies_ms: list[float]) -> dict[str, Any]:
 
 
 # --- dispatch ------------------------------------------------------------------------------
-
-
-def _pid() -> int:
-    import os
-
-    return os.getpid()
 
 
 def worker(role: str, args: dict[str, Any]) -> None:

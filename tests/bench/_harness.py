@@ -3,10 +3,11 @@
 Theory of operation: the orchestrator (``python -m tests.bench``) is plain synchronous code.
 Everything measured runs in *worker processes* it starts with :func:`spawn`: a server (an
 engine, or a baseline server) prints ``READY {json}`` once it listens and then obeys lines on
-its stdin (``stats``, ``stop``); a client prints ``RESULT {json}`` when it is done. Workers are
-this package's modules run as ``python -m tests.bench.<module> <role> <json args>``; each
-module's ``worker(role, args)`` does the work. Starting every measured thing in a fresh
-process keeps one benchmark's heap, caches and garbage out of the next one's figures.
+its stdin (``stop``; an engine also ``reset``); a client prints ``RESULT {json}`` when it is
+done. Workers are this package's modules run as
+``python -m tests.bench.<module> <role> <json args>``; each module's ``worker(role, args)``
+does the work. Starting every measured thing in a fresh process keeps one benchmark's heap,
+caches and garbage out of the next one's figures.
 
 A benchmark returns a :class:`Report`: figures (each the samples of several repetitions,
 summarised by the median) and checks (a figure or a ratio against a target). Ratios are always
@@ -19,7 +20,6 @@ import atexit
 import json
 import os
 import queue
-import resource
 import shutil
 import statistics
 import subprocess
@@ -187,7 +187,7 @@ class WorkerError(RuntimeError):
 
 
 class Worker:
-    """A child process speaking the ``READY``/``STATS``/``RESULT`` line protocol."""
+    """A child process speaking the ``READY``/``RESULT`` line protocol."""
 
     def __init__(self, module: str, role: str, args: dict[str, Any]) -> None:
         self.module, self.role = module, role
@@ -232,10 +232,6 @@ class Worker:
         assert self.proc.stdin is not None
         self.proc.stdin.write(line + "\n")
         self.proc.stdin.flush()
-
-    def stats(self) -> dict[str, Any]:
-        self.send("stats")
-        return self.expect("STATS", 30)
 
     def stop(self, timeout: float = 60.0) -> dict[str, Any]:
         """Ask a server to stop; its final ``RESULT``."""
@@ -339,11 +335,6 @@ def rss_parts(pid: int | str = "self") -> dict[str, int]:
                 name, value = line.split(":", 1)
                 parts[name] = int(value.split()[0]) * KiB
     return parts
-
-
-def peak_rss_bytes() -> int:
-    """Highest resident set size of this process so far."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * KiB
 
 
 def proc_cpu_seconds(pid: int | str = "self") -> float:

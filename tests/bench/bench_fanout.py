@@ -5,11 +5,13 @@ Readers do not share connections: each of the 250 readers in a process opens its
 browsers or backend subscribers do. A second variant puts the 250 reads of a process on one
 shared connection, to show what a connection costs.
 
-Timing: the task waits for a ``go`` input record before it pipes its chunks. Every reader
-process triggers the run with the same idempotency key (so all read the one run), opens its
-reads, and reports ``READY``; the orchestrator then says ``go`` and the first process sends
-the record. Deliveries per second = readers x chunks / (last reader's last chunk - go), on the
-wall clock both processes share.
+Timing: the task appends one first chunk (``SUBSCRIBED``), then waits for a ``go`` input
+record before it pipes its chunks. Every reader process triggers the run with the same
+idempotency key (so all read the one run), opens its reads, and reports ``READY`` once every
+one of its readers has received that first chunk (so every read is subscribed on the
+engine); the orchestrator then says ``go`` and the first process sends the record.
+Deliveries per second = readers x chunks / (last reader's last chunk - go), on the wall
+clock both processes share; the first chunk is neither timed nor counted.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from ._harness import API_KEY, Report, emit, read_commands, spawn, spawn_engine,
 NAME = "fanout"
 fan = streams.define(id="fan", type=str)
 go = streams.input(id="go")
+#: the chunk the task appends before it waits for ``go``: a reader that got it is subscribed
+SUBSCRIBED = "subscribed"
 
 
 @attrs.frozen
@@ -38,16 +42,16 @@ class Params:
     processes: int = 2
     repeat: int = 3
     shared_variant: bool = True
-    settle_s: float = 1.0
 
 
 FULL = Params()
 QUICK = Params(chunks=5_000, repeat=2)
-SMOKE = Params(chunks=200, readers_per_process=5, repeat=1, shared_variant=False, settle_s=0.2)
+SMOKE = Params(chunks=200, readers_per_process=5, repeat=1, shared_variant=False)
 
 
 @task(id="bench-fanout")
 async def fanout(payload: dict[str, Any]) -> int:
+    await fan.append(SUBSCRIBED)
     await go.once(timeout_ms=600_000)
     await fan.pipe(chunk(i) for i in range(payload["n"])).wait_until_complete()
     return payload["n"]
@@ -59,19 +63,21 @@ async def fanout(payload: dict[str, Any]) -> int:
 async def _readers(args: dict[str, Any]) -> dict[str, Any]:
     url, n, count = args["url"], args["n"], args["readers"]
     ends: list[int] = []
-    entered = 0
+    subscribed = 0
     all_in = trio.Event()
 
     async def read(run_id: str) -> None:
-        nonlocal entered
-        stream = await fan.read(run_id, timeout_in_seconds=None)
-        entered += 1
-        if entered == count:
-            all_in.set()
-        got = 0
-        async for item in stream:
+        nonlocal subscribed
+        got = -1  # the first chunk (SUBSCRIBED) arrives before go and is not counted
+        async for item in await fan.read(run_id, timeout_in_seconds=None):
             got += 1
-            if got == n:
+            if got == 0:
+                if item != SUBSCRIBED:
+                    raise AssertionError(f"first chunk {item!r}")
+                subscribed += 1
+                if subscribed == count:
+                    all_in.set()
+            elif got == n:
                 ends.append(time.time_ns())
                 if item != chunk(n - 1):
                     raise AssertionError(f"last chunk {item!r}")
@@ -82,18 +88,16 @@ async def _readers(args: dict[str, Any]) -> dict[str, Any]:
 
     async with connect(url, api_key=API_KEY):  # the control connection
         handle = await tasks.trigger("bench-fanout", {"n": n}, idempotency_key=args["key"])
-        cpu0 = time.process_time()
         async with trio.open_nursery() as nursery:
             for _ in range(count):
                 if args["shared"]:
                     nursery.start_soon(read, handle.id)
                 else:
                     nursery.start_soon(own_connection, handle.id)
-            await all_in.wait()
-            await trio.sleep(args["settle_s"])  # let every read frame reach the engine
+            await all_in.wait()  # every read has its first chunk: it is subscribed
             emit("READY")
             await trio.to_thread.run_sync(read_commands)
-            go_ns = time.time_ns()
+            go_ns, cpu0 = time.time_ns(), time.process_time()
             if args["leader"]:
                 await go.send(handle.id, {"go": True})
     if len(ends) != count:
@@ -115,8 +119,7 @@ def _one(params: Params, shared: bool) -> dict[str, float]:
         url = engine.expect("READY")["url"]
         key = uuid.uuid4().hex
         procs = [spawn(__name__, "readers", url=url, n=params.chunks, key=key,
-                       readers=params.readers_per_process, shared=shared, leader=i == 0,
-                       settle_s=params.settle_s)
+                       readers=params.readers_per_process, shared=shared, leader=i == 0)
                  for i in range(params.processes)]
         try:
             for proc in procs:

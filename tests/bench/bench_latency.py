@@ -41,13 +41,11 @@ class Params:
     rate: float = 1_000.0
     repeat: int = 3
     stores: tuple[str, ...] = ("memory", "sqlite")
-    #: engine patches (``_engine_server.WHAT_IF``) measured as extra sqlite:// variants
-    what_ifs: tuple[str, ...] = ()  # names in _engine_server.WHAT_IF
 
 
 FULL = Params()
 QUICK = Params(chunks=2_000, repeat=2)
-SMOKE = Params(chunks=100, repeat=1, stores=("memory",), what_ifs=())
+SMOKE = Params(chunks=100, repeat=1, stores=("memory",))
 
 
 async def paced(n: int, rate: float) -> AsyncIterator[list[int]]:
@@ -90,22 +88,15 @@ def run(params: Params = FULL) -> Report:
     report = Report(NAME)
     stores = engine_stores(report, params.stores)
     servers = {name: spawn_engine(store=url, tasks=[__name__]) for name, url in stores.items()}
-    labels = {name: (name, "") for name in stores}  # server -> (store, label suffix)
-    if "sqlite" in stores:
-        for what_if in params.what_ifs:
-            server = f"sqlite+{what_if}"
-            labels[server] = ("sqlite", f" [what-if {what_if}]")
-            servers[server] = spawn_engine(tasks=[__name__], what_if=[what_if],
-                                           store=engine_stores(report, ["sqlite"])["sqlite"])
     servers["bare"] = spawn("tests.bench._baselines", "trio-server")
     samples: dict[str, list[dict[str, Any]]] = {}
     try:
         urls = {name: w.expect("READY")["url"] for name, w in servers.items()}
         for _ in range(params.repeat):
-            for server, (store, suffix) in labels.items():
+            for store in stores:
                 for writer in ("pipe", "append"):
-                    samples.setdefault(f"{store} {writer}{suffix}", []).append(run_client(
-                        __name__, "read", url=urls[server], task=f"bench-paced-{writer}",
+                    samples.setdefault(f"{store} {writer}", []).append(run_client(
+                        __name__, "read", url=urls[store], task=f"bench-paced-{writer}",
                         n=params.chunks, rate=params.rate))
             samples.setdefault("baseline: bare trio-websocket", []).append(run_client(
                 "tests.bench._baselines", "trio-client", op="paced", url=urls["bare"],

@@ -17,7 +17,7 @@ from typing import Any
 
 import attrs
 
-from ._harness import MiB, Report, engine_stores, run_client, spawn_engine
+from ._harness import MiB, Report, engine_stores, run_client, spawn_engine, temp_db
 
 NAME = "long_stream"
 READER = "tests.bench.bench_throughput"
@@ -31,21 +31,17 @@ class Params:
     stores: tuple[str, ...] = ("sqlite", "memory")
     #: stores also measured with a lagging reader
     lagging: tuple[str, ...] = ("sqlite",)
-    #: engine patches (``_engine_server.WHAT_IF``) measured as extra variants of each store
-    what_ifs: tuple[str, ...] = ()
 
 
 FULL = Params()
 QUICK = Params(chunks=300_000, repeat=1)
-SMOKE = Params(chunks=5_000, warmup=1_000, repeat=1, stores=("memory",), lagging=("memory",),
-               what_ifs=())
+SMOKE = Params(chunks=5_000, warmup=1_000, repeat=1, stores=("memory",), lagging=("memory",))
 LAG_EVERY = 20_000
 LAG_PAUSE_S = 0.02
 
 
-def _one(url: str, params: Params, what_if: list[str], lagging: bool = False) -> dict[str, Any]:
-    with spawn_engine(store=url, tasks=[READER], sample_s=0.1, series=True,
-                      what_if=what_if) as engine:
+def _one(url: str, params: Params, lagging: bool = False) -> dict[str, Any]:
+    with spawn_engine(store=url, tasks=[READER], sample_s=0.1, series=True) as engine:
         engine_url = engine.expect("READY")["url"]
         run_client(READER, "read", url=engine_url, task="bench-pipe", n=params.warmup)
         engine.send("reset")
@@ -75,14 +71,10 @@ def run(params: Params = FULL) -> Report:
     samples: dict[str, list[dict[str, Any]]] = {}
     for _ in range(params.repeat):
         for store, url in stores.items():
-            variants = [([], False)] + [([w], False) for w in params.what_ifs]
-            variants += [([], True)] if store in params.lagging else []
-            for what_if, lagging in variants:
-                if store == "sqlite":
-                    url = engine_stores(report, ["sqlite"])[store]  # a fresh database
-                label = store + " lagging reader" * lagging + "".join(
-                    f" [what-if {w}]" for w in what_if)
-                samples.setdefault(label, []).append(_one(url, params, what_if, lagging))
+            for lagging in [False, True] if store in params.lagging else [False]:
+                fresh = temp_db() if store == "sqlite" else url  # a fresh database each time
+                label = store + " lagging reader" * lagging
+                samples.setdefault(label, []).append(_one(fresh, params, lagging))
     for label, results in samples.items():
         report.add(f"{label}: RSS after warm-up", "MiB", [r["base"] for r in results],
                    higher_is_better=False)

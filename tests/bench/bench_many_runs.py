@@ -20,6 +20,7 @@ from typing import Any
 
 import attrs
 import trio
+import trio.testing
 
 from engine import open_engine
 from sdk import streams, task
@@ -41,6 +42,8 @@ BARE = "baseline: bare trio task on an Event"
 cancel = streams.input(id="cancel")
 approval = streams.input(id="approval")
 parked = 0
+#: how long the scheduler must have had nothing to run before a run count is probed
+IDLE_S = 0.2
 
 
 @attrs.frozen
@@ -79,11 +82,12 @@ async def wait_suspended(payload: Any) -> None:
 
 
 async def _settle(target: int, engine: Any, status: str) -> None:
-    """Until ``target`` runs are parked with ``status`` and the scheduler had time to idle."""
+    """Until ``target`` runs are parked with ``status`` and nothing has run for ``IDLE_S``
+    (the store's threads included: a write finishing wakes the scheduler)."""
     while parked < target or any(a.record.status.value != status
                                  for a in engine.actors.values()):
         await trio.sleep(0.02)
-    await trio.sleep(0.2)
+    await trio.testing.wait_all_tasks_blocked(IDLE_S)
 
 
 class Probe:
@@ -169,11 +173,11 @@ async def _bare(args: dict[str, Any]) -> dict[str, Any]:
     async with trio.open_nursery() as nursery:
         for _ in range(args["warmup"]):
             nursery.start_soon(release.wait)
-        await trio.sleep(0.2)
+        await trio.testing.wait_all_tasks_blocked(IDLE_S)  # every task parked on the Event
         before = probe.mark()
         for _ in range(n):
             nursery.start_soon(release.wait)
-        await trio.sleep(0.2)
+        await trio.testing.wait_all_tasks_blocked(IDLE_S)
         after = probe.now()
         _done({"per_run": (after - before) / n, "runs": n, "top": probe.top(n)})
 

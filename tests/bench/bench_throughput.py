@@ -45,13 +45,11 @@ class Params:
     append_chunks: int = 20_000
     repeat: int = 3
     stores: tuple[str, ...] = ("memory", "sqlite")
-    #: engine patches (``_engine_server.WHAT_IF``) measured as extra memory:// pipe variants
-    what_ifs: tuple[str, ...] = ()
 
 
 FULL = Params()
 QUICK = Params(chunks=50_000, append_chunks=5_000, repeat=3)
-SMOKE = Params(chunks=2_000, append_chunks=200, repeat=1, stores=("memory",), what_ifs=())
+SMOKE = Params(chunks=2_000, append_chunks=200, repeat=1, stores=("memory",))
 
 
 @task(id="bench-pipe")
@@ -114,8 +112,6 @@ def run(params: Params = FULL) -> Report:
     report = Report(NAME)
     stores = engine_stores(report, params.stores)
     servers = {name: spawn_engine(store=url, tasks=[__name__]) for name, url in stores.items()}
-    for what_if in params.what_ifs:
-        servers[what_if] = spawn_engine(store="memory://", tasks=[__name__], what_if=[what_if])
     servers["asyncio"] = spawn("tests.bench._baselines", "asyncio-server")
     servers["trio"] = spawn("tests.bench._baselines", "trio-server")
     try:
@@ -134,9 +130,6 @@ def run(params: Params = FULL) -> Report:
                         n=params.chunks)
                 measure(f"{store} append", store, __name__, "read", task="bench-append",
                         n=params.append_chunks)
-            for what_if in params.what_ifs:
-                measure(f"memory pipe [what-if {what_if}]", what_if, __name__, "read",
-                        task="bench-pipe", n=params.chunks)
             measure("baseline a: asyncio websockets, 1 msg/chunk", "asyncio",
                     "tests.bench._baselines", "asyncio-client", n=params.chunks)
             measure("baseline b: trio-websocket, 256 chunks/msg", "trio",

@@ -29,6 +29,7 @@ from ._harness import (
     run_client,
     spawn,
     spawn_engine,
+    temp_db,
     worker_main,
 )
 
@@ -43,13 +44,11 @@ class Params:
     concurrency: int = 50
     repeat: int = 3
     stores: tuple[str, ...] = ("memory", "sqlite")
-    sequential: bool = True
 
 
 FULL = Params()
 QUICK = Params(runs=1_000, concurrent_runs=2_000, repeat=2)
-SMOKE = Params(runs=50, concurrent_runs=100, concurrency=10, repeat=1, stores=("memory",),
-               sequential=False)
+SMOKE = Params(runs=20, concurrent_runs=100, concurrency=10, repeat=1, stores=("memory",))
 
 
 @task(id="bench-noop")
@@ -109,16 +108,14 @@ def run(params: Params = FULL) -> Report:
     report = Report(NAME)
     stores = engine_stores(report, params.stores)
     c = params.concurrency
-    shapes = {f"{c} concurrent": (params.concurrent_runs, c)}
-    if params.sequential:
-        shapes = {"sequential": (params.runs, 1), **shapes}
+    shapes = {"sequential": (params.runs, 1), f"{c} concurrent": (params.concurrent_runs, c)}
     samples: dict[str, list[dict[str, Any]]] = {}
     with spawn("tests.bench._baselines", "trio-server") as bare:
         bare_url = bare.expect("READY")["url"]
         for _ in range(params.repeat):
             for store in stores:
                 for shape, (n, conc) in shapes.items():
-                    url = engine_stores(report, [store])[store]  # a fresh database
+                    url = temp_db() if store == "sqlite" else stores[store]  # a fresh database
                     samples.setdefault(f"{store}, {shape}", []).append(
                         _engine_rate(url, n, conc))
             for shape, (n, conc) in shapes.items():

@@ -11,8 +11,7 @@ functions with the most samples, by *self* time (the function itself, and the C 
 calls) and *inclusive* time (it and everything it calls), in % of that process's samples and
 in microseconds per chunk (that share of the GIL-holding time; SQLite's own work in the
 store's threads releases the GIL and is not in it). ``--out DIR`` keeps the raw
-collapsed stacks (``engine.txt``, ``reader.txt``) for a flame graph. ``--what-if NAME`` applies
-one of ``_engine_server.WHAT_IF`` in the engine first.
+collapsed stacks (``engine.txt``, ``reader.txt``) for a flame graph.
 """
 
 from __future__ import annotations
@@ -24,10 +23,11 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from ._harness import Report, engine_stores, spawn, spawn_engine
+from ._harness import REPO, spawn, spawn_engine, sqlite_available, temp_db
 
-#: The benchmark worker's own stdin thread, blocked in ``readline``: not the engine's work.
-IGNORED = ("_readline ",)
+#: The engine worker's own stdin thread (``_harness.read_commands``, blocked in ``readline``):
+#: not the engine's work.
+IGNORED = ("read_commands ",)
 
 
 def _record(pid: int, out: Path, rate: int, gil: bool) -> subprocess.Popen[bytes]:
@@ -41,7 +41,7 @@ def _short(frame: str) -> str:
     """``fn (path/to/site-packages/pkg/mod.py)`` -> ``fn (pkg/mod.py)``."""
     name, _, where = frame.partition(" (")
     where = where.rstrip(")")
-    for marker in ("/site-packages/", "/work/main/", "/lib/python3."):
+    for marker in ("/site-packages/", f"{REPO}/", "/lib/python3."):
         if marker in where:
             where = where.split(marker, 1)[1]
             if marker == "/lib/python3.":
@@ -115,13 +115,12 @@ def _table(title: str, total: int, counts: collections.Counter[str], us_per_samp
 
 
 def profile(store: str, task: str, chunks: int, top: int, rate: int, out: Path,
-            what_if: list[str], gil: bool = True) -> str:
-    url = engine_stores(Report("hotpath"), [store]).get(store)
-    if url is None:
-        raise SystemExit(f"store {store!r} is not available")
+            gil: bool = True) -> str:
+    if store == "sqlite" and (missing := sqlite_available()):
+        raise SystemExit(missing)
+    url = temp_db() if store == "sqlite" else "memory://"
     sections = []
-    with spawn_engine(store=url, tasks=["tests.bench.bench_throughput"],
-                      what_if=what_if) as engine:
+    with spawn_engine(store=url, tasks=["tests.bench.bench_throughput"]) as engine:
         engine_url = engine.expect("READY")["url"]
         reader = spawn("tests.bench.bench_throughput", "read", url=engine_url, task=task,
                        n=chunks)
@@ -166,7 +165,6 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--rate", type=int, default=1000, help="py-spy samples per second")
     parser.add_argument("--out", help="directory for the raw collapsed stacks")
-    parser.add_argument("--what-if", action="append", default=[])
     parser.add_argument("--all-threads", action="store_true",
                         help="sample every thread, not only the one holding the GIL (idle "
                              "waits then show up as time, e.g. in epoll and worker threads)")
@@ -176,7 +174,7 @@ def main() -> None:
     out = Path(args.out or tempfile.mkdtemp(prefix="runwire-hotpath-"))
     out.mkdir(parents=True, exist_ok=True)
     print(profile(args.store, args.task, args.chunks, args.top, args.rate, out,
-                  args.what_if, gil=not args.all_threads))
+                  gil=not args.all_threads))
     print(f"\nraw stacks in {out}")
 
 

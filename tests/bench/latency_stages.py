@@ -39,12 +39,11 @@ from typing import Any
 
 import trio
 
-from sdk import streams, task
+from sdk import task
 
-from ._harness import API_KEY
-from .bench_latency import paced
+from ._harness import API_KEY, percentile
+from .bench_latency import paced, stamps
 
-stamps = streams.define(id="stamps")
 RATE = 1000.0
 WARMUP = 100
 
@@ -90,13 +89,13 @@ trio.run(main, sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]))
 """
 
 # the bare baseline's reader (``bench_latency``'s): trio-websocket, one chunk per message
-_BARE_READER = _RECV + r"""
+_BARE_READER = _RECV + f"RATE = {RATE!r}\n" + r"""
 import orjson, trio_websocket
 
 async def main(url, key, mode, n):
     recv, got = [], []
     async with trio_websocket.open_websocket_url(url) as ws:
-        await ws.send_message(orjson.dumps({"op": "paced", "n": n, "rate": 1000.0}).decode())
+        await ws.send_message(orjson.dumps({"op": "paced", "n": n, "rate": RATE}).decode())
         while True:
             frame = orjson.loads(await ws.get_message())
             now = time.time_ns()
@@ -180,9 +179,7 @@ def _instrument(marks: dict[str, list[float]]) -> None:
 
 
 def percentiles(values: list[float]) -> str:
-    ordered = sorted(values[WARMUP:]) or [float("nan")]
-    p50, p90, p99 = (ordered[min(len(ordered) - 1, int(len(ordered) * q))]
-                     for q in (0.5, 0.9, 0.99))
+    p50, p90, p99 = (percentile(values[WARMUP:], q) for q in (50, 90, 99))
     return f"p50 {p50:6.3f}  p90 {p90:6.3f}  p99 {p99:6.3f} ms"
 
 
