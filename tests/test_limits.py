@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import trio
+import trio.testing
 import trio_websocket
 
 import sdk
@@ -169,7 +170,8 @@ async def test_the_api_key_is_not_rate_limited_by_default(autojump_clock):
 
 async def test_rates_can_be_turned_off(autojump_clock):
     with trio.fail_after(60):
-        limits = Limits(trigger_rate=None, trigger_burst=1)
+        # rate_limit_api_key: the API key is exempt otherwise, and the test could not fail
+        limits = Limits(trigger_rate=None, trigger_burst=1, rate_limit_api_key=True)
         async with open_engine(TASKS, api_key=API_KEY, limits=limits) as eng:
             async with eng.connect():
                 for i in range(20):
@@ -289,7 +291,8 @@ async def test_a_websocket_reader_that_stalls_loses_nothing():
                 await slow.send({"type": "read", "id": 2, "run": run, "stream": "numbers",
                                  "timeout_s": None})
                 await eng.wait_finished(run)
-                await trio.sleep(0.2)  # not reading: the engine waits on the socket
+                # not reading: the engine waits on the socket
+                await trio.testing.wait_all_tasks_blocked(cushion=0.05)
                 async with sdk.connect(eng.url, api_key=API_KEY):
                     assert (await sdk.runs.retrieve(run)).output == n
                 got: list[int] = []
@@ -297,7 +300,6 @@ async def test_a_websocket_reader_that_stalls_loses_nothing():
                     assert frame["start"] == len(got)
                     got += frame["items"]
                 assert got == list(range(n)) and frame["next"] == n
-
 
 
 async def test_cancelling_a_read_blocked_on_a_websocket_never_tears_a_message():
@@ -308,9 +310,10 @@ async def test_cancelling_a_read_blocked_on_a_websocket_never_tears_a_message():
                                        "payload": {"n": 30000}}))["run"]
                 await slow.send({"type": "read", "id": 2, "run": run, "stream": "bulk"})
                 await eng.wait_finished(run)
-                await trio.sleep(0.2)  # 30 MB waiting: the engine is blocked mid-message
+                # 30 MB waiting: the engine is blocked mid-message
+                await trio.testing.wait_all_tasks_blocked(cushion=0.05)
                 await slow.send({"type": "cancel", "id": 2})
-                await trio.sleep(0.2)
+                await trio.testing.wait_all_tasks_blocked(cushion=0.05)
                 nxt = 0
                 while (frame := await slow.recv())["type"] == "chunks":  # all whole frames
                     assert frame["start"] == nxt
