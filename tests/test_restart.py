@@ -3,7 +3,8 @@
 Two ways to stop an engine mid-run, one scenario (the tasks in ``tests/crash_tasks.py``):
 
 * in process: the ``open_engine`` block is left (its nursery is cancelled) and a new engine
-  opens the same file;
+  opens the same file (once with the same tasks, once without one of them and with a stored
+  run it cannot read);
 * a real crash: ``python -m engine serve`` in a subprocess gets ``SIGKILL`` and is started
   again on the same file and port, while an SDK client (readers, a producer) stays connected
   through it all.
@@ -26,12 +27,12 @@ import attrs
 import pytest
 import trio
 
-from engine import open_engine
 from engine._sqlite_store import SqliteStore
-from sdk import Run, RunStatus, StreamDef, connect, runs
+from engine._store import Batch
+from sdk import RunStatus, StreamDef, connect, runs
 
 from . import crash_tasks as ct
-from .helpers import API_KEY
+from .helpers import API_KEY, final, serve
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS = [ct.finished, ct.retried, ct.fragile, ct.queued, ct.sink]
@@ -94,14 +95,6 @@ def collect(nursery: trio.Nursery, stream: StreamDef[Any], run_id: str) -> Colle
     collector = Collector(stream, run_id)
     nursery.start_soon(collector.run)
     return collector
-
-
-async def final(run_id: str) -> Run:
-    """The run once it has finished (a subscription's last snapshot is the final one)."""
-    async for run in runs.subscribe_to_run(run_id):
-        if run.is_finished:
-            return run
-    raise AssertionError(f"the subscription to {run_id} ended before the run finished")
 
 
 async def read_all(stream: StreamDef[Any], run_id: str, start: int = 0) -> list[Any]:
@@ -204,21 +197,66 @@ async def check_store(path: Path, scenario: Scenario) -> None:
 @bounded(30)
 async def test_restart_in_process(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'runs.db'}"
-    async with open_engine(TASKS, store=url, api_key=API_KEY) as eng, eng.connect(), \
-            trio.open_nursery() as readers:
+    async with serve(TASKS, store=url) as eng, trio.open_nursery() as readers:
         scenario = await park_everything(readers)
         sink_id = scenario.ids["sink"]
         assert await eng.append(sink_id, "ext", "prod-1", 0, EXT[:4]) == 4
         readers.cancel_scope.cancel()  # in-process clients die with their engine
     # Leaving the block cancelled every parked run mid-run; none was marked finished.
 
-    async with open_engine(TASKS, store=url, api_key=API_KEY) as eng, eng.connect():
+    async with serve(TASKS, store=url) as eng:
         await check_recovered(scenario)
         # the producer retries its whole batch after the restart: cut to what is new
         assert await eng.append(sink_id, "ext", "prod-1", 0, EXT[:6]) == 6
         assert await eng.append(sink_id, "ext", "prod-1", 6, EXT[6:]) == 10
         await finish_sink(scenario)
     await check_store(tmp_path / "runs.db", scenario)
+
+
+#: A stored run the engine cannot read (its status is no status at all).
+UNREADABLE = {"id": "run_unreadable", "task_id": ct.sink.id, "status": "MISLAID",
+              "payload": {"kept": True}}
+
+
+@bounded(30)
+async def test_restart_without_a_task_and_with_an_unreadable_run(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "runs.db"
+    url = f"sqlite:///{path}"
+    store = SqliteStore(str(path))
+    try:  # stored first, so the restarted engine tries it before the others
+        await store.commit(Batch(runs=[UNREADABLE]))
+    finally:
+        await store.aclose()
+    async with serve(TASKS, store=url), trio.open_nursery() as readers:
+        retried_id = (await ct.retried.trigger({})).id
+        sink_id = (await ct.sink.trigger({})).id
+        await collect(readers, ct.ai, retried_id).seen("a1-2")  # then WAITING, attempts left
+        await collect(readers, ct.ai, sink_id).seen("sink attempt 1")
+        readers.cancel_scope.cancel()
+
+    caplog.clear()
+    # crash.retried is gone: its run is not retried but CRASHED (rule 1)
+    async with serve([t for t in TASKS if t is not ct.retried], store=url):
+        run = await runs.retrieve(retried_id)
+        assert (run.status, run.attempt) == (RunStatus.CRASHED, 1)
+        assert run.error is not None and run.error.type == "EngineRestart"
+        assert "not registered" in run.error.message and run.finished_at is not None
+        assert await read_all(ct.ai, retried_id) == ["a1-0", "a1-1", "a1-2"]  # it ends
+        # the unreadable run did not keep the others from recovering
+        await ct.done.send(sink_id, {})
+        run = await final(sink_id)
+        assert (run.status, run.attempt, run.output) == (RunStatus.COMPLETED, 2, {"attempt": 2})
+    assert f"could not recover run {UNREADABLE['id']}; it is left as stored" in caplog.text
+
+    store = SqliteStore(str(path))
+    try:
+        states = await store.streams(retried_id)
+        assert "ai" in states and all(state.ended for state in states.values())
+        assert await store.get_run(UNREADABLE["id"]) == UNREADABLE
+        assert await store.unfinished_runs() == [UNREADABLE]
+    finally:
+        await store.aclose()
 
 
 # --- (b) a real crash ------------------------------------------------------------------------
