@@ -28,20 +28,28 @@ def bounded(test: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]
 
 
 class FakeConn:
-    """``receive()`` from a memory channel, as trio-websocket's ``get_message`` does."""
+    """``receive()`` from a memory channel, as trio-websocket's ``get_message`` does; it
+    counts the tasks inside ``receive()`` at once (``most_receiving``: the most ever)."""
 
     def __init__(self) -> None:
         self.send, self._receive = trio.open_memory_channel[Any](16)
         self.broken: Exception | None = None
+        self.receiving = 0
+        self.most_receiving = 0
 
     async def receive(self) -> Any:
-        if self.broken is not None:
-            await trio.lowlevel.checkpoint()
-            raise self.broken
+        self.receiving += 1
+        self.most_receiving = max(self.most_receiving, self.receiving)
         try:
-            return await self._receive.receive()
-        except trio.EndOfChannel:
-            raise ConnectionBroken("the peer closed the connection") from None
+            if self.broken is not None:
+                await trio.lowlevel.checkpoint()
+                raise self.broken
+            try:
+                return await self._receive.receive()
+            except trio.EndOfChannel:
+                raise ConnectionBroken("the peer closed the connection") from None
+        finally:
+            self.receiving -= 1
 
 
 class Setup:
@@ -128,8 +136,17 @@ async def test_a_frame_the_serve_task_already_got_is_routed_first() -> None:
 async def test_a_cancelled_consumer_gives_the_connection_back() -> None:
     s = Setup()
     async with s.serving() as serve_task:
-        with trio.move_on_after(0.01) as scope:
-            await s.inboxes["a"].get()  # leads, nothing comes
+        scope = trio.CancelScope()
+
+        async def consume() -> None:
+            with scope:
+                await s.inboxes["a"].get()  # leads, nothing comes
+
+        s.nursery.start_soon(consume)
+        await trio.testing.wait_all_tasks_blocked()
+        assert s.receiver.leader is s.inboxes["a"]
+        scope.cancel()
+        await trio.testing.wait_all_tasks_blocked()
         assert scope.cancelled_caught
         assert s.receiver.leader is None
         s.conn.send.send_nowait(("a", 0))  # nothing was lost: the serve task routes it
@@ -176,3 +193,7 @@ async def test_only_one_task_receives_at_a_time() -> None:
         assert got == {name: [(name, i) for i in range(50)] for name in ("a", "b")}
         assert [frame for frame, _ in s.routed] == [
             (name, i) for i in range(50) for name in ("a", "b")]
+        # the connection changed hands (consumers and the serve task received), but never
+        # had two tasks inside receive() at once
+        assert len({task for _, task in s.routed}) > 1
+        assert s.conn.most_receiving == 1

@@ -650,7 +650,7 @@ async def patient(payload):
 
 
 async def test_max_duration_ends_a_waiting_run_even_when_its_queue_is_busy(
-        transport, autojump_clock, transitions):
+        transport, autojump_clock):
     async with serve([hog, deadline_waiter], transport):
         handle = await deadline_waiter.trigger()
         await trio.sleep(1)

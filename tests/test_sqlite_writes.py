@@ -115,13 +115,15 @@ async def test_the_wal_is_checkpointed_in_the_background_not_inside_commits(tmp_
         assert writer is not None
         assert writer.execute("PRAGMA wal_autocheckpoint").fetchone() == (0,)
         written = 1
-        while not started and written < CHECKPOINT_PAGES:  # each commit dirties a few pages
+        checkpointing = None  # the checkpoint's event, taken as soon as a commit starts it
+        while checkpointing is None and written < CHECKPOINT_PAGES:  # a few pages a commit
             await store.commit(append(written, [b"%d" % written]))
             written += 1
-        assert started == [False]  # started once, in a worker thread
-        assert store._checkpointing is not None
+            checkpointing = store._checkpointing
+        assert checkpointing is not None
         with trio.fail_after(10):  # a safety bound only: the event ends the wait
-            await store._checkpointing.wait()
+            await checkpointing.wait()
+        assert started == [False]  # started once, in a worker thread
         # the checkpoint copied the WAL into the database file: the file alone, without its
         # WAL, holds the chunks written before it started
         shutil.copyfile(tmp_path / "c.db", tmp_path / "copy.db")
@@ -144,11 +146,14 @@ async def test_a_failing_checkpoint_is_logged_and_writes_go_on(tmp_path, caplog)
         store._checkpoint = broken  # type: ignore[method-assign]
         caplog.set_level(logging.WARNING, logger="runwire.engine")
         i = 0
-        with trio.fail_after(10):
-            while "checkpoint" not in caplog.text:
+        checkpointing = None
+        with trio.fail_after(10):  # a safety bound only
+            while checkpointing is None:  # commit until one starts the (broken) checkpoint
                 await store.commit(append(i, [b"%d" % i]))
                 i += 1
-                await trio.lowlevel.checkpoint()
+                checkpointing = store._checkpointing
+            await checkpointing.wait()
+        assert "checkpoint" in caplog.text
         assert "disk I/O error" in caplog.text
         await store.commit(append(i, [b"%d" % i]))  # the store still writes
         assert len(await store.read_chunks("r1", "s", 0, 10**6)) == i + 1

@@ -507,9 +507,7 @@ def count_groups(store: SqliteStore) -> list[int]:
 async def test_sqlite_group_commit_merges_concurrent_batches(tmp_path: Path,
                                                              synchronous: str) -> None:
     store = SqliteStore(str(tmp_path / "g.db"), synchronous=synchronous)
-    groups: list[int] = []
-    write = store._write
-    store._write = lambda group: (groups.append(len(group)), write(group))[1]  # type: ignore
+    groups = count_groups(store)
     try:
         await store.get_run("warm-up")  # open the file first
         async with trio.open_nursery() as nursery:
@@ -577,10 +575,19 @@ async def test_sqlite_cancelled_commit_writes_nothing(tmp_path: Path) -> None:
     try:
         await store.get_run("warm-up")
         release = trio.Event()
+        scope = trio.CancelScope()
+
+        async def commit_until_cancelled() -> None:
+            with scope:
+                await store.commit(Batch(runs=[run("cancelled")]))
+
         async with trio.open_nursery() as nursery:
             await nursery.start(busy_committer, store, release)
-            with trio.move_on_after(0.05) as scope:
-                await store.commit(Batch(runs=[run("cancelled")]))
+            nursery.start_soon(commit_until_cancelled)
+            await trio.testing.wait_all_tasks_blocked()
+            assert len(store._queue) == 1  # queued, waiting for the turn
+            scope.cancel()
+            await trio.testing.wait_all_tasks_blocked()
             assert scope.cancelled_caught
             assert store._queue == []
             release.set()
@@ -598,18 +605,13 @@ async def test_sqlite_aclose_lets_queued_commits_finish(tmp_path: Path) -> None:
     release = trio.Event()
     outcome: list[str] = []
 
-    async def busy_committer(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        async with store._turn:
-            task_status.started()
-            await release.wait()
-
     async def queued_commit(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         await store.commit(Batch(runs=[run("queued")]))
         outcome.append("committed")
 
     async with trio.open_nursery() as nursery:
-        await nursery.start(busy_committer)
+        await nursery.start(busy_committer, store, release)
         await nursery.start(queued_commit)
         nursery.start_soon(store.aclose)
         await trio.testing.wait_all_tasks_blocked()
