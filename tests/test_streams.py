@@ -676,3 +676,20 @@ async def test_writing_into_a_finished_or_unknown_run_from_a_task(transport, aut
         handle = await write_into.trigger({"target": "run_doesnotexist"})
         assert (await final(handle.id)).output == ["NotFoundError"] * 3
         assert await (await ai.read(done.id)).collect() == ["0"]
+
+
+@task(id="held-open")
+async def held_open(payload):
+    await until_go()
+
+
+async def test_a_backend_pipe_keeps_the_chunks_before_one_too_big_for_a_message(
+        transport, autojump_clock):
+    # the client refuses a chunk that could never fit in one of the engine's messages
+    async with serve([held_open], transport, limits=Limits(max_message_bytes=8192)):
+        handle = await held_open.trigger()
+        with pytest.raises(PayloadTooLargeError):
+            await streams.pipe("k", ["a", "b", "x" * 10_000, "c"],
+                               target=handle.id).wait_until_complete()
+        await finish(handle.id)
+        assert await read_all(handle.id, "k") == ["a", "b"]
