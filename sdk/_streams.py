@@ -62,14 +62,8 @@ class _Tee:
         self._wanted = True
         return self._iterate()
 
-    def feed(self, item: Any) -> None:  # feed_many of one item, without the tuple
-        if not self._live:
-            return
-        if not self._wanted:
-            self._live = False
-            return
-        self._items.append(item)
-        self._event.set()
+    def feed(self, item: Any) -> None:
+        self.feed_many((item,))
 
     def feed_many(self, items: Sequence[Any]) -> None:
         if not self._live or not items:
