@@ -17,6 +17,7 @@ between figures measured in the same run, so a noisy machine moves both sides to
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import queue
@@ -27,7 +28,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -286,6 +287,18 @@ def spawn(module: str, role: str, **args: Any) -> Worker:
 def spawn_engine(**args: Any) -> Worker:
     """Start an engine worker (``tests/bench/_engine_server.py``); it prints ``READY``."""
     return spawn("tests.bench._engine_server", "serve", **args)
+
+
+@contextlib.contextmanager
+def serving(servers: dict[str, Worker]) -> Iterator[dict[str, str]]:
+    """The ``READY`` URL of each server; stops them all at the end (closes them on error)."""
+    try:
+        yield {name: server.expect("READY")["url"] for name, server in servers.items()}
+        for server in servers.values():
+            server.stop()
+    finally:
+        for server in servers.values():
+            server.close()
 
 
 def run_client(module: str, role: str, timeout: float = 600.0, **args: Any) -> dict[str, Any]:

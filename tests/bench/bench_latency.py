@@ -26,6 +26,7 @@ from ._harness import (
     emit,
     engine_stores,
     run_client,
+    serving,
     spawn,
     spawn_engine,
     worker_main,
@@ -90,8 +91,7 @@ def run(params: Params = FULL) -> Report:
     servers = {name: spawn_engine(store=url, tasks=[__name__]) for name, url in stores.items()}
     servers["bare"] = spawn("tests.bench._baselines", "trio-server")
     samples: dict[str, list[dict[str, Any]]] = {}
-    try:
-        urls = {name: w.expect("READY")["url"] for name, w in servers.items()}
+    with serving(servers) as urls:
         for _ in range(params.repeat):
             for store in stores:
                 for writer in ("pipe", "append"):
@@ -101,11 +101,6 @@ def run(params: Params = FULL) -> Report:
             samples.setdefault("baseline: bare trio-websocket", []).append(run_client(
                 "tests.bench._baselines", "trio-client", op="paced", url=urls["bare"],
                 n=params.chunks, rate=params.rate))
-        for server in servers.values():
-            server.stop()
-    finally:
-        for server in servers.values():
-            server.close()
     for label, results in samples.items():
         for key in ("p50", "p99", "max"):
             report.add(f"{label}: {key}", "ms", [r[f"{key}_ms"] for r in results],

@@ -30,6 +30,7 @@ from ._harness import (
     emit,
     engine_stores,
     run_client,
+    serving,
     spawn,
     spawn_engine,
     worker_main,
@@ -114,9 +115,8 @@ def run(params: Params = FULL) -> Report:
     servers = {name: spawn_engine(store=url, tasks=[__name__]) for name, url in stores.items()}
     servers["asyncio"] = spawn("tests.bench._baselines", "asyncio-server")
     servers["trio"] = spawn("tests.bench._baselines", "trio-server")
-    try:
-        urls = {name: w.expect("READY")["url"] for name, w in servers.items()}
-        samples: dict[str, list[dict[str, Any]]] = {}
+    samples: dict[str, list[dict[str, Any]]] = {}
+    with serving(servers) as urls:
 
         def measure(label: str, server: str, module: str, role: str, **args: Any) -> None:
             cpu0 = servers[server].cpu_seconds()
@@ -134,11 +134,6 @@ def run(params: Params = FULL) -> Report:
                     "tests.bench._baselines", "asyncio-client", n=params.chunks)
             measure("baseline b: trio-websocket, 256 chunks/msg", "trio",
                     "tests.bench._baselines", "trio-client", op="push", n=params.chunks)
-        for server in servers.values():
-            server.stop()
-    finally:
-        for server in servers.values():
-            server.close()
     _summarise(report, samples)
     return report
 
