@@ -10,6 +10,7 @@ a pipe of many small chunks costs a few store transactions, not one per chunk.
 from __future__ import annotations
 
 import collections
+import contextlib
 import inspect
 import itertools
 import weakref
@@ -143,9 +144,21 @@ async def _pump(sink: ProducerSink, source: Source, tee: _Tee | None) -> None:
                         await sink.put_many(to_json_many(batch))
                 full = len(batch) == PIPE_SLICE
         await sink.flush()
+    except Exception:
+        await _keep_accepted(sink)
+        raise
     finally:
         if tee is not None:
             tee.close()
+
+
+async def _keep_accepted(sink: ProducerSink) -> None:
+    """A producer failed (its source, or a chunk it was given): wait until what the sink
+    had accepted is stored, so the error is reported once the chunks before it are
+    readable, not while they are still on their way (a run finishing meanwhile would
+    refuse them)."""
+    with contextlib.suppress(Exception):  # the sink's own error: the producer's is raised
+        await sink.flush()
 
 
 def _start_pipe(key: str, source: Source, target: str) -> PipeResult[Any]:
@@ -211,6 +224,9 @@ def _start_writer(key: str, execute: Callable[[StreamWriter], Any],
             if inspect.isawaitable(result):
                 await result
             await writer._finish()
+        except Exception:
+            await _keep_accepted(sink)
+            raise
         finally:
             sink.close()
 

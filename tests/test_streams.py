@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 
 import attrs
+import orjson
 import pytest
 import trio
 import trio.testing
@@ -693,3 +694,40 @@ async def test_a_backend_pipe_keeps_the_chunks_before_one_too_big_for_a_message(
                                target=handle.id).wait_until_complete()
         await finish(handle.id)
         assert await read_all(handle.id, "k") == ["a", "b"]
+
+
+def stored_now(eng, run_id: str, key: str) -> list:
+    """What the (memory) store holds, read without a checkpoint: nothing runs meanwhile."""
+    stream = eng.store._streams.get(run_id, {}).get(key)
+    return [orjson.loads(item) for item in stream.items] if stream is not None else []
+
+
+def breaks_after_two():
+    yield "a"
+    yield "b"
+    raise ValueError("the source broke")
+
+
+async def test_a_failed_pipe_reports_its_error_once_the_chunks_before_it_are_stored(
+        transport, autojump_clock):
+    async with serve([held_open], transport) as eng:
+        handle = await held_open.trigger()
+        with pytest.raises(ValueError, match="the source broke"):
+            await streams.pipe("k", breaks_after_two(), target=handle.id).wait_until_complete()
+        assert stored_now(eng, handle.id, "k") == ["a", "b"]
+        await finish(handle.id)
+
+
+async def test_a_failed_writer_reports_its_error_once_its_writes_are_stored(
+        transport, autojump_clock):
+    def execute(writer):
+        writer.write("a")
+        writer.write("b")
+        raise ValueError("the writer broke")
+
+    async with serve([held_open], transport) as eng:
+        handle = await held_open.trigger()
+        with pytest.raises(ValueError, match="the writer broke"):
+            await streams.writer("k", execute=execute, target=handle.id).wait_until_complete()
+        assert stored_now(eng, handle.id, "k") == ["a", "b"]
+        await finish(handle.id)
