@@ -268,7 +268,7 @@ class _Waiter:
 
 
 class _Handler:
-    """One ``on`` subscription: its own queue and task, in the run's handler nursery."""
+    """One ``on`` subscription: its own queue and task (``RunActor.spawn_handler``)."""
 
     def __init__(self, fn: Callable[[Any], Any], fail_run: bool) -> None:
         self.fn = fn
