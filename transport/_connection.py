@@ -20,16 +20,18 @@ is free and the pipe takes the message now. Over a memory pipe that is the chann
 to the TCP socket; if the kernel takes only part of it, the rest is kept and the
 connection's wire lock stays held until :meth:`Connection.flush` (or the next
 :meth:`Connection.send`) writes it, so no other bytes -- not even trio-websocket's own pongs
-or close frame -- can come between. That wire lock (:class:`_Baton`) replaces
-trio-websocket's private ``_stream_lock``, because trio's own locks may only be released by
-the task that took them. The fast path uses trio-websocket's private ``_wsproto``,
-``_stream`` and ``_stream_lock`` (checked when the connection is made; without them,
-``send_nowait`` returns ``False`` and everything goes through :meth:`Connection.send`).
+or close frame -- can come between. That wire lock (:func:`_wire_lock`, a one-slot
+``trio.Semaphore``) replaces trio-websocket's private ``_stream_lock``, because a
+``trio.Lock`` may only be released by the task that took it. The fast path uses
+trio-websocket's private ``_wsproto``, ``_stream`` and ``_stream_lock`` (checked when the
+connection is made; without them, ``send_nowait`` returns ``False`` and everything goes
+through :meth:`Connection.send`).
 Only engine-side connections set this up; a client's trio-websocket is left as it is.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Protocol as TypingProtocol
 
@@ -232,11 +234,14 @@ class Connection:
                     assert self._direct is not None
                     await self._direct.flush()
                 await self._pipe.aclose(code, reason)
-                # trio-websocket (0.12) returns early from aclose() on a connection the
-                # peer reset, leaving its TCP socket open until garbage collection
-                await _close_tcp(self._pipe)
             except Exception:  # the peer may already be gone; closing is best effort
                 pass
+            finally:
+                # trio-websocket (0.12) returns early from aclose() on a connection the
+                # peer reset, leaving its TCP socket open until garbage collection; and
+                # a failed flush or close must not leave it open either
+                with contextlib.suppress(Exception):
+                    await _close_tcp(self._pipe)
 
 
 async def _close_tcp(pipe: object) -> bool:
@@ -252,45 +257,12 @@ async def _close_tcp(pipe: object) -> bool:
     return True
 
 
-class _Baton:
-    """A FIFO lock that any task may release, with the interface trio-websocket uses.
-
-    It stands in for trio-websocket's ``_stream_lock``: a message :meth:`_DirectWrite.write`
-    left half-written holds it (taken by no task in particular) until some task writes the
-    rest. ``release`` hands it straight to the longest waiter, as trio's FIFO lock does.
-    """
-
-    def __init__(self) -> None:
-        self._held = False
-        self._lot = trio.lowlevel.ParkingLot()
-
-    def locked(self) -> bool:
-        return self._held
-
-    def acquire_nowait(self) -> None:
-        if self._held:
-            raise trio.WouldBlock
-        self._held = True
-
-    async def acquire(self) -> None:
-        await trio.lowlevel.checkpoint_if_cancelled()
-        if self._held:
-            await self._lot.park()  # release() hands it over: it is ours when we wake
-        else:
-            self._held = True
-            await trio.lowlevel.cancel_shielded_checkpoint()
-
-    def release(self) -> None:
-        if not self._held:
-            raise RuntimeError("the wire lock is not held")
-        if not self._lot.unpark():
-            self._held = False
-
-    async def __aenter__(self) -> None:
-        await self.acquire()
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self.release()
+def _wire_lock() -> trio.Semaphore:
+    """The lock that stands in for trio-websocket's ``_stream_lock``: a message
+    :meth:`_DirectWrite.write` left half-written holds it (taken by no task in particular)
+    until some task writes the rest. A one-slot semaphore: any task may release it, and
+    ``release`` hands it straight to the longest waiter."""
+    return trio.Semaphore(1, max_value=1)
 
 
 class _DirectWrite:
@@ -299,7 +271,7 @@ class _DirectWrite:
     def __init__(self, ws: trio_websocket.WebSocketConnection) -> None:
         self.ws = ws
         self.stream: trio.SocketStream = ws._stream
-        self.baton = _Baton()
+        self.baton = _wire_lock()
         ws._stream_lock = self.baton  # type: ignore[assignment]
         self.rest = b""
 
@@ -318,7 +290,7 @@ class _DirectWrite:
     def write(self, message: str) -> bool:
         """Write one text message if the socket takes at least part of it now."""
         ws = self.ws
-        if self.baton.locked() or ws.closed is not None:
+        if self.baton.value == 0 or ws.closed is not None:
             return False
         if ws._wsproto.state is not ConnectionState.OPEN:
             return False
