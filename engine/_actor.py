@@ -32,7 +32,7 @@ from sdk import (
     BadFrameError,
     PayloadTooLargeError, RunContext, RunFinishedError, RunStatus, StreamTooLargeError, Task,
 )
-from sdk._convert import json_bytes, json_bytes_many
+from sdk._convert import json_bytes, json_bytes_within
 from sdk._models import RunInfo as SdkRunInfo
 from sdk.runtime import TIMED_OUT, bind_run
 
@@ -131,13 +131,11 @@ def _encode_fast(values: list[Any], used: int,
                  limits: Limits) -> tuple[list[bytes], int] | None:
     """Encode a batch in one pass, with its size; ``None`` if any chunk would be refused
     (the hot path)."""
-    try:
-        encoded = json_bytes_many(values)
-    except TypeError:
+    encoded = json_bytes_within(values, limits.max_chunk_bytes)
+    if encoded is None:
         return None
-    sizes = list(map(len, encoded))
-    size = sum(sizes)
-    if (sizes and max(sizes) > limits.max_chunk_bytes) or used + size > limits.max_stream_bytes:
+    size = sum(map(len, encoded))
+    if used + size > limits.max_stream_bytes:
         return None
     return encoded, size
 

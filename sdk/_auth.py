@@ -23,7 +23,8 @@ from .runtime import current_backend, current_run
 #: Default lifetime of a public token.
 DEFAULT_EXPIRATION = "15m"
 #: The scopes a token may carry, as ``(action, resource)``; the id part is free. The engine
-#: checks tokens with the same :func:`check_scopes`, so a typo fails here, locally.
+#: checks the scopes of every token it signs with the same :func:`check_scopes`, so a typo
+#: fails here, locally.
 SCOPE_KINDS = frozenset({
     ("read", "runs"), ("read", "tasks"), ("write", "inputStreams"), ("write", "streams"),
     ("write", "runs"), ("trigger", "tasks"),
@@ -73,7 +74,7 @@ def normalize_scopes(scopes: Iterable[str] | Mapping[str, Any]) -> list[str]:
     """Scope strings from a list of strings or an ``{action: {resource: ids}}`` mapping.
 
     Raises:
-        ValueError: empty, or a scope that is not ``action:resource[:id]``.
+        ValueError: see :func:`check_scopes` (and one string instead of a list).
     """
     if isinstance(scopes, Mapping):
         found = list(_from_mapping(scopes))
@@ -88,7 +89,9 @@ def check_scopes(scopes: Any) -> list[str]:
     """The scopes, sorted and deduplicated, if every one is well formed.
 
     Raises:
-        ValueError: not a non-empty list of ``action:resource[:id]`` strings of a known kind.
+        ValueError: not a non-empty list of ``action:resource[:id]`` strings of a known kind
+            (``SCOPE_KINDS``), more than ``MAX_SCOPES`` of them, or one longer than
+            ``MAX_SCOPE_CHARS``.
     """
     if not isinstance(scopes, (list, tuple, set, frozenset)) or not scopes:
         raise ValueError("scopes must be a non-empty list such as ['read:runs:<run id>']")

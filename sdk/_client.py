@@ -79,7 +79,7 @@ from ._errors import (
     UnauthorizedError,
     error_from_code,
 )
-from ._convert import json_bytes, json_bytes_many
+from ._convert import json_bytes, json_bytes_within
 from ._models import Run, RunHandle, TaskRunResult
 from .runtime import Completion, bind_client, collapse_exception_groups, unbind_client
 
@@ -136,7 +136,9 @@ class _Inbox:
         self._ready = trio.Event()
         self.lead: Callable[[_Inbox], Awaitable[bool]] | None = None
 
-    def __bool__(self) -> bool:  # something to get
+    @property
+    def pending(self) -> bool:
+        """Something to get."""
         return bool(self._items)
 
     def put(self, frame: Any) -> bool:
@@ -250,7 +252,7 @@ class _Receiver:
             if self._scope is not None:
                 self._scope.cancel()
             await self._aside.wait()
-            while not inbox and not self.closed:
+            while not inbox.pending and not self.closed:
                 try:
                     frame = await self.conn.receive()
                 except Exception as exc:  # noqa: BLE001 - the serve task handles it, as ever
@@ -573,14 +575,7 @@ class Client:
 
     def _encode_many(self, values: list[Any]) -> list[bytes] | None:
         """``values`` as JSON in one batch; ``None`` if :meth:`_encode` would refuse one."""
-        try:
-            encoded = json_bytes_many(values)
-        except TypeError:
-            return None
-        limit = self.max_item_bytes
-        if limit and encoded and max(map(len, encoded)) > limit:
-            return None
-        return encoded
+        return json_bytes_within(values, self.max_item_bytes or None)  # 0: not known
 
     @property
     def max_item_bytes(self) -> int:

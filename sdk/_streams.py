@@ -14,7 +14,7 @@ import contextlib
 import inspect
 import itertools
 import weakref
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any, Generic, TypeVar
 
 import trio
@@ -135,30 +135,40 @@ async def _pump(sink: ProducerSink, source: Source, tee: _Tee | None) -> None:
             full = True
             while full:
                 batch: list[Any] = []
-                try:  # list.extend keeps what it took before the source raised
+                try:  # list.extend keeps what it took before the source raised: stored too
                     batch.extend(itertools.islice(items, PIPE_SLICE))
-                finally:  # what the source yielded before it raised is still stored
+                finally:
                     if tee is not None:
                         tee.feed_many(batch)
                     if batch:
                         await sink.put_many(to_json_many(batch))
                 full = len(batch) == PIPE_SLICE
         await sink.flush()
-    except Exception:
-        await _keep_accepted(sink)
-        raise
     finally:
         if tee is not None:
             tee.close()
 
 
-async def _keep_accepted(sink: ProducerSink) -> None:
-    """A producer failed (its source, or a chunk it was given): wait until what the sink
-    had accepted is stored, so the error is reported once the chunks before it are
-    readable, not while they are still on their way (a run finishing meanwhile would
-    refuse them)."""
-    with contextlib.suppress(Exception):  # the sink's own error: the producer's is raised
-        await sink.flush()
+def _producer_job(sink: ProducerSink,
+                  body: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+    """A pipe's or writer's job: run ``body``, then close ``sink``.
+
+    If ``body`` fails (its source, a chunk it was given, a writer's function), the job
+    first waits until what the sink had accepted is stored, so the error is reported once
+    the chunks before it are readable, not while they are still on their way (a run
+    finishing meanwhile would refuse them).
+    """
+    async def job() -> None:
+        try:
+            await body()
+        except Exception:
+            with contextlib.suppress(Exception):  # the sink's own: the body's error is raised
+                await sink.flush()
+            raise
+        finally:
+            sink.close()
+
+    return job
 
 
 def _start_pipe(key: str, source: Source, target: str) -> PipeResult[Any]:
@@ -166,13 +176,7 @@ def _start_pipe(key: str, source: Source, target: str) -> PipeResult[Any]:
     backend = current_backend()
     sink = backend.open_producer(backend.resolve_target(target), key)
     tee = _Tee()
-
-    async def job() -> None:
-        try:
-            await _pump(sink, source, tee)
-        finally:
-            sink.close()
-
+    job = _producer_job(sink, lambda: _pump(sink, source, tee))
     return PipeResult(tee, backend.spawn_producer(job))
 
 
@@ -218,19 +222,13 @@ def _start_writer(key: str, execute: Callable[[StreamWriter], Any],
     sink = backend.open_producer(backend.resolve_target(target), key)
     writer = StreamWriter(sink, backend)
 
-    async def job() -> None:
-        try:
-            result = execute(writer)
-            if inspect.isawaitable(result):
-                await result
-            await writer._finish()
-        except Exception:
-            await _keep_accepted(sink)
-            raise
-        finally:
-            sink.close()
+    async def body() -> None:
+        result = execute(writer)
+        if inspect.isawaitable(result):
+            await result
+        await writer._finish()
 
-    return WriterResult(backend.spawn_producer(job))
+    return WriterResult(backend.spawn_producer(_producer_job(sink, body)))
 
 
 class StreamReader(Generic[T]):
