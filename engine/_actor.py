@@ -484,8 +484,9 @@ class RunActor:
 
     def spawn_handler(self, fn: Callable[[], Any]) -> None:
         """Run ``fn`` (an ``on()`` handler, a background task) until the attempts end."""
-        if not self._handlers_open or self._producers is None:
+        if not self._handlers_open:
             raise RunFinishedError(f"run {self.id} is not executing")
+        assert self._producers is not None  # open while handlers are
         if self._handler_scopes is None:
             self._handler_scopes = []
         scopes, scope = self._handler_scopes, trio.CancelScope()

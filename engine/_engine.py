@@ -102,7 +102,7 @@ class Reader:
         while True:
             stream = self.stream
             if self.next < stream.length:
-                items = stream.tail(self.next, limits.frame_items, limits.frame_bytes)
+                items = self.tail()
                 if items is None:  # behind the live tail: the store has it
                     items = cap_bytes(await self.engine.store.read_chunks(
                         self.run_id, self.key, self.next, limits.frame_items), limits.frame_bytes)
@@ -119,6 +119,11 @@ class Reader:
                     self.waiting = False
                 continue  # woken (chunks, maybe already pushed, or the end): the timer restarts
             raise ReadTimeout()
+
+    def tail(self) -> list[bytes] | None:
+        """A frame's worth of chunks from ``next``, if the live tail still holds them."""
+        limits = self.engine.limits
+        return self.stream.tail(self.next, limits.frame_items, limits.frame_bytes)
 
 
 class Engine:

@@ -291,12 +291,11 @@ class Session:
     def _pusher(self, frame: Read, reader: Reader) -> Callable[[], None]:
         """The read's pusher: new chunks straight from the commit cycle ("Live pushes")."""
         scope = self._requests[frame.id]  # the read runs as a request
-        limits = self.engine.limits
 
         def push() -> None:
             if not reader.waiting or self._ending or scope.cancel_called:
                 return
-            items = reader.stream.tail(reader.next, limits.frame_items, limits.frame_bytes)
+            items = reader.tail()
             if not items:
                 return
             try:
@@ -306,7 +305,8 @@ class Session:
                 return         # send (woken next) meets the same error and reports it
             if sent:
                 reader.next += len(items)
-                if self.conn.unflushed and self._nursery is not None:
+                if self.conn.unflushed:
+                    assert self._nursery is not None  # the read runs in it
                     self._nursery.start_soon(self._flush)
 
         return push

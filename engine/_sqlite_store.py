@@ -288,8 +288,9 @@ class SqliteStore(Store):
         self.path = path
         self.synchronous = synchronous.upper()
         self._memory = path == ":memory:"
-        #: small groups are written on the trio thread (see the module docstring)
-        self._inline = self._memory or self.synchronous == "NORMAL"
+        #: a file under synchronous=NORMAL: small groups are written on the trio thread and
+        #: WAL checkpoints run in the background (see "Threads" in the module docstring)
+        self._background_checkpoints = not self._memory and self.synchronous == "NORMAL"
         self._writer: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
         self._checkpointer: sqlite3.Connection | None = None
@@ -341,7 +342,7 @@ class SqliteStore(Store):
             opened.append(self._connect(cache_kib=16384 if self._memory else 2048))
             _migrate(opened[0])
             if not self._memory:
-                if self._inline:  # checkpoints run in the background instead (see above)
+                if self._background_checkpoints:  # instead of SQLite's in-commit ones
                     opened[0].execute("PRAGMA wal_autocheckpoint = 0")
                 # the reader: catch-up reads scan pages in order and rarely come back, and
                 # the OS page cache holds the file anyway; a 16 MiB cache filled up when a
@@ -437,8 +438,8 @@ class SqliteStore(Store):
             entry.taken = True
         try:
             group = [entry for entry in group if entry.build()]  # staged now: see commit_staged
-            if group and self._inline and (self._memory or
-                                           sum(entry.nbytes for entry in group) <= INLINE_BYTES):
+            if group and (self._memory or (self._background_checkpoints and sum(
+                    entry.nbytes for entry in group) <= INLINE_BYTES)):
                 self._write(group)  # on the trio thread: see "Threads" in the module docstring
             elif group:
                 with trio.CancelScope(shield=True):
@@ -454,7 +455,7 @@ class SqliteStore(Store):
 
     def _written(self, group: list[_Pending]) -> None:
         """Count the pages written; start a background checkpoint once there are enough."""
-        if self._inline and not self._memory:
+        if self._background_checkpoints:
             self._unchecked_pages += sum(entry.pages() for entry in group)
             if self._unchecked_pages >= CHECKPOINT_PAGES and self._checkpointing is None:
                 self._start_checkpoint()
@@ -643,7 +644,7 @@ class SqliteStore(Store):
         return rows[0][0] if rows else None
 
 
-# --- helpers that run in the writer thread ------------------------------------------------
+# --- writing on the writer connection (trio thread or worker thread: see "Threads") -----
 
 
 def _apply(conn: sqlite3.Connection, batch: Batch, run_rows: list[tuple[Any, ...]],
@@ -704,29 +705,25 @@ def _pages(sid: int, start: int, before: int, items: list[bytes],
     Raises:
         ValueError: a chunk holds a raw newline, so it is not compact JSON.
     """
-    if nbytes <= PAGE_BYTES:  # cut by count alone, usually one page; sizes from lengths
-        rows = []
-        through = before
-        for begin in range(0, len(items), PAGE_ITEMS):
-            page = items if len(items) <= PAGE_ITEMS else items[begin:begin + PAGE_ITEMS]
-            data = _SEP.join(page)
-            if data.count(_SEP) != len(page) - 1:
-                raise _not_compact()
-            through += len(data) - (len(page) - 1)  # less the separators
-            rows.append((sid, start + begin + len(page) - 1, start + begin, through, data))
-        return rows
-    total = list(accumulate(map(len, items)))
+    # cut by count alone when everything fits in one page's bytes (the usual case: no
+    # per-chunk sizes needed); else also by bytes, on running totals
+    total = None if nbytes <= PAGE_BYTES else list(accumulate(map(len, items)))
     rows = []
+    through = before
     begin = 0
     while begin < len(items):
-        base = total[begin - 1] if begin else 0
         end = min(len(items), begin + PAGE_ITEMS)
-        if total[end - 1] - base > PAGE_BYTES:
-            end = max(begin + 1, bisect_right(total, base + PAGE_BYTES, begin, end))
-        data = _SEP.join(items[begin:end])
-        if data.count(_SEP) != end - begin - 1:
+        if total is not None:
+            base = total[begin - 1] if begin else 0
+            if total[end - 1] - base > PAGE_BYTES:
+                end = max(begin + 1, bisect_right(total, base + PAGE_BYTES, begin, end))
+        page = items if end - begin == len(items) else items[begin:end]
+        data = _SEP.join(page)
+        separators = end - begin - 1
+        if data.count(_SEP) != separators:
             raise _not_compact()
-        rows.append((sid, start + end - 1, start + begin, before + total[end - 1], data))
+        through += len(data) - separators
+        rows.append((sid, start + end - 1, start + begin, through, data))
         begin = end
     return rows
 

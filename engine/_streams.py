@@ -244,7 +244,8 @@ class Mailbox:
         return bool(self._messages or self._dirty or self._poked)
 
     def take(self) -> tuple[list[Any], list[Producer]]:
-        """Take all the work (the caller lets producers run first, so it coalesces)."""
+        """Take all the work (how much waits to be taken is ``RunActor._commit_loop``'s
+        business: it lets producers refill after a busy cycle)."""
         self._poked = False
         messages, self._messages = self._messages, []
         producers = list(self._dirty)
