@@ -52,7 +52,9 @@ def test_latency_stages_tool_runs_and_reports_every_stage(store: str) -> None:
     stages += [] if store == "bare" else ["stage", "committed", "send0", "send1", "routed"]
     stages += ["store write"] if store == "sqlite" else []
     for stage in stages:
-        line = next(line for line in done.stdout.splitlines() if line.strip().startswith(stage))
+        line = next((line for line in done.stdout.splitlines()
+                     if line.strip().startswith(stage)), None)
+        assert line is not None, f"no {stage!r} line in:\n{done.stdout}"
         assert "p50" in line and "nan" not in line, line
 
 

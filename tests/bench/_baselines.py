@@ -9,7 +9,8 @@ Two servers and their clients, each in its own process:
 * ``trio-server`` / ``trio-client``: the raw limit of our stack: trio-websocket pushing the
   same chunks in 256-item orjson messages, with no engine, store or SDK in between.
 
-A client opens one connection and sends one request (a JSON object with ``op``):
+A client opens one connection and sends one request (a JSON object with ``op``); the
+asyncio server knows only ``push``, the trio server all three:
 
 * ``push`` ``n``: the server sends chunks 0..n-1 as fast as it can, then ``{"end": n}``;
 * ``paced`` ``n``, ``rate``: one chunk per message every ``1/rate`` s, each carrying the
@@ -20,7 +21,6 @@ A client opens one connection and sends one request (a JSON object with ``op``):
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from typing import Any
 
@@ -28,7 +28,7 @@ import orjson
 import trio
 import trio_websocket
 
-from ._harness import emit, percentile, proc_cpu_seconds, read_commands, worker_main
+from ._harness import emit, percentile, read_commands, worker_main
 
 BATCH = 256
 
@@ -48,9 +48,6 @@ async def _asyncio_handler(ws: Any) -> None:
         for i in range(n):
             await ws.send(orjson.dumps({"i": i, "chunk": chunk(i)}).decode())
         await ws.send(orjson.dumps({"end": n}).decode())
-    elif request["op"] == "echo":
-        async for message in ws:
-            await ws.send(message)
 
 
 async def _asyncio_serve() -> None:
@@ -59,7 +56,7 @@ async def _asyncio_serve() -> None:
     async with serve(_asyncio_handler, "127.0.0.1", 0, compression=None,
                      max_size=None) as server:
         port = server.sockets[0].getsockname()[1]
-        emit("READY", {"url": f"ws://127.0.0.1:{port}", "pid": os.getpid()})
+        emit("READY", {"url": f"ws://127.0.0.1:{port}"})
         loop = asyncio.get_running_loop()
         while await loop.run_in_executor(None, read_commands) != "stop":
             pass
@@ -120,7 +117,7 @@ async def _trio_serve() -> None:
         server = await nursery.start(lambda task_status: trio_websocket.serve_websocket(
             _trio_handler, "127.0.0.1", 0, ssl_context=None, handler_nursery=nursery,
             task_status=task_status))
-        emit("READY", {"url": f"ws://127.0.0.1:{server.port}", "pid": os.getpid()})
+        emit("READY", {"url": f"ws://127.0.0.1:{server.port}"})
         while await trio.to_thread.run_sync(read_commands, abandon_on_cancel=True) != "stop":
             pass
         emit("RESULT")
@@ -200,7 +197,6 @@ def worker(role: str, args: dict[str, Any]) -> None:
             result = trio.run(_trio_paced_client, args["url"], args["n"], args["rate"])
         else:
             result = trio.run(_trio_echo, args["url"], args["n"], args.get("concurrency", 1))
-        result["proc_cpu_s"] = proc_cpu_seconds()
         emit("RESULT", result)
     else:
         raise SystemExit(f"unknown role {role!r}")

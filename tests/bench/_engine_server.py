@@ -2,7 +2,7 @@
 
     python -m tests.bench._engine_server serve '{"store": "memory://", "tasks": [...]}'
 
-Prints ``READY {"url": ..., "pid": ...}`` once it listens, then obeys stdin lines: ``reset``
+Prints ``READY {"url": ...}`` once it listens, then obeys stdin lines: ``reset``
 (restarts the resident-size sampling, answers ``RESET``) and ``stop`` (answers ``RESULT`` with
 the sampled memory figures and exits). With ``"sample_s"`` it samples its resident size that
 often, so a benchmark can see whether memory grows with a stream's length.
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
 import time
 from typing import Any
 
@@ -81,7 +80,7 @@ async def serve(args: dict[str, Any]) -> None:
         async with trio.open_nursery() as nursery:
             if sampler.interval:
                 nursery.start_soon(sampler.run)
-            emit("READY", {"url": eng.url, "pid": os.getpid()})
+            emit("READY", {"url": eng.url})
             while True:
                 command = await trio.to_thread.run_sync(read_commands, abandon_on_cancel=True)
                 if command == "reset":

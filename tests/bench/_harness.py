@@ -28,11 +28,12 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import attrs
+import trio
 
 REPO = Path(__file__).resolve().parents[2]
 API_KEY = "bench-api-key-0123456789"
@@ -401,17 +402,30 @@ def temp_db() -> str:
     return f"sqlite:///{_temp_dir()}/bench.db"
 
 
+def store_url(name: str) -> str:
+    """A fresh store of that name: ``memory://``, or a new SQLite file."""
+    return temp_db() if name == "sqlite" else "memory://"
+
+
 def engine_stores(report: Report, wanted: Iterable[str]) -> dict[str, str]:
     """Store URLs for the wanted store names (``memory``, ``sqlite``) that can be opened;
     a note on the report for each one skipped."""
     stores: dict[str, str] = {}
     for name in wanted:
-        if name == "memory":
-            stores[name] = "memory://"
-        elif name == "sqlite":
-            missing = sqlite_available()
-            if missing:
-                report.notes.append(f"sqlite variants skipped: {missing}")
-            else:
-                stores[name] = temp_db()
+        missing = sqlite_available() if name == "sqlite" else None
+        if missing:
+            report.notes.append(f"sqlite variants skipped: {missing}")
+        elif name in ("memory", "sqlite"):
+            stores[name] = store_url(name)
     return stores
+
+
+def trio_worker(role: str, main: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+                ) -> Callable[[str, dict[str, Any]], None]:
+    """A client worker (for :func:`worker_main`) that plays ``role``: runs ``main(args)``
+    under trio and emits its ``RESULT``."""
+    def worker(given: str, args: dict[str, Any]) -> None:
+        assert given == role, given
+        emit("RESULT", trio.run(main, args))
+
+    return worker

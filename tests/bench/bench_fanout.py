@@ -26,7 +26,16 @@ import trio
 from sdk import connect, streams, task, tasks
 
 from ._baselines import chunk
-from ._harness import API_KEY, Report, emit, read_commands, spawn, spawn_engine, worker_main
+from ._harness import (
+    API_KEY,
+    Report,
+    emit,
+    read_commands,
+    spawn,
+    spawn_engine,
+    trio_worker,
+    worker_main,
+)
 
 NAME = "fanout"
 fan = streams.define(id="fan", type=str)
@@ -102,13 +111,11 @@ async def _readers(args: dict[str, Any]) -> dict[str, Any]:
                 await go.send(handle.id, {"go": True})
     if len(ends) != count:
         raise AssertionError(f"{len(ends)} of {count} readers finished")
-    return {"go_ns": go_ns, "first_end_ns": min(ends), "last_end_ns": max(ends),
+    return {"go_ns": go_ns, "last_end_ns": max(ends),
             "deliveries": count * n, "cpu_s": time.process_time() - cpu0}
 
 
-def worker(role: str, args: dict[str, Any]) -> None:
-    assert role == "readers", role
-    emit("RESULT", trio.run(_readers, args))
+worker = trio_worker("readers", _readers)
 
 
 # --- orchestration -------------------------------------------------------------------------

@@ -23,12 +23,12 @@ from ._baselines import latency_summary
 from ._harness import (
     API_KEY,
     Report,
-    emit,
     engine_stores,
     run_client,
     serving,
     spawn,
     spawn_engine,
+    trio_worker,
     worker_main,
 )
 
@@ -80,9 +80,7 @@ async def _reader(args: dict[str, Any]) -> dict[str, Any]:
         return latency_summary(latencies)
 
 
-def worker(role: str, args: dict[str, Any]) -> None:
-    assert role == "read", role
-    emit("RESULT", trio.run(_reader, args))
+worker = trio_worker("read", _reader)
 
 
 def run(params: Params = FULL) -> Report:

@@ -4,11 +4,11 @@ The engine process samples its resident set size every 100 ms while a task pipes
 and a reader in another process reads them over a websocket (the throughput benchmark's task
 and reader). Growth = peak during the stream minus the size after a warm-up stream, taken
 just before. The *lagging reader* variants pause the reader for ``LAG_PAUSE_S`` every
-``LAG_EVERY`` chunks, so it falls behind the live tail and catches up from the store (and is
-still reading from it after the task has finished). With ``sqlite://`` the chunks live on
-disk, so growth is the engine's own: the target (< 50 MiB) applies there. ``memory://``
-keeps every chunk in the engine process by design; its growth is reported per chunk, which
-shows what one stored chunk costs.
+``LAG_EVERY`` chunks (every fifth of a shorter stream), so it falls behind the live tail
+and catches up from the store (and is still reading from it after the task has finished).
+With ``sqlite://`` the chunks live on disk, so growth is the engine's own: the target
+(< 50 MiB) applies there. ``memory://`` keeps every chunk in the engine process by design;
+its growth is reported per chunk, which shows what one stored chunk costs.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 
 import attrs
 
-from ._harness import MiB, Report, engine_stores, run_client, spawn_engine, temp_db
+from ._harness import MiB, Report, engine_stores, run_client, spawn_engine, store_url
 
 NAME = "long_stream"
 READER = "tests.bench.bench_throughput"
@@ -38,6 +38,9 @@ QUICK = Params(chunks=300_000, repeat=1)
 SMOKE = Params(chunks=5_000, warmup=1_000, repeat=1, stores=("memory",), lagging=("memory",))
 LAG_EVERY = 20_000
 LAG_PAUSE_S = 0.02
+#: Growth is also reported at these fractions of the stream (not at its end: the sampler
+#: counts the chunks of live runs, and the run is gone once it has finished)
+MARKS = (0.25, 0.5, 0.75)
 
 
 def _one(url: str, params: Params, lagging: bool = False) -> dict[str, Any]:
@@ -52,7 +55,7 @@ def _one(url: str, params: Params, lagging: bool = False) -> dict[str, Any]:
         stats = engine.stop()
     base, series = stats["sampled_base"], stats["series"]
     marks = {}
-    for fraction in (0.25, 0.5, 0.75, 1.0):
+    for fraction in MARKS:
         goal = fraction * params.chunks
         hit = next((s for s in series if s[2] >= goal), None)
         if hit is not None:
@@ -72,9 +75,8 @@ def run(params: Params = FULL) -> Report:
     for _ in range(params.repeat):
         for store, url in stores.items():
             for lagging in [False, True] if store in params.lagging else [False]:
-                fresh = temp_db() if store == "sqlite" else url  # a fresh database each time
-                label = store + " lagging reader" * lagging
-                samples.setdefault(label, []).append(_one(fresh, params, lagging))
+                label = store + " lagging reader" * lagging  # a fresh database each time:
+                samples.setdefault(label, []).append(_one(store_url(store), params, lagging))
     for label, results in samples.items():
         report.add(f"{label}: RSS after warm-up", "MiB", [r["base"] for r in results],
                    higher_is_better=False)
@@ -86,7 +88,7 @@ def run(params: Params = FULL) -> Report:
                    [r["anon_growth"] for r in results], higher_is_better=False)
         report.add(f"{label}: file-backed + shared RSS at the end", "MiB",
                    [r["file_mib"] for r in results], higher_is_better=False)
-        for fraction in (0.25, 0.5, 0.75, 1.0):
+        for fraction in MARKS:
             values = [r["marks"][fraction] for r in results if fraction in r["marks"]]
             if values:
                 report.add(f"{label}: RSS growth at {fraction:.0%} of the stream", "MiB",

@@ -33,7 +33,7 @@ from ._harness import (
     engine_stores,
     rss_bytes,
     run_client,
-    temp_db,
+    store_url,
     worker_main,
 )
 
@@ -211,7 +211,7 @@ def run(params: Params = FULL) -> Report:
     for _ in range(params.repeat):
         for probe, n in sizes.items():
             for label, (store, tid) in variants.items():
-                url = temp_db() if store == "sqlite" else "memory://"
+                url = store_url(store)
                 measure(label, "runs", probe, n, store=url, task=tid)
             if probe in params.bare_probes:
                 measure(BARE, "bare", probe, n)

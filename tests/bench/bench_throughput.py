@@ -30,10 +30,10 @@ from ._harness import (
     Report,
     emit,
     engine_stores,
-    run_client,
     serving,
     spawn,
     spawn_engine,
+    trio_worker,
     worker_main,
 )
 
@@ -104,9 +104,7 @@ async def _reader(args: dict[str, Any]) -> dict[str, Any]:
                                 args.get("pause_s", 0.0))
 
 
-def worker(role: str, args: dict[str, Any]) -> None:
-    assert role == "read", role
-    emit("RESULT", trio.run(_reader, args))
+worker = trio_worker("read", _reader)
 
 
 # --- orchestration -------------------------------------------------------------------------
@@ -122,8 +120,12 @@ def run(params: Params = FULL) -> Report:
     with serving(servers) as urls:
 
         def measure(label: str, server: str, module: str, role: str, **args: Any) -> None:
-            cpu0 = servers[server].cpu_seconds()
-            result = run_client(module, role, url=urls[server], **args)
+            with spawn(module, role, url=urls[server], **args) as client:
+                if module == __name__:  # the server's CPU for its warm-up is not counted
+                    client.expect("WARM", 600)
+                cpu0 = servers[server].cpu_seconds()
+                result = client.expect("RESULT", 600)
+                client.wait()
             result["server_cpu_s"] = servers[server].cpu_seconds() - cpu0
             samples.setdefault(label, []).append(result)
 

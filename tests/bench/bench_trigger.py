@@ -24,12 +24,13 @@ from sdk import connect, task
 from ._harness import (
     API_KEY,
     Report,
-    emit,
     engine_stores,
     run_client,
+    serving,
     spawn,
     spawn_engine,
-    temp_db,
+    store_url,
+    trio_worker,
     worker_main,
 )
 
@@ -89,9 +90,7 @@ async def _client(args: dict[str, Any]) -> dict[str, Any]:
             "last_tenth": last, "anomalies": anomalies}
 
 
-def worker(role: str, args: dict[str, Any]) -> None:
-    assert role == "trigger", role
-    emit("RESULT", trio.run(_client, args))
+worker = trio_worker("trigger", _client)
 
 
 def _engine_rate(url: str, n: int, concurrency: int) -> dict[str, Any]:
@@ -110,19 +109,16 @@ def run(params: Params = FULL) -> Report:
     c = params.concurrency
     shapes = {"sequential": (params.runs, 1), f"{c} concurrent": (params.concurrent_runs, c)}
     samples: dict[str, list[dict[str, Any]]] = {}
-    with spawn("tests.bench._baselines", "trio-server") as bare:
-        bare_url = bare.expect("READY")["url"]
+    with serving({"bare": spawn("tests.bench._baselines", "trio-server")}) as urls:
         for _ in range(params.repeat):
             for store in stores:
                 for shape, (n, conc) in shapes.items():
-                    url = temp_db() if store == "sqlite" else stores[store]  # a fresh database
                     samples.setdefault(f"{store}, {shape}", []).append(
-                        _engine_rate(url, n, conc))
+                        _engine_rate(store_url(store), n, conc))  # a fresh database
             for shape, (n, conc) in shapes.items():
                 samples.setdefault(f"baseline: bare round trips, {shape}", []).append(
-                    run_client("tests.bench._baselines", "trio-client", op="echo", url=bare_url,
-                               n=n, concurrency=conc))
-        bare.stop()
+                    run_client("tests.bench._baselines", "trio-client", op="echo",
+                               url=urls["bare"], n=n, concurrency=conc))
     for label, results in samples.items():
         unit = "calls/s" if label.startswith("baseline") else "runs/s"
         report.add(f"{label}: {unit}", unit, [r["rate"] for r in results])

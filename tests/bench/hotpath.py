@@ -23,7 +23,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from ._harness import REPO, spawn, spawn_engine, sqlite_available, temp_db
+from ._harness import REPO, spawn, spawn_engine, sqlite_available, store_url
 
 #: The engine worker's own stdin thread (``_harness.read_commands``, blocked in ``readline``):
 #: not the engine's work.
@@ -118,7 +118,7 @@ def profile(store: str, task: str, chunks: int, top: int, rate: int, out: Path,
             gil: bool = True) -> str:
     if store == "sqlite" and (missing := sqlite_available()):
         raise SystemExit(missing)
-    url = temp_db() if store == "sqlite" else "memory://"
+    url = store_url(store)
     sections = []
     with spawn_engine(store=url, tasks=["tests.bench.bench_throughput"]) as engine:
         engine_url = engine.expect("READY")["url"]
