@@ -3,19 +3,36 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
 
 from engine import Engine, open_engine
+from engine._sqlite_store import SqliteStore
 from sdk import Run, connect, runs, streams
 
 API_KEY = "test-api-key-0123456789"
 
 #: The input stream a test sends on to let a waiting run go on (see ``until_go``, ``finish``).
 go = streams.input(id="go")
+
+
+def bounded(seconds: float) -> Callable[[Callable[..., Awaitable[None]]], Any]:
+    """Fail the test if it runs longer than ``seconds``: real seconds, unless the test runs
+    on the mock clock (for tests that wait on threads, which the mock clock cannot bound)."""
+
+    def wrap(fn: Callable[..., Awaitable[None]]) -> Any:
+        @functools.wraps(fn)
+        async def test(*args: Any, **kwargs: Any) -> None:
+            with trio.fail_after(seconds):
+                await fn(*args, **kwargs)
+
+        return test
+
+    return wrap
 
 
 @asynccontextmanager
@@ -52,3 +69,11 @@ async def until_go() -> None:
 async def finish(run_id: str) -> None:
     """Send on the ``go`` input stream of ``run_id``: its ``until_go()`` returns."""
     await go.send(run_id, True)
+
+
+def count_groups(store: SqliteStore) -> list[int]:
+    """Spy on ``store``'s group commits: the list gets each group's number of batches."""
+    groups: list[int] = []
+    write = store._write
+    store._write = lambda group: (groups.append(len(group)), write(group))[1]  # type: ignore
+    return groups

@@ -13,6 +13,7 @@ import trio
 import sdk
 from engine import Limits, open_engine
 from sdk import InvalidPayloadError, schema_task, streams, task
+from transport import PROTOCOL_VERSION
 
 from .helpers import API_KEY
 from .rawclient import raw_client, wait_for_connections
@@ -85,9 +86,10 @@ BAD = [
                  id="scopes-string"),
     pytest.param({"type": "read", "id": "19", "run": "r"}, None, id="id-string"),
     pytest.param({"type": "cancel", "id": None}, None, id="id-null"),
-    pytest.param({"type": "welcome", "protocol": 1}, None, id="engine-frame"),
+    pytest.param({"type": "welcome", "protocol": PROTOCOL_VERSION}, None, id="engine-frame"),
     pytest.param({"type": "ack", "re": 1, "id": 20}, None, id="engine-frame-with-id"),
-    pytest.param({"type": "hello", "protocol": 1, "token": API_KEY}, None, id="hello-twice"),
+    pytest.param({"type": "hello", "protocol": PROTOCOL_VERSION, "token": API_KEY}, None,
+                 id="hello-twice"),
     pytest.param('{"type":"send","id":21,"run":"r","stream":"k","data":%s%s}'
                  % ("[" * 300, "]" * 300), 21, id="too-deep"),
 ]
@@ -182,15 +184,16 @@ async def test_the_welcome_announces_the_message_limit(transport):
                                limits=Limits(max_message_bytes=12345)) as eng:
             async with raw_client(eng, transport) as client:
                 welcome = await client.hello(API_KEY)
-                assert welcome == {"type": "welcome", "protocol": 1, "engine": "runwire",
-                                   "max_message": 12345}
+                assert welcome == {"type": "welcome", "protocol": PROTOCOL_VERSION,
+                                   "engine": "runwire", "max_message": 12345}
 
 
 async def test_a_bad_hello_version_closes_with_4400(transport):
     with trio.fail_after(10):
         async with open_engine([echo], api_key=API_KEY, port=0) as eng:
             async with raw_client(eng, transport) as client:
-                answer = await client.ask({"type": "hello", "protocol": 2, "token": API_KEY})
+                answer = await client.ask({"type": "hello", "protocol": PROTOCOL_VERSION + 1,
+                                           "token": API_KEY})
                 assert (answer["type"], answer["code"]) == ("error", "bad_frame")
                 assert await client.closed_with() == 4400
             await wait_for_connections(eng, 0)

@@ -3,6 +3,7 @@
 import pytest
 
 from sdk import RunStatus, streams, task
+from transport._codec import _ORJSON_WRITE_DEPTH
 
 from .helpers import final, serve
 
@@ -18,7 +19,9 @@ async def listener(payload):
 @task(id="bad-sender")
 async def bad_sender(payload):
     try:
-        await note.send(payload["run"], object() if payload["kind"] == "object" else _deep(300))
+        # too deep for orjson to write (the wire codec's MAX_DEPTH does not apply here)
+        bad = object() if payload["kind"] == "object" else _deep(_ORJSON_WRITE_DEPTH)
+        await note.send(payload["run"], bad)
     except TypeError as exc:
         assert "not JSON" in str(exc)
         await note.send(payload["run"], "fine")

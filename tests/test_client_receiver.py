@@ -5,8 +5,7 @@ consumer is cancelled or the connection breaks (``sdk._client._Receiver``)."""
 from __future__ import annotations
 
 import contextlib
-import functools
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import trio
@@ -15,16 +14,7 @@ import trio.testing
 from sdk._client import _Inbox, _Receiver
 from transport import ConnectionBroken
 
-
-def bounded(test: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
-    """Fail instead of hanging (a receiver that never gives the connection back hangs)."""
-
-    @functools.wraps(test)
-    async def run() -> None:
-        with trio.fail_after(5):
-            await test()
-
-    return run
+from .helpers import bounded
 
 
 class FakeConn:
@@ -88,7 +78,7 @@ class Setup:
             self.receiver.close()
 
 
-@bounded
+@bounded(5)
 async def test_a_waiting_consumer_receives_its_own_frames_in_order() -> None:
     s = Setup()
     got: list[Any] = []
@@ -116,7 +106,7 @@ async def test_a_waiting_consumer_receives_its_own_frames_in_order() -> None:
         assert s.routed[-1] == (("b", 99), serve_task)
 
 
-@bounded
+@bounded(5)
 async def test_a_frame_the_serve_task_already_got_is_routed_first() -> None:
     for _ in range(20):  # trio runs a pass's tasks in either order: try both, many times
         s = Setup()
@@ -132,7 +122,7 @@ async def test_a_frame_the_serve_task_already_got_is_routed_first() -> None:
             assert s.routed[0] == (("a", 0), serve_task)
 
 
-@bounded
+@bounded(5)
 async def test_a_cancelled_consumer_gives_the_connection_back() -> None:
     s = Setup()
     async with s.serving() as serve_task:
@@ -155,7 +145,7 @@ async def test_a_cancelled_consumer_gives_the_connection_back() -> None:
         assert await s.inboxes["a"].get() == ("a", 0)
 
 
-@bounded
+@bounded(5)
 async def test_a_break_seen_by_the_consumer_reaches_the_serve_task() -> None:
     s = Setup()
     async with s.serving():
@@ -172,7 +162,7 @@ async def test_a_break_seen_by_the_consumer_reaches_the_serve_task() -> None:
         assert not await s.receiver.lead(s.inboxes["b"], s.route)  # a gone link: wait instead
 
 
-@bounded
+@bounded(5)
 async def test_only_one_task_receives_at_a_time() -> None:
     s = Setup()
     got: dict[str, list[Any]] = {"a": [], "b": []}

@@ -85,7 +85,7 @@ async def burst_then_sparse_pipe(payload: Any) -> int:
 
 
 async def test_a_busy_pipe_commits_in_big_batches_with_every_chunk_in_order(store: Counting):
-    async with serve([busy_pipe], store=store) as eng:
+    async with serve([busy_pipe], store=store, time_limit=60) as eng:  # real seconds
         handle = await tasks.trigger("busy-pipe", None)
         assert (await final(handle.id)).output == TOTAL
         chunks = await eng.store.read_chunks(handle.id, "default", 0, TOTAL + 1)

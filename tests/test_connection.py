@@ -13,13 +13,13 @@ import trio.testing
 import trio_websocket
 
 from transport import (
-    Ack, Chunks, Connection, ConnectionBroken, ConnectionClosed, Hello, LocalProtocolError, Read,
-    RemoteProtocolError, Role, State, Welcome, connect_websocket, memory_connection_pair,
-    memory_pipe_pair,
+    PROTOCOL_VERSION, Ack, Chunks, Connection, ConnectionBroken, ConnectionClosed, Hello,
+    LocalProtocolError, Read, RemoteProtocolError, Role, State, Welcome, connect_websocket,
+    memory_connection_pair, memory_pipe_pair,
 )
 from transport._connection import _wire_lock
 
-HELLO = Hello(protocol=1, token="k")
+HELLO = Hello(protocol=PROTOCOL_VERSION, token="k")
 
 
 @asynccontextmanager
@@ -67,7 +67,7 @@ def pair(request):
 async def greet(client: Connection, engine: Connection) -> None:
     await client.send(HELLO)
     assert await engine.receive() == HELLO
-    await engine.send(Welcome(protocol=1))
+    await engine.send(Welcome(protocol=PROTOCOL_VERSION))
     assert isinstance(await client.receive(), Welcome)
 
 
@@ -333,6 +333,12 @@ async def test_flush_and_aclose_finish_a_half_written_push():
         assert received == [BIG_RECEIVED] * (pushed + 1)
 
 
+async def cancel_when_parked(scope: trio.CancelScope) -> None:
+    """Cancel ``scope`` once every other task waits (without a timer: no real time)."""
+    await trio.testing.wait_all_tasks_blocked()
+    scope.cancel()
+
+
 async def test_a_cancelled_flush_aborts_the_connection():
     with trio.fail_after(20):
         async with websocket_pair() as (client, engine, client_ws, engine_ws):
@@ -343,9 +349,11 @@ async def test_a_cancelled_flush_aborts_the_connection():
             huge = Chunks(re=1, stream="s", start=0, items=[b'"' + b"x" * 5_000_000 + b'"'])
             assert engine.send_nowait(huge) is True
             assert engine.unflushed
-            with trio.move_on_after(0.2) as scope:
-                await engine.flush()  # nobody reads: the rest never fits
-            assert scope.cancelled_caught
+            async with trio.open_nursery() as nursery:
+                with trio.CancelScope() as scope:
+                    nursery.start_soon(cancel_when_parked, scope)
+                    await engine.flush()  # nobody reads: the rest never fits
+            assert scope.cancelled_caught  # the flush was cut short, not finished
             with pytest.raises(ConnectionBroken, match="cut short"):
                 await engine.send(Ack(re=1, index=0))
             assert engine.send_nowait(Ack(re=1, index=0)) is False

@@ -26,7 +26,7 @@ from sdk import (
     task,
 )
 
-from .helpers import API_KEY, final, serve
+from .helpers import API_KEY, final, finish, go, serve, until_go
 
 Q, X, W = RunStatus.QUEUED, RunStatus.EXECUTING, RunStatus.WAITING
 DONE, FAILED, CANCELED, TIMED_OUT = (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELED,
@@ -52,7 +52,6 @@ async def statuses(ids) -> list[RunStatus]:
     return [(await runs.retrieve(run_id)).status for run_id in ids]
 
 
-go = streams.input(id="go")
 approval = streams.input(id="approval")
 out = streams.define(id="out")
 
@@ -62,7 +61,7 @@ out = streams.define(id="out")
 
 @task(id="holder", queue=Queue("pair", concurrency_limit=2))
 async def holder(payload):
-    (await go.once()).unwrap()  # once() does not suspend: the run keeps its slot
+    await until_go()  # go.once() does not suspend: the run keeps its slot
     return payload
 
 
@@ -73,12 +72,12 @@ async def test_runs_beyond_the_concurrency_limit_stay_queued(transport, autojump
         await trio.sleep(3600)
         assert await statuses(ids) == [X, X, Q, Q, Q]
         assert (await runs.retrieve(ids[4])).started_at is None
-        await go.send(ids[0], True)
+        await finish(ids[0])
         assert (await final(ids[0])).status is DONE
         await trio.sleep(1)
         assert await statuses(ids) == [DONE, X, X, Q, Q]  # first come, first served
         for run_id in ids[1:]:
-            await go.send(run_id, True)
+            await finish(run_id)
         assert [(await final(run_id)).output for run_id in ids] == [0, 1, 2, 3, 4]
     assert transitions[ids[0]] == [(Q, X), (X, DONE)]
     assert transitions[ids[4]] == [(Q, X), (X, DONE)]
@@ -92,7 +91,7 @@ async def gate(payload):
 
 @task(id="worker", queue=Queue("single", concurrency_limit=1))
 async def worker(payload):
-    (await go.once()).unwrap()
+    await until_go()
     return "worked"
 
 
@@ -111,8 +110,8 @@ async def test_a_queue_of_one_holds_many_waiting_runs(transport, autojump_clock,
         await trio.sleep(60)
         # approved, but the slot is taken: they wait for it in the queue
         assert set(await statuses(gates)) == {Q}
-        await go.send(busy, True)
-        await go.send(queued, True)
+        await finish(busy)
+        await finish(queued)
         results = [await final(run_id) for run_id in gates]
         assert (await final(queued)).status is DONE
     assert [r.output for r in results] == [{"n": i, "answer": f"yes {i}"} for i in range(20)]
@@ -246,7 +245,7 @@ async def queued_one(payload):
     if payload == "wait":
         (await approval.wait()).unwrap()
     else:
-        (await go.once()).unwrap()
+        await until_go()
     return payload
 
 
@@ -262,7 +261,7 @@ async def test_cancel_a_queued_and_a_waiting_run(transport, autojump_clock, tran
         assert await statuses([waiting, busy, queued]) == [CANCELED, X, CANCELED]
         assert (await runs.retrieve(queued)).started_at is None
         # the waiting run did not take the slot on its way out
-        await go.send(busy, True)
+        await finish(busy)
         assert (await final(busy)).status is DONE
     assert transitions[queued] == [(Q, CANCELED)]
     assert transitions[waiting] == [(Q, X), (X, W), (W, CANCELED)]

@@ -73,21 +73,32 @@ async def test_many_readers_on_one_connection_each_get_everything(
 
 async def test_when_a_push_cannot_go_the_read_task_sends_instead(
         transport, autojump_clock, monkeypatch):
-    monkeypatch.setattr(Connection, "send_nowait", lambda self, frame: False)
+    calls: list[Any] = []
+
+    def refused(self: Connection, frame: Any) -> bool:
+        calls.append(frame)
+        return False
+
+    monkeypatch.setattr(Connection, "send_nowait", refused)
     async with serve([ticker], transport):
         handle = await ticker.trigger({"n": 50})
         assert await (await ticks.read(handle.id)).collect() == list(range(50))
+        assert calls  # pushes were tried (and refused): the read task sent everything
 
 
 async def test_a_failing_push_never_breaks_the_run_or_the_read(
         transport, autojump_clock, monkeypatch):
+    calls: list[Any] = []
+
     def broken(self: Connection, frame: Any) -> bool:
+        calls.append(frame)
         raise RuntimeError("push failed")
 
     monkeypatch.setattr(Connection, "send_nowait", broken)
     async with serve([ticker], transport):
         handle = await ticker.trigger({"n": 50})
         assert await (await ticks.read(handle.id)).collect() == list(range(50))
+        assert calls  # pushes were tried (and failed)
         assert (await final(handle.id)).output == 50
 
 

@@ -13,7 +13,6 @@ Two ways to stop an engine mid-run, one scenario (the tasks in ``tests/crash_tas
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import re
 import signal
@@ -32,7 +31,7 @@ from engine._store import Batch
 from sdk import RunStatus, StreamDef, connect, runs
 
 from . import crash_tasks as ct
-from .helpers import API_KEY, final, serve
+from .helpers import API_KEY, bounded, final, serve
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS = [ct.finished, ct.retried, ct.fragile, ct.queued, ct.sink]
@@ -41,20 +40,6 @@ RETRIED = ["a1-0", "a1-1", "a1-2", "a1:got:yes", ct.PARKED, "a2:got:yes", "a2:no
 SIDE = [f"s{i}" for i in range(50)]
 EXT = [f"e{i}" for i in range(10)]
 SINK = ["sink attempt 1", "sink attempt 2"]
-
-
-def bounded(seconds: float) -> Callable[[Callable[..., Awaitable[None]]], Any]:
-    """Fail the test if it runs longer than ``seconds`` (real time: the store uses threads)."""
-
-    def wrap(fn: Callable[..., Awaitable[None]]) -> Any:
-        @functools.wraps(fn)
-        async def test(*args: Any, **kwargs: Any) -> None:
-            with trio.fail_after(seconds):
-                await fn(*args, **kwargs)
-
-        return test
-
-    return wrap
 
 
 class Collector:

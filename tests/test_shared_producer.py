@@ -1,12 +1,10 @@
 """Several tasks writing through one producer (a writer and its merges) all make progress."""
 
-import trio
-
 import engine._streams as engine_streams
 import sdk._client as sdk_client
-from sdk import streams, task
+from sdk import RunStatus, streams, task
 
-from .helpers import final, serve
+from .helpers import final, finish, serve, until_go
 
 out = streams.define(id="out", type=int)
 
@@ -25,31 +23,27 @@ async def merging_writer(payload):
 
 async def test_merges_into_one_engine_producer_all_finish(monkeypatch, autojump_clock):
     monkeypatch.setattr(engine_streams, "PRODUCER_HIGH_WATER", 10)  # every put waits
-    with trio.fail_after(600):
-        async with serve([merging_writer]):
-            handle = await merging_writer.trigger({})
-            run = await final(handle.id)
-            chunks = await (await out.read(handle.id)).collect()
-    assert run.status.value == "COMPLETED", run.error
+    async with serve([merging_writer], time_limit=600):
+        handle = await merging_writer.trigger({})
+        run = await final(handle.id)
+        chunks = await (await out.read(handle.id)).collect()
+    assert run.status == RunStatus.COMPLETED, run.error
     assert sorted(chunks) == list(range(1500))
-
-
-done = streams.input(id="done")
 
 
 @task(id="holder")
 async def holder(payload):
-    await done.once()
+    await until_go()
 
 
 async def test_merges_into_one_client_producer_all_finish(monkeypatch, autojump_clock):
     monkeypatch.setattr(sdk_client, "PRODUCER_HIGH_WATER", 10)  # every put waits
-    with trio.fail_after(600):
-        async with serve([holder], "ws"):
-            handle = await holder.trigger({})
-            await out.writer(execute=_write_and_merge,
-                             target=handle.id).wait_until_complete()
-            await done.send(handle.id, "go")
-            await final(handle.id)
-            chunks = await (await out.read(handle.id)).collect()
+    async with serve([holder], "ws", time_limit=600):
+        handle = await holder.trigger({})
+        await out.writer(execute=_write_and_merge,
+                         target=handle.id).wait_until_complete()
+        await finish(handle.id)
+        run = await final(handle.id)
+        chunks = await (await out.read(handle.id)).collect()
+    assert run.status == RunStatus.COMPLETED, run.error
     assert sorted(chunks) == list(range(1500))

@@ -32,6 +32,8 @@ from engine._sqlite_store import (
 )
 from engine._store import Batch, ChunkAppend, StreamState
 
+from .helpers import bounded, count_groups
+
 pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
 
 
@@ -52,6 +54,7 @@ def record_threads(store: SqliteStore) -> list[bool]:
     return on_trio_thread
 
 
+@bounded(30)
 async def test_small_groups_are_written_on_the_trio_thread_big_ones_in_a_worker(tmp_path):
     store = SqliteStore(str(tmp_path / "w.db"))
     try:
@@ -65,6 +68,7 @@ async def test_small_groups_are_written_on_the_trio_thread_big_ones_in_a_worker(
         await store.aclose()
 
 
+@bounded(30)
 async def test_synchronous_full_writes_every_group_in_a_worker_thread(tmp_path):
     store = SqliteStore.from_url(f"sqlite:///{tmp_path / 'f.db'}?synchronous=full")
     try:
@@ -99,6 +103,7 @@ async def test_a_memory_database_does_everything_on_the_trio_thread():
         await store.aclose()
 
 
+@bounded(30)
 async def test_the_wal_is_checkpointed_in_the_background_not_inside_commits(tmp_path):
     store = SqliteStore(str(tmp_path / "c.db"))
     try:
@@ -137,6 +142,7 @@ async def test_the_wal_is_checkpointed_in_the_background_not_inside_commits(tmp_
     assert not (tmp_path / "c.db-wal").exists()
 
 
+@bounded(30)
 async def test_a_failing_checkpoint_is_logged_and_writes_go_on(tmp_path, caplog):
     store = SqliteStore(str(tmp_path / "e.db"))
     try:
@@ -161,11 +167,13 @@ async def test_a_failing_checkpoint_is_logged_and_writes_go_on(tmp_path, caplog)
         await store.aclose()
 
 
+@bounded(30)
 async def test_a_chunk_with_a_raw_newline_is_refused_and_the_rest_of_the_group_commits(
         tmp_path):
     store = SqliteStore(str(tmp_path / "n.db"))
     try:
         await store.commit(append(0, [b'"first"']))
+        groups = count_groups(store)
         results: dict[str, Any] = {}
 
         async def commit(name: str, batch: Batch) -> None:
@@ -178,6 +186,7 @@ async def test_a_chunk_with_a_raw_newline_is_refused_and_the_rest_of_the_group_c
         async with trio.open_nursery() as nursery:  # both ride in one group commit
             nursery.start_soon(commit, "bad", append(1, [b'"a"', b'"b\nc"'], key="s"))
             nursery.start_soon(commit, "good", append(0, [b'"fine"'], key="other"))
+        assert groups == [2]  # one group commit for both: the refusal is per batch
         assert results["good"] == "ok"
         assert "compact JSON" in results["bad"]
         assert await store.read_chunks("r1", "s", 0, 10) == [b'"first"']
@@ -190,6 +199,7 @@ async def test_a_chunk_with_a_raw_newline_is_refused_and_the_rest_of_the_group_c
         await store.aclose()
 
 
+@bounded(30)
 async def test_pages_round_trip_odd_chunks(tmp_path):
     store = SqliteStore(str(tmp_path / "p.db"))
     items = [b'""', b"0", b'"\\n"', b'{"a":[1,{"b":"\\r\\n"}]}', b'"' + b"z" * 70_000 + b'"',
@@ -269,6 +279,7 @@ def _write_schema_1_file(path: Path, pages: list[list[bytes]]) -> None:
     conn.close()
 
 
+@bounded(30)
 async def test_a_schema_1_file_is_converted_when_opened(tmp_path):
     pages = [[b'"a"', b"1", b'{"k":"v"}'], [b'""'], [b"%d" % i for i in range(700)]]
     _write_schema_1_file(tmp_path / "old.db", pages)
@@ -320,6 +331,7 @@ def _check_remembered(store: SqliteStore) -> None:
         assert on_file[stream] == end, stream
 
 
+@bounded(30)
 async def test_remembered_ends_follow_commits_and_refusals(tmp_path):
     store = SqliteStore(str(tmp_path / "e.db"))
     try:
@@ -354,6 +366,7 @@ async def test_remembered_ends_follow_commits_and_refusals(tmp_path):
         await store.aclose()
 
 
+@bounded(30)
 async def test_a_failed_transaction_leaves_the_remembered_ends_alone(tmp_path, monkeypatch):
     store = SqliteStore(str(tmp_path / "f.db"))
     try:
@@ -371,6 +384,7 @@ async def test_a_failed_transaction_leaves_the_remembered_ends_alone(tmp_path, m
         await store.aclose()
 
 
+@bounded(30)
 async def test_remembered_ends_are_bounded_and_forgotten_streams_still_append(
         tmp_path, monkeypatch):
     monkeypatch.setattr(sqlite_store, "END_CACHE_STREAMS", 3)
@@ -388,6 +402,7 @@ async def test_remembered_ends_are_bounded_and_forgotten_streams_still_append(
         await store.aclose()
 
 
+@bounded(30)
 async def test_deleting_runs_forgets_every_remembered_end(tmp_path):
     store = SqliteStore(str(tmp_path / "d.db"))
     try:

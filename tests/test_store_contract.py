@@ -8,9 +8,8 @@ cancellation) are tested at the end.
 
 from __future__ import annotations
 
-import functools
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,18 +31,9 @@ from engine._store import (
     open_store,
 )
 
+from .helpers import bounded, count_groups
+
 TIME_LIMIT = 10.0
-
-
-def bounded(fn: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
-    """Fail the test if it runs longer than ``TIME_LIMIT`` seconds."""
-
-    @functools.wraps(fn)
-    async def test(*args: Any, **kwargs: Any) -> None:
-        with trio.fail_after(TIME_LIMIT):
-            await fn(*args, **kwargs)
-
-    return test
 
 
 @attrs.frozen
@@ -104,7 +94,7 @@ async def snapshot(store: Store, run_id: str) -> tuple[Any, ...]:
 # --- the contract --------------------------------------------------------------------------
 
 
-@bounded
+@bounded(TIME_LIMIT)
 async def test_runs_are_stored_replaced_and_copied(store: Store) -> None:
     first = run("r1", metadata={"a": [1, 2]}, payload={"p": "x"})
     await store.commit(Batch(runs=[first]))
@@ -119,7 +109,7 @@ async def test_runs_are_stored_replaced_and_copied(store: Store) -> None:
     assert await store.get_run("nope") is None
 
 
-@bounded
+@bounded(TIME_LIMIT)
 async def test_commit_is_atomic_when_a_batch_is_refused(store: Store) -> None:
     await store.commit(Batch(runs=[run("r1")], chunks=[chunks("r1", "default", 0, ["a"])]))
     before = await snapshot(store, "r1")
@@ -135,7 +125,7 @@ async def test_commit_is_atomic_when_a_batch_is_refused(store: Store) -> None:
     assert await store.waitpoint("r1", "w", 0.0) is None
 
 
-@bounded
+@bounded(TIME_LIMIT)
 async def test_batch_parts_apply_in_order(store: Store) -> None:
     # Two appends to one stream in one batch follow each other; an end marker in the same
     # batch applies after the chunks.
@@ -146,7 +136,7 @@ async def test_batch_parts_apply_in_order(store: Store) -> None:
     assert (await store.streams("r1"))["default"] == StreamState(3, 9, True)
 
 
-@bounded
+@bounded(TIME_LIMIT)
 async def test_read_chunks_windows(store: Store) -> None:
     values = [f"c{i}" for i in range(10)]
     for start in (0, 4, 7):
@@ -163,7 +153,7 @@ async def test_read_chunks_windows(store: Store) -> None:
     assert await store.read_chunks("nope", "default", 0, 5) == []
 
 
-@bounded
+@bounded(TIME_LIMIT)
 async def test_read_chunks_any_window_of_big_and_small_appends(store: Store) -> None:
     # Big appends, big chunks and one-chunk appends mixed (a store may group chunks
     # into pages internally; no window may notice).
@@ -187,7 +177,7 @@ async def test_read_chunks_any_window_of_big_and_small_appends(store: Store) -> 
             assert got == expected[start:start + limit], (start, limit)
 
 
-@bounded
+@bounded(TIME_LIMIT)
 async def test_chunks_are_bytes_exactly_as_given(store: Store) -> None:
     items = [b'{"k":[1,2.5,null]}', b'"\xc3\xa9\\u0000"', b"0", b'"' + b"x" * 100_000 + b'"']
     await store.commit(Batch(chunks=[ChunkAppend("r1", "s", 0, items, sum(map(len, items)))]))
@@ -195,7 +185,7 @@ async def test_chunks_are_bytes_exactly_as_given(store: Store) -> None:
     assert got == items and all(type(item) is bytes for item in got)
 
 
-@bounded
+@bounded(TIME_LIMIT)
 async def test_streams_state(store: Store) -> None:
     assert await store.streams("r1") == {}
     await store.commit(Batch(chunks=[chunks("r1", "default", 0, ["ab", "c"]),
@@ -211,7 +201,7 @@ async def test_streams_state(store: Store) -> None:
     assert await store.streams("r2") == {"default": StreamState(1, 11, False)}
 
 
-@bounded
+@bounded(TIME_LIMIT)
 async def test_producer_seqs(store: Store) -> None:
     await store.commit(Batch(chunks=[
         chunks("r1", "default", 0, ["a", "b"], producer="p1", next_seq=2),
@@ -226,7 +216,7 @@ async def test_producer_seqs(store: Store) -> None:
     assert await store.producer_seqs("r2") == {}
 
 
-@bounded
+@bounded(TIME_LIMIT)
 async def test_records(store: Store) -> None:
     await store.commit(Batch(records=[RecordAppend("r1", "cancel", 0, b'{"a":1}', "k0"),
                                       RecordAppend("r1", "approval", 0, b"true")]))
@@ -240,7 +230,7 @@ async def test_records(store: Store) -> None:
     assert await store.records("r3") == {}
 
 
-@bounded
+@bounded(TIME_LIMIT)
 async def test_waitpoints_expire(store: Store) -> None:
     await store.commit(Batch(waitpoints=[Waitpoint("r1", "approval:k", b'"yes"', 100.0),
                                          Waitpoint("r1", "forever:k", b"1", None)]))
@@ -254,7 +244,7 @@ async def test_waitpoints_expire(store: Store) -> None:
     assert await store.waitpoint("r1", "approval:k", 150.0) == b'"no"'
 
 
-@bounded
+@bounded(TIME_LIMIT)
 async def test_find_run(store: Store) -> None:
     await store.commit(Batch(runs=[run("r1", task_id="a", idempotency_key="k"),
                                    run("r2", task_id="b", idempotency_key="k"),
@@ -265,7 +255,7 @@ async def test_find_run(store: Store) -> None:
     assert await store.find_run("c", "k") is None
 
 
-@bounded
+@bounded(TIME_LIMIT)
 async def test_unfinished_runs(store: Store) -> None:
     live = ["QUEUED", "EXECUTING", "WAITING"]
     final = ["COMPLETED", "FAILED", "CANCELED", "CRASHED", "TIMED_OUT"]
@@ -290,7 +280,7 @@ async def _fill(store: Store, run_id: str, finished_at: float | None) -> None:
         ended=[(run_id, "default")]))
 
 
-@bounded
+@bounded(TIME_LIMIT)
 async def test_delete_finished_before(store: Store) -> None:
     await _fill(store, "old", 100.0)
     await _fill(store, "edge", 150.0)
@@ -312,7 +302,7 @@ async def test_delete_finished_before(store: Store) -> None:
     assert await snapshot(store, "live") == kept["live"]
 
 
-@bounded
+@bounded(TIME_LIMIT)
 async def test_delete_many_runs(store: Store) -> None:
     for i in range(450):  # more than one sqlite deletion step
         await store.commit(Batch(runs=[run(f"r{i}", status="COMPLETED", finished_at=1.0)],
@@ -321,7 +311,7 @@ async def test_delete_many_runs(store: Store) -> None:
     assert await store.get_run("r449") is None and await store.streams("r0") == {}
 
 
-@bounded
+@bounded(TIME_LIMIT)
 async def test_gap_and_overlap_are_refused(store: Store) -> None:
     await store.commit(Batch(chunks=[chunks("r1", "default", 0, ["a", "b"])]))
     with pytest.raises(RuntimeError, match="gap"):
@@ -336,7 +326,7 @@ async def test_gap_and_overlap_are_refused(store: Store) -> None:
     assert await store.read_chunks("r1", "default", 0, 10) == enc(["a", "b", "c"])
 
 
-@bounded
+@bounded(TIME_LIMIT)
 async def test_concurrent_commits_all_land_and_a_bad_one_fails_alone(store: Store) -> None:
     results: dict[int, BaseException | None] = {}
 
@@ -359,7 +349,7 @@ async def test_concurrent_commits_all_land_and_a_bad_one_fails_alone(store: Stor
         assert await store.read_chunks(f"r{i}", "default", 0, 5) == enc(["x"])
 
 
-@bounded
+@bounded(TIME_LIMIT)
 async def test_aclose_twice(store: Store) -> None:
     await store.commit(Batch(runs=[run("r1")]))
     await store.aclose()
@@ -367,7 +357,7 @@ async def test_aclose_twice(store: Store) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(k for k, v in STORES.items() if v.durable))
-@bounded
+@bounded(TIME_LIMIT)
 async def test_durable_stores_keep_everything_across_reopen(name: str, tmp_path: Path) -> None:
     kind = STORES[name]
     first = kind.make(tmp_path)
@@ -387,7 +377,7 @@ async def test_durable_stores_keep_everything_across_reopen(name: str, tmp_path:
         await second.aclose()
 
 
-@bounded
+@bounded(TIME_LIMIT)
 async def test_commit_staged_builds_the_batch_when_it_is_written(store: Store) -> None:
     staged: list[str] = []
 
@@ -441,7 +431,7 @@ def test_sqlite_urls() -> None:
     assert store.synchronous == "FULL"
 
 
-@bounded
+@bounded(TIME_LIMIT)
 async def test_sqlite_memory_database() -> None:
     store = open_store("sqlite:///:memory:")
     try:
@@ -453,7 +443,7 @@ async def test_sqlite_memory_database() -> None:
     assert not os.path.exists(":memory:")
 
 
-@bounded
+@bounded(TIME_LIMIT)
 async def test_sqlite_relative_path_is_relative_to_cwd(tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
@@ -465,7 +455,7 @@ async def test_sqlite_relative_path_is_relative_to_cwd(tmp_path: Path,
     assert (tmp_path / "sub.db").exists()
 
 
-@bounded
+@bounded(TIME_LIMIT)
 async def test_sqlite_file_is_locked_to_one_store(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'x.db'}"
     first = open_store(url)
@@ -482,7 +472,7 @@ async def test_sqlite_file_is_locked_to_one_store(tmp_path: Path) -> None:
         await third.aclose()
 
 
-@bounded
+@bounded(TIME_LIMIT)
 async def test_sqlite_unopenable_file_is_an_oserror(tmp_path: Path) -> None:
     (tmp_path / "garbage.db").write_bytes(b"this is not a database" * 100)
     store = open_store(f"sqlite:///{tmp_path / 'garbage.db'}")
@@ -495,15 +485,8 @@ async def test_sqlite_unopenable_file_is_an_oserror(tmp_path: Path) -> None:
     await missing.aclose()
 
 
-def count_groups(store: SqliteStore) -> list[int]:
-    groups: list[int] = []
-    write = store._write
-    store._write = lambda group: (groups.append(len(group)), write(group))[1]  # type: ignore
-    return groups
-
-
 @pytest.mark.parametrize("synchronous", ["normal", "full"])  # trio thread / worker thread
-@bounded
+@bounded(TIME_LIMIT)
 async def test_sqlite_group_commit_merges_concurrent_batches(tmp_path: Path,
                                                              synchronous: str) -> None:
     store = SqliteStore(str(tmp_path / "g.db"), synchronous=synchronous)
@@ -528,7 +511,7 @@ async def busy_committer(store: SqliteStore, release: trio.Event,
         await release.wait()
 
 
-@bounded
+@bounded(TIME_LIMIT)
 async def test_sqlite_batches_are_staged_when_their_group_is_taken(tmp_path: Path) -> None:
     store = SqliteStore(str(tmp_path / "s.db"))
     groups = count_groups(store)
@@ -569,7 +552,7 @@ async def test_sqlite_batches_are_staged_when_their_group_is_taken(tmp_path: Pat
         await store.aclose()
 
 
-@bounded
+@bounded(TIME_LIMIT)
 async def test_sqlite_cancelled_commit_writes_nothing(tmp_path: Path) -> None:
     store = SqliteStore(str(tmp_path / "c.db"))
     try:
@@ -598,7 +581,7 @@ async def test_sqlite_cancelled_commit_writes_nothing(tmp_path: Path) -> None:
         await store.aclose()
 
 
-@bounded
+@bounded(TIME_LIMIT)
 async def test_sqlite_aclose_lets_queued_commits_finish(tmp_path: Path) -> None:
     store = SqliteStore(str(tmp_path / "q.db"))
     await store.get_run("warm-up")
@@ -624,7 +607,7 @@ async def test_sqlite_aclose_lets_queued_commits_finish(tmp_path: Path) -> None:
         await reopened.aclose()
 
 
-@bounded
+@bounded(TIME_LIMIT)
 async def test_sqlite_closed_store_refuses_calls(tmp_path: Path) -> None:
     store = SqliteStore(str(tmp_path / "x.db"))
     await store.commit(Batch(runs=[run("r1")]))
