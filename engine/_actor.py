@@ -28,13 +28,13 @@ import attrs
 import orjson
 import trio
 
-from sdk import (
+from runwire import (
     BadFrameError,
     PayloadTooLargeError, RunContext, RunFinishedError, RunStatus, StreamTooLargeError, Task,
 )
-from sdk._convert import json_bytes, json_bytes_within
-from sdk._models import RunInfo as SdkRunInfo
-from sdk.runtime import TIMED_OUT, bind_run
+from runwire._convert import json_bytes, json_bytes_within
+from runwire._models import RunInfo as SdkRunInfo
+from runwire.runtime import TIMED_OUT, bind_run
 
 from ._records import RunRecord
 from ._store import Batch, ChunkAppend, RecordAppend, Waitpoint

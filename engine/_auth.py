@@ -27,8 +27,8 @@ from typing import Any
 import attrs
 import jwt
 
-from sdk import UnauthorizedError
-from sdk._auth import check_scopes
+from runwire import UnauthorizedError
+from runwire._auth import check_scopes
 
 ISSUER = "runwire"
 

@@ -1,4 +1,4 @@
-"""The engine's side of :mod:`sdk.runtime`: what SDK calls do when made inside a run."""
+"""The engine's side of :mod:`runwire.runtime`: what SDK calls do when made inside a run."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import trio
 
-from sdk import Run, RunContext, RunHandle, TaskRunResult
-from sdk._streams import _start_pipe
-from sdk.runtime import Completion
+from runwire import Run, RunContext, RunHandle, TaskRunResult
+from runwire._streams import _start_pipe
+from runwire.runtime import Completion
 
 from ._streams import Producer
 
@@ -43,7 +43,7 @@ class _MissingRunProducer:
 
 
 class _InputChannel:
-    """``sdk.runtime.InputChannel`` over an actor's :class:`InputMailbox`."""
+    """``runwire.runtime.InputChannel`` over an actor's :class:`InputMailbox`."""
 
     def __init__(self, actor: RunActor, key: str) -> None:
         self._actor = actor
@@ -65,7 +65,7 @@ class _InputChannel:
 
 
 class RunBackend:
-    """Bound to the run's context by the actor; the SDK finds it through ``sdk.runtime``."""
+    """Bound to the run's context by the actor; the SDK finds it through ``runwire.runtime``."""
 
     def __init__(self, engine: Engine, actor: RunActor) -> None:
         self.engine = engine

@@ -1,4 +1,4 @@
-"""``python -m engine serve``: run an engine from a shell until interrupted."""
+"""``python -m runwire.engine serve``: run an engine from a shell until interrupted."""
 
 from __future__ import annotations
 
@@ -13,15 +13,15 @@ from typing import Any
 
 import trio
 
-from sdk._duration import parse_duration
-from sdk._task import tasks_in
+from runwire._duration import parse_duration
+from runwire._task import tasks_in
 
 from ._auth import generate_api_key
 from ._engine import Limits, open_engine
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m engine", description="runwire engine")
+    parser = argparse.ArgumentParser(prog="python -m runwire.engine", description="runwire engine")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="serve tasks over websockets until interrupted")
     serve.add_argument("--tasks", action="append", default=[], metavar="MODULE",

@@ -20,14 +20,14 @@ import attrs
 import orjson
 import trio
 
-from sdk import (
+from runwire import (
     BadFrameError,
     InvalidPayloadError, NotFoundError, PayloadTooLargeError, RunFinishedError, Task,
     UnknownTaskError,
 )
-from sdk._client import Client, open_client
-from sdk.runtime import collapse_exception_groups
-from transport import Connection, memory_connection_pair
+from runwire._client import Client, open_client
+from runwire.runtime import collapse_exception_groups
+from runwire.transport import Connection, memory_connection_pair
 
 from ._actor import ExternalAppend, RunActor, SendInput
 from ._auth import Auth, generate_api_key

@@ -8,7 +8,7 @@ from typing import Any
 
 import attrs
 
-from sdk import RunStatus
+from runwire import RunStatus
 
 from ._status import check_transition
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from sdk import RunStatus, Task
+from runwire import RunStatus, Task
 
 from ._records import RunRecord
 from ._store import Batch

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 import trio_websocket
 
-from transport import Connection, Role
+from runwire.transport import Connection, Role
 
 if TYPE_CHECKING:
     from ._engine import Engine

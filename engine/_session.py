@@ -46,14 +46,14 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from sdk import BadFrameError, ForbiddenError, RateLimitedError, RunwireError, UnauthorizedError
-from transport import (
+from runwire import BadFrameError, ForbiddenError, RateLimitedError, RunwireError, UnauthorizedError
+from runwire.transport import (
     Ack, Append, Cancel, CancelRun, Chunks, Connection, ConnectionBroken, ConnectionClosed,
     CreateToken, End, Error, Frame, Hello, PROTOCOL_VERSION, Read, RemoteProtocolError,
     Retrieve, RunInfo, Send, Subscribe, Token, Trigger, Triggered, Welcome,
 )
-from transport._connection import CLOSE_INTERNAL
-from transport._protocol import CLOSE_UNAUTHORIZED
+from runwire.transport._connection import CLOSE_INTERNAL
+from runwire.transport._protocol import CLOSE_UNAUTHORIZED
 
 from ._auth import Grant
 from ._engine import Reader, ReadTimeout

@@ -9,7 +9,7 @@ calls it for every change, so an impossible change is a bug that fails loudly.
 
 from __future__ import annotations
 
-from sdk import RunStatus
+from runwire import RunStatus
 
 Q, X, W = RunStatus.QUEUED, RunStatus.EXECUTING, RunStatus.WAITING
 DONE, FAILED, CANCELED = RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELED

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from sdk.runtime import TIMED_OUT
+from runwire.runtime import TIMED_OUT
 
 if TYPE_CHECKING:
     from ._actor import RunActor

@@ -12,8 +12,8 @@ from __future__ import annotations
 import attrs
 import trio
 
-from engine import open_engine
-from sdk import Queue, RunStatus, connect, metadata, runs, streams, task
+from runwire.engine import open_engine
+from runwire import Queue, RunStatus, connect, metadata, runs, streams, task
 
 API_KEY = "approval-gate-example-key"
 

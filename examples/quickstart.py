@@ -12,8 +12,8 @@ from pathlib import Path
 
 import trio
 
-from engine import open_engine
-from sdk import connect, runs, streams, task
+from runwire.engine import open_engine
+from runwire import connect, runs, streams, task
 
 ai = streams.define(id="ai-output", type=str)
 

@@ -1,5 +1,7 @@
 """runwire SDK: define tasks, write and read streams, talk to an engine."""
 
+from ._version import __version__ as __version__
+
 from ._auth import auth as auth
 from ._client import Client as Client
 from ._client import connect as connect

@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from transport import CreateToken, Token
+from runwire.transport import CreateToken, Token
 
 from ._client import Client
 from ._duration import parse_duration

@@ -45,7 +45,7 @@ from urllib.parse import urlsplit, urlunsplit
 import orjson
 import trio
 
-from transport import (
+from runwire.transport import (
     PROTOCOL_VERSION,
     Ack,
     Append,

@@ -1,6 +1,6 @@
 """Output streams: ``streams.define``, ``pipe``, ``append``, ``writer``, ``read``.
 
-Theory of operation: every write goes through a producer (:class:`~sdk.runtime.ProducerSink`)
+Theory of operation: every write goes through a producer (:class:`~runwire.runtime.ProducerSink`)
 that the current backend opens for ``(run, key)``. A pipe or writer is a *producer job*: the
 backend runs it where the run's drain can wait for it (the run's nursery inside a task, the
 client's nursery outside). Producers buffer; the engine stores what is buffered in batches, so

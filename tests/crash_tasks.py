@@ -2,7 +2,7 @@
 
 Each one *parks* at a known point (it appends :data:`PARKED` to its ``ai`` stream, then
 sleeps or waits) so a test can stop the engine there. The subprocess test serves them with
-``python -m engine serve --tasks tests.crash_tasks``.
+``python -m runwire.engine serve --tasks tests.crash_tasks``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 
 import trio
 
-from sdk import Queue, RetryPolicy, streams, task
+from runwire import Queue, RetryPolicy, streams, task
 
 PARKED = "parked"
 

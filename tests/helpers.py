@@ -10,9 +10,9 @@ from typing import Any
 
 import trio
 
-from engine import Engine, open_engine
-from engine._sqlite_store import SqliteStore
-from sdk import Run, connect, runs, streams
+from runwire.engine import Engine, open_engine
+from runwire.engine._sqlite_store import SqliteStore
+from runwire import Run, connect, runs, streams
 
 API_KEY = "test-api-key-0123456789"
 

@@ -16,8 +16,8 @@ import orjson
 import trio
 import trio_websocket
 
-from engine._engine import Engine
-from transport import PROTOCOL_VERSION, Connection, ConnectionBroken, Role, memory_pipe_pair
+from runwire.engine._engine import Engine
+from runwire.transport import PROTOCOL_VERSION, Connection, ConnectionBroken, Role, memory_pipe_pair
 
 TRANSPORTS = ("memory", "ws")
 

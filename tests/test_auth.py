@@ -18,10 +18,10 @@ import orjson
 import pytest
 import trio
 
-import sdk
-from engine import Auth, Grant, open_engine
-from engine._auth import check_scopes
-from sdk import ForbiddenError, OutsideRunError, UnauthorizedError, auth, runs, streams, task
+import runwire
+from runwire.engine import Auth, Grant, open_engine
+from runwire.engine._auth import check_scopes
+from runwire import ForbiddenError, OutsideRunError, UnauthorizedError, auth, runs, streams, task
 
 from .helpers import API_KEY
 from .rawclient import TRANSPORTS, raw_client, wait_for_connections
@@ -183,7 +183,7 @@ async def test_create_public_token_with_the_sdk(kind):
                 assert grant.scopes == {f"read:runs:{a.id}", "trigger:tasks:auth-other"}
                 assert grant.expires_at == pytest.approx(time.time() + 3600, abs=5)
             connect = (eng.connect(token) if kind == "memory"
-                       else sdk.connect(eng.url, access_token=token))
+                       else runwire.connect(eng.url, access_token=token))
             async with connect:
                 assert (await runs.retrieve(a.id)).status.value in ("EXECUTING", "QUEUED")
                 b = await other.trigger({})
@@ -215,7 +215,7 @@ async def test_create_public_token_arguments():
                 for bad in (0, -5, "soon", "1y"):
                     with pytest.raises(ValueError):
                         await auth.create_public_token(scopes=["read:runs"], expiration=bad)
-                with pytest.raises(sdk.BadFrameError, match="expires_in"):
+                with pytest.raises(runwire.BadFrameError, match="expires_in"):
                     await auth.create_public_token(scopes=["read:runs"], expiration="365d")
 
 
@@ -349,7 +349,7 @@ async def test_authorization_matrix(autojump_clock, kind, credential):
 
 
 async def test_every_client_frame_is_in_the_matrix():
-    from transport import CLIENT_FRAMES
+    from runwire.transport import CLIENT_FRAMES
 
     assert {cls.type for cls in CLIENT_FRAMES} == set(FRAME_TYPES)
 
@@ -387,7 +387,7 @@ async def test_secrets_never_reach_logs_or_error_messages(caplog):
                             messages.append(frame["message"])
             for credential in bad:
                 with pytest.raises(UnauthorizedError) as info:
-                    async with sdk.connect(eng.url, access_token=credential,
+                    async with runwire.connect(eng.url, access_token=credential,
                                            reconnect_timeout=1):
                         pass
                 messages.append(str(info.value))
@@ -410,7 +410,7 @@ def serve(*args: str, env_key: str | None = None) -> subprocess.Popen:
     if env_key is not None:
         env["RUNWIRE_API_KEY"] = env_key
     return subprocess.Popen(
-        [sys.executable, "-m", "engine", "serve", "--store", "memory://", "--port", "0", *args],
+        [sys.executable, "-m", "runwire.engine", "serve", "--store", "memory://", "--port", "0", *args],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -434,7 +434,7 @@ async def stop(proc: subprocess.Popen) -> str:
 
 async def can_connect(url: str, key: str) -> bool:
     try:
-        async with sdk.connect(url, api_key=key, reconnect_timeout=1):
+        async with runwire.connect(url, api_key=key, reconnect_timeout=1):
             return True
     except UnauthorizedError:
         return False

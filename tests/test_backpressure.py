@@ -14,13 +14,13 @@ from typing import Any
 import trio
 import trio.testing
 
-import sdk
-from engine import open_engine
-from engine._engine import Limits
-from engine._memory_store import MemoryStore
-from sdk import streams, task
-from sdk._client import READ_BUFFER
-from transport import Chunks
+import runwire
+from runwire.engine import open_engine
+from runwire.engine._engine import Limits
+from runwire.engine._memory_store import MemoryStore
+from runwire import streams, task
+from runwire._client import READ_BUFFER
+from runwire.transport import Chunks
 
 from .helpers import API_KEY
 from .faultproxy import open_fault_proxy
@@ -102,7 +102,7 @@ async def test_a_stalled_client_stalls_only_its_session():
                                limits=Limits(live_tail=LIVE_TAIL)) as eng:
             assert eng.port is not None
             async with open_fault_proxy(eng.port, seed=3) as proxy:
-                async with sdk.connect(proxy.url, api_key=API_KEY) as client:
+                async with runwire.connect(proxy.url, api_key=API_KEY) as client:
                     handle = await blob.trigger({"n": n})
                     assert (await client.wait_for_run(handle.id)).ok
                     proxy.hold()  # the client stops taking bytes

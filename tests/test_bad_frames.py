@@ -10,10 +10,10 @@ import attrs
 import pytest
 import trio
 
-import sdk
-from engine import Limits, open_engine
-from sdk import InvalidPayloadError, schema_task, streams, task
-from transport import PROTOCOL_VERSION
+import runwire
+from runwire.engine import Limits, open_engine
+from runwire import InvalidPayloadError, schema_task, streams, task
+from runwire.transport import PROTOCOL_VERSION
 
 from .helpers import API_KEY
 from .rawclient import raw_client, wait_for_connections
@@ -239,7 +239,7 @@ async def test_an_invalid_schema_payload_names_the_field_for_raw_clients(transpo
 async def test_an_invalid_schema_payload_over_the_sdk_websocket():
     with trio.fail_after(10):
         async with open_engine([order], api_key=API_KEY, port=0) as eng:
-            async with sdk.connect(eng.url, api_key=API_KEY):
+            async with runwire.connect(eng.url, api_key=API_KEY):
                 with pytest.raises(InvalidPayloadError, match=r"payload\.lines\[0\]\.qty"):
                     await order.trigger({"customer": "c", "lines": [{"sku": "a", "qty": None}]})
 
@@ -248,7 +248,7 @@ async def test_an_invalid_schema_payload_over_the_sdk_websocket():
 
 
 async def test_deep_data_is_refused_at_the_edge_and_the_run_lives_on(transport):
-    from transport._codec import MAX_DEPTH
+    from runwire.transport._codec import MAX_DEPTH
 
     with trio.fail_after(10):
         async with open_engine([echo, waiter], api_key=API_KEY, port=0) as eng:

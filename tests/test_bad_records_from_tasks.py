@@ -2,8 +2,8 @@
 
 import pytest
 
-from sdk import RunStatus, streams, task
-from transport._codec import _ORJSON_WRITE_DEPTH
+from runwire import RunStatus, streams, task
+from runwire.transport._codec import _ORJSON_WRITE_DEPTH
 
 from .helpers import final, serve
 

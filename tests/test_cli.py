@@ -1,4 +1,4 @@
-"""``python -m engine serve``: prints its URL, serves tasks, stops cleanly on Ctrl-C."""
+"""``python -m runwire.engine serve``: prints its URL, serves tasks, stops cleanly on Ctrl-C."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import trio
 
-from sdk import connect, runs, streams, tasks
+from runwire import connect, runs, streams, tasks
 
 ROOT = Path(__file__).parent.parent
 KEY = "cli-test-key-0123456789"
@@ -19,7 +19,7 @@ KEY = "cli-test-key-0123456789"
 
 async def _start(*extra: str) -> tuple[trio.Process, str, str]:
     proc = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "engine", "serve", "--tasks", "examples.quickstart",
+        [sys.executable, "-m", "runwire.engine", "serve", "--tasks", "examples.quickstart",
          "--store", "memory://", "--port", "0", *extra],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -94,7 +94,7 @@ async def test_serve_generates_and_prints_a_key_once(monkeypatch):
 
 def test_unknown_tasks_module_is_a_clear_error():
     result = subprocess.run(
-        [sys.executable, "-m", "engine", "serve", "--tasks", "no_such_module_xyz",
+        [sys.executable, "-m", "runwire.engine", "serve", "--tasks", "no_such_module_xyz",
          "--store", "memory://", "--port", "0"],
         cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert result.returncode == 2
@@ -102,7 +102,7 @@ def test_unknown_tasks_module_is_a_clear_error():
 
 
 def test_retention_takes_seconds_or_a_duration():
-    from engine._cli import _parser
+    from runwire.engine._cli import _parser
 
     def retention(*value: str) -> float:
         return _parser().parse_args(["serve", *value]).retention
@@ -111,7 +111,7 @@ def test_retention_takes_seconds_or_a_duration():
     assert retention("--retention", "3600") == 3600.0
     assert retention("--retention", "12h") == 12 * 3600.0
     result = subprocess.run(
-        [sys.executable, "-m", "engine", "serve", "--retention", "soon", "--store", "memory://"],
+        [sys.executable, "-m", "runwire.engine", "serve", "--retention", "soon", "--store", "memory://"],
         cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert result.returncode == 2  # an argparse usage error, not a traceback
     assert "--retention" in result.stderr and "Traceback" not in result.stderr

@@ -11,8 +11,8 @@ from typing import Any
 import trio
 import trio.testing
 
-from sdk._client import _Inbox, _Receiver
-from transport import ConnectionBroken
+from runwire._client import _Inbox, _Receiver
+from runwire.transport import ConnectionBroken
 
 from .helpers import bounded
 

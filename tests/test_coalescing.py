@@ -10,12 +10,12 @@ import pytest
 import trio
 import trio.testing
 
-from engine import MemoryStore
-from engine._sqlite_store import SqliteStore
-from engine._actor import BUSY_CYCLE_CHUNKS, MAX_CYCLE_CHUNKS
-from engine._store import Batch
-from sdk import streams, task, tasks
-from sdk._streams import PIPE_SLICE
+from runwire.engine import MemoryStore
+from runwire.engine._sqlite_store import SqliteStore
+from runwire.engine._actor import BUSY_CYCLE_CHUNKS, MAX_CYCLE_CHUNKS
+from runwire.engine._store import Batch
+from runwire import streams, task, tasks
+from runwire._streams import PIPE_SLICE
 
 from .helpers import final, serve
 

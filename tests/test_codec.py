@@ -5,12 +5,12 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from transport import (
+from runwire.transport import (
     FRAME_TYPES, Ack, Append, Cancel, CancelRun, Chunks, CreateToken, End, Error, Hello, Read,
     RemoteProtocolError, Retrieve, RunInfo, Send, Subscribe, Token, Trigger, Triggered, Welcome,
     decode, encode, unstructure,
 )
-from transport._codec import MAX_DEPTH, QUOTE_LIMIT, frame_fields
+from runwire.transport._codec import MAX_DEPTH, QUOTE_LIMIT, frame_fields
 
 #: One frame of every type, every field set away from its default.
 SAMPLES = {
@@ -187,7 +187,7 @@ def test_encode_is_the_compact_json_of_unstructure():
 
 def test_chunks_with_encoded_items_are_joined_unchanged():
     """The engine's fast path: stored JSON bytes go into the array as they are."""
-    from transport import Chunks, decode, encode
+    from runwire.transport import Chunks, decode, encode
 
     items = [b'"x"', b'{"k":[1,2.5,"\\u00e9"]}', b"null", b"[]"]
     frame = Chunks(re=3, stream='odd "key"', start=7, items=items)

@@ -12,12 +12,12 @@ import trio
 import trio.testing
 import trio_websocket
 
-from transport import (
+from runwire.transport import (
     PROTOCOL_VERSION, Ack, Chunks, Connection, ConnectionBroken, ConnectionClosed, Hello,
     LocalProtocolError, Read, RemoteProtocolError, Role, State, Welcome, connect_websocket,
     memory_connection_pair, memory_pipe_pair,
 )
-from transport._connection import _wire_lock
+from runwire.transport._connection import _wire_lock
 
 HELLO = Hello(protocol=PROTOCOL_VERSION, token="k")
 

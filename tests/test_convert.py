@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sdk import InvalidPayloadError
-from sdk._convert import from_json, from_json_many, json_bytes, json_bytes_many
+from runwire import InvalidPayloadError
+from runwire._convert import from_json, from_json_many, json_bytes, json_bytes_many
 
 # every code point, surrogates included (orjson refuses those), weighted toward the ones JSON
 # escapes and the separator the fast path joins with

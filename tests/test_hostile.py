@@ -30,10 +30,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
 
-from engine import Limits, open_engine
-from sdk import task
-from transport import FRAME_TYPES, Protocol, RemoteProtocolError, Role, State, decode
-from transport._codec import frame_fields
+from runwire.engine import Limits, open_engine
+from runwire import task
+from runwire.transport import FRAME_TYPES, Protocol, RemoteProtocolError, Role, State, decode
+from runwire.transport._codec import frame_fields
 
 from .helpers import API_KEY
 from .rawclient import Closed, raw_client, wait_for_connections

@@ -9,7 +9,7 @@ import attrs
 import pytest
 import trio
 
-from sdk import (
+from runwire import (
     InputResult,
     InputStreamDef,
     InputStreamTimeoutError,

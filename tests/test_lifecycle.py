@@ -11,9 +11,9 @@ from __future__ import annotations
 import pytest
 import trio
 
-from engine import TRANSITIONS, open_engine
-from engine._records import RunRecord
-from sdk import (
+from runwire.engine import TRANSITIONS, open_engine
+from runwire.engine._records import RunRecord
+from runwire import (
     NotFoundError,
     OutsideRunError,
     Queue,
@@ -503,7 +503,7 @@ def test_the_status_table_only_leaves_final_states_for_nothing():
         assert TRANSITIONS[status] == frozenset() and status.is_final
     for status in (Q, X, W):
         assert not status.is_final and TRANSITIONS[status] & finals
-    from engine._status import InvalidTransition, check_transition
+    from runwire.engine._status import InvalidTransition, check_transition
 
     for old, new in [(DONE, X), (CANCELED, Q), (Q, W), (Q, DONE), (TIMED_OUT, FAILED)]:
         with pytest.raises(InvalidTransition):
@@ -521,7 +521,7 @@ def test_the_status_table_only_leaves_final_states_for_nothing():
 
 @task(id="sleeper", queue=Queue("naps", concurrency_limit=1))
 async def sleeper(payload):
-    from sdk import wait
+    from runwire import wait
 
     started = trio.current_time()
     if payload == "for":
@@ -592,7 +592,7 @@ async def test_engine_without_key_or_port_makes_a_key_and_serves_no_socket(
 
 
 def test_default_limits_are_the_spec_ones():
-    from engine import Limits
+    from runwire.engine import Limits
 
     limits = Limits()
     assert limits.max_stream_bytes == 300 * 1024 * 1024

@@ -8,10 +8,10 @@ import trio
 import trio.testing
 import trio_websocket
 
-import sdk
-from engine import Limits, open_engine
-from engine._limits import RateLimiter
-from sdk import RateLimitedError, auth, streams, task
+import runwire
+from runwire.engine import Limits, open_engine
+from runwire.engine._limits import RateLimiter
+from runwire import RateLimitedError, auth, streams, task
 
 from .helpers import API_KEY
 from .rawclient import raw_client, wait_for_connections
@@ -60,11 +60,11 @@ async def test_connections_over_the_limit_are_refused_over_websockets():
                 assert info.value.status_code == 503
                 assert b"too many connections" in info.value.body
                 with pytest.raises(ConnectionError, match="503"):
-                    async with sdk.connect(eng.url, api_key=API_KEY):
+                    async with runwire.connect(eng.url, api_key=API_KEY):
                         pass
             await wait_for_connections(eng, 0)
-            async with sdk.connect(eng.url, api_key=API_KEY):  # room again
-                assert (await sdk.tasks.trigger_and_wait("lim-echo", 1)).output == 1
+            async with runwire.connect(eng.url, api_key=API_KEY):  # room again
+                assert (await runwire.tasks.trigger_and_wait("lim-echo", 1)).output == 1
 
 
 async def test_connections_over_the_limit_are_refused_in_memory_too(autojump_clock):
@@ -149,7 +149,7 @@ async def test_sends_are_rate_limited_per_credential(autojump_clock):
             await trio.sleep(0.5)
             async with eng.connect():
                 await done.send(handle.id, "ok")  # a token came back
-                assert (await sdk.runs.retrieve(handle.id)).status.value in (
+                assert (await runwire.runs.retrieve(handle.id)).status.value in (
                     "COMPLETED", "EXECUTING")
 
 
@@ -293,8 +293,8 @@ async def test_a_websocket_reader_that_stalls_loses_nothing():
                 await eng.wait_finished(run)
                 # not reading: the engine waits on the socket
                 await trio.testing.wait_all_tasks_blocked(cushion=0.05)
-                async with sdk.connect(eng.url, api_key=API_KEY):
-                    assert (await sdk.runs.retrieve(run)).output == n
+                async with runwire.connect(eng.url, api_key=API_KEY):
+                    assert (await runwire.runs.retrieve(run)).output == n
                 got: list[int] = []
                 while (frame := await slow.recv())["type"] == "chunks":
                     assert frame["start"] == len(got)

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 import trio
 
-from engine._streams import OutputStream
-from sdk import streams, task
-from transport import Connection
+from runwire.engine._streams import OutputStream
+from runwire import streams, task
+from runwire.transport import Connection
 
 from .helpers import final, serve
 

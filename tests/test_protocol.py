@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from transport import (
+from runwire.transport import (
     Ack, CancelRun, Chunks, Error, Hello, LocalProtocolError, Protocol, Read,
     RemoteProtocolError, Retrieve, Role, State, Welcome, encode,
 )
-from transport._protocol import CLOSE_BAD_PROTOCOL, CLOSE_UNAUTHORIZED, TRANSITIONS
+from runwire.transport._protocol import CLOSE_BAD_PROTOCOL, CLOSE_UNAUTHORIZED, TRANSITIONS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -205,12 +205,14 @@ def test_the_sans_io_modules_do_not_import_trio():
                     raise ImportError("blocked: " + name)
 
         sys.meta_path.insert(0, Blocker())
-        # load the modules without running transport/__init__ (which imports the adapters)
-        pkg = types.ModuleType("transport")
-        pkg.__path__ = ["transport"]
-        sys.modules["transport"] = pkg
-        import transport._frames, transport._codec, transport._protocol
-        p = transport._protocol.Protocol(transport._protocol.Role.ENGINE)
+        # load the modules without running the packages' __init__ (which import the adapters)
+        for name, folder in (("runwire", "sdk"), ("runwire.transport", "transport")):
+            pkg = types.ModuleType(name)
+            pkg.__path__ = [folder]
+            sys.modules[name] = pkg
+        import runwire.transport._frames, runwire.transport._codec, runwire.transport._protocol
+        from runwire.transport import _protocol
+        p = _protocol.Protocol(_protocol.Role.ENGINE)
         p.receive(b'{"type":"hello","protocol":1,"token":"k"}')
         assert not any(m.split(".")[0] in ("trio", "trio_websocket") for m in sys.modules)
         print("ok")

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from transport import FRAME_TYPES
-from transport._codec import frame_fields
+from runwire.transport import FRAME_TYPES
+from runwire.transport._codec import frame_fields
 
 DOC = (Path(__file__).parent.parent / "docs" / "protocol.md").read_text()
 

@@ -5,7 +5,7 @@ import importlib
 import pytest
 
 PUBLIC = {
-    "sdk": {
+    "runwire": {
         "task", "schema_task", "streams", "metadata", "runs", "tasks", "wait", "logger",
         "connect", "Client", "Queue", "RetryPolicy", "Run", "RunContext", "RunError",
         "RunHandle", "RunStatus", "TaskRunResult", "InputResult", "InputStreamDef",
@@ -17,12 +17,12 @@ PUBLIC = {
         "StreamTimeoutError", "InputStreamTimeoutError", "TaskRunError", "OutsideRunError",
         "auth",
     },
-    "engine": {
+    "runwire.engine": {
         "open_engine", "Engine", "Limits", "RunActor", "Store", "MemoryStore", "SqliteStore",
         "open_store",
         "OutputStream", "InputMailbox", "Producer", "Auth", "Grant", "TRANSITIONS",
     },
-    "transport": {
+    "runwire.transport": {
         "encode", "decode", "unstructure", "Protocol", "Role", "State", "Connection",
         "MemoryPipe", "connect_websocket", "memory_connection_pair", "memory_pipe_pair",
         "TransportError", "LocalProtocolError", "RemoteProtocolError", "ConnectionBroken",
@@ -52,7 +52,7 @@ def test_init_only_reexports(package):
 
 
 def test_status_values_match_spec():
-    from sdk import RunStatus
+    from runwire import RunStatus
 
     assert [s.value for s in RunStatus] == [
         "QUEUED", "EXECUTING", "WAITING", "COMPLETED", "FAILED", "CANCELED", "CRASHED",
@@ -60,7 +60,7 @@ def test_status_values_match_spec():
 
 
 def test_stream_timeout_is_a_timeout_error():
-    from sdk import InputStreamTimeoutError, StreamTimeoutError
+    from runwire import InputStreamTimeoutError, StreamTimeoutError
 
     assert issubclass(StreamTimeoutError, TimeoutError)
     assert issubclass(InputStreamTimeoutError, TimeoutError)

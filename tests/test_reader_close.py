@@ -6,8 +6,8 @@ import warnings
 import trio
 import trio.testing
 
-from engine import open_engine
-from sdk import streams, task
+from runwire.engine import open_engine
+from runwire import streams, task
 
 KEY = "reader-close-key-0123456789"
 ai = streams.define(id="ai", type=str)
@@ -33,7 +33,7 @@ async def _open_reads(eng) -> int:
 
 
 def eng_sessions(eng):
-    from engine._session import Session
+    from runwire.engine._session import Session
 
     return [o for o in gc.get_objects() if isinstance(o, Session) and o.engine is eng]
 

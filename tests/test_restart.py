@@ -5,7 +5,7 @@ Two ways to stop an engine mid-run, one scenario (the tasks in ``tests/crash_tas
 * in process: the ``open_engine`` block is left (its nursery is cancelled) and a new engine
   opens the same file (once with the same tasks, once without one of them and with a stored
   run it cannot read);
-* a real crash: ``python -m engine serve`` in a subprocess gets ``SIGKILL`` and is started
+* a real crash: ``python -m runwire.engine serve`` in a subprocess gets ``SIGKILL`` and is started
   again on the same file and port, while an SDK client (readers, a producer) stays connected
   through it all.
 """
@@ -26,9 +26,9 @@ import attrs
 import pytest
 import trio
 
-from engine._sqlite_store import SqliteStore
-from engine._store import Batch
-from sdk import RunStatus, StreamDef, connect, runs
+from runwire.engine._sqlite_store import SqliteStore
+from runwire.engine._store import Batch
+from runwire import RunStatus, StreamDef, connect, runs
 
 from . import crash_tasks as ct
 from .helpers import API_KEY, bounded, final, serve
@@ -248,7 +248,7 @@ async def test_restart_without_a_task_and_with_an_unreadable_run(
 
 
 class EngineProcess:
-    """``python -m engine serve`` in a subprocess; its output is kept for failure messages."""
+    """``python -m runwire.engine serve`` in a subprocess; its output is kept for failure messages."""
 
     def __init__(self, process: trio.Process) -> None:
         self.process = process
@@ -259,7 +259,7 @@ class EngineProcess:
     @classmethod
     async def spawn(cls, nursery: trio.Nursery, db: Path, port: int) -> EngineProcess:
         """Start the process (its output is read in ``nursery``); see :meth:`ready`."""
-        command = [sys.executable, "-m", "engine", "serve", "--tasks", "tests.crash_tasks",
+        command = [sys.executable, "-m", "runwire.engine", "serve", "--tasks", "tests.crash_tasks",
                    "--store", f"sqlite:///{db}", "--port", str(port), "--api-key", API_KEY,
                    "--drain-timeout", "1", "--log-level", "WARNING"]
         process = await trio.lowlevel.open_process(

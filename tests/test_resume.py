@@ -14,9 +14,9 @@ import pytest
 import trio
 import trio.testing
 
-import sdk
-from engine import open_engine
-from sdk import streams, task
+import runwire
+from runwire.engine import open_engine
+from runwire import streams, task
 
 from .helpers import API_KEY
 from .faultproxy import FaultProxy, open_fault_proxy
@@ -151,7 +151,7 @@ async def test_external_producer_and_reader_survive_cuts() -> None:
     """A producer outside the run pipes 20,000 chunks in; a reader gets each exactly once."""
     with trio.fail_after(20):
         async with engine_behind_proxy(seed=11, max_cuts=12) as proxy:
-            async with sdk.connect(proxy.url, api_key=API_KEY) as client:
+            async with runwire.connect(proxy.url, api_key=API_KEY) as client:
                 handle = await sink.trigger({})
                 got: list[int] = []
 
@@ -184,7 +184,7 @@ async def test_input_records_arrive_once_when_acks_are_lost() -> None:
     with trio.fail_after(15):
         async with engine_behind_proxy(seed=12, max_cuts=8) as proxy:
             proxy.cut_when(b'"type":"ack"', times=10, every=3)
-            async with sdk.connect(proxy.url, api_key=API_KEY) as client:
+            async with runwire.connect(proxy.url, api_key=API_KEY) as client:
                 handle = await counter.trigger({})
                 for i in range(n):
                     await records.send(handle.id, i)
@@ -200,7 +200,7 @@ async def test_a_send_that_ends_the_run_is_not_refused_when_retried() -> None:
     finished, and must still get the stored record's answer, not ``run_finished``."""
     with trio.fail_after(10):
         async with engine_behind_proxy(seed=24) as proxy:
-            async with sdk.connect(proxy.url, api_key=API_KEY) as client:
+            async with runwire.connect(proxy.url, api_key=API_KEY) as client:
                 handle = await counter.trigger({})
                 await records.send(handle.id, "only")
                 proxy.cut_when(b'"type":"ack"')
@@ -216,7 +216,7 @@ async def test_trigger_starts_one_run_per_call() -> None:
     with trio.fail_after(15):
         async with engine_behind_proxy(seed=13, max_cuts=6) as proxy:
             proxy.cut_when(b'"type":"triggered"', times=8, every=2)
-            async with sdk.connect(proxy.url, api_key=API_KEY) as client:
+            async with runwire.connect(proxy.url, api_key=API_KEY) as client:
                 handles = [await counted.trigger({"i": i}) for i in range(n)]
                 proxy.stop_cutting()
                 results = [await client.wait_for_run(h.id) for h in handles]
@@ -229,7 +229,7 @@ async def test_trigger_starts_one_run_per_call() -> None:
 async def test_unreachable_engine_fails_calls_with_connection_error() -> None:
     with trio.fail_after(10):
         async with engine_behind_proxy(seed=14) as proxy:
-            async with sdk.connect(proxy.url, api_key=API_KEY, reconnect_timeout=0.5) as client:
+            async with runwire.connect(proxy.url, api_key=API_KEY, reconnect_timeout=0.5) as client:
                 handle = await sink.trigger({})
                 failed_reads: list[ConnectionError] = []
 
@@ -246,20 +246,20 @@ async def test_unreachable_engine_fails_calls_with_connection_error() -> None:
                     proxy.go_down()
                     start = trio.current_time()
                     with pytest.raises(ConnectionError, match="unreachable for 0.5 s"):
-                        await sdk.runs.retrieve(handle.id)
+                        await runwire.runs.retrieve(handle.id)
                     waited = trio.current_time() - start
                 assert len(failed_reads) == 1
                 assert 0.4 < waited < 3  # it waited for reconnect_timeout, not for ever
                 with pytest.raises(ConnectionError):  # while down, new calls fail at once
-                    await sdk.runs.retrieve(handle.id)
+                    await runwire.runs.retrieve(handle.id)
                 proxy.come_up()  # the client kept trying: calls work again
                 for _ in range(100):
                     try:
-                        run = await sdk.runs.retrieve(handle.id)
+                        run = await runwire.runs.retrieve(handle.id)
                         break
                     except ConnectionError:
                         await trio.sleep(0.05)
-                assert run.status is sdk.RunStatus.EXECUTING
+                assert run.status is runwire.RunStatus.EXECUTING
                 await done.send(handle.id, "finish")
                 assert (await client.wait_for_run(handle.id)).ok
 
@@ -268,15 +268,15 @@ async def test_connection_error_leaves_connect_as_itself() -> None:
     with trio.fail_after(10):
         async with engine_behind_proxy(seed=15) as proxy:
             with pytest.raises(ConnectionError):
-                async with sdk.connect(proxy.url, api_key=API_KEY, reconnect_timeout=0.3):
+                async with runwire.connect(proxy.url, api_key=API_KEY, reconnect_timeout=0.3):
                     proxy.go_down()
-                    await sdk.tasks.trigger("resume-counted", {"i": 0})
-            with pytest.raises(sdk.UnauthorizedError):
+                    await runwire.tasks.trigger("resume-counted", {"i": 0})
+            with pytest.raises(runwire.UnauthorizedError):
                 proxy.come_up()
-                async with sdk.connect(proxy.url, api_key="wrong-key"):
+                async with runwire.connect(proxy.url, api_key="wrong-key"):
                     pass
             with pytest.raises(KeyError) as caught:
-                async with sdk.connect(proxy.url, api_key=API_KEY):
+                async with runwire.connect(proxy.url, api_key=API_KEY):
                     try:
                         {}["missing"]
                     except LookupError as exc:
@@ -290,7 +290,7 @@ async def test_unreachable_at_connect_is_a_connection_error() -> None:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     with trio.fail_after(10), pytest.raises(ConnectionError):
-        async with sdk.connect(f"ws://127.0.0.1:{port}", api_key=API_KEY):
+        async with runwire.connect(f"ws://127.0.0.1:{port}", api_key=API_KEY):
             pass
 
 
@@ -309,12 +309,12 @@ async def test_no_tasks_pile_up_across_reconnects_or_outlive_connect() -> None:
     with trio.fail_after(10):
         async with engine_behind_proxy(seed=16) as proxy:
             before = _task_count()
-            async with sdk.connect(proxy.url, api_key=API_KEY) as client:
+            async with runwire.connect(proxy.url, api_key=API_KEY) as client:
                 handle = await sink.trigger({})
                 baseline = len(client._nursery.child_tasks)
                 for _ in range(10):
                     proxy.cut_all()
-                    await sdk.runs.retrieve(handle.id)
+                    await runwire.runs.retrieve(handle.id)
                 assert len(client._nursery.child_tasks) == baseline
                 await done.send(handle.id, "finish")
             await trio.testing.wait_all_tasks_blocked()
@@ -324,7 +324,7 @@ async def test_no_tasks_pile_up_across_reconnects_or_outlive_connect() -> None:
 async def test_connect_exits_promptly() -> None:
     with trio.fail_after(5):
         async with engine_behind_proxy(seed=17) as proxy:
-            async with sdk.connect(proxy.url, api_key=API_KEY):
+            async with runwire.connect(proxy.url, api_key=API_KEY):
                 await sink.trigger({})
                 start = trio.current_time()
             assert trio.current_time() - start < 0.5  # it took 2 s: a close raced its reader
@@ -335,7 +335,7 @@ async def test_a_connection_that_breaks_before_any_answer_is_retried_with_backof
     breaking the connection before it answers: then the pauses grow."""
     with trio.fail_after(10):
         async with engine_behind_proxy(seed=23) as proxy:
-            async with sdk.connect(proxy.url, api_key=API_KEY) as client:
+            async with runwire.connect(proxy.url, api_key=API_KEY) as client:
                 client.random.seed(23)
                 handle = await counter.trigger({})
                 proxy.cut_when(b'"type":"ack"', times=4)
@@ -353,7 +353,7 @@ async def test_reading_while_calling_the_same_client_does_not_deadlock() -> None
     """A read whose consumer awaits another call must not stall the connection."""
     with trio.fail_after(10):
         async with engine_behind_proxy(seed=18) as proxy:
-            async with sdk.connect(proxy.url, api_key=API_KEY):
+            async with runwire.connect(proxy.url, api_key=API_KEY):
                 handle = await sink.trigger({})
                 await streams.pipe("k", range(100_000), target=handle.id).wait_until_complete()
                 stream = await streams.read(handle.id, "k")
@@ -365,28 +365,28 @@ async def test_reading_while_calling_the_same_client_does_not_deadlock() -> None
                         # ask for something whose answer queues up behind them
                         await trio.testing.wait_all_tasks_blocked(cushion=0.05)
                         await done.send(handle.id, "finish")
-                        await sdk.runs.retrieve(handle.id)
+                        await runwire.runs.retrieve(handle.id)
             assert got == list(range(100_000))
 
 
 async def test_a_lost_ack_of_cancel_run_is_not_an_error() -> None:
     with trio.fail_after(10):
         async with engine_behind_proxy(seed=19) as proxy:
-            async with sdk.connect(proxy.url, api_key=API_KEY):
+            async with runwire.connect(proxy.url, api_key=API_KEY):
                 handle = await sink.trigger({})
                 proxy.cut_when(b'"type":"ack"')
-                await sdk.runs.cancel(handle.id)
-                run = await sdk.runs.retrieve(handle.id)
+                await runwire.runs.cancel(handle.id)
+                run = await runwire.runs.retrieve(handle.id)
             assert proxy.pattern_cuts == 1
-            assert run.status is sdk.RunStatus.CANCELED
+            assert run.status is runwire.RunStatus.CANCELED
 
 
 async def test_a_request_without_a_key_is_not_issued_twice() -> None:
-    from transport import Send
+    from runwire.transport import Send
 
     with trio.fail_after(10):
         async with engine_behind_proxy(seed=20) as proxy:
-            async with sdk.connect(proxy.url, api_key=API_KEY) as client:
+            async with runwire.connect(proxy.url, api_key=API_KEY) as client:
                 handle = await counter.trigger({})
                 proxy.cut_when(b'"type":"ack"')
                 with pytest.raises(ConnectionError, match="may or may not"):
@@ -401,13 +401,13 @@ async def test_a_request_without_a_key_is_not_issued_twice() -> None:
 async def test_a_chunk_that_is_not_json_fails_the_pipe_not_the_client() -> None:
     with trio.fail_after(10):
         async with engine_behind_proxy(seed=21) as proxy:
-            async with sdk.connect(proxy.url, api_key=API_KEY):
+            async with runwire.connect(proxy.url, api_key=API_KEY):
                 handle = await sink.trigger({})
                 pipe = streams.pipe("k", [1, 2, object(), 3], target=handle.id)
                 with pytest.raises(TypeError, match="not JSON"):
                     await pipe.wait_until_complete()
                 await done.send(handle.id, "finish")
-                run = await sdk.runs.retrieve(handle.id)
+                run = await runwire.runs.retrieve(handle.id)
                 stored = await (await streams.read(handle.id, "k")).collect()
             assert run.id == handle.id
             assert stored == [1, 2]  # the chunks before the bad one are kept, none after
@@ -416,7 +416,7 @@ async def test_a_chunk_that_is_not_json_fails_the_pipe_not_the_client() -> None:
 async def test_batch_trigger_with_a_key_starts_one_run_per_payload() -> None:
     with trio.fail_after(10):
         async with engine_behind_proxy(seed=22) as proxy:
-            async with sdk.connect(proxy.url, api_key=API_KEY):
+            async with runwire.connect(proxy.url, api_key=API_KEY):
                 results = await counted.batch_trigger_and_wait(
                     [{"i": 0}, {"i": 1}, {"i": 2}], idempotency_key="batch-1")
                 again = await counted.batch_trigger_and_wait(
@@ -426,8 +426,8 @@ async def test_batch_trigger_with_a_key_starts_one_run_per_payload() -> None:
 
 
 async def test_leaving_a_read_early_cancels_it_on_the_engine() -> None:
-    from sdk._client import open_client
-    from transport import Cancel, memory_connection_pair
+    from runwire._client import open_client
+    from runwire.transport import Cancel, memory_connection_pair
 
     cancels: list[int] = []
     sent = trio.Event()
@@ -464,7 +464,7 @@ async def test_big_chunks_from_outside_are_batched_under_the_message_limit() -> 
     blob = "x" * 400_000
     with trio.fail_after(15):
         async with engine_behind_proxy(seed=25) as proxy:
-            async with sdk.connect(proxy.url, api_key=API_KEY):
+            async with runwire.connect(proxy.url, api_key=API_KEY):
                 handle = await sink.trigger({})
                 source = [f"{i:04d}{blob}" for i in range(60)]
                 await streams.pipe("k", source, target=handle.id).wait_until_complete()

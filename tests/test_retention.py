@@ -20,8 +20,8 @@ import pytest
 import trio
 import trio.testing
 
-from engine import Engine, Limits, open_engine
-from sdk import NotFoundError, RunStatus, runs, streams, task
+from runwire.engine import Engine, Limits, open_engine
+from runwire import NotFoundError, RunStatus, runs, streams, task
 
 from .helpers import API_KEY
 
@@ -54,8 +54,8 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 def test_the_sqlite_store_knows_every_final_status() -> None:
-    from engine._sqlite_store import _FINAL
-    from sdk._models import FINAL_STATUSES
+    from runwire.engine._sqlite_store import _FINAL
+    from runwire._models import FINAL_STATUSES
 
     assert set(_FINAL.strip("()").replace("'", "").split(", ")) == {
         status.value for status in FINAL_STATUSES}

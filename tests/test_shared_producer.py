@@ -1,8 +1,8 @@
 """Several tasks writing through one producer (a writer and its merges) all make progress."""
 
-import engine._streams as engine_streams
-import sdk._client as sdk_client
-from sdk import RunStatus, streams, task
+import runwire.engine._streams as engine_streams
+import runwire._client as sdk_client
+from runwire import RunStatus, streams, task
 
 from .helpers import final, finish, serve, until_go
 

@@ -1,4 +1,4 @@
-from sdk import streams, task
+from runwire import streams, task
 
 from .helpers import serve
 

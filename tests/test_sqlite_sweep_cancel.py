@@ -2,10 +2,10 @@
 
 import trio
 
-from engine._records import RunRecord
-from engine._sqlite_store import DELETE_STEP, SqliteStore
-from engine._store import Batch
-from sdk import RunStatus
+from runwire.engine._records import RunRecord
+from runwire.engine._sqlite_store import DELETE_STEP, SqliteStore
+from runwire.engine._store import Batch
+from runwire import RunStatus
 
 
 async def test_a_cancelled_sweep_stops_after_the_step_in_flight(tmp_path):

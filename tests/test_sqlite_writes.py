@@ -17,9 +17,9 @@ import trio
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from engine import _sqlite_store as sqlite_store
-from engine._records import RunRecord
-from engine._sqlite_store import (
+from runwire.engine import _sqlite_store as sqlite_store
+from runwire.engine._records import RunRecord
+from runwire.engine._sqlite_store import (
     _STREAM_END,
     CHECKPOINT_PAGES,
     INLINE_BYTES,
@@ -30,7 +30,7 @@ from engine._sqlite_store import (
     _pages,
     _Pending,
 )
-from engine._store import Batch, ChunkAppend, StreamState
+from runwire.engine._store import Batch, ChunkAppend, StreamState
 
 from .helpers import bounded, count_groups
 

@@ -18,10 +18,10 @@ import pytest
 import trio
 import trio.testing
 
-from engine import MemoryStore, Store
-from engine._records import RunRecord
-from engine._sqlite_store import SqliteStore, parse_sqlite_url
-from engine._store import (
+from runwire.engine import MemoryStore, Store
+from runwire.engine._records import RunRecord
+from runwire.engine._sqlite_store import SqliteStore, parse_sqlite_url
+from runwire.engine._store import (
     Batch,
     ChunkAppend,
     RecordAppend,

@@ -14,8 +14,8 @@ import pytest
 import trio
 import trio.testing
 
-from engine import Limits
-from sdk import (
+from runwire.engine import Limits
+from runwire import (
     NotFoundError,
     OutsideRunError,
     PayloadTooLargeError,

@@ -8,7 +8,7 @@ import attrs
 import pytest
 import trio
 
-from sdk import (
+from runwire import (
     InvalidPayloadError,
     Queue,
     RetryPolicy,

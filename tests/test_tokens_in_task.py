@@ -5,8 +5,8 @@ Token expiry on the engine's (mock) clock is tested in ``test_auth.py``.
 
 import pytest
 
-from sdk import BadFrameError, ForbiddenError, auth, runs, task
-from sdk._auth import normalize_scopes
+from runwire import BadFrameError, ForbiddenError, auth, runs, task
+from runwire._auth import normalize_scopes
 
 from .helpers import serve
 

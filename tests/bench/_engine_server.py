@@ -18,8 +18,8 @@ from typing import Any
 import attrs
 import trio
 
-from engine import Limits, open_engine
-from sdk import Task
+from runwire.engine import Limits, open_engine
+from runwire import Task
 
 from ._harness import (
     API_KEY,

@@ -374,7 +374,7 @@ def machine() -> dict[str, str]:
 def sqlite_available() -> str | None:
     """``None`` if the sqlite store can be opened, else why not."""
     try:
-        from engine import open_store
+        from runwire.engine import open_store
 
         store = open_store(f"sqlite:///{_temp_dir()}/probe.db")
     except Exception as exc:  # ImportError while engine/_sqlite_store.py is being written

@@ -1,7 +1,7 @@
 """Fan-out: one stream, 500 readers in 2 reader processes; chunk deliveries per second.
 
 Readers do not share connections: each of the 250 readers in a process opens its own
-``sdk.connect`` (its own websocket and session in the engine), because that is what 500
+``runwire.connect`` (its own websocket and session in the engine), because that is what 500
 browsers or backend subscribers do. A second variant puts the 250 reads of a process on one
 shared connection, to show what a connection costs.
 
@@ -23,7 +23,7 @@ from typing import Any
 import attrs
 import trio
 
-from sdk import connect, streams, task, tasks
+from runwire import connect, streams, task, tasks
 
 from ._baselines import chunk
 from ._harness import (

@@ -2,7 +2,7 @@
 
 Each chunk is ``[index, time.time_ns()]`` taken just before the writer hands it over (the
 wall clock, because writer and reader are different processes on one machine). The reader
-(``sdk.connect`` + ``read``, another process) subtracts it from the arrival time. Variants:
+(``runwire.connect`` + ``read``, another process) subtracts it from the arrival time. Variants:
 ``pipe`` from a paced async generator and ``await append`` per chunk, on ``memory://`` and
 ``sqlite://``. Baseline: the same pacing over a bare trio-websocket connection, one chunk per
 message.
@@ -17,7 +17,7 @@ from typing import Any
 import attrs
 import trio
 
-from sdk import connect, streams, task, tasks
+from runwire import connect, streams, task, tasks
 
 from ._baselines import latency_summary
 from ._harness import (

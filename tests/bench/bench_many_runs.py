@@ -22,8 +22,8 @@ import attrs
 import trio
 import trio.testing
 
-from engine import open_engine
-from sdk import streams, task
+from runwire.engine import open_engine
+from runwire import streams, task
 
 from ._harness import (
     API_KEY,

@@ -35,9 +35,9 @@ from typing import Any
 
 import trio
 
-from engine import open_engine, open_store
-from engine._store import Batch, ChunkAppend
-from sdk import streams, task
+from runwire.engine import open_engine, open_store
+from runwire.engine._store import Batch, ChunkAppend
+from runwire import streams, task
 
 from ._harness import REPO, percentile
 

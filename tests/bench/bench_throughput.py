@@ -4,7 +4,7 @@ process reads them over a websocket; chunks per second from trigger to last chun
 Variants (store x writer): ``memory://`` and ``sqlite:///tmpfile``; ``ai.pipe(generator)`` and
 ``await ai.append(chunk)`` per chunk (which waits for each chunk to be stored, so it is far
 slower and runs on fewer chunks; the targets are checked on pipe, append is reported without
-one). The reader is ``sdk.connect`` + ``ai.read``, the writer a task in the engine process.
+one). The reader is ``runwire.connect`` + ``ai.read``, the writer a task in the engine process.
 Baselines, same run, same chunks, client in another process: (a) asyncio ``websockets``, one
 JSON message per chunk; (b) trio-websocket, 256-item messages, no engine (the raw limit of
 our stack).
@@ -22,7 +22,7 @@ from typing import Any
 import attrs
 import trio
 
-from sdk import connect, streams, task, tasks
+from runwire import connect, streams, task, tasks
 
 from ._baselines import chunk
 from ._harness import (

@@ -19,7 +19,7 @@ from typing import Any
 import attrs
 import trio
 
-from sdk import connect, task
+from runwire import connect, task
 
 from ._harness import (
     API_KEY,

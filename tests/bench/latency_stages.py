@@ -39,7 +39,7 @@ from typing import Any
 
 import trio
 
-from sdk import task
+from runwire import task
 
 from ._harness import API_KEY, percentile
 from .bench_latency import paced, stamps
@@ -61,8 +61,8 @@ trio.SocketStream.receive_some = receive_some
 """
 
 _READER = _RECV + r"""
-from sdk import _client, connect, streams, tasks
-from transport import Chunks
+from runwire import _client, connect, streams, tasks
+from runwire.transport import Chunks
 
 recv, routed = [], []
 route = _client.Client._route
@@ -125,8 +125,8 @@ def _instrument(marks: dict[str, list[float]]) -> None:
     """Wrap the engine's stages (this process only) to note each chunk's time since stamp."""
     import orjson
 
-    from engine import _actor, _session, _sqlite_store
-    from transport import Chunks, Connection
+    from runwire.engine import _actor, _session, _sqlite_store
+    from runwire.transport import Chunks, Connection
 
     def since(stamp: int) -> float:
         return (time.time_ns() - stamp) / 1e6
@@ -184,7 +184,7 @@ def percentiles(values: list[float]) -> str:
 
 
 async def measure(store: str, mode: str, n: int) -> dict[str, list[float]]:
-    from engine import open_engine
+    from runwire.engine import open_engine
 
     marks: dict[str, list[float]] = {k: [] for k in
                                      ("stage", "committed", "send0", "send1", "store write",

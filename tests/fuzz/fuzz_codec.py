@@ -33,8 +33,8 @@ ENGINE_WRAPPING = 4
 
 def check(data: bytes) -> None:
     """Assert the properties above for one input (raises AssertionError on a finding)."""
-    from transport import Protocol, RemoteProtocolError, Role, State, decode, encode
-    from transport._codec import unstructure
+    from runwire.transport import Protocol, RemoteProtocolError, Role, State, decode, encode
+    from runwire.transport._codec import unstructure
 
     try:
         frame = decode(data)
@@ -69,9 +69,9 @@ def _check_protocol(protocol_cls, error_cls, role, state, data: bytes) -> None:
 def main() -> None:
     import atheris
 
-    with atheris.instrument_imports(include=["transport", "cattrs"]):
-        import transport  # noqa: F401  (instrumented for coverage)
-    from transport import _codec
+    with atheris.instrument_imports(include=["runwire.transport", "cattrs"]):
+        import runwire.transport  # noqa: F401  (instrumented for coverage)
+    from runwire.transport import _codec
 
     # cattrs generates the per-frame structure functions at run time: instrument them too
     for kind, structure in _codec._STRUCTURE.items():
