@@ -32,7 +32,7 @@ from runwire import (
     BadFrameError,
     PayloadTooLargeError, RunContext, RunFinishedError, RunStatus, StreamTooLargeError, Task,
 )
-from runwire._convert import json_bytes, json_bytes_within
+from runwire.transport import json_bytes, json_bytes_within
 from runwire._models import RunInfo as SdkRunInfo
 from runwire.runtime import TIMED_OUT, bind_run
 

@@ -28,7 +28,7 @@ import attrs
 import jwt
 
 from runwire import UnauthorizedError
-from runwire._auth import check_scopes
+from runwire.transport import check_scopes
 
 ISSUER = "runwire"
 

@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 import trio
 
-from runwire._convert import json_bytes
+from runwire.transport import json_bytes
 
 from ._store import Batch, Store, StoredRecord, StreamState
 

@@ -50,10 +50,8 @@ from runwire import BadFrameError, ForbiddenError, RateLimitedError, RunwireErro
 from runwire.transport import (
     Ack, Append, Cancel, CancelRun, Chunks, Connection, ConnectionBroken, ConnectionClosed,
     CreateToken, End, Error, Frame, Hello, PROTOCOL_VERSION, Read, RemoteProtocolError,
-    Retrieve, RunInfo, Send, Subscribe, Token, Trigger, Triggered, Welcome,
+    Retrieve, RunInfo, Send, CLOSE_INTERNAL, CLOSE_TRY_AGAIN, CLOSE_UNAUTHORIZED, Subscribe, Token, Trigger, Triggered, Welcome,
 )
-from runwire.transport._connection import CLOSE_INTERNAL
-from runwire.transport._protocol import CLOSE_UNAUTHORIZED
 
 from ._auth import Grant
 from ._engine import Reader, ReadTimeout
@@ -65,8 +63,6 @@ log = logging.getLogger("runwire.engine")
 
 Handler = Callable[[Any], Awaitable[None]]
 
-#: Close code for "the engine is overloaded, try again later" (RFC 6455 registry).
-CLOSE_TRY_AGAIN = 1013
 #: Seconds a refusal (error frame and close) may take before the connection is dropped.
 REFUSE_TIMEOUT = 5.0
 

@@ -9,11 +9,10 @@ shape (so a typo fails at once, locally) and again by the engine, which is the a
 from __future__ import annotations
 
 import datetime
-import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from runwire.transport import CreateToken, Token
+from runwire.transport import CreateToken, Token, check_scopes
 
 from ._client import Client
 from ._duration import parse_duration
@@ -22,19 +21,6 @@ from .runtime import current_backend, current_run
 
 #: Default lifetime of a public token.
 DEFAULT_EXPIRATION = "15m"
-#: The scopes a token may carry, as ``(action, resource)``; the id part is free. The engine
-#: checks the scopes of every token it signs with the same :func:`check_scopes`, so a typo
-#: fails here, locally.
-SCOPE_KINDS = frozenset({
-    ("read", "runs"), ("read", "tasks"), ("write", "inputStreams"), ("write", "streams"),
-    ("write", "runs"), ("trigger", "tasks"),
-})
-#: Most scopes in one token, and the longest scope.
-MAX_SCOPES = 64
-MAX_SCOPE_CHARS = 256
-_SCOPE = re.compile(r"^([A-Za-z]+):([A-Za-z]+)(?::(.+))?$", re.DOTALL)
-
-
 class _Auth:
     """``auth.create_public_token(...)``."""
 
@@ -83,33 +69,6 @@ def normalize_scopes(scopes: Iterable[str] | Mapping[str, Any]) -> list[str]:
     else:
         found = list(scopes)
     return check_scopes(found)
-
-
-def check_scopes(scopes: Any) -> list[str]:
-    """The scopes, sorted and deduplicated, if every one is well formed.
-
-    Raises:
-        ValueError: not a non-empty list of ``action:resource[:id]`` strings of a known kind
-            (``SCOPE_KINDS``), more than ``MAX_SCOPES`` of them, or one longer than
-            ``MAX_SCOPE_CHARS``.
-    """
-    if not isinstance(scopes, (list, tuple, set, frozenset)) or not scopes:
-        raise ValueError("scopes must be a non-empty list such as ['read:runs:<run id>']")
-    if len(scopes) > MAX_SCOPES:
-        raise ValueError(f"a token carries at most {MAX_SCOPES} scopes")
-    for scope in scopes:
-        _check_scope(scope)
-    return sorted(set(scopes))
-
-
-def _check_scope(scope: Any) -> None:
-    if not isinstance(scope, str) or not 0 < len(scope) <= MAX_SCOPE_CHARS:
-        raise ValueError(f"a scope is a string of 1-{MAX_SCOPE_CHARS} characters")
-    match = _SCOPE.match(scope)
-    if match is None or (match.group(1), match.group(2)) not in SCOPE_KINDS:
-        known = ", ".join(sorted(f"{a}:{r}" for a, r in SCOPE_KINDS))
-        raise ValueError(f"unknown scope {scope[:64]!r}; scopes are one of {known}, "
-                         "optionally followed by ':<id>'")
 
 
 def _from_mapping(scopes: Mapping[str, Any]) -> Iterable[str]:

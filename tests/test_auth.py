@@ -20,7 +20,7 @@ import trio
 
 import runwire
 from runwire.engine import Auth, Grant, open_engine
-from runwire.engine._auth import check_scopes
+from runwire.transport import check_scopes
 from runwire import ForbiddenError, OutsideRunError, UnauthorizedError, auth, runs, streams, task
 
 from .helpers import API_KEY

@@ -13,7 +13,8 @@ from runwire.transport import (
     Ack, CancelRun, Chunks, Error, Hello, LocalProtocolError, Protocol, Read,
     RemoteProtocolError, Retrieve, Role, State, Welcome, encode,
 )
-from runwire.transport._protocol import CLOSE_BAD_PROTOCOL, CLOSE_UNAUTHORIZED, TRANSITIONS
+from runwire.transport import CLOSE_BAD_PROTOCOL, CLOSE_UNAUTHORIZED
+from runwire.transport._protocol import TRANSITIONS
 
 ROOT = Path(__file__).resolve().parent.parent
 

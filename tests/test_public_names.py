@@ -15,7 +15,7 @@ PUBLIC = {
         "RunFinishedError", "PayloadTooLargeError", "StreamTooLargeError", "BadFrameError",
         "UnknownTaskError", "InvalidPayloadError", "RateLimitedError", "InternalError",
         "StreamTimeoutError", "InputStreamTimeoutError", "TaskRunError", "OutsideRunError",
-        "auth",
+        "auth", "__version__",
     },
     "runwire.engine": {
         "open_engine", "Engine", "Limits", "RunActor", "Store", "MemoryStore", "SqliteStore",
@@ -30,6 +30,9 @@ PUBLIC = {
         "Frame", "Hello", "Welcome", "Read", "Chunks", "End", "Append", "Send", "Ack",
         "Trigger", "Triggered", "Subscribe", "Retrieve", "RunInfo", "CancelRun", "Cancel",
         "Error", "CreateToken", "Token",
+        "json_bytes", "json_bytes_many", "json_bytes_within", "check_scopes", "SCOPE_KINDS",
+        "MAX_SCOPES", "MAX_SCOPE_CHARS", "CLOSE_UNSUPPORTED", "CLOSE_INVALID_DATA",
+        "CLOSE_INTERNAL", "CLOSE_TRY_AGAIN", "CLOSE_UNAUTHORIZED", "CLOSE_BAD_PROTOCOL",
     },
 }
 

@@ -1,5 +1,11 @@
 """Wire format of runwire: frames, the codec, the sans-IO protocol and trio adapters."""
 
+from ._close import CLOSE_BAD_PROTOCOL as CLOSE_BAD_PROTOCOL
+from ._close import CLOSE_INTERNAL as CLOSE_INTERNAL
+from ._close import CLOSE_INVALID_DATA as CLOSE_INVALID_DATA
+from ._close import CLOSE_TRY_AGAIN as CLOSE_TRY_AGAIN
+from ._close import CLOSE_UNAUTHORIZED as CLOSE_UNAUTHORIZED
+from ._close import CLOSE_UNSUPPORTED as CLOSE_UNSUPPORTED
 from ._codec import decode as decode
 from ._codec import encode as encode
 from ._codec import unstructure as unstructure
@@ -36,6 +42,13 @@ from ._frames import Token as Token
 from ._frames import Trigger as Trigger
 from ._frames import Triggered as Triggered
 from ._frames import Welcome as Welcome
+from ._json import json_bytes as json_bytes
+from ._json import json_bytes_many as json_bytes_many
+from ._json import json_bytes_within as json_bytes_within
 from ._protocol import Protocol as Protocol
 from ._protocol import Role as Role
 from ._protocol import State as State
+from ._scopes import MAX_SCOPE_CHARS as MAX_SCOPE_CHARS
+from ._scopes import MAX_SCOPES as MAX_SCOPES
+from ._scopes import SCOPE_KINDS as SCOPE_KINDS
+from ._scopes import check_scopes as check_scopes

@@ -40,14 +40,11 @@ import trio_websocket
 from wsproto.connection import ConnectionState
 from wsproto.events import TextMessage
 
+from ._close import CLOSE_INTERNAL, CLOSE_UNSUPPORTED
 from ._errors import ConnectionBroken, ConnectionClosed, LocalProtocolError, RemoteProtocolError
 from ._frames import Frame
 from ._protocol import Protocol, Role
 
-#: Close code sent when a peer sends a binary (not text) message.
-CLOSE_UNSUPPORTED = 1003
-#: Close code sent when this side must abort the connection (a message was cut short).
-CLOSE_INTERNAL = 1011
 
 
 class MessagePipe(TypingProtocol):

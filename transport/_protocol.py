@@ -22,16 +22,13 @@ from __future__ import annotations
 
 import enum
 
+from ._close import CLOSE_BAD_PROTOCOL, CLOSE_UNAUTHORIZED
 from ._codec import decode, encode
 from ._errors import LocalProtocolError, RemoteProtocolError
 from ._frames import (
     CLIENT_FRAMES, ENGINE_FRAMES, PROTOCOL_VERSION, Error, Frame, Hello, Welcome,
 )
 
-#: Close code for "hello missing or credential refused".
-CLOSE_UNAUTHORIZED = 4401
-#: Close code for "unsupported protocol version".
-CLOSE_BAD_PROTOCOL = 4400
 
 
 class Role(enum.Enum):
