@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 import trio
 
+from ._duration import parse_duration as parse_duration
 from ._errors import OutsideRunError
 from ._models import Run, RunContext, RunHandle, TaskRunResult
 
@@ -186,3 +187,23 @@ def collapse_exception_groups():
         finally:
             inner.__context__ = context
             del inner, context
+
+
+def open_client(connector: Any, token: str, **options: Any) -> Any:
+    """A :class:`~runwire.Client` over ``connector`` for an ``async with`` block.
+
+    For an engine's in-process clients: ``connector(nursery)`` returns a connected
+    :class:`runwire.transport.Connection` (for example one end of
+    :func:`runwire.transport.memory_connection_pair`). ``options`` are those of
+    :func:`runwire.connect` (``reconnect_timeout``, ``connect_timeout``).
+    """
+    from ._client import open_client as _open_client  # the client imports this module
+
+    return _open_client(connector, token, **options)
+
+
+def tasks_in(module: Any) -> list[Any]:
+    """Every task defined in ``module`` (what ``runwire serve --tasks MODULE`` registers)."""
+    from ._task import tasks_in as _tasks_in
+
+    return _tasks_in(module)
