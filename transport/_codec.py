@@ -15,13 +15,14 @@ quote at most :data:`QUOTE_LIMIT` characters of what the peer sent.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
 import orjson
 from cattrs import transform_error
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
-from cattrs.preconf.orjson import make_converter
+from cattrs.preconf.orjson import OrjsonConverter, make_converter
 
 from ._errors import RemoteProtocolError
 from ._frames import FRAME_TYPES, Chunks, Frame, Json, JsonList, JsonObject, Read, request_id
@@ -33,8 +34,15 @@ _ORJSON_WRITE_DEPTH = 254
 #: Longest piece of a peer's message quoted back in an error.
 QUOTE_LIMIT = 64
 
+#: A structure hook: the raw value and the type asked for (ignored) -> the value.
+_Hook = Callable[[Any, Any], Any]
+#: Builds one frame class from a decoded JSON object (the second argument is the class).
+_FrameStructurer = Callable[[Mapping[str, Any], Any], Frame]
+#: Turns one frame into a dict of its fields (without ``type``).
+_FrameUnstructurer = Callable[[Any], dict[str, Any]]
 
-def _strict(kind: type | tuple[type, ...], name: str):
+
+def _strict(kind: type | tuple[type, ...], name: str) -> _Hook:
     def structure(value: Any, _: Any) -> Any:
         if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
             raise TypeError(f"expected {name}, got {type(value).__name__}")
@@ -58,7 +66,8 @@ def _str_list(value: Any, _: Any) -> list[str]:
     return value
 
 
-def _make_converter():
+def _make_converter() -> tuple[OrjsonConverter, dict[str, _FrameStructurer],
+                               dict[type[Frame], _FrameUnstructurer]]:
     conv = make_converter(forbid_extra_keys=False)
     conv.register_structure_hook(int, _strict(int, "an integer"))
     conv.register_structure_hook(str, _strict(str, "a string"))
@@ -71,9 +80,10 @@ def _make_converter():
     conv.register_unstructure_hook(Json, lambda v: v)
     conv.register_unstructure_hook(JsonList, lambda v: v)
     conv.register_unstructure_hook(JsonObject, lambda v: v)
-    renames = {Read: {"from_": override(rename="from")}}
-    structurers = {}
-    unstructurers = {}
+    # attribute name -> cattrs override (cattrs does not export the override's type)
+    renames: dict[type[Frame], dict[str, Any]] = {Read: {"from_": override(rename="from")}}
+    structurers: dict[str, _FrameStructurer] = {}
+    unstructurers: dict[type[Frame], _FrameUnstructurer] = {}
     for name, cls in FRAME_TYPES.items():
         extra = renames.get(cls, {})
         structurers[name] = make_dict_structure_fn(cls, conv, **extra)
@@ -137,8 +147,11 @@ def _check_depth(raw: Any, data: bytes | bytearray | memoryview | str) -> None:
     extra levels that it fails exactly when the value is deeper than ``MAX_DEPTH``.
     """
     text = bytes(data) if isinstance(data, memoryview) else data
-    opening = ("[", "{") if isinstance(text, str) else (b"[", b"{")
-    if text.count(opening[0]) + text.count(opening[1]) <= MAX_DEPTH:
+    if isinstance(text, str):
+        opening = text.count("[") + text.count("{")
+    else:
+        opening = text.count(b"[") + text.count(b"{")
+    if opening <= MAX_DEPTH:
         return
     wrapped = raw
     for _ in range(_ORJSON_WRITE_DEPTH - MAX_DEPTH):

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Awaitable, Callable
 from typing import Protocol as TypingProtocol
 
 import trio
@@ -265,10 +266,13 @@ def _wire_lock() -> trio.Semaphore:
 class _DirectWrite:
     """Non-blocking writes of whole websocket messages to a trio-websocket's TCP socket."""
 
-    def __init__(self, ws: trio_websocket.WebSocketConnection) -> None:
+    def __init__(self, ws: trio_websocket.WebSocketConnection,
+                 stream: trio.SocketStream) -> None:
         self.ws = ws
-        self.stream: trio.SocketStream = ws._stream
+        self.stream = stream  # ws._stream, checked to be plain TCP by attach()
         self.baton = _wire_lock()
+        # our semaphore stands in for trio-websocket's StrictFIFOLock (module docstring);
+        # both have the async-with and acquire/release that trio-websocket uses
         ws._stream_lock = self.baton  # type: ignore[assignment]
         self.rest = b""
 
@@ -278,11 +282,12 @@ class _DirectWrite:
         connection with the private attributes this relies on (see the module docstring)."""
         if os.name != "posix" or not isinstance(pipe, trio_websocket.WebSocketConnection):
             return None
-        if not (isinstance(getattr(pipe, "_stream", None), trio.SocketStream)
+        stream = getattr(pipe, "_stream", None)
+        if not (isinstance(stream, trio.SocketStream)
                 and isinstance(getattr(pipe, "_stream_lock", None), trio.StrictFIFOLock)
                 and hasattr(getattr(pipe, "_wsproto", None), "send")):
             return None
-        return cls(pipe)
+        return cls(pipe, stream)
 
     def write(self, message: str) -> bool:
         """Write one text message if the socket takes at least part of it now."""
@@ -332,7 +337,8 @@ class MemoryPipe:
     #: A message is sent whole or not at all, even when the send is cancelled.
     atomic_sends = True
 
-    def __init__(self, send: trio.MemorySendChannel, receive: trio.MemoryReceiveChannel) -> None:
+    def __init__(self, send: trio.MemorySendChannel[str],
+                 receive: trio.MemoryReceiveChannel[str]) -> None:
         self._send = send
         self._receive = receive
         self.close_code: int | None = None
@@ -365,8 +371,8 @@ class MemoryPipe:
 
 def memory_pipe_pair(buffer: int = 64) -> tuple[MemoryPipe, MemoryPipe]:
     """Two connected in-memory pipes (client end, engine end)."""
-    a_send, b_receive = trio.open_memory_channel(buffer)
-    b_send, a_receive = trio.open_memory_channel(buffer)
+    a_send, b_receive = trio.open_memory_channel[str](buffer)
+    b_send, a_receive = trio.open_memory_channel[str](buffer)
     a, b = MemoryPipe(a_send, a_receive), MemoryPipe(b_send, b_receive)
     a.peer, b.peer = b, a
     return a, b
@@ -418,8 +424,11 @@ async def _run_websocket(url: str, max_message_size: int, *,
         async with trio.open_nursery() as inner:
             watch = _ReaderWatch(inner)
             with watch.scope:
+                # trio-websocket asks for a Nursery but only calls its start_soon, which
+                # _ReaderWatch provides
                 ws = await trio_websocket.connect_websocket_url(
-                    watch, url, max_message_size=max_message_size, message_queue_size=16)
+                    watch, url,  # type: ignore[arg-type]
+                    max_message_size=max_message_size, message_queue_size=16)
             if not watch.scope.cancelled_caught:
                 opened = True
                 task_status.started(ws)
@@ -445,7 +454,9 @@ class _ReaderWatch:
         self._nursery = nursery
         self.scope = trio.CancelScope()
 
-    def start_soon(self, fn, *args, name=None) -> None:  # noqa: ANN001 - trio's signature
+    def start_soon(self, fn: Callable[..., Awaitable[object]], *args: object,
+                   name: object = None) -> None:
+        """``Nursery.start_soon``, with the reader watched."""
         async def watched() -> None:
             try:
                 await fn(*args)

@@ -9,17 +9,28 @@ request carries ``re`` with that id. Field names are the wire names, except ``fr
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, NewType
+from typing import TYPE_CHECKING, Any, ClassVar, NewType
 
 import attrs
 
-#: Any JSON value (object, array, string, number, bool, null). The codec passes it through
-#: untouched: it was produced by, or will be given to, orjson.
-Json = NewType("Json", object)
-#: A JSON array of any values.
-JsonList = NewType("JsonList", list)
-#: A JSON object of any values.
-JsonObject = NewType("JsonObject", dict)
+# The codec registers pass-through hooks for these three names, so at run time they must be
+# distinct objects cattrs can dispatch on (NewTypes). To a type checker they are plain
+# aliases: a field takes any JSON value (or an ``orjson.Fragment``, or encoded ``bytes`` in
+# a ``chunks`` frame built by the engine) without a wrapper call.
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    #: Any JSON value (object, array, string, number, bool, null). The codec passes it
+    #: through untouched: it was produced by, or will be given to, orjson.
+    Json: TypeAlias = Any
+    #: A JSON array of any values.
+    JsonList: TypeAlias = list[Any]
+    #: A JSON object of any values.
+    JsonObject: TypeAlias = dict[str, Any]
+else:
+    Json = NewType("Json", object)
+    JsonList = NewType("JsonList", list)
+    JsonObject = NewType("JsonObject", dict)
 
 PROTOCOL_VERSION = 1
 
