@@ -37,7 +37,7 @@ import collections
 import logging
 import random
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -132,7 +132,7 @@ class _Inbox:
     """
 
     def __init__(self) -> None:
-        self._items: collections.deque[Any] = collections.deque()
+        self._items: collections.deque[Frame | _Signal] = collections.deque()
         self._ready = trio.Event()
         self.lead: Callable[[_Inbox], Awaitable[bool]] | None = None
 
@@ -141,16 +141,16 @@ class _Inbox:
         """Something to get."""
         return bool(self._items)
 
-    def put(self, frame: Any) -> bool:
+    def put(self, frame: Frame) -> bool:
         """Keep ``frame``; ``True`` asks the router to cancel the request on the engine."""
         self.append(frame)
         return False
 
-    def append(self, item: Any) -> None:
+    def append(self, item: Frame | _Signal) -> None:
         self._items.append(item)
         self._ready.set()
 
-    async def get(self) -> Any:
+    async def get(self) -> Frame | _Signal:
         while not self._items:
             self._ready = trio.Event()
             if self.lead is None or not await self.lead(self):
@@ -167,7 +167,7 @@ class _ReadInbox(_Inbox):
         self.buffered = 0
         self.paused = False
 
-    def put(self, frame: Any) -> bool:
+    def put(self, frame: Frame) -> bool:
         if self.paused:
             return False
         if isinstance(frame, Chunks):
@@ -179,7 +179,7 @@ class _ReadInbox(_Inbox):
         self.append(frame)
         return False
 
-    async def get(self) -> Any:
+    async def get(self) -> Frame | _Signal:
         frame = await super().get()
         if isinstance(frame, Chunks):
             self.buffered -= len(frame.items)
@@ -193,7 +193,7 @@ class _RunInbox(_Inbox):
         super().__init__()
         self.limit = limit
 
-    def put(self, frame: Any) -> bool:
+    def put(self, frame: Frame) -> bool:
         items = self._items
         if isinstance(frame, RunInfo) and len(items) >= self.limit \
                 and isinstance(items[-1], RunInfo):
@@ -308,7 +308,8 @@ class _Link:
             self._closed.set()
 
 
-async def _nursery_task(*, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+async def _nursery_task(*, task_status: trio.TaskStatus[trio.Nursery] = trio.TASK_STATUS_IGNORED
+                        ) -> None:
     """Hold a nursery open until it is cancelled (a connection's helper tasks live in it)."""
     async with trio.open_nursery() as nursery:
         task_status.started(nursery)
@@ -351,7 +352,7 @@ class Client:
 
     # --- connection ------------------------------------------------------------------------
 
-    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Keep a connection up until cancelled (started by :func:`open_client`).
 
         Raises:
@@ -490,10 +491,10 @@ class Client:
             await self._up.wait()
 
     def _route(self, link: _Link, frame: Frame) -> None:
-        re = getattr(frame, "re", None)
+        re: int | None = getattr(frame, "re", None)
         inbox = self._inboxes.get(re) if re is not None else None
         link.answered = True
-        if inbox is None:
+        if re is None or inbox is None:
             if isinstance(frame, Error):
                 log.warning("engine error without a request: %s %s", frame.code, frame.message)
             return
@@ -537,7 +538,7 @@ class Client:
                 answer = await self._issue(link, inbox, frame)
             finally:
                 del self._inboxes[rid]
-            if answer is DISCONNECTED:
+            if isinstance(answer, _Signal):  # DISCONNECTED (a plain inbox never pauses)
                 if not _reissuable(frame):
                     raise ConnectionError(f"the connection broke before the answer to "
                                           f"{frame.type!r}; it may or may not have happened")
@@ -547,7 +548,7 @@ class Client:
                 raise error_from_code(answer.code, answer.message)
             return answer
 
-    async def _issue(self, link: _Link, inbox: _Inbox, frame: Frame) -> Any:
+    async def _issue(self, link: _Link, inbox: _Inbox, frame: Frame) -> Frame | _Signal:
         """Send a request; its first answer, or ``DISCONNECTED`` if the link broke."""
         return await inbox.get() if await self._send(link, frame) else DISCONNECTED
 
@@ -623,7 +624,7 @@ class Client:
         self._nursery.start_soon(fn)
 
     async def read(self, run_id: str, key: str, start: int,
-                   timeout: float | None) -> AsyncIterator[list[Any]]:
+                   timeout: float | None) -> AsyncGenerator[list[Any], None]:
         """Batches of chunks from ``start``; resumes at the next index after a reconnect.
 
         Leaving the iteration early (``aclose``) cancels the read on the engine.
@@ -864,7 +865,7 @@ class _ClientProducer:
     def _batch(self) -> list[orjson.Fragment]:
         limit = min(APPEND_BATCH_BYTES, self._client.max_item_bytes or APPEND_BATCH_BYTES)
         size = 0
-        batch = []
+        batch: list[orjson.Fragment] = []
         for data in self._buffer[:APPEND_BATCH]:
             size += len(data)
             if batch and size > limit:

@@ -7,7 +7,7 @@ unstructured by cattrs. Structuring into a declared type reports the path of the
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TypeVar, overload
 
 from cattrs import transform_error
 from cattrs.preconf.orjson import make_converter
@@ -17,6 +17,8 @@ from runwire.transport import json_bytes_many as json_bytes_many
 from runwire.transport import json_bytes_within as json_bytes_within
 
 from ._errors import InvalidPayloadError
+
+T = TypeVar("T")
 
 converter = make_converter()
 
@@ -40,7 +42,13 @@ def to_json_many(values: list[Any]) -> list[Any]:
     return [to_json(value) for value in values]
 
 
-def from_json_many(values: list[Any], cls: Any, what: str = "value") -> Iterable[Any]:
+@overload
+def from_json_many(values: list[Any], cls: type[T], what: str = ...) -> Iterable[T]: ...
+@overload
+def from_json_many(values: list[Any], cls: object, what: str = ...) -> Iterable[Any]: ...
+
+
+def from_json_many(values: list[Any], cls: object, what: str = "value") -> Iterable[Any]:
     """``from_json`` of each value, lazily (a bad value raises when its turn comes).
 
     ``values`` itself when every value already is ``cls`` exactly (checked in C): a reader
@@ -51,13 +59,22 @@ def from_json_many(values: list[Any], cls: Any, what: str = "value") -> Iterable
     return (from_json(value, cls, what) for value in values)
 
 
-def _untyped(cls: Any) -> bool:
+def _untyped(cls: object) -> bool:
     """``None``/``Any``/``object``: values are taken as they are."""
     return cls is None or cls is Any or cls is object
 
 
+@overload
+def from_json(value: Any, cls: type[T], what: str = ...) -> T: ...
+@overload
+def from_json(value: Any, cls: object, what: str = ...) -> Any: ...
+
+
 def from_json(value: Any, cls: Any, what: str = "value") -> Any:
     """Structure ``value`` into ``cls``; ``Any``/``object``/``None`` leave it as it is.
+
+    ``cls`` is a class (then the result is typed as an instance of it) or any other type
+    cattrs understands (``list[int]``, ``int | None`` ...; then the result is ``Any``).
 
     Raises:
         InvalidPayloadError: the value does not fit ``cls``; the message names the field path.

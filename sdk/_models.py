@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 import attrs
 
@@ -99,7 +99,7 @@ class TaskRunResult(Generic[T]):
         if not self.ok:
             assert self.error is not None
             raise self.error
-        return self.output  # type: ignore[return-value]
+        return cast(T, self.output)  # ok: ``output`` is the T (which may itself be None)
 
     @classmethod
     def from_run(cls, run: Run) -> TaskRunResult[Any]:
@@ -131,7 +131,7 @@ class InputResult(Generic[T]):
         if not self.ok:
             assert self.error is not None
             raise self.error
-        return self.output  # type: ignore[return-value]
+        return cast(T, self.output)  # ok: ``output`` is the T (which may itself be None)
 
 
 @attrs.frozen

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+import functools
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import attrs
@@ -74,7 +75,7 @@ async def _with_streams(run_id: str) -> AsyncIterator[RunPart]:
                     if key not in readers:
                         readers.add(key)
                         pending[0] += 1
-                        backend.spawn_background(lambda key=key: read_stream(key))
+                        backend.spawn_background(functools.partial(read_stream, key))
                 await send.send(RunPart(type="run", run=run))
         await finish_one()
 
@@ -89,7 +90,7 @@ async def _with_streams(run_id: str) -> AsyncIterator[RunPart]:
 
 
 @contextlib.contextmanager
-def _guard(scopes: list[trio.CancelScope]):
+def _guard(scopes: list[trio.CancelScope]) -> Iterator[None]:
     """A cancel scope the consumer can cancel; a consumer gone away ends the task quietly."""
     scope = trio.CancelScope()
     scopes.append(scope)

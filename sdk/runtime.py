@@ -12,14 +12,18 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Protocol
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
 from ._duration import parse_duration as parse_duration
 from ._errors import OutsideRunError
 from ._models import Run, RunContext, RunHandle, TaskRunResult
+
+if TYPE_CHECKING:  # both import this module
+    from ._client import Client, Connector
+    from ._task import Task
 
 
 class ProducerSink(Protocol):
@@ -48,8 +52,9 @@ class Backend(Protocol):
     def open_producer(self, run_id: str, key: str) -> ProducerSink: ...
     def spawn_producer(self, fn: Callable[[], Awaitable[None]]) -> Completion: ...
     def spawn_background(self, fn: Callable[[], Awaitable[None]]) -> None: ...
+    # batches of JSON chunks from ``start``; an async generator, whose aclose() stops the read
     def read(self, run_id: str, key: str, start: int,
-             timeout: float | None) -> AsyncIterator[list[Any]]: ...
+             timeout: float | None) -> AsyncGenerator[list[Any], None]: ...
     async def send(self, run_id: str, key: str, data: Any, idempotency_key: str | None) -> int: ...
     async def trigger(self, task_id: str, payload: Any, options: dict[str, Any]) -> RunHandle: ...
     async def trigger_and_wait(self, task_id: str, payload: Any,
@@ -124,18 +129,18 @@ _current_client: contextvars.ContextVar[Backend | None] = contextvars.ContextVar
     "runwire_client", default=None)
 
 
-def bind_run(backend: RunBackend | None) -> contextvars.Token:
+def bind_run(backend: RunBackend | None) -> contextvars.Token[RunBackend | None]:
     """Make ``backend`` the current run for this task (and tasks it starts). Engine use."""
     _current_client.set(None)
     return _current_run.set(backend)
 
 
-def bind_client(client: Backend | None) -> contextvars.Token:
+def bind_client(client: Backend | None) -> contextvars.Token[Backend | None]:
     """Make ``client`` the backend for SDK calls made outside a run."""
     return _current_client.set(client)
 
 
-def unbind_client(token: contextvars.Token) -> None:
+def unbind_client(token: contextvars.Token[Backend | None]) -> None:
     _current_client.reset(token)
 
 
@@ -167,7 +172,7 @@ def require_run(what: str) -> RunBackend:
 
 
 @contextlib.contextmanager
-def collapse_exception_groups():
+def collapse_exception_groups() -> Iterator[None]:
     """At a public boundary: re-raise a group holding one exception as that exception.
 
     Inside, nurseries stay strict (every error is an ExceptionGroup); users of ``connect`` and
@@ -189,7 +194,8 @@ def collapse_exception_groups():
             del inner, context
 
 
-def open_client(connector: Any, token: str, **options: Any) -> Any:
+def open_client(connector: Connector, token: str,
+                **options: float) -> contextlib.AbstractAsyncContextManager[Client]:
     """A :class:`~runwire.Client` over ``connector`` for an ``async with`` block.
 
     For an engine's in-process clients: ``connector(nursery)`` returns a connected
@@ -202,7 +208,7 @@ def open_client(connector: Any, token: str, **options: Any) -> Any:
     return _open_client(connector, token, **options)
 
 
-def tasks_in(module: Any) -> list[Any]:
+def tasks_in(module: object) -> list[Task[Any, Any]]:
     """Every task defined in ``module`` (what ``runwire serve --tasks MODULE`` registers)."""
     from ._task import tasks_in as _tasks_in
 
