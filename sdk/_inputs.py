@@ -9,12 +9,13 @@ waiter, the oldest.
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, overload
 
 from ._convert import from_json, to_json
 from ._duration import parse_duration
-from ._errors import InputStreamTimeoutError
+from ._errors import InputStreamTimeoutError, InvalidPayloadError
 from ._models import InputResult
 from ._streams import _check_key
 from .runtime import TIMED_OUT, current_backend, require_run
@@ -33,11 +34,23 @@ class Subscription:
 
 
 class InputStreamDef(Generic[T]):
-    """A typed input stream, made by ``streams.input(id=..., type=...)``."""
+    """A typed input stream, made by ``streams.input(id=..., type=...)``.
+
+    ``type`` is a class (records are typed as its instances: ``InputStreamDef[Approval]``),
+    any other type cattrs understands (typed ``Any``), or ``None`` for records taken as they
+    are (``InputStreamDef[Any]``).
+    """
+
+    @overload
+    def __init__(self: InputStreamDef[Any], id: str, type: None = None) -> None: ...
+    @overload
+    def __init__(self, id: str, type: type[T]) -> None: ...
+    @overload
+    def __init__(self: InputStreamDef[Any], id: str, type: object) -> None: ...
 
     def __init__(self, id: str, type: Any = None) -> None:
         self.id = _check_key(id)
-        self.type = type
+        self.type: builtins.type[T] | None = type
         self._what = f"record of input stream {self.id!r}"
 
     def __repr__(self) -> str:
@@ -46,7 +59,7 @@ class InputStreamDef(Generic[T]):
     def _decode(self, value: Any) -> T:
         return from_json(value, self.type, self._what)
 
-    def on(self, handler: Callable[[T], Any], *, fail_run: bool = False) -> Subscription:
+    def on(self, handler: Callable[[T], object], *, fail_run: bool = False) -> Subscription:
         """Call ``handler`` (sync or async) for every record, in order, in the run's nursery.
 
         A handler that raises is logged and skipped; with ``fail_run=True`` it fails the run.
@@ -68,8 +81,8 @@ class InputStreamDef(Generic[T]):
         timeout = None if timeout_ms is None else timeout_ms / 1000.0
         return self._result(await channel.once(timeout), timeout_ms, "ms")
 
-    async def wait(self, timeout: Any = "7d", idempotency_key: str | None = None,
-                   idempotency_key_ttl: Any = None,
+    async def wait(self, timeout: float | str | None = "7d", idempotency_key: str | None = None,
+                   idempotency_key_ttl: float | str | None = None,
                    tags: list[str] | None = None) -> InputResult[T]:
         """Like :meth:`once`, but the run is ``WAITING`` and gives its queue slot back.
 
@@ -83,15 +96,15 @@ class InputStreamDef(Generic[T]):
         raw = await channel.wait(seconds, idempotency_key, ttl)
         return self._result(raw, timeout, "")
 
-    def _result(self, raw: Any, timeout: Any, unit: str) -> InputResult[T]:
+    def _result(self, raw: Any, timeout: float | str | None, unit: str) -> InputResult[T]:
         if raw is TIMED_OUT:
             err = InputStreamTimeoutError(
                 f"no record on input stream {self.id!r} within {timeout}{unit}")
             return InputResult(ok=False, error=err)
         try:
             return InputResult(ok=True, output=self._decode(raw))
-        except Exception as exc:
-            return InputResult(ok=False, error=exc)  # type: ignore[arg-type]
+        except InvalidPayloadError as exc:  # the only error from_json raises
+            return InputResult(ok=False, error=exc)
 
     def peek(self) -> T | None:
         """The most recent record received, or ``None``; never waits."""

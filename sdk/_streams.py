@@ -9,25 +9,34 @@ a pipe of many small chunks costs a few store transactions, not one per chunk.
 
 from __future__ import annotations
 
+import builtins
 import collections
 import contextlib
 import inspect
 import itertools
 import weakref
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from typing import Any, Generic, TypeVar
+from collections.abc import (
+    AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence,
+)
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, Union, overload
 
 import trio
 
 from ._convert import from_json_many, to_json, to_json_many
-from .runtime import Completion, ProducerSink, current_backend
+from .runtime import Backend, Completion, ProducerSink, current_backend
+
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    from ._inputs import InputStreamDef
 
 T = TypeVar("T")
 DEFAULT_KEY = "default"
 #: Chunks a pipe takes from a sync source per put.
 PIPE_SLICE = 256
 
-Source = AsyncIterable[Any] | Iterable[Any]
+#: What ``pipe`` and ``merge`` take: any async or sync iterable of chunks.
+Source: TypeAlias = Union[AsyncIterable[T], Iterable[T]]
 
 
 def _check_key(key: Any) -> str:
@@ -44,7 +53,7 @@ def _check_source(source: Any) -> None:
                         f"not {type(source).__name__}")
 
 
-class _Tee:
+class _Tee(Generic[T]):
     """The ``.stream`` side of a pipe: the source's chunks, for the task to consume.
 
     It only keeps chunks once somebody asked for ``.stream`` before the first chunk was
@@ -53,20 +62,20 @@ class _Tee:
     """
 
     def __init__(self) -> None:
-        self._items: collections.deque[Any] = collections.deque()
+        self._items: collections.deque[T] = collections.deque()
         self._wanted = False
         self._live = True
         self._closed = False
         self._event = trio.Event()
 
-    def want(self) -> AsyncIterator[Any]:
+    def want(self) -> AsyncIterator[T]:
         self._wanted = True
         return self._iterate()
 
-    def feed(self, item: Any) -> None:
+    def feed(self, item: T) -> None:
         self.feed_many((item,))
 
-    def feed_many(self, items: Sequence[Any]) -> None:
+    def feed_many(self, items: Sequence[T]) -> None:
         if not self._live or not items:
             return
         if not self._wanted:
@@ -79,7 +88,7 @@ class _Tee:
         self._closed = True
         self._event.set()
 
-    async def _iterate(self) -> AsyncIterator[Any]:
+    async def _iterate(self) -> AsyncIterator[T]:
         try:
             while True:
                 while self._items:
@@ -96,7 +105,7 @@ class _Tee:
 class PipeResult(Generic[T]):
     """What ``pipe`` returns at once: ``.stream`` (the same chunks) and the completion."""
 
-    def __init__(self, tee: _Tee, done: Completion) -> None:
+    def __init__(self, tee: _Tee[T], done: Completion) -> None:
         self._tee = tee
         self._done = done
         self._stream: AsyncIterator[T] | None = None
@@ -123,18 +132,18 @@ class WriterResult:
         await self._done.wait()
 
 
-async def _pump(sink: ProducerSink, source: Source, tee: _Tee | None) -> None:
+async def _pump(sink: ProducerSink, source: Source[T], tee: _Tee[T] | None) -> None:
     try:
-        if hasattr(source, "__aiter__"):
-            async for item in source:  # type: ignore[union-attr]
+        if isinstance(source, AsyncIterable):
+            async for item in source:
                 if tee is not None:
                     tee.feed(item)
                 await sink.put(to_json(item))
         else:  # a sync source never blocks: take it in slices, one put per slice
-            items = iter(source)  # type: ignore[call-overload]
+            items = iter(source)
             full = True
             while full:
-                batch: list[Any] = []
+                batch: list[T] = []
                 try:  # list.extend keeps what it took before the source raised: stored too
                     batch.extend(itertools.islice(items, PIPE_SLICE))
                 finally:
@@ -171,11 +180,11 @@ def _producer_job(sink: ProducerSink,
     return job
 
 
-def _start_pipe(key: str, source: Source, target: str) -> PipeResult[Any]:
+def _start_pipe(key: str, source: Source[T], target: str) -> PipeResult[T]:
     _check_source(source)
     backend = current_backend()
     sink = backend.open_producer(backend.resolve_target(target), key)
-    tee = _Tee()
+    tee: _Tee[T] = _Tee()
     job = _producer_job(sink, lambda: _pump(sink, source, tee))
     return PipeResult(tee, backend.spawn_producer(job))
 
@@ -190,19 +199,19 @@ async def _append(key: str, chunk: Any, target: str) -> None:
         sink.close()
 
 
-class StreamWriter:
+class StreamWriter(Generic[T]):
     """Given to a writer's ``execute`` function: ``write`` one chunk, ``merge`` a source."""
 
-    def __init__(self, sink: ProducerSink, backend: Any) -> None:
+    def __init__(self, sink: ProducerSink, backend: Backend) -> None:
         self._sink = sink
         self._backend = backend
         self._merges: list[Completion] = []
 
-    def write(self, chunk: Any) -> None:
+    def write(self, chunk: T) -> None:
         """Queue one chunk (never blocks)."""
-        self._sink.put_nowait(to_json(chunk))  # type: ignore[attr-defined]
+        self._sink.put_nowait(to_json(chunk))
 
-    def merge(self, source: Source) -> None:
+    def merge(self, source: Source[T]) -> None:
         """Pipe ``source`` into the same stream alongside the writes."""
         _check_source(source)
         self._merges.append(self._backend.spawn_producer(
@@ -214,13 +223,16 @@ class StreamWriter:
         await self._sink.flush()
 
 
-def _start_writer(key: str, execute: Callable[[StreamWriter], Any],
-                  target: str) -> WriterResult:
+#: A writer's ``execute``: sync, or async (its awaitable is awaited); its result is ignored.
+Execute: TypeAlias = Callable[[StreamWriter[T]], object]
+
+
+def _start_writer(key: str, execute: Execute[T], target: str) -> WriterResult:
     if not callable(execute):
         raise TypeError("writer(execute=...) needs a function taking the writer")
     backend = current_backend()
     sink = backend.open_producer(backend.resolve_target(target), key)
-    writer = StreamWriter(sink, backend)
+    writer: StreamWriter[T] = StreamWriter(sink, backend)
 
     async def body() -> None:
         result = execute(writer)
@@ -241,14 +253,14 @@ class StreamReader(Generic[T]):
     garbage collected.
     """
 
-    def __init__(self, batches: AsyncIterator[list[Any]],
+    def __init__(self, batches: AsyncGenerator[list[Any], None],
                  decode: Callable[[list[Any]], Iterable[T]]) -> None:
         self._batches = batches
         self._decode = decode  # a batch's values -> its chunks, lazily
         # Weak: a bare loop that breaks drops its iterator, which stops the read (trio
         # finalizes it). Strong inside ``async with``: the block's exit closes it cleanly.
-        self._items: weakref.ref[AsyncIterator[T]] | None = None
-        self._entered: AsyncIterator[T] | None = None
+        self._items: weakref.ref[AsyncGenerator[T, None]] | None = None
+        self._entered: AsyncGenerator[T, None] | None = None
         self._in_block = False
 
     def __aiter__(self) -> AsyncIterator[T]:
@@ -260,21 +272,21 @@ class StreamReader(Generic[T]):
             self._entered = items
         return items
 
-    async def _iterate(self) -> AsyncIterator[T]:
+    async def _iterate(self) -> AsyncGenerator[T, None]:
         decode = self._decode
         try:
             async for batch in self._batches:
                 for item in decode(batch):
                     yield item
         finally:
-            await self._batches.aclose()  # type: ignore[attr-defined]
+            await self._batches.aclose()
 
     async def aclose(self) -> None:
         """Stop reading (safe to call twice, and after the stream ended)."""
         items = self._items() if self._items is not None else None
         if items is not None:
-            await items.aclose()  # type: ignore[attr-defined]
-        await self._batches.aclose()  # type: ignore[attr-defined]
+            await items.aclose()
+        await self._batches.aclose()
 
     async def __aenter__(self) -> StreamReader[T]:
         self._in_block = True
@@ -293,7 +305,7 @@ class StreamReader(Generic[T]):
 
 
 def _open_read(run_id: str, key: str, timeout: float | None, start: int,
-               decode: Callable[[list[Any]], Iterable[Any]]) -> StreamReader[Any]:
+               decode: Callable[[list[Any]], Iterable[T]]) -> StreamReader[T]:
     if not isinstance(run_id, str) or not run_id:
         raise TypeError("run_id must be a non-empty string")
     if not isinstance(start, int) or isinstance(start, bool) or start < 0:
@@ -305,11 +317,23 @@ def _open_read(run_id: str, key: str, timeout: float | None, start: int,
 
 
 class StreamDef(Generic[T]):
-    """A typed output stream, made by ``streams.define(id=..., type=...)``."""
+    """A typed output stream, made by ``streams.define(id=..., type=...)``.
+
+    ``type`` is a class (chunks are typed as its instances: ``StreamDef[str]``,
+    ``StreamDef[Progress]``), any other type cattrs understands (``int | None`` ...: typed
+    ``Any``), or ``None`` for chunks taken as they are (``StreamDef[Any]``).
+    """
+
+    @overload
+    def __init__(self: StreamDef[Any], id: str, type: None = None) -> None: ...
+    @overload
+    def __init__(self, id: str, type: type[T]) -> None: ...
+    @overload
+    def __init__(self: StreamDef[Any], id: str, type: object) -> None: ...
 
     def __init__(self, id: str, type: Any = None) -> None:
         self.id = _check_key(id)
-        self.type = type
+        self.type: builtins.type[T] | None = type
         self._what = f"chunk of stream {self.id!r}"
 
     def __repr__(self) -> str:
@@ -318,7 +342,7 @@ class StreamDef(Generic[T]):
     def _decode(self, values: list[Any]) -> Iterable[T]:
         return from_json_many(values, self.type, self._what)
 
-    def pipe(self, source: Source, *, target: str = "self") -> PipeResult[T]:
+    def pipe(self, source: Source[T], *, target: str = "self") -> PipeResult[T]:
         """Store every chunk of ``source`` in this stream; returns at once."""
         return _start_pipe(self.id, source, target)
 
@@ -326,8 +350,7 @@ class StreamDef(Generic[T]):
         """Store one chunk; returns once it is stored."""
         await _append(self.id, to_json(chunk), target)
 
-    def writer(self, execute: Callable[[StreamWriter], Any], *,
-               target: str = "self") -> WriterResult:
+    def writer(self, execute: Execute[T], *, target: str = "self") -> WriterResult:
         """Run ``execute(w)`` as a producer of this stream (``w.write``, ``w.merge``)."""
         return _start_writer(self.id, execute, target)
 
@@ -344,15 +367,35 @@ def _identity(value: Any) -> Any:
 class _Streams:
     """``streams``: define streams, or use them by key without a definition."""
 
+    @overload
+    def define(self, id: str, type: None = None) -> StreamDef[Any]: ...
+    @overload
+    def define(self, id: str, type: type[T]) -> StreamDef[T]: ...
+    @overload
+    def define(self, id: str, type: object) -> StreamDef[Any]: ...
+
     def define(self, id: str, type: Any = None) -> StreamDef[Any]:
-        """A typed output stream definition."""
+        """A typed output stream definition (see :class:`StreamDef`)."""
         return StreamDef(id, type)
 
-    def input(self, id: str, type: Any = None) -> Any:
-        """A typed input stream definition (see :class:`~sdk.InputStreamDef`)."""
+    @overload
+    def input(self, id: str, type: None = None) -> InputStreamDef[Any]: ...
+    @overload
+    def input(self, id: str, type: type[T]) -> InputStreamDef[T]: ...
+    @overload
+    def input(self, id: str, type: object) -> InputStreamDef[Any]: ...
+
+    def input(self, id: str, type: Any = None) -> InputStreamDef[Any]:
+        """A typed input stream definition (see :class:`~runwire.InputStreamDef`)."""
         from ._inputs import InputStreamDef
 
         return InputStreamDef(id, type)
+
+    @overload
+    def pipe(self, source: Source[T], /, *, target: str = "self") -> PipeResult[T]: ...
+    @overload
+    def pipe(self, key: str, source: Source[T], /, *,
+             target: str = "self") -> PipeResult[T]: ...
 
     def pipe(self, key_or_source: Any, source: Any = None, *,
              target: str = "self") -> PipeResult[Any]:
@@ -372,7 +415,7 @@ class _Streams:
             key = _check_key(key_or_chunk)
         await _append(key, to_json(chunk), target)
 
-    def writer(self, key: str = DEFAULT_KEY, *, execute: Callable[[StreamWriter], Any],
+    def writer(self, key: str = DEFAULT_KEY, *, execute: Execute[Any],
                target: str = "self") -> WriterResult:
         """``writer(key, execute=fn)``; no key means ``"default"``."""
         return _start_writer(_check_key(key), execute, target)
