@@ -4,20 +4,33 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Callable
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, Union, overload
 
 from ._convert import from_json, to_json
 from ._models import Queue, RetryPolicy, RunContext, RunHandle, TaskRunResult
 from .runtime import current_backend
 
-P = TypeVar("P")
-R = TypeVar("R")
+if TYPE_CHECKING:
+    from typing import TypeAlias
 
-TaskFn = Callable[..., Awaitable[Any]]
+#: The payload a task takes; contravariant, as a task only ever consumes it (a task taking
+#: ``dict | None`` is a task that may be triggered without a payload).
+P = TypeVar("P", contravariant=True)
+#: What a task returns.
+R = TypeVar("R")
+#: The same, for functions and protocols (where variance has no meaning, or must be inferred).
+Payload = TypeVar("Payload")
+Output = TypeVar("Output")
+
+#: ``async def fn(payload, ctx)`` or ``async def fn(payload)``.
+TaskFunction: TypeAlias = Union[Callable[[Payload, RunContext], Awaitable[Output]],
+                                Callable[[Payload], Awaitable[Output]]]
 
 
 class Task(Generic[P, R]):
     """A registered async function. Call ``trigger``/``trigger_and_wait`` to run it.
+
+    ``Task[P, R]``: the function takes a payload ``P`` and returns ``R``.
 
     Args:
         id: the task id runs are triggered by.
@@ -28,9 +41,9 @@ class Task(Generic[P, R]):
         schema: a type the payload is structured into (``schema_task``).
     """
 
-    def __init__(self, id: str, fn: TaskFn, *, retry: RetryPolicy | None = None,
+    def __init__(self, id: str, fn: TaskFunction[P, R], *, retry: RetryPolicy | None = None,
                  queue: Queue | None = None, max_duration: float | None = None,
-                 schema: Any = None) -> None:
+                 schema: object = None) -> None:
         if not isinstance(id, str) or not id:
             raise ValueError("task id must be a non-empty string")
         if not inspect.iscoroutinefunction(fn):
@@ -39,7 +52,7 @@ class Task(Generic[P, R]):
                                              and max_duration > 0):
             raise ValueError("max_duration must be a positive number of seconds")
         self.id = id
-        self.fn = fn
+        self.fn: TaskFunction[P, R] = fn
         self.retry = retry or RetryPolicy()
         self.queue = queue
         self.max_duration = max_duration
@@ -62,18 +75,35 @@ class Task(Generic[P, R]):
     async def invoke(self, payload: Any, ctx: RunContext) -> Any:
         """Run the function once and return its JSON-ready output (engine use)."""
         value = self.validate(payload)
-        result = await (self.fn(value, ctx) if self._takes_ctx else self.fn(value))
+        fn: Callable[..., Awaitable[R]] = self.fn  # its arity was counted in __init__
+        result = await (fn(value, ctx) if self._takes_ctx else fn(value))
         return to_json(result)
+
+    # Without a payload (it is None) only where the task accepts None, or is untyped.
+    @overload
+    async def trigger(self, payload: P, **options: Any) -> RunHandle: ...
+    @overload
+    async def trigger(self: Task[None, Any], **options: Any) -> RunHandle: ...
 
     async def trigger(self, payload: Any = None, **options: Any) -> RunHandle:
         """Start a run and return at once (a child run when called inside a task)."""
         return await current_backend().trigger(self.id, to_json(payload), options)
 
+    @overload
+    async def trigger_and_wait(self, payload: P, **options: Any) -> TaskRunResult[R]: ...
+    @overload
+    async def trigger_and_wait(self: Task[None, R], **options: Any) -> TaskRunResult[R]: ...
+
     async def trigger_and_wait(self, payload: Any = None, **options: Any) -> TaskRunResult[R]:
-        """Start a run and wait for its result."""
+        """Start a run and wait for its result.
+
+        ``result.output`` is the task's output as it travels, JSON: the same value for
+        JSON-like outputs (``dict``, ``list``, ``str`` ...), the unstructured form of an
+        attrs class, dataclass, enum or datetime.
+        """
         return await current_backend().trigger_and_wait(self.id, to_json(payload), options)
 
-    async def batch_trigger_and_wait(self, payloads: list[Any],
+    async def batch_trigger_and_wait(self, payloads: list[P] | tuple[P, ...],
                                      **options: Any) -> list[TaskRunResult[R]]:
         """Start one run per payload; results in payload order."""
         if not isinstance(payloads, (list, tuple)):
@@ -88,25 +118,61 @@ def _positional_count(fn: Callable[..., Any]) -> int:
     return sum(1 for p in params if p.kind in kinds)
 
 
+class TaskDecorator(Protocol):
+    """What ``task(...)`` returns: applied to ``async def fn(payload: P[, ctx]) -> R``, a
+    ``Task[P, R]``."""
+
+    @overload
+    def __call__(self, fn: Callable[[Payload, RunContext], Awaitable[Output]], /
+                 ) -> Task[Payload, Output]: ...
+    @overload
+    def __call__(self, fn: Callable[[Payload], Awaitable[Output]], /
+                 ) -> Task[Payload, Output]: ...
+
+
+class SchemaTaskDecorator(Protocol[Payload]):
+    """What ``schema_task(..., schema=S)`` returns: applied to a function whose payload is
+    an ``S``, a ``Task[S, R]``."""
+
+    @overload
+    def __call__(self, fn: Callable[[Payload, RunContext], Awaitable[Output]], /
+                 ) -> Task[Payload, Output]: ...
+    @overload
+    def __call__(self, fn: Callable[[Payload], Awaitable[Output]], /
+                 ) -> Task[Payload, Output]: ...
+
+
 def task(id: str, *, retry: RetryPolicy | None = None, queue: Queue | None = None,
-         max_duration: float | None = None) -> Callable[[TaskFn], Task[Any, Any]]:
+         max_duration: float | None = None) -> TaskDecorator:
     """Decorator: register an async function as a task (see :class:`Task`)."""
 
-    def decorate(fn: TaskFn) -> Task[Any, Any]:
+    def decorate(fn: TaskFunction[Any, Any]) -> Task[Any, Any]:
         return Task(id, fn, retry=retry, queue=queue, max_duration=max_duration)
 
     return decorate
 
 
-def schema_task(id: str, *, schema: Any, retry: RetryPolicy | None = None,
+@overload
+def schema_task(id: str, *, schema: type[Payload], retry: RetryPolicy | None = None,
                 queue: Queue | None = None,
-                max_duration: float | None = None) -> Callable[[TaskFn], Task[Any, Any]]:
+                max_duration: float | None = None) -> SchemaTaskDecorator[Payload]: ...
+@overload
+def schema_task(id: str, *, schema: object, retry: RetryPolicy | None = None,
+                queue: Queue | None = None,
+                max_duration: float | None = None) -> SchemaTaskDecorator[Any]: ...
+
+
+def schema_task(id: str, *, schema: object, retry: RetryPolicy | None = None,
+                queue: Queue | None = None,
+                max_duration: float | None = None) -> SchemaTaskDecorator[Any]:
     """Like :func:`task`, but the payload is structured into ``schema`` with cattrs.
 
     A payload that does not fit fails the trigger with ``InvalidPayloadError`` naming the field.
+    With a class as ``schema`` the task's payload is typed as an instance of it (other type
+    forms, such as ``Item | None``, type it ``Any``).
     """
 
-    def decorate(fn: TaskFn) -> Task[Any, Any]:
+    def decorate(fn: TaskFunction[Any, Any]) -> Task[Any, Any]:
         return Task(id, fn, retry=retry, queue=queue, max_duration=max_duration, schema=schema)
 
     return decorate
