@@ -1,16 +1,20 @@
-"""runwire engine: run actors, stores, the websocket front door and the CLI."""
+"""runwire engine: what a service embeds to run tasks and serve their streams.
 
-from ._actor import RunActor as RunActor
-from ._auth import Auth as Auth
-from ._auth import Grant as Grant
+Inside, requests flow door -> service -> run -> store, with the broker beside the store
+(``docs/architecture.md``); those layers are the subpackages ``door``, ``service``, ``run``,
+``store`` and ``broker``. This facade exports what a service needs.
+"""
+
 from ._engine import Engine as Engine
-from ._engine import Limits as Limits
+from ._engine import EngineStatistics as EngineStatistics
+from ._engine import ServingEngine as ServingEngine
 from ._engine import open_engine as open_engine
-from ._memory_store import MemoryStore as MemoryStore
-from ._sqlite_store import SqliteStore as SqliteStore
-from ._status import TRANSITIONS as TRANSITIONS
-from ._store import Store as Store
-from ._store import open_store as open_store
-from ._streams import InputMailbox as InputMailbox
-from ._streams import OutputStream as OutputStream
-from ._streams import Producer as Producer
+from ._limits import Limits as Limits
+from .store import IndexGapError as IndexGapError
+from .store import NotCompactError as NotCompactError
+from .store import Store as Store
+from .store import StoreClosedError as StoreClosedError
+from .store import StoreConfigError as StoreConfigError
+from .store import StoreError as StoreError
+from .store import StoreUnavailableError as StoreUnavailableError
+from .store import open_store as open_store

@@ -1,4 +1,5 @@
-"""``python -m runwire.engine serve``: run an engine from a shell until interrupted."""
+"""``runwire serve`` (also ``python -m runwire.engine serve``): run an engine from a shell
+until interrupted."""
 
 from __future__ import annotations
 
@@ -13,15 +14,15 @@ from typing import Any
 
 import trio
 
-from runwire._duration import parse_duration
-from runwire._task import tasks_in
+from runwire.runtime import parse_duration, tasks_in
 
-from ._auth import generate_api_key
-from ._engine import Limits, open_engine
+from ._engine import open_engine
+from ._limits import Limits
+from .service import generate_api_key
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m runwire.engine", description="runwire engine")
+    parser = argparse.ArgumentParser(prog="runwire", description="runwire engine")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="serve tasks over websockets until interrupted")
     serve.add_argument("--tasks", action="append", default=[], metavar="MODULE",

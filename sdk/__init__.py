@@ -32,6 +32,7 @@ from ._models import Run as Run
 from ._models import RunContext as RunContext
 from ._models import RunError as RunError
 from ._models import RunHandle as RunHandle
+from ._models import RunInfo as RunInfo
 from ._models import RunStatus as RunStatus
 from ._models import TaskRunResult as TaskRunResult
 from ._runs import RunPart as RunPart

@@ -11,7 +11,7 @@ from typing import Any
 import trio
 
 from runwire.engine import Engine, open_engine
-from runwire.engine._sqlite_store import SqliteStore
+from runwire.engine.store._sqlite import SqliteStore
 from runwire import Run, connect, runs, streams
 
 API_KEY = "test-api-key-0123456789"

@@ -16,7 +16,7 @@ import orjson
 import trio
 import trio_websocket
 
-from runwire.engine._engine import Engine
+from runwire.engine import Engine
 from runwire.transport import PROTOCOL_VERSION, Connection, ConnectionBroken, Role, memory_pipe_pair
 
 TRANSPORTS = ("memory", "ws")
@@ -108,5 +108,5 @@ async def raw_client(eng: Engine, kind: str, token: str | None = None,
 async def wait_for_connections(eng: Engine, count: int, timeout: float = 5.0) -> None:
     """Wait until the engine has exactly ``count`` sessions (sessions end asynchronously)."""
     with trio.fail_after(timeout):
-        while eng.connections != count:
+        while eng.statistics().connections != count:
             await trio.sleep(0.01)

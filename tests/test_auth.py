@@ -19,7 +19,8 @@ import pytest
 import trio
 
 import runwire
-from runwire.engine import Auth, Grant, open_engine
+from runwire.engine import open_engine
+from runwire.engine.service import Auth, Grant
 from runwire.transport import check_scopes
 from runwire import ForbiddenError, OutsideRunError, UnauthorizedError, auth, runs, streams, task
 

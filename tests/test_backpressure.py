@@ -16,8 +16,8 @@ import trio.testing
 
 import runwire
 from runwire.engine import open_engine
-from runwire.engine._engine import Limits
-from runwire.engine._memory_store import MemoryStore
+from runwire.engine import Limits
+from runwire.engine.store import MemoryStore
 from runwire import streams, task
 from runwire._client import READ_BUFFER
 from runwire.transport import Chunks
@@ -83,9 +83,9 @@ async def test_a_slow_consumer_pauses_its_read_and_is_fed_from_the_store(autojum
                     if len(got) % 500 == 0:
                         await trio.sleep(1)  # the consumer is slow; the producer is not
                         most_buffered = max(most_buffered, _buffered(client))
-                        actor = eng.actors.get(handle.id)
-                        if actor is not None:
-                            longest_tail = max(longest_tail, len(actor.stream("k")._tail))
+                        run = eng.run_statistics(handle.id)
+                        if run is not None:
+                            longest_tail = max(longest_tail, run.streams["k"].tail_chunks)
                     if len(got) == n:
                         await done.send(handle.id, "finish")
     assert got == list(range(n))

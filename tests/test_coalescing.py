@@ -10,10 +10,10 @@ import pytest
 import trio
 import trio.testing
 
-from runwire.engine import MemoryStore
-from runwire.engine._sqlite_store import SqliteStore
-from runwire.engine._actor import BUSY_CYCLE_CHUNKS, MAX_CYCLE_CHUNKS
-from runwire.engine._store import Batch
+from runwire.engine.store import MemoryStore
+from runwire.engine.store._sqlite import SqliteStore
+from runwire.engine.run._actor import BUSY_CYCLE_CHUNKS, MAX_CYCLE_CHUNKS
+from runwire.engine.store import Batch
 from runwire import streams, task, tasks
 from runwire._streams import PIPE_SLICE
 

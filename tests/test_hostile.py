@@ -5,7 +5,7 @@ and binary messages, over an in-memory pipe and over a real websocket. The oracl
 sans-IO protocol: every message it refuses must come back as an ``error`` frame with the
 same code and ``re`` (and the same close code when it is fatal). Whatever the engine sends
 must be a valid engine frame, never an ``internal`` error; nothing may be logged as an
-error; the session must end (``engine.connections`` back to the bystander alone), and a
+error; the session must end (``engine.statistics().connections`` back to the bystander alone), and a
 bystander client on the same engine must see nothing and still be served.
 
 The budget is small by default, so this runs in the normal suite in a few seconds;

@@ -11,8 +11,9 @@ from __future__ import annotations
 import pytest
 import trio
 
-from runwire.engine import TRANSITIONS, open_engine
-from runwire.engine._records import RunRecord
+from runwire.engine import open_engine
+from runwire.engine.run import TRANSITIONS
+from runwire.engine.run import RunRecord
 from runwire import (
     NotFoundError,
     OutsideRunError,
@@ -503,7 +504,7 @@ def test_the_status_table_only_leaves_final_states_for_nothing():
         assert TRANSITIONS[status] == frozenset() and status.is_final
     for status in (Q, X, W):
         assert not status.is_final and TRANSITIONS[status] & finals
-    from runwire.engine._status import InvalidTransition, check_transition
+    from runwire.engine.run import InvalidTransition, check_transition
 
     for old, new in [(DONE, X), (CANCELED, Q), (Q, W), (Q, DONE), (TIMED_OUT, FAILED)]:
         with pytest.raises(InvalidTransition):

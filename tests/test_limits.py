@@ -10,7 +10,7 @@ import trio_websocket
 
 import runwire
 from runwire.engine import Limits, open_engine
-from runwire.engine._limits import RateLimiter
+from runwire.engine.door import RateLimiter
 from runwire import RateLimitedError, auth, streams, task
 
 from .helpers import API_KEY
@@ -278,7 +278,7 @@ async def test_a_reader_that_never_reads_does_not_stop_the_engine_closing(autoju
                 await slow.send({"type": "cancel", "id": 2})  # the cancel waits its turn
                 await trio.sleep(1)
                 # leaving the blocks closes the connection and the engine, blocked sends or not
-        assert eng.connections == 0
+        assert eng.statistics().connections == 0
 
 
 async def test_a_websocket_reader_that_stalls_loses_nothing():

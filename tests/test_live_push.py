@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import trio
 
-from runwire.engine._streams import OutputStream
+from runwire.engine.run import OutputStream
 from runwire import streams, task
 from runwire.transport import Connection
 
@@ -113,13 +113,17 @@ async def test_the_pusher_is_gone_once_the_read_ends(transport, autojump_clock, 
     monkeypatch.setattr(OutputStream, "remove_pusher", noted)
     async with serve([ticker], transport) as eng:
         handle = await ticker.trigger({"n": 1000, "every": 1})
-        stream = None
         async for value in await ticks.read(handle.id):
-            stream = eng.actors[handle.id].stream("ticks")
-            assert len(stream._pushers) == 1
+            assert _pushers(eng, handle.id) == 1
             if value == 3:
                 break
         with trio.fail_after(5):  # the engine sees the cancel and ends the read
             await removed.wait()
-        assert stream._pushers == ()
+        assert _pushers(eng, handle.id) == 0
         await ticks.read(handle.id)  # the client still works
+
+
+def _pushers(eng, run_id: str) -> int:
+    run = eng.run_statistics(run_id)
+    assert run is not None, "the run is live"
+    return run.streams["ticks"].pushers

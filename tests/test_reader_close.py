@@ -29,13 +29,7 @@ async def _open_reads(eng) -> int:
     # the client may have its answer before the engine's request task has finished
     # (a request is forgotten once its answer is sent): let the engine settle first
     await trio.testing.wait_all_tasks_blocked()
-    return sum(len(s._requests) for s in eng_sessions(eng))
-
-
-def eng_sessions(eng):
-    from runwire.engine._session import Session
-
-    return [o for o in gc.get_objects() if isinstance(o, Session) and o.engine is eng]
+    return eng.statistics().open_requests
 
 
 async def test_async_with_stops_the_read_without_warnings(autojump_clock):

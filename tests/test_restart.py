@@ -26,8 +26,8 @@ import attrs
 import pytest
 import trio
 
-from runwire.engine._sqlite_store import SqliteStore
-from runwire.engine._store import Batch
+from runwire.engine.store._sqlite import SqliteStore
+from runwire.engine.store import Batch
 from runwire import RunStatus, StreamDef, connect, runs
 
 from . import crash_tasks as ct

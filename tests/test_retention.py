@@ -54,7 +54,7 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 def test_the_sqlite_store_knows_every_final_status() -> None:
-    from runwire.engine._sqlite_store import _FINAL
+    from runwire.engine.store._sqlite import _FINAL
     from runwire._models import FINAL_STATUSES
 
     assert set(_FINAL.strip("()").replace("'", "").split(", ")) == {
@@ -127,8 +127,6 @@ async def test_sweeper_deletes_finished_runs_after_retention(store_url: str,
 
 async def check_retention(engine: Engine) -> None:
     sweeps = Sweeps(engine)
-    assert engine._nursery is not None
-    assert any(t.name.endswith("_sweep_loop") for t in engine._nursery.child_tasks)
     old = await finished_run(engine, "old")
     live = await forever.trigger({})
     await trio.sleep(RETENTION / 2)

@@ -1,6 +1,6 @@
 """Several tasks writing through one producer (a writer and its merges) all make progress."""
 
-import runwire.engine._streams as engine_streams
+import runwire.engine.run._streams as engine_streams
 import runwire._client as sdk_client
 from runwire import RunStatus, streams, task
 

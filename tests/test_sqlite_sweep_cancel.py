@@ -2,9 +2,9 @@
 
 import trio
 
-from runwire.engine._records import RunRecord
-from runwire.engine._sqlite_store import DELETE_STEP, SqliteStore
-from runwire.engine._store import Batch
+from runwire.engine.run import RunRecord
+from runwire.engine.store._sqlite import DELETE_STEP, SqliteStore
+from runwire.engine.store import Batch
 from runwire import RunStatus
 
 

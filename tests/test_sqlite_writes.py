@@ -17,9 +17,9 @@ import trio
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from runwire.engine import _sqlite_store as sqlite_store
-from runwire.engine._records import RunRecord
-from runwire.engine._sqlite_store import (
+from runwire.engine.store import _sqlite as sqlite_store
+from runwire.engine.run import RunRecord
+from runwire.engine.store._sqlite import (
     _STREAM_END,
     CHECKPOINT_PAGES,
     INLINE_BYTES,
@@ -30,7 +30,7 @@ from runwire.engine._sqlite_store import (
     _pages,
     _Pending,
 )
-from runwire.engine._store import Batch, ChunkAppend, StreamState
+from runwire.engine.store import Batch, ChunkAppend, IndexGapError, NotCompactError, StreamState
 
 from .helpers import bounded, count_groups
 
@@ -180,7 +180,7 @@ async def test_a_chunk_with_a_raw_newline_is_refused_and_the_rest_of_the_group_c
             try:
                 await store.commit(batch)
                 results[name] = "ok"
-            except ValueError as exc:
+            except NotCompactError as exc:
                 results[name] = str(exc)
 
         async with trio.open_nursery() as nursery:  # both ride in one group commit
@@ -192,7 +192,7 @@ async def test_a_chunk_with_a_raw_newline_is_refused_and_the_rest_of_the_group_c
         assert await store.read_chunks("r1", "s", 0, 10) == [b'"first"']
         assert await store.read_chunks("r1", "other", 0, 10) == [b'"fine"']
         # alone in its transaction, too; and across pages
-        with pytest.raises(ValueError, match="compact JSON"):
+        with pytest.raises(NotCompactError, match="compact JSON"):
             await store.commit(append(1, [b"1"] * PAGE_ITEMS + [b"2\n"]))
         assert (await store.streams("r1"))["s"].length == 1
     finally:
@@ -350,13 +350,13 @@ async def test_remembered_ends_follow_commits_and_refusals(tmp_path):
                  _staged(append(5, [b'"p"'], key="u"))]
         store._write(group)
         assert [type(entry.error).__name__ for entry in group] == [
-            "NoneType", "RuntimeError", "ValueError", "RuntimeError", "NoneType", "NoneType",
-            "RuntimeError"]
+            "NoneType", "IndexGapError", "NotCompactError", "IndexGapError", "NoneType", "NoneType",
+            "IndexGapError"]
         assert ("r1", "u") not in store._ends
         _check_remembered(store)
         assert store._ends[("r1", "s")][1] == 5
         for start in (4, 6):  # an overlap and a gap are still refused from what is remembered
-            with pytest.raises(RuntimeError, match="gap"):
+            with pytest.raises(IndexGapError, match="gap"):
                 await store.commit(append(start, [b'"y"']))
         await store.commit(append(5, [b'"f"']))
         _check_remembered(store)
@@ -395,7 +395,7 @@ async def test_remembered_ends_are_bounded_and_forgotten_streams_still_append(
         assert list(store._ends) == [("r1", "c"), ("r1", "d"), ("r1", "e")]
         await store.commit(append(1, [b'"2"'], key="a"))  # looked up in the file again
         assert list(store._ends) == [("r1", "d"), ("r1", "e"), ("r1", "a")]
-        with pytest.raises(RuntimeError, match="gap"):
+        with pytest.raises(IndexGapError, match="gap"):
             await store.commit(append(2, [b'"3"'], key="b"))
         _check_remembered(store)
     finally:

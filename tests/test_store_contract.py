@@ -18,10 +18,10 @@ import pytest
 import trio
 import trio.testing
 
-from runwire.engine import MemoryStore, Store
-from runwire.engine._records import RunRecord
-from runwire.engine._sqlite_store import SqliteStore, parse_sqlite_url
-from runwire.engine._store import (
+from runwire.engine.store import IndexGapError, MemoryStore, Store, StoreConfigError
+from runwire.engine.run import RunRecord
+from runwire.engine.store._sqlite import SqliteStore, parse_sqlite_url
+from runwire.engine.store import (
     Batch,
     ChunkAppend,
     RecordAppend,
@@ -119,7 +119,7 @@ async def test_commit_is_atomic_when_a_batch_is_refused(store: Store) -> None:
                         chunks("r1", "default", 5, ["gap"])],
                 records=[RecordAppend("r1", "in", 0, b"1")],
                 ended=[("r1", "default")])
-    with pytest.raises(RuntimeError, match="gap"):
+    with pytest.raises(IndexGapError, match="gap"):
         await store.commit(bad)
     assert await snapshot(store, "r1") == before
     assert await store.waitpoint("r1", "w", 0.0) is None
@@ -314,11 +314,11 @@ async def test_delete_many_runs(store: Store) -> None:
 @bounded(TIME_LIMIT)
 async def test_gap_and_overlap_are_refused(store: Store) -> None:
     await store.commit(Batch(chunks=[chunks("r1", "default", 0, ["a", "b"])]))
-    with pytest.raises(RuntimeError, match="gap"):
+    with pytest.raises(IndexGapError, match="gap"):
         await store.commit(Batch(chunks=[chunks("r1", "default", 3, ["d"])]))
-    with pytest.raises(RuntimeError, match="gap"):
+    with pytest.raises(IndexGapError, match="gap"):
         await store.commit(Batch(chunks=[chunks("r1", "default", 1, ["b again"])]))
-    with pytest.raises(RuntimeError, match="gap"):
+    with pytest.raises(IndexGapError, match="gap"):
         await store.commit(Batch(chunks=[chunks("r1", "new", 1, ["first is not 0"])]))
     assert await store.read_chunks("r1", "default", 0, 10) == enc(["a", "b"])
     assert await store.streams("r1") == {"default": StreamState(2, 6, False)}
@@ -335,7 +335,7 @@ async def test_concurrent_commits_all_land_and_a_bad_one_fails_alone(store: Stor
         batch = Batch(runs=[run(f"r{i}")], chunks=[chunks(f"r{i}", "default", start, ["x"])])
         try:
             await store.commit(batch)
-        except RuntimeError as exc:
+        except IndexGapError as exc:
             results[i] = exc
         else:
             results[i] = None
@@ -396,7 +396,7 @@ async def test_commit_staged_builds_the_batch_when_it_is_written(store: Store) -
 
     with pytest.raises(KeyError, match="staging failed"):
         await store.commit_staged(broken)
-    with pytest.raises(RuntimeError, match="gap"):
+    with pytest.raises(IndexGapError, match="gap"):
         await store.commit_staged(lambda: Batch(runs=[run("r1", status="EXECUTING")],
                                                 chunks=[chunks("r1", "default", 5, ["x"])]))
     assert await snapshot(store, "r1") == before
@@ -424,7 +424,7 @@ def test_sqlite_urls() -> None:
     assert parse_sqlite_url("sqlite:///x.db?synchronous=full") == ("x.db", {"synchronous": "FULL"})
     for bad in ("sqlite://", "sqlite:///", "sqlite://host/x.db", "sqlite:///x.db?foo=1",
                 "sqlite:///x.db?synchronous=off", "postgres:///x"):
-        with pytest.raises(ValueError):
+        with pytest.raises(StoreConfigError):
             parse_sqlite_url(bad)
     store = open_store("sqlite:///x.db?synchronous=full")
     assert isinstance(store, SqliteStore) and store.scheme == "sqlite"

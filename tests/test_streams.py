@@ -123,7 +123,7 @@ async def test_wait_until_complete_means_every_chunk_is_stored(transport, autoju
 
         result = streams.pipe("numbers", source())
         await result.wait_until_complete()
-        lengths.append(engine[0].actors[ctx.run.id].stream("numbers").length)
+        lengths.append(engine[0].run_statistics(ctx.run.id).streams["numbers"].length)
         return "done"
 
     async with serve([wuc], transport) as eng:
@@ -353,7 +353,7 @@ async def test_reading_a_finished_stream_from_zero_yields_all_then_ends(
         assert (await final(handle.id)).status is RunStatus.COMPLETED
         # the final status is published just before the actor goes: let the engine settle
         await trio.testing.wait_all_tasks_blocked()
-        assert handle.id not in eng.actors
+        assert eng.run_statistics(handle.id) is None
         with trio.fail_after(5):
             chunks = await (await ai.read(handle.id, start_index=0)).collect()
         assert chunks == [str(i) for i in range(2500)]
@@ -698,8 +698,7 @@ async def test_a_backend_pipe_keeps_the_chunks_before_one_too_big_for_a_message(
 
 def stored_now(eng, run_id: str, key: str) -> list:
     """What the (memory) store holds, read without a checkpoint: nothing runs meanwhile."""
-    stream = eng.store._streams.get(run_id, {}).get(key)
-    return [orjson.loads(item) for item in stream.items] if stream is not None else []
+    return [orjson.loads(item) for item in eng.store.chunks_now(run_id, key)]
 
 
 def breaks_after_two():

@@ -6,7 +6,8 @@ code 4401. After ``welcome``, every request runs as its own task in the session'
 inside a cancel scope that ``cancel`` (or the end of the connection) cancels. A bad frame is
 answered with an ``error`` frame and the loop goes on; nothing a client sends can take down
 the engine or another client: a bug in a session closes that connection (1011), no more.
-Every request is checked against the connection's grant (and its expiry).
+Every request goes through the connection's :class:`~._requests.Caller` (the door-neutral
+layer): it is checked against the grant (and its expiry) there, rate-limited and validated.
 
 Limits, each answered with an error the client can act on (see ``docs/security.md``):
 connections beyond ``max_connections`` are refused (``rate_limited``, close 1013); at most
@@ -42,22 +43,20 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
-from runwire import BadFrameError, ForbiddenError, RateLimitedError, RunwireError, UnauthorizedError
+from runwire import RunwireError, UnauthorizedError
 from runwire.transport import (
-    Ack, Append, Cancel, CancelRun, Chunks, Connection, ConnectionBroken, ConnectionClosed,
-    CreateToken, End, Error, Frame, Hello, PROTOCOL_VERSION, Read, RemoteProtocolError,
-    Retrieve, RunInfo, Send, CLOSE_INTERNAL, CLOSE_TRY_AGAIN, CLOSE_UNAUTHORIZED, Subscribe, Token, Trigger, Triggered, Welcome,
+    CLOSE_INTERNAL, CLOSE_TRY_AGAIN, CLOSE_UNAUTHORIZED, PROTOCOL_VERSION, Ack, Append, Cancel,
+    CancelRun, Chunks, Connection, ConnectionBroken, ConnectionClosed, CreateToken, End, Error,
+    Frame, Hello, Read, RemoteProtocolError, Retrieve, RunInfo, Send, Subscribe, Token, Trigger,
+    Triggered, Welcome,
 )
 
-from ._auth import Grant
-from ._engine import Reader, ReadTimeout
-
-if TYPE_CHECKING:
-    from ._engine import Engine
+from ..run import Reader, ReadTimeout
+from ._requests import Caller, Door
 
 log = logging.getLogger("runwire.engine")
 
@@ -70,10 +69,10 @@ REFUSE_TIMEOUT = 5.0
 class Session:
     """The engine's half of one connection."""
 
-    def __init__(self, engine: Engine, conn: Connection) -> None:
-        self.engine = engine
+    def __init__(self, door: Door, conn: Connection) -> None:
+        self.door = door
         self.conn = conn
-        self.grant = Grant()
+        self._caller: Caller | None = None  # once the handshake is done
         self._requests: dict[int, trio.CancelScope] = {}
         self._sending: set[trio.CancelScope] = set()
         self._ending = False
@@ -85,10 +84,10 @@ class Session:
         }
 
     async def serve(self) -> None:
-        self.engine.connections += 1
+        self.door.connections += 1
         close_code = 1000
         try:
-            if self.engine.connections > self.engine.limits.max_connections:
+            if self.door.connections > self.door.limits.max_connections:
                 await self._refuse("rate_limited", "too many connections; try again later",
                                    CLOSE_TRY_AGAIN)
             elif await self._handshake():
@@ -104,7 +103,7 @@ class Session:
             log.exception("session failed; closing its connection")
             close_code = CLOSE_INTERNAL
         finally:
-            self.engine.connections -= 1
+            self.door.connections -= 1
             await self.conn.aclose(close_code)
 
     def _end_requests(self, nursery: trio.Nursery) -> None:
@@ -135,7 +134,7 @@ class Session:
     # --- handshake ---------------------------------------------------------------------------
 
     async def _handshake(self) -> bool:
-        with trio.move_on_after(self.engine.limits.handshake_timeout):
+        with trio.move_on_after(self.door.limits.handshake_timeout):
             try:
                 frame = await self.conn.receive()
             except RemoteProtocolError as exc:
@@ -143,12 +142,12 @@ class Session:
                 return False
             assert isinstance(frame, Hello)
             try:
-                self.grant = self.engine.auth.authenticate(frame.token)
+                self._caller = self.door.authenticate(frame.token)
             except UnauthorizedError as exc:
                 await self._refuse("unauthorized", exc.message, CLOSE_UNAUTHORIZED)
                 return False
             await self.conn.send(Welcome(protocol=PROTOCOL_VERSION, engine="runwire",
-                                         max_message=self.engine.limits.max_message_bytes))
+                                         max_message=self.door.limits.max_message_bytes))
             return True
         await self._refuse("unauthorized", "no hello within the handshake timeout",
                            CLOSE_UNAUTHORIZED)
@@ -193,14 +192,15 @@ class Session:
             await self.conn.send(Error(re=rid, code="bad_frame",
                                        message=f"request id {rid} is already in use"))
             return
-        if len(self._requests) >= self.engine.limits.max_requests_per_connection:
+        limit = self.door.limits.max_requests_per_connection
+        if len(self._requests) >= limit:
             await self.conn.send(Error(
                 re=rid, code="rate_limited",
-                message=f"too many open requests on this connection (at most "
-                        f"{self.engine.limits.max_requests_per_connection}); cancel or finish "
-                        f"some first"))
+                message=f"too many open requests on this connection (at most {limit}); "
+                        f"cancel or finish some first"))
             return
         scope = self._requests[rid] = trio.CancelScope()
+        self.door.open_requests += 1
         nursery.start_soon(self._run_request, rid, scope, self._handlers[type(frame)], frame)
 
     async def _run_request(self, rid: int, scope: trio.CancelScope, handler: Handler,
@@ -222,50 +222,19 @@ class Session:
         except (ConnectionBroken, ConnectionClosed):
             pass  # the connection is gone; the read loop ends the session
         finally:
-            self._requests.pop(rid, None)
-
-    # --- authorization and rates -------------------------------------------------------------
-
-    async def _allow(self, action: str, resource: str, ident: str) -> None:
-        grant = self.grant
-        if grant.expired(self.engine.auth.clock()):
-            raise UnauthorizedError("the access token has expired; reconnect with a new one")
-        if grant.allows(action, resource, ident):
-            return
-        task_id = None  # only a read of a run can be allowed by its task's scope
-        if (action, resource) == ("read", "runs") and any(
-                s.startswith("read:tasks:") for s in grant.scopes):
-            try:
-                task_id = (await self.engine.get_record(ident)).task_id
-            except RunwireError:
-                task_id = None
-        if not grant.allows(action, resource, ident, task_id=task_id):
-            raise ForbiddenError(f"this credential may not {action} {resource} {_short(ident)}")
-
-    def _take(self, action: str, rate: float | None, burst: int) -> None:
-        if self.grant.admin and not self.engine.limits.rate_limit_api_key:
-            return  # the backend's own key is trusted; public tokens are what the rates bound
-        if not self.engine.rate_limiter.take((self.grant.key, action), rate, burst):
-            raise RateLimitedError(f"too many {action} requests for this credential (at most "
-                                   f"{rate:g} a second, bursts of {burst}); try again later")
+            del self._requests[rid]
+            self.door.open_requests -= 1
 
     # --- requests ----------------------------------------------------------------------------
 
-    def _check_keys(self, **keys: str | None) -> None:
-        """Stream keys, producer ids and idempotency keys are stored: keep them short."""
-        limit = self.engine.limits.max_key_chars
-        for name, value in keys.items():
-            if value is not None and not 0 < len(value) <= limit:
-                raise BadFrameError(f"'{name}' must be 1-{limit} characters")
+    @property
+    def caller(self) -> Caller:
+        assert self._caller is not None, "requests run only after the handshake"
+        return self._caller
 
     async def _read(self, frame: Read) -> None:
-        await self._allow("read", "runs", frame.run)
-        self._check_keys(stream=frame.stream)
-        if frame.from_ < 0:
-            raise BadFrameError("'from' must be >= 0")
-        if frame.timeout_s is not None and not frame.timeout_s > 0:
-            raise BadFrameError("'timeout_s' must be > 0 or null")
-        reader = await self.engine.open_reader(frame.run, frame.stream, frame.from_)
+        reader = await self.caller.open_read(frame.run, frame.stream, frame.from_,
+                                             frame.timeout_s)
         push = self._pusher(frame, reader)
         reader.stream.add_pusher(push)
         try:
@@ -308,53 +277,30 @@ class Session:
         return push
 
     async def _append(self, frame: Append) -> None:
-        await self._allow("write", "streams", frame.run)
-        self._check_keys(stream=frame.stream, producer=frame.producer)
-        if frame.seq < 0:
-            raise BadFrameError("append needs a 'seq' >= 0")
-        nxt = await self.engine.append(frame.run, frame.stream, frame.producer, frame.seq,
+        nxt = await self.caller.append(frame.run, frame.stream, frame.producer, frame.seq,
                                        frame.items)
         await self._emit(Ack(re=frame.id, next_seq=nxt))
 
     async def _send(self, frame: Send) -> None:
-        await self._allow("write", "inputStreams", frame.run)
-        self._check_keys(stream=frame.stream, key=frame.key)
-        limits = self.engine.limits
-        self._take("send", limits.send_rate, limits.send_burst)
-        index = await self.engine.send_input(frame.run, frame.stream, frame.data, frame.key)
+        index = await self.caller.send(frame.run, frame.stream, frame.data, frame.key)
         await self._emit(Ack(re=frame.id, index=index))
 
     async def _trigger(self, frame: Trigger) -> None:
-        await self._allow("trigger", "tasks", frame.task)
-        limits = self.engine.limits
-        self._take("trigger", limits.trigger_rate, limits.trigger_burst)
-        record = await self.engine.trigger(frame.task, frame.payload, frame.options)
-        await self._emit(Triggered(re=frame.id, run=record.id,
-                                   token=self.engine.auth.run_token(record.id)))
+        record, token = await self.caller.trigger(frame.task, frame.payload, frame.options)
+        await self._emit(Triggered(re=frame.id, run=record.id, token=token))
 
     async def _subscribe(self, frame: Subscribe) -> None:
-        await self._allow("read", "runs", frame.run)
-        async for snapshot in self.engine.subscribe(frame.run):
+        async for snapshot in self.caller.subscribe(frame.run):
             await self._emit(RunInfo(re=frame.id, run=snapshot))
         await self._emit(End(re=frame.id, reason="complete"))
 
     async def _retrieve(self, frame: Retrieve) -> None:
-        await self._allow("read", "runs", frame.run)
-        record = await self.engine.get_record(frame.run)
-        await self._emit(RunInfo(re=frame.id, run=record.to_wire()))
+        await self._emit(RunInfo(re=frame.id, run=await self.caller.retrieve(frame.run)))
 
     async def _cancel_run(self, frame: CancelRun) -> None:
-        await self._allow("write", "runs", frame.run)
-        await self.engine.cancel_run(frame.run)
+        await self.caller.cancel_run(frame.run)
         await self._emit(Ack(re=frame.id))
 
     async def _create_token(self, frame: CreateToken) -> None:
-        if not self.grant.admin:
-            raise ForbiddenError("only the engine's API key may create access tokens")
-        token, expires_at = self.engine.issue_token(frame.scopes, frame.expires_in)
+        token, expires_at = self.caller.create_token(frame.scopes, frame.expires_in)
         await self._emit(Token(re=frame.id, token=token, expires_at=expires_at))
-
-
-def _short(ident: Any) -> str:
-    text = repr(ident)
-    return text if len(text) <= 64 else text[:61] + "..."

@@ -30,18 +30,20 @@ import trio
 
 from runwire import (
     BadFrameError,
-    PayloadTooLargeError, RunContext, RunFinishedError, RunStatus, StreamTooLargeError, Task,
+    PayloadTooLargeError, RunContext, RunFinishedError, RunInfo, RunStatus, StreamTooLargeError,
+    Task,
 )
-from runwire.transport import json_bytes, json_bytes_within
-from runwire._models import RunInfo as SdkRunInfo
 from runwire.runtime import TIMED_OUT, bind_run
+from runwire.transport import json_bytes, json_bytes_within
 
+from .._limits import Limits
+from ..store import Batch, ChunkAppend, RecordAppend, StoredRecord, StreamState, Waitpoint
+from ._backend import RunBackend
+from ._env import QueueSlots, RunEnv
 from ._records import RunRecord
-from ._store import Batch, ChunkAppend, RecordAppend, Waitpoint
-from ._streams import InputMailbox, Mailbox, OutputStream, _Handler
-
-if TYPE_CHECKING:
-    from ._engine import Engine, Limits
+from ._streams import (
+    InputMailbox, Mailbox, OutputStream, Producer, StreamStatistics, _Handler,
+)
 
 log = logging.getLogger("runwire.engine")
 
@@ -198,7 +200,7 @@ class _Stage:
         ``first_seq`` is the producer sequence number of ``values[0]`` (client producers).
         """
         actor = self.actor
-        limits = actor.engine.limits
+        limits = actor.env.limits
         stream = actor.stream(key)
         used = stream.nbytes + self.nbytes.get(key, 0)
         fast = _encode_fast(values, used, limits)
@@ -229,14 +231,39 @@ class _Stage:
             fn()
 
 
-class RunActor:
-    """One run: its record, streams, input mailboxes, and the nursery everything lives in."""
+@attrs.frozen
+class RunStatistics:
+    """What a live run holds now (for tests and operators).
 
-    def __init__(self, engine: Engine, record: RunRecord, task: Task[Any, Any] | None) -> None:
-        self.engine = engine
+    Attributes:
+        status: the run's status.
+        streams: each output stream's :class:`StreamStatistics`.
+        queued_chunks: chunks producers have put that the next commit takes.
+    """
+
+    status: RunStatus
+    streams: dict[str, StreamStatistics]
+    queued_chunks: int
+
+
+class RunActor:
+    """One run: its record, streams, input mailboxes, and the nursery everything lives in.
+
+    Args:
+        env: what every actor of the engine shares (store, limits, clock, drain timeout,
+            the services its SDK calls reach, the callback for its end).
+        record: the run's record; the actor is its only writer from now on.
+        task: the task to run (``None`` only for a run whose task is not registered here).
+        slots: the task queue's concurrency slots, ``None`` when the queue has no limit.
+    """
+
+    def __init__(self, env: RunEnv, record: RunRecord, task: Task[Any, Any] | None,
+                 slots: QueueSlots | None = None) -> None:
+        self.env = env
         self.record = record
         self.task = task
-        self.mailbox = Mailbox(engine.limits.mailbox_size, self._wake_committer)
+        self.slots = slots
+        self.mailbox = Mailbox(env.limits.mailbox_size, self._wake_committer)
         self._nursery: trio.Nursery | None = None
         self._committing = False
         self.streams: dict[str, OutputStream] = {}
@@ -261,7 +288,8 @@ class RunActor:
         #: run ~1.2 KiB, also the many that never register a handler)
         self._handlers_open = False
         self._handler_scopes: list[trio.CancelScope] | None = None  # made on first use
-        self.backend: Any = None
+        #: what ``runwire.runtime`` finds while this run's task executes
+        self.backend = RunBackend(self, env.services)
 
     @property
     def id(self) -> str:
@@ -274,7 +302,7 @@ class RunActor:
         stream = self.streams.get(key)
         if stream is None:
             stream = self.streams[key] = OutputStream(
-                key, tail_limit=self.engine.limits.live_tail, ended=not self._writable)
+                key, tail_limit=self.env.limits.live_tail, ended=not self._writable)
         return stream
 
     def input(self, key: str) -> InputMailbox:
@@ -282,6 +310,37 @@ class RunActor:
         if box is None:
             box = self.inputs[key] = InputMailbox(key)
         return box
+
+    def statistics(self) -> RunStatistics:
+        return RunStatistics(status=self.record.status,
+                             streams={k: s.statistics() for k, s in self.streams.items()},
+                             queued_chunks=self.mailbox.queued_chunks())
+
+    def producer(self, key: str) -> Producer:
+        """A new writer of stream ``key`` inside the engine (a pipe, a writer, an append).
+
+        Raises:
+            RunFinishedError: the run's streams are closed.
+        """
+        self.check_writable()
+        return Producer(self, key)
+
+    def restore(self, streams: dict[str, StreamState], seqs: dict[tuple[str, str], int],
+                records: dict[str, list[StoredRecord]]) -> None:
+        """Continue from what the store kept of the run (recovery), before :meth:`run`.
+
+        Output streams go on at their stored length; producers' sequence numbers and the
+        input streams' idempotency keys are kept; records already received are counted but
+        not delivered again.
+        """
+        for key, state in streams.items():
+            self.streams[key] = OutputStream(key, length=state.length, nbytes=state.nbytes,
+                                             tail_limit=self.env.limits.live_tail)
+        self.seqs.update(seqs)
+        for key, stored in records.items():
+            self.input(key).restore(len(stored), {r.idempotency_key: r.index for r in stored
+                                                  if r.idempotency_key})
+        self.touch()
 
     def check_writable(self) -> None:
         if not self._writable:
@@ -308,7 +367,7 @@ class RunActor:
 
     def set_status(self, status: RunStatus) -> None:
         if self.record.status is not status:
-            self.record.set_status(status, self.engine.clock())
+            self.record.set_status(status, self.env.clock())
             self.touch()
 
     # --- requests from outside, through the mailbox ---------------------------------------
@@ -350,7 +409,7 @@ class RunActor:
             self._nursery = None  # nothing may be started in it any more
             self._writable = self._accepting = False
             self.mailbox.close(RunFinishedError(f"run {self.id} has finished"))
-            self.engine._actor_done(self)
+            self.env.on_done(self)
 
     async def _live(self) -> None:
         outcome: Outcome | None = None
@@ -368,8 +427,7 @@ class RunActor:
             if outcome.status in (RunStatus.CANCELED, RunStatus.TIMED_OUT):
                 producers.cancel_scope.cancel()
             else:
-                producers.cancel_scope.deadline = (trio.current_time()
-                                                   + self.engine.drain_timeout)
+                producers.cancel_scope.deadline = trio.current_time() + self.env.drain_timeout
         if outcome is None:  # runs.cancel cancelled the producers' nursery, body and all
             outcome = Outcome(RunStatus.CANCELED)
         self._release_slot()
@@ -398,7 +456,7 @@ class RunActor:
     async def _attempt(self) -> Outcome:
         assert self.task is not None
         record = self.record
-        ctx = RunContext(run=SdkRunInfo(id=record.id, task_id=record.task_id,
+        ctx = RunContext(run=RunInfo(id=record.id, task_id=record.task_id,
                                         parent_id=record.parent_id,
                                         root_id=record.root_id or record.id,
                                         tags=tuple(record.tags)),
@@ -431,7 +489,7 @@ class RunActor:
     # --- queue slots and suspension ----------------------------------------------------------
 
     async def _acquire_slot(self) -> None:
-        slots = self.engine.queue_slots(self.task)
+        slots = self.slots
         if slots is not None and not self._holds_slot:
             try:
                 slots.acquire_nowait()
@@ -444,9 +502,8 @@ class RunActor:
     def _release_slot(self) -> None:
         if self._holds_slot:
             self._holds_slot = False
-            slots = self.engine.queue_slots(self.task)
-            assert slots is not None
-            slots.release()
+            assert self.slots is not None
+            self.slots.release()
 
     def suspended(self) -> _Suspended:
         """``async with``: ``WAITING`` for the block, without the queue slot; the slot is
@@ -554,7 +611,7 @@ class RunActor:
         what producers add while this cycle waits for its turn still rides in it.
         """
         stage = _Stage(self)
-        await self.engine.store.commit_staged(lambda: self._stage(stage))
+        await self.env.store.commit_staged(lambda: self._stage(stage))
         stage.apply()
         return stage.taken
 
@@ -624,7 +681,7 @@ class RunActor:
         except TypeError as exc:
             msg.reply.set(error=TypeError(f"input record for {msg.key!r} is not JSON: {exc}"))
             return
-        limit = self.engine.limits.max_record_bytes
+        limit = self.env.limits.max_record_bytes
         if len(data) > limit:
             msg.reply.set(error=PayloadTooLargeError(
                 f"input record of {len(data)} bytes is over the {limit}-byte limit"))
@@ -645,7 +702,7 @@ class RunActor:
         self._accepting = False
         record = self.record
         record.output, record.error = msg.output, msg.error
-        record.set_status(msg.status, self.engine.clock())
+        record.set_status(msg.status, self.env.clock())
         self._run_dirty = True
         stage.batch.ended.extend((self.id, key) for key in self._stream_keys())
 
@@ -664,14 +721,14 @@ class RunActor:
         self._release_slot()
         record = self.record
         if not record.status.is_final:
-            record.set_status(RunStatus.CRASHED, self.engine.clock())
+            record.set_status(RunStatus.CRASHED, self.env.clock())
             record.error = error_dict(exc)
         batch = Batch(runs=[record.to_store()],
                       ended=[(self.id, k) for k in self._stream_keys()])
         with trio.move_on_after(5) as scope:
             scope.shield = True
             try:
-                await self.engine.store.commit(batch)
+                await self.env.store.commit(batch)
             except Exception:
                 log.exception("could not store the crash of run %s", self.id)
         for stream in self.streams.values():
@@ -685,13 +742,12 @@ class RunActor:
                          ttl: float | None) -> Any:
         """``wait()``: suspended until the next record (or the stored one for ``ikey``)."""
         if ikey is not None:
-            stored = await self.engine.store.waitpoint(self.id, f"{key}:{ikey}",
-                                                       self.engine.clock())
+            stored = await self.env.store.waitpoint(self.id, f"{key}:{ikey}", self.env.clock())
             if stored is not None:
                 return orjson.loads(stored)
         async with self.suspended():
             value = await self.input(key).next_record(timeout)
         if ikey is not None and value is not TIMED_OUT:
-            expires = None if ttl is None else self.engine.clock() + ttl
+            expires = None if ttl is None else self.env.clock() + ttl
             await self.submit(SaveWaitpoint(f"{key}:{ikey}", json_bytes(value), expires))
         return value

@@ -8,38 +8,12 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import trio
 
-from runwire import Run, RunContext, RunHandle, TaskRunResult
-from runwire._streams import _start_pipe
-from runwire.runtime import Completion
-
-from ._streams import Producer
+from runwire import Run, RunContext, RunHandle, TaskRunResult, streams
+from runwire.runtime import Completion, ProducerSink
 
 if TYPE_CHECKING:
     from ._actor import RunActor
-    from ._engine import Engine
-
-
-class _MissingRunProducer:
-    """A producer for a run that is not live here: every call says why, after asking the store."""
-
-    def __init__(self, engine: Engine, run_id: str) -> None:
-        self._engine = engine
-        self._run_id = run_id
-
-    def put_nowait(self, item: Any) -> None:
-        pass  # flush() raises the right error (finished or unknown) once it asked the store
-
-    async def put(self, item: Any) -> None:
-        raise await self._engine.missing_run_error(self._run_id)
-
-    async def put_many(self, items: list[Any]) -> None:
-        raise await self._engine.missing_run_error(self._run_id)
-
-    async def flush(self) -> None:
-        raise await self._engine.missing_run_error(self._run_id)
-
-    def close(self) -> None:
-        pass
+    from ._env import RunServices
 
 
 class _InputChannel:
@@ -65,11 +39,15 @@ class _InputChannel:
 
 
 class RunBackend:
-    """Bound to the run's context by the actor; the SDK finds it through ``runwire.runtime``."""
+    """Bound to the run's context by the actor; the SDK finds it through ``runwire.runtime``.
 
-    def __init__(self, engine: Engine, actor: RunActor) -> None:
-        self.engine = engine
+    Calls about the run itself go to its actor; the rest (other runs, children, tokens) to
+    the services the actor was given.
+    """
+
+    def __init__(self, actor: RunActor, services: RunServices) -> None:
         self.actor = actor
+        self.services = services
         self.context: RunContext | None = None
 
     # --- streams -------------------------------------------------------------------------
@@ -86,12 +64,8 @@ class RunBackend:
             return record.root_id or record.id
         return target
 
-    def open_producer(self, run_id: str, key: str) -> Any:
-        actor = self.engine.actors.get(run_id)
-        if actor is None:
-            return _MissingRunProducer(self.engine, run_id)
-        actor.check_writable()
-        return Producer(actor, key)
+    def open_producer(self, run_id: str, key: str) -> ProducerSink:
+        return self.services.open_producer(run_id, key)
 
     def spawn_producer(self, fn: Callable[[], Awaitable[None]]) -> Completion:
         done = Completion()
@@ -103,7 +77,7 @@ class RunBackend:
 
     async def read(self, run_id: str, key: str, start: int,
                    timeout: float | None) -> AsyncIterator[list[Any]]:
-        reader = await self.engine.open_reader(run_id, key, start)
+        reader = await self.services.open_reader(run_id, key, start)
         while True:
             batch = await reader.next_batch(timeout)
             if batch is None:
@@ -112,13 +86,13 @@ class RunBackend:
 
     async def send(self, run_id: str, key: str, data: Any,
                    idempotency_key: str | None = None) -> int:
-        return await self.engine.send_input(run_id, key, data, idempotency_key)
+        return await self.services.send_input(run_id, key, data, idempotency_key)
 
     # --- tasks and runs ----------------------------------------------------------------------
 
     async def trigger(self, task_id: str, payload: Any, options: dict[str, Any]) -> RunHandle:
-        record = await self.engine.trigger(task_id, payload, options, parent=self.actor)
-        return RunHandle(id=record.id, public_access_token=self.engine.auth.run_token(record.id))
+        record = await self.services.trigger(task_id, payload, options, parent=self.actor)
+        return RunHandle(id=record.id, public_access_token=self.services.run_token(record.id))
 
     async def trigger_and_wait(self, task_id: str, payload: Any,
                                options: dict[str, Any]) -> TaskRunResult[Any]:
@@ -126,26 +100,26 @@ class RunBackend:
 
     async def batch_trigger_and_wait(self, task_id: str, payloads: list[Any],
                                      options: dict[str, Any]) -> list[TaskRunResult[Any]]:
-        records = [await self.engine.trigger(task_id, p, options, parent=self.actor)
+        records = [await self.services.trigger(task_id, p, options, parent=self.actor)
                    for p in payloads]
         async with self.actor.suspended():  # a parent waiting on children leaves its slot
-            results = [await self.engine.wait_finished(r.id) for r in records]
+            results = [await self.services.wait_finished(r.id) for r in records]
         return [TaskRunResult.from_run(Run.from_wire(r.to_wire())) for r in results]
 
     async def retrieve(self, run_id: str) -> Run:
-        record = await self.engine.get_record(run_id)
+        record = await self.services.get_record(run_id)
         return Run.from_wire(record.to_wire())
 
     async def cancel_run(self, run_id: str) -> None:
-        await self.engine.cancel_run(run_id)
+        await self.services.cancel_run(run_id)
 
     async def subscribe(self, run_id: str) -> AsyncIterator[Run]:
-        async for snapshot in self.engine.subscribe(run_id):
+        async for snapshot in self.services.subscribe(run_id):
             yield Run.from_wire(snapshot)
 
     async def create_token(self, scopes: list[str], expires_in: float) -> str:
         """A public access token; a task acts with the engine's authority."""
-        return self.engine.issue_token(scopes, expires_in)[0]
+        return self.services.issue_token(scopes, expires_in)[0]
 
     # --- inside a run only -------------------------------------------------------------------
 
@@ -168,4 +142,4 @@ class RunBackend:
             await trio.sleep(seconds)
 
     async def legacy_stream(self, key: str, source: Any) -> AsyncIterator[Any]:
-        return _start_pipe(key, source, "self").stream
+        return streams.pipe(key, source).stream

@@ -19,20 +19,21 @@ from __future__ import annotations
 import collections
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+import attrs
 import trio
 
 from runwire.runtime import TIMED_OUT
+
+from .._limits import PRODUCER_HIGH_WATER
 
 if TYPE_CHECKING:
     from ._actor import RunActor
 
 log = logging.getLogger("runwire.engine")
 
-#: Chunks a producer buffers before ``put`` waits for the actor.
-PRODUCER_HIGH_WATER = 8192
 #: A producer yields to the scheduler every this many puts, so a source that never
 #: blocks cannot starve the run.
 PRODUCER_YIELD_EVERY = 256
@@ -48,6 +49,25 @@ def cap_bytes(items: list[bytes], max_bytes: int) -> list[bytes]:
         if size > max_bytes and i > 0:
             return items[:i]
     return items
+
+
+@attrs.frozen
+class StreamStatistics:
+    """What an output stream holds in memory now.
+
+    Attributes:
+        length: chunks stored (the next chunk's index).
+        nbytes: bytes stored.
+        ended: no chunk will follow.
+        tail_chunks: chunks kept in the live tail (at most twice the tail limit).
+        pushers: reads parked at the live tail that get chunks pushed.
+    """
+
+    length: int
+    nbytes: int
+    ended: bool
+    tail_chunks: int
+    pushers: int
 
 
 class OutputStream:
@@ -78,6 +98,10 @@ class OutputStream:
         for push in self._pushers:
             push()
         self._wake()
+
+    def statistics(self) -> StreamStatistics:
+        return StreamStatistics(length=self.length, nbytes=self.nbytes, ended=self.ended,
+                                tail_chunks=len(self._tail), pushers=len(self._pushers))
 
     def add_pusher(self, push: Callable[[], None]) -> None:
         """Call ``push()`` on every :meth:`extend`, before readers are woken.
@@ -318,6 +342,12 @@ class InputMailbox:
         self._handlers: list[_Handler] = []
         self._waiters: list[_Waiter] = []  # usually one; a deque costs 600 B more
 
+    def restore(self, count: int, keys: dict[str, int]) -> None:
+        """Records stored before a restart: counted, their idempotency keys kept, never
+        delivered again."""
+        self.count = count
+        self.keys.update(keys)
+
     def deliver(self, value: Any) -> None:
         """A stored record arrives."""
         self.last = value
@@ -366,3 +396,29 @@ class InputMailbox:
                 waiter.event.set()  # mark as gone, so deliver() skips it
                 waiter.value = TIMED_OUT
         return waiter.value
+
+
+class MissingRunProducer:
+    """A producer for a run that is not live here: every call says why (finished or unknown).
+
+    Args:
+        why: makes the error to raise (it may ask the store whether the run exists).
+    """
+
+    def __init__(self, why: Callable[[], Awaitable[Exception]]) -> None:
+        self._why = why
+
+    def put_nowait(self, item: Any) -> None:
+        pass  # flush() raises the right error once it asked
+
+    async def put(self, item: Any) -> None:
+        raise await self._why()
+
+    async def put_many(self, items: list[Any]) -> None:
+        raise await self._why()
+
+    async def flush(self) -> None:
+        raise await self._why()
+
+    def close(self) -> None:
+        pass

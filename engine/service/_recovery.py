@@ -32,73 +32,64 @@ from typing import TYPE_CHECKING, Any
 
 from runwire import RunStatus, Task
 
-from ._records import RunRecord
-from ._store import Batch
-from ._streams import OutputStream
+from ..run import RunActor, RunRecord
+from ..store import Batch
 
 if TYPE_CHECKING:
-    from ._actor import RunActor
-    from ._engine import Engine
+    from ._service import RunService
 
 log = logging.getLogger("runwire.engine")
 
 
-async def recover(engine: Engine) -> None:
+async def recover(service: RunService) -> None:
     """Apply the module's rules to every stored run that is not finished."""
-    for raw in await engine.store.unfinished_runs():
+    for raw in await service.store.unfinished_runs():
         try:
-            await _recover_one(engine, raw)
+            await _recover_one(service, raw)
         except Exception:  # one unreadable run must not keep the engine from starting
             log.exception("could not recover run %s; it is left as stored", raw.get("id"))
 
 
-async def _recover_one(engine: Engine, raw: dict) -> None:
+async def _recover_one(service: RunService, raw: dict[str, Any]) -> None:
     record = RunRecord.from_wire(raw)
-    task = engine.tasks.get(record.task_id)
+    task = service.tasks.get(record.task_id)
     if task is None:
-        await _crash(engine, record, f"task {record.task_id!r} is not registered on this engine")
+        await _crash(service, record, f"task {record.task_id!r} is not registered on this "
+                                      "engine")
     elif record.status is RunStatus.QUEUED and record.started_at is None:
-        await _resume(engine, record, task, next_attempt=False)
+        await _resume(service, record, task, next_attempt=False)
     elif record.attempt < task.retry.max_attempts:
-        await _resume(engine, record, task, next_attempt=True)
+        await _resume(service, record, task, next_attempt=True)
     else:
-        await _crash(engine, record, "the engine stopped while the run was live and it has "
-                                     "no retries left")
+        await _crash(service, record, "the engine stopped while the run was live and it has "
+                                      "no retries left")
 
 
-async def _resume(engine: Engine, record: RunRecord, task: Task[Any, Any], *,
+async def _resume(service: RunService, record: RunRecord, task: Task[Any, Any], *,
                   next_attempt: bool) -> None:
     """Start an actor for the run again, on top of what the store kept of it."""
-    store = engine.store
+    store = service.store
     states = await store.streams(record.id)
     seqs = await store.producer_seqs(record.id)
     records = await store.records(record.id)
     if next_attempt:
         record.attempt += 1
     if record.status is not RunStatus.QUEUED:
-        record.set_status(RunStatus.QUEUED, engine.clock())
+        record.set_status(RunStatus.QUEUED, service.clock())
     log.info("recovering run %s: attempt %d", record.id, record.attempt)
 
-    def prepare(actor: RunActor) -> None:
-        for key, state in states.items():
-            actor.streams[key] = OutputStream(key, length=state.length, nbytes=state.nbytes,
-                                              tail_limit=engine.limits.live_tail)
-        actor.seqs.update(seqs)
-        for key, stored in records.items():
-            box = actor.input(key)
-            box.count = len(stored)
-            box.keys.update({r.idempotency_key: r.index for r in stored if r.idempotency_key})
-        actor.touch()
+    def restore(actor: RunActor) -> None:
+        actor.restore(states, seqs, records)
 
-    await engine._start_actor(record, task, prepare)
+    await service.start_actor(record, task, restore)
 
 
-async def _crash(engine: Engine, record: RunRecord, why: str) -> None:
+async def _crash(service: RunService, record: RunRecord, why: str) -> None:
     """Mark the run ``CRASHED`` and end every one of its streams, in one batch."""
-    states = await engine.store.streams(record.id)
-    record.set_status(RunStatus.CRASHED, engine.clock())
+    states = await service.store.streams(record.id)
+    record.set_status(RunStatus.CRASHED, service.clock())
     record.error = {"type": "EngineRestart", "message": why}
     keys = set(states) | set(record.streams)
-    await engine.store.commit(Batch(runs=[record.to_store()],
-                                    ended=[(record.id, k) for k in sorted(keys)]))
+    await service.store.commit(Batch(runs=[record.to_store()],
+                                     ended=[(record.id, k) for k in sorted(keys)]))
     log.warning("run %s marked CRASHED: %s", record.id, why)

@@ -17,6 +17,8 @@ from typing import Any
 import attrs
 import trio
 
+from ._errors import StoreConfigError
+
 
 @attrs.define
 class ChunkAppend:
@@ -163,17 +165,17 @@ def open_store(url: str) -> Store:
     """Make the store for a URL: ``memory://``, ``sqlite:///path``.
 
     Raises:
-        ValueError: the URL's scheme is not supported.
+        StoreConfigError: the URL's scheme is not supported, or the URL is malformed.
     """
     if not isinstance(url, str):
         raise TypeError("store must be a URL string such as 'memory://' or 'sqlite:///runwire.db'")
     scheme = url.split(":", 1)[0]
     if scheme == "memory":
-        from ._memory_store import MemoryStore
+        from ._memory import MemoryStore
 
         return MemoryStore()
     if scheme == "sqlite":
-        from ._sqlite_store import SqliteStore
+        from ._sqlite import SqliteStore
 
         return SqliteStore.from_url(url)
-    raise ValueError(f"unsupported store URL {url!r}: use memory:// or sqlite:///path")
+    raise StoreConfigError(f"unsupported store URL {url!r}: use memory:// or sqlite:///path")

@@ -9,7 +9,8 @@ import trio
 
 from runwire.transport import json_bytes
 
-from ._store import Batch, Store, StoredRecord, StreamState
+from ._base import Batch, Store, StoredRecord, StreamState
+from ._errors import IndexGapError
 
 
 class _Stream:
@@ -67,7 +68,7 @@ class MemoryStore(Store):
                 stream = self._streams.get(app.run_id, {}).get(app.key)
                 lengths[where] = len(stream.items) if stream else 0
             if app.start != lengths[where]:
-                raise RuntimeError(f"chunk index gap in {app.run_id}/{app.key}: store has "
+                raise IndexGapError(f"chunk index gap in {app.run_id}/{app.key}: store has "
                                    f"{lengths[where]}, batch starts at {app.start}")
             lengths[where] += len(app.items)
 
@@ -85,6 +86,12 @@ class MemoryStore(Store):
         final = {"COMPLETED", "FAILED", "CANCELED", "CRASHED", "TIMED_OUT"}
         runs = (orjson.loads(r) for r in self._runs.values())
         return [r for r in runs if r["status"] not in final]
+
+    def chunks_now(self, run_id: str, key: str) -> list[bytes]:
+        """Every stored chunk of a stream, without a checkpoint (for tests that must look
+        while nothing else runs)."""
+        stream = self._streams.get(run_id, {}).get(key)
+        return list(stream.items) if stream else []
 
     async def read_chunks(self, run_id: str, key: str, start: int, limit: int) -> list[bytes]:
         await trio.lowlevel.checkpoint()

@@ -23,7 +23,7 @@ Theory of operation.
   thread once about ``CHECKPOINT_PAGES`` pages were written since the last one; writers
   never wait for it. A ``:memory:`` database has no disk and one connection, so everything
   on it runs on the trio thread.
-* **Group commit.** Every actor commits one :class:`~engine._store.Batch` per cycle. Callers
+* **Group commit.** Every actor commits one :class:`~runwire.engine.store.Batch` per cycle. Callers
   append their batch to a queue and take a fair ``trio.Lock``; whoever holds it writes
   *everything queued so far* as one transaction, so batches that arrive while a transaction
   is in flight ride together in the next one. An actor queues its staging function
@@ -88,7 +88,11 @@ from urllib.parse import parse_qs
 import orjson
 import trio
 
-from ._store import Batch, ChunkAppend, Store, StoredRecord, StreamState
+from ._base import Batch, ChunkAppend, Store, StoredRecord, StreamState
+from ._errors import (
+    IndexGapError, NotCompactError, StoreClosedError, StoreConfigError, StoreError,
+    StoreUnavailableError,
+)
 
 T = TypeVar("T")
 log = logging.getLogger("runwire.engine")
@@ -113,7 +117,7 @@ _PAGE_SIZE = 4096
 _SEP = b"\n"  # between the chunks of a page; never inside compact JSON
 #: What rolls back one batch and fails its caller (a gap, a bad chunk, a constraint);
 #: anything else fails the whole group.
-_REFUSED = (sqlite3.Error, RuntimeError, ValueError)
+_REFUSED = (sqlite3.Error, StoreError, RuntimeError, ValueError)
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS runs (
@@ -212,21 +216,21 @@ def parse_sqlite_url(url: str) -> tuple[str, dict[str, str]]:
     """
     prefix = "sqlite://"
     if not url.startswith(prefix):
-        raise ValueError(f"not a sqlite URL: {url!r}")
+        raise StoreConfigError(f"not a sqlite URL: {url!r}")
     rest, _, query = url[len(prefix):].partition("?")
     if not rest.startswith("/"):
-        raise ValueError(f"sqlite URL {url!r} names a host; use sqlite:///relative/path "
+        raise StoreConfigError(f"sqlite URL {url!r} names a host; use sqlite:///relative/path "
                          "or sqlite:////absolute/path")
     path = rest[1:]
     if not path:
-        raise ValueError(f"sqlite URL {url!r} has no file path, e.g. sqlite:///runwire.db")
+        raise StoreConfigError(f"sqlite URL {url!r} has no file path, e.g. sqlite:///runwire.db")
     options = {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
     unknown = set(options) - {"synchronous"}
     if unknown:
-        raise ValueError(f"unknown sqlite store options {sorted(unknown)} in {url!r}")
+        raise StoreConfigError(f"unknown sqlite store options {sorted(unknown)} in {url!r}")
     sync = options.get("synchronous", "normal").upper()
     if sync not in ("NORMAL", "FULL"):
-        raise ValueError(f"synchronous must be 'normal' or 'full', not {sync.lower()!r}")
+        raise StoreConfigError(f"synchronous must be 'normal' or 'full', not {sync.lower()!r}")
     options["synchronous"] = sync
     return path, options
 
@@ -328,7 +332,7 @@ class SqliteStore(Store):
         if self._writer is None or self._closed:
             async with self._open_lock:
                 if self._closed:
-                    raise trio.ClosedResourceError("the SQLite store is closed")
+                    raise StoreClosedError("the SQLite store is closed")
                 if self._writer is None:
                     await trio.to_thread.run_sync(self._open, limiter=self._write_limiter)
 
@@ -352,7 +356,7 @@ class SqliteStore(Store):
             for conn in opened:
                 conn.close()
             self._unlock()
-            raise OSError(f"cannot open SQLite store {self.path!r}: {exc}") from exc
+            raise StoreUnavailableError(f"cannot open SQLite store {self.path!r}: {exc}") from exc
         self._writer, self._reader = opened[0], opened[-1]
 
     def _connect(self, cache_kib: int) -> sqlite3.Connection:
@@ -491,7 +495,7 @@ class SqliteStore(Store):
 
     def _writing(self) -> sqlite3.Connection:
         if self._writer is None:  # closed between the call and its turn in the thread
-            raise trio.ClosedResourceError("the SQLite store is closed")
+            raise StoreClosedError("the SQLite store is closed")
         return self._writer
 
     def _write(self, group: list[_Pending]) -> None:
@@ -574,7 +578,7 @@ class SqliteStore(Store):
 
     def _reading(self) -> sqlite3.Connection:
         if self._reader is None:  # closed between the call and its turn in the thread
-            raise trio.ClosedResourceError("the SQLite store is closed")
+            raise StoreClosedError("the SQLite store is closed")
         return self._reader
 
     def _rows(self, sql: str, *params: Any) -> list[Any]:
@@ -683,7 +687,7 @@ def _append_chunks(conn: sqlite3.Connection, app: ChunkAppend,
     else:
         sid, length, nbytes = row
     if app.start != length:
-        raise RuntimeError(f"chunk index gap in {app.run_id}/{app.key}: store has {length}, "
+        raise IndexGapError(f"chunk index gap in {app.run_id}/{app.key}: store has {length}, "
                            f"batch starts at {app.start}")
     conn.executemany("INSERT INTO chunk_pages (sid, last, first, total, data) "
                      "VALUES (?, ?, ?, ?, ?)",
@@ -728,8 +732,8 @@ def _pages(sid: int, start: int, before: int, items: list[bytes],
     return rows
 
 
-def _not_compact() -> ValueError:
-    return ValueError("a chunk holds a raw newline byte: chunks must be compact JSON")
+def _not_compact() -> NotCompactError:
+    return NotCompactError("a chunk holds a raw newline byte: chunks must be compact JSON")
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
@@ -802,6 +806,6 @@ def _lock_file(path: str) -> int | None:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise OSError(errno.EBUSY, f"the SQLite store {path[:-5]!r} is in use by another "
-                      f"engine (lock file {path!r})") from None
+        raise StoreUnavailableError(errno.EBUSY, f"the SQLite store {path[:-5]!r} is in use by "
+                                    f"another engine (lock file {path!r})") from None
     return fd

@@ -50,7 +50,7 @@ class Sampler:
         rss, anon = rss_bytes(), rss_parts()["RssAnon"]
         self.peak = max(self.peak, rss)
         self.anon_peak = max(self.anon_peak, anon)
-        chunks = sum(s.length for a in self.engine.actors.values() for s in a.streams.values())
+        chunks = sum(s.length for run in self.engine.live_run_statistics() for s in run.streams.values())
         self.series.append((round(time.monotonic() - self._t0, 3), rss, chunks))
 
     async def run(self) -> None:

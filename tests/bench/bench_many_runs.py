@@ -84,8 +84,8 @@ async def wait_suspended(payload: Any) -> None:
 async def _settle(target: int, engine: Any, status: str) -> None:
     """Until ``target`` runs are parked with ``status`` and nothing has run for ``IDLE_S``
     (the store's threads included: a write finishing wakes the scheduler)."""
-    while parked < target or any(a.record.status.value != status
-                                 for a in engine.actors.values()):
+    while parked < target or any(run.status.value != status
+                                 for run in engine.live_run_statistics()):
         await trio.sleep(0.02)
     await trio.testing.wait_all_tasks_blocked(IDLE_S)
 
@@ -161,7 +161,7 @@ async def _runs(args: dict[str, Any]) -> dict[str, Any]:
             await eng.trigger(args["task"], None)
         await _settle(warm + n, eng, status)
         after = probe.now()
-        statuses = sorted({a.record.status.value for a in eng.actors.values()})
+        statuses = sorted({run.status.value for run in eng.live_run_statistics()})
         _done({"per_run": (after - before) / n, "runs": n, "top": probe.top(n),
                "statuses": statuses})
 

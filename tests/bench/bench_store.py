@@ -36,7 +36,7 @@ from typing import Any
 import trio
 
 from runwire.engine import open_engine, open_store
-from runwire.engine._store import Batch, ChunkAppend
+from runwire.engine.store import Batch, ChunkAppend
 from runwire import streams, task
 
 from ._harness import REPO, percentile

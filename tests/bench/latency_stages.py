@@ -125,7 +125,9 @@ def _instrument(marks: dict[str, list[float]]) -> None:
     """Wrap the engine's stages (this process only) to note each chunk's time since stamp."""
     import orjson
 
-    from runwire.engine import _actor, _session, _sqlite_store
+    from runwire.engine.door import _session
+    from runwire.engine.run import _actor
+    from runwire.engine.store import _sqlite as _sqlite_store
     from runwire.transport import Chunks, Connection
 
     def since(stamp: int) -> float:

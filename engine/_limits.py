@@ -1,0 +1,47 @@
+"""Every limit the engine enforces, in one frozen value that each layer reads.
+
+Below every layer of the engine (door, service, run and store all read it; it imports none
+of them). ``docs/security.md`` lists each limit with its default and the error a client gets.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+MiB = 1024 * 1024
+DAY = 86400.0
+
+#: Chunks a producer buffers before ``put`` waits for the run's commit cycle.
+PRODUCER_HIGH_WATER = 8192
+
+
+@attrs.frozen
+class Limits:
+    """Every limit the engine enforces (all configurable through ``open_engine(limits=...)``).
+
+    ``docs/security.md`` lists each with its default and the error a client gets. The rates
+    are token buckets per credential: ``*_rate`` requests per second on average, bursts of
+    up to ``*_burst``; a rate of ``None`` turns that limit off.
+    """
+
+    max_stream_bytes: int = 300 * MiB
+    max_record_bytes: int = 1 * MiB
+    max_chunk_bytes: int = 1 * MiB
+    max_payload_bytes: int = 3 * MiB
+    max_message_bytes: int = 16 * MiB
+    frame_items: int = 1024
+    frame_bytes: int = 1 * MiB
+    live_tail: int = PRODUCER_HIGH_WATER  # >= it, so live readers stay in memory
+    mailbox_size: int = 1024
+    retention: float = 28 * DAY
+    sweep_interval: float = 3600.0
+    max_connections: int = 1024
+    max_requests_per_connection: int = 1024
+    handshake_timeout: float = 10.0
+    trigger_rate: float | None = 100.0
+    trigger_burst: int = 1000
+    send_rate: float | None = 1000.0
+    send_burst: int = 10000
+    rate_limit_api_key: bool = False
+    max_token_lifetime: float = 30 * DAY
+    max_key_chars: int = 256

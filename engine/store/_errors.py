@@ -1,0 +1,31 @@
+"""The errors a Store raises: one family, so a caller can tell the store's refusals apart."""
+
+from __future__ import annotations
+
+import trio
+
+
+class StoreError(Exception):
+    """Base of every error a store raises on purpose."""
+
+
+class StoreConfigError(StoreError, ValueError):
+    """A store URL or option that cannot work (unknown scheme, no path, unknown option)."""
+
+
+class StoreUnavailableError(StoreError, OSError):
+    """The store cannot be opened: a file that cannot be created or read, a database that
+    another engine holds, a schema written by a newer runwire."""
+
+
+class StoreClosedError(StoreError, trio.ClosedResourceError):
+    """The store was closed (``aclose``) and takes no more calls."""
+
+
+class IndexGapError(StoreError):
+    """A batch does not continue its stream where the store has it: chunks would be lost or
+    stored twice. Only a bug in the writer causes it; the batch is refused whole."""
+
+
+class NotCompactError(StoreError, ValueError):
+    """A chunk that is not compact JSON (it holds a raw newline byte); the batch is refused."""
