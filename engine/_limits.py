@@ -31,7 +31,8 @@ class Limits:
     max_message_bytes: int = 16 * MiB
     frame_items: int = 1024
     frame_bytes: int = 1 * MiB
-    live_tail: int = PRODUCER_HIGH_WATER  # >= it, so live readers stay in memory
+    producer_buffer: int = PRODUCER_HIGH_WATER  # chunks a producer buffers before put waits
+    live_tail: int = PRODUCER_HIGH_WATER  # >= producer_buffer, so live readers stay in memory
     mailbox_size: int = 1024
     retention: float = 28 * DAY
     sweep_interval: float = 3600.0

@@ -79,7 +79,9 @@ class InputChannel(Protocol):
 class RunBackend(Backend, Protocol):
     """A :class:`Backend` that is also inside a run."""
 
-    context: RunContext
+    @property
+    def context(self) -> RunContext:
+        """The current attempt's context."""
 
     def input(self, key: str) -> InputChannel: ...
     def metadata_get(self, key: str) -> Any: ...

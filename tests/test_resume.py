@@ -426,7 +426,7 @@ async def test_batch_trigger_with_a_key_starts_one_run_per_payload() -> None:
 
 
 async def test_leaving_a_read_early_cancels_it_on_the_engine() -> None:
-    from runwire._client import open_client
+    from runwire.runtime import open_client
     from runwire.transport import Cancel, memory_connection_pair
 
     cancels: list[int] = []
@@ -435,7 +435,7 @@ async def test_leaving_a_read_early_cancels_it_on_the_engine() -> None:
         async with open_engine(TASKS, api_key=API_KEY) as eng:
             async def connector(nursery: trio.Nursery):
                 client_end, engine_end = memory_connection_pair()
-                eng._nursery.start_soon(eng.serve_connection, engine_end)
+                nursery.start_soon(eng.serve_connection, engine_end)
                 send = client_end.send
 
                 async def spy(frame):

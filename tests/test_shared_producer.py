@@ -1,8 +1,8 @@
 """Several tasks writing through one producer (a writer and its merges) all make progress."""
 
-import runwire.engine.run._streams as engine_streams
 import runwire._client as sdk_client
 from runwire import RunStatus, streams, task
+from runwire.engine import Limits
 
 from .helpers import final, finish, serve, until_go
 
@@ -21,9 +21,9 @@ async def merging_writer(payload):
     await out.writer(execute=_write_and_merge).wait_until_complete()
 
 
-async def test_merges_into_one_engine_producer_all_finish(monkeypatch, autojump_clock):
-    monkeypatch.setattr(engine_streams, "PRODUCER_HIGH_WATER", 10)  # every put waits
-    async with serve([merging_writer], time_limit=600):
+async def test_merges_into_one_engine_producer_all_finish(autojump_clock):
+    limits = Limits(producer_buffer=10)  # every put waits
+    async with serve([merging_writer], time_limit=600, limits=limits):
         handle = await merging_writer.trigger({})
         run = await final(handle.id)
         chunks = await (await out.read(handle.id)).collect()

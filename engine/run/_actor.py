@@ -19,6 +19,7 @@ becomes the run's ``CRASHED`` status; it never reaches the engine.
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 from collections.abc import Callable
@@ -623,7 +624,7 @@ class RunActor:
             if items:
                 stage.taken += len(items)
                 _, err = stage.chunks(producer.key, items)
-                stage.after.append(lambda p=producer, n=len(items), e=err: p.settled(n, e))
+                stage.after.append(functools.partial(producer.settled, len(items), err))
         for message in messages:
             self._stage_message(stage, message)
         if self._run_dirty:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -48,7 +48,17 @@ class RunBackend:
     def __init__(self, actor: RunActor, services: RunServices) -> None:
         self.actor = actor
         self.services = services
-        self.context: RunContext | None = None
+        self._context: RunContext | None = None
+
+    @property
+    def context(self) -> RunContext:
+        """The current attempt's context."""
+        assert self._context is not None, "set by the actor before the task runs"
+        return self._context
+
+    @context.setter
+    def context(self, context: RunContext) -> None:
+        self._context = context
 
     # --- streams -------------------------------------------------------------------------
 
@@ -76,7 +86,7 @@ class RunBackend:
         self.actor.spawn_handler(fn)
 
     async def read(self, run_id: str, key: str, start: int,
-                   timeout: float | None) -> AsyncIterator[list[Any]]:
+                   timeout: float | None) -> AsyncGenerator[list[Any], None]:
         reader = await self.services.open_reader(run_id, key, start)
         while True:
             batch = await reader.next_batch(timeout)

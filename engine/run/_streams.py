@@ -27,8 +27,6 @@ import trio
 
 from runwire.runtime import TIMED_OUT
 
-from .._limits import PRODUCER_HIGH_WATER
-
 if TYPE_CHECKING:
     from ._actor import RunActor
 
@@ -147,6 +145,7 @@ class Producer:
     def __init__(self, actor: RunActor, key: str) -> None:
         self.actor = actor
         self.key = key
+        self._high_water = actor.env.limits.producer_buffer
         self.buffer: list[Any] = []
         self.error: BaseException | None = None
         self._put = 0
@@ -193,7 +192,7 @@ class Producer:
         self._progress = trio.Event()
 
     async def _below_high_water(self) -> None:
-        while len(self.buffer) >= PRODUCER_HIGH_WATER and self.error is None:
+        while len(self.buffer) >= self._high_water and self.error is None:
             await self._progress.wait()
 
     async def flush(self) -> None:

@@ -683,6 +683,7 @@ def _append_chunks(conn: sqlite3.Connection, app: ChunkAppend,
     if row is None:
         sid = conn.execute("INSERT INTO streams (run_id, key) VALUES (?, ?)",
                            (app.run_id, app.key)).lastrowid
+        assert sid is not None  # an INSERT into a rowid table
         length = nbytes = 0
     else:
         sid, length, nbytes = row
