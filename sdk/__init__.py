@@ -4,6 +4,7 @@ from ._version import __version__ as __version__
 
 from ._auth import auth as auth
 from ._client import Client as Client
+from ._client import ClientStatistics as ClientStatistics
 from ._client import connect as connect
 from ._errors import BadFrameError as BadFrameError
 from ._errors import ForbiddenError as ForbiddenError

@@ -42,6 +42,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import attrs
 import orjson
 import trio
 
@@ -140,6 +141,10 @@ class _Inbox:
     def pending(self) -> bool:
         """Something to get."""
         return bool(self._items)
+
+    def items(self) -> tuple[Frame | _Signal, ...]:
+        """What waits to be got."""
+        return tuple(self._items)
 
     def put(self, frame: Frame) -> bool:
         """Keep ``frame``; ``True`` asks the router to cancel the request on the engine."""
@@ -316,6 +321,21 @@ async def _nursery_task(*, task_status: trio.TaskStatus[trio.Nursery] = trio.TAS
         await trio.sleep_forever()
 
 
+@attrs.frozen
+class ClientStatistics:
+    """What a client holds now.
+
+    Attributes:
+        open_requests: requests waiting for their answer or their end (reads included).
+        buffered_chunks: chunks received for reads whose consumers have not taken them yet.
+        background_tasks: the client's own tasks (the connection's, producers' flushes).
+    """
+
+    open_requests: int
+    buffered_chunks: int
+    background_tasks: int
+
+
 class Client:
     """A connection to an engine; use :func:`connect` or ``engine.connect()`` to get one.
 
@@ -325,6 +345,8 @@ class Client:
         token: the API key or a public access token.
         reconnect_timeout: seconds the engine may stay unreachable before calls fail.
         connect_timeout: seconds one connection attempt (up to ``welcome``) may take.
+        producer_buffer: chunks a producer (``pipe``, ``append``, ``writer`` with
+            ``target=``) buffers before it waits for the engine's acknowledgements.
 
     Attributes:
         random: where the jitter of reconnect pauses comes from (seed it to replay one).
@@ -332,9 +354,14 @@ class Client:
     """
 
     def __init__(self, connector: Connector, token: str, *, reconnect_timeout: float = 60.0,
-                 connect_timeout: float = 10.0) -> None:
+                 connect_timeout: float = 10.0,
+                 producer_buffer: int = PRODUCER_HIGH_WATER) -> None:
         if not isinstance(reconnect_timeout, (int, float)) or reconnect_timeout < 0:
             raise ValueError("reconnect_timeout must be a number of seconds >= 0")
+        if isinstance(producer_buffer, bool) or not isinstance(producer_buffer, int) \
+                or producer_buffer < 1:
+            raise ValueError("producer_buffer must be a whole number of chunks >= 1")
+        self.producer_buffer = producer_buffer
         self._connector = connector
         self._token = token
         self.reconnect_timeout = float(reconnect_timeout)
@@ -349,6 +376,14 @@ class Client:
         self._inboxes: dict[int, _Inbox] = {}
         self._next_id = 0
         self.welcome: Welcome | None = None
+
+    def statistics(self) -> ClientStatistics:
+        """Counts for tests and monitoring."""
+        buffered = sum(len(item.items) for inbox in self._inboxes.values()
+                       for item in inbox.items() if isinstance(item, Chunks))
+        tasks = len(self._nursery.child_tasks) if self._nursery is not None else 0
+        return ClientStatistics(open_requests=len(self._inboxes), buffered_chunks=buffered,
+                                background_tasks=tasks)
 
     # --- connection ------------------------------------------------------------------------
 
@@ -843,7 +878,7 @@ class _ClientProducer:
         await trio.lowlevel.checkpoint()
 
     async def _below_high_water(self) -> None:
-        while len(self._buffer) >= PRODUCER_HIGH_WATER and self._error is None:
+        while len(self._buffer) >= self._client.producer_buffer and self._error is None:
             await self._progress.wait()
 
     def _advance(self) -> None:
@@ -907,10 +942,11 @@ def _ws_url(url: str) -> str:
 
 @asynccontextmanager
 async def open_client(connector: Connector, token: str, *, reconnect_timeout: float = 60.0,
-                      connect_timeout: float = 10.0) -> AsyncIterator[Client]:
+                      connect_timeout: float = 10.0,
+                      producer_buffer: int = PRODUCER_HIGH_WATER) -> AsyncIterator[Client]:
     """Run a :class:`Client` over ``connector`` for the duration of the block."""
     client = Client(connector, token, reconnect_timeout=reconnect_timeout,
-                    connect_timeout=connect_timeout)
+                    connect_timeout=connect_timeout, producer_buffer=producer_buffer)
     with collapse_exception_groups():
         async with trio.open_nursery() as nursery:
             client._nursery = nursery
@@ -928,7 +964,8 @@ async def open_client(connector: Connector, token: str, *, reconnect_timeout: fl
 @asynccontextmanager
 async def connect(url: str, api_key: str | None = None, *, access_token: str | None = None,
                   reconnect_timeout: float = 60.0, connect_timeout: float = 10.0,
-                  max_message_size: int = 64 * 1024 * 1024) -> AsyncIterator[Client]:
+                  max_message_size: int = 64 * 1024 * 1024,
+                  producer_buffer: int = PRODUCER_HIGH_WATER) -> AsyncIterator[Client]:
     """Connect to an engine at ``url`` with an API key or a public access token.
 
     Inside the block, SDK calls (``tasks.trigger``, ``streams.read``, ``runs.retrieve`` ...)
@@ -942,6 +979,7 @@ async def connect(url: str, api_key: str | None = None, *, access_token: str | N
             with :class:`ConnectionError`.
         connect_timeout: seconds one connection attempt may take.
         max_message_size: largest message accepted from the engine.
+        producer_buffer: chunks a producer with ``target=`` buffers before it waits.
 
     Raises:
         UnauthorizedError: the credential was refused.
@@ -958,7 +996,8 @@ async def connect(url: str, api_key: str | None = None, *, access_token: str | N
 
     try:
         async with open_client(connector, token, reconnect_timeout=reconnect_timeout,
-                               connect_timeout=connect_timeout) as client:
+                               connect_timeout=connect_timeout,
+                               producer_buffer=producer_buffer) as client:
             yield client
     except ConnectionBroken as exc:
         raise ConnectionError(str(exc)) from exc

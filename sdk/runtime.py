@@ -196,18 +196,20 @@ def collapse_exception_groups() -> Iterator[None]:
             del inner, context
 
 
-def open_client(connector: Connector, token: str,
-                **options: float) -> contextlib.AbstractAsyncContextManager[Client]:
+def open_client(connector: Connector, token: str, *, reconnect_timeout: float = 60.0,
+                connect_timeout: float = 10.0, producer_buffer: int = 8192,
+                ) -> contextlib.AbstractAsyncContextManager[Client]:
     """A :class:`~runwire.Client` over ``connector`` for an ``async with`` block.
 
     For an engine's in-process clients: ``connector(nursery)`` returns a connected
     :class:`runwire.transport.Connection` (for example one end of
-    :func:`runwire.transport.memory_connection_pair`). ``options`` are those of
-    :func:`runwire.connect` (``reconnect_timeout``, ``connect_timeout``).
+    :func:`runwire.transport.memory_connection_pair`). The options are those of
+    :func:`runwire.connect`.
     """
     from ._client import open_client as _open_client  # the client imports this module
 
-    return _open_client(connector, token, **options)
+    return _open_client(connector, token, reconnect_timeout=reconnect_timeout,
+                        connect_timeout=connect_timeout, producer_buffer=producer_buffer)
 
 
 def tasks_in(module: object) -> list[Task[Any, Any]]:

@@ -37,16 +37,20 @@ def bounded(seconds: float) -> Callable[[Callable[..., Awaitable[None]]], Any]:
 
 @asynccontextmanager
 async def serve(tasks: Any, transport: str = "memory", *, time_limit: float = 86400.0,
+                producer_buffer: int | None = None,
                 **engine_options: Any) -> AsyncIterator[Engine]:
     """An engine with ``tasks`` and a client bound for SDK calls (in-process or websocket).
 
     The block fails after ``time_limit`` seconds of (mock) time: a hang becomes a failure.
+    ``producer_buffer`` is the websocket client's (see ``connect``).
     """
     port = 0 if transport == "ws" else None
+    client_options = {} if producer_buffer is None else {"producer_buffer": producer_buffer}
     with trio.fail_after(time_limit):
         async with open_engine(tasks, api_key=API_KEY, port=port, **engine_options) as eng:
             if transport == "ws":
-                async with connect(eng.url, api_key=API_KEY):
+                assert eng.url is not None
+                async with connect(eng.url, api_key=API_KEY, **client_options):
                     yield eng
             else:
                 async with eng.connect():

@@ -20,7 +20,6 @@ from runwire.engine import Limits
 from runwire.engine.store import MemoryStore
 from runwire import streams, task
 from runwire._client import READ_BUFFER
-from runwire.transport import Chunks
 
 from .helpers import API_KEY
 from .faultproxy import open_fault_proxy
@@ -63,8 +62,7 @@ class CountingStore(MemoryStore):
 
 def _buffered(client: Any) -> int:
     """Chunks waiting in the client's inboxes for a consumer."""
-    return sum(len(f.items) for inbox in client._inboxes.values()
-               for f in inbox._items if isinstance(f, Chunks))
+    return client.statistics().buffered_chunks
 
 
 async def test_a_slow_consumer_pauses_its_read_and_is_fed_from_the_store(autojump_clock):

@@ -15,7 +15,7 @@ PUBLIC = {
         "RunFinishedError", "PayloadTooLargeError", "StreamTooLargeError", "BadFrameError",
         "UnknownTaskError", "InvalidPayloadError", "RateLimitedError", "InternalError",
         "StreamTimeoutError", "InputStreamTimeoutError", "TaskRunError", "OutsideRunError",
-        "auth", "__version__",
+        "auth", "__version__", "ClientStatistics",
     },
     "runwire.engine": {
         "open_engine", "Engine", "ServingEngine", "EngineStatistics", "Limits", "Store",

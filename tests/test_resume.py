@@ -311,11 +311,11 @@ async def test_no_tasks_pile_up_across_reconnects_or_outlive_connect() -> None:
             before = _task_count()
             async with runwire.connect(proxy.url, api_key=API_KEY) as client:
                 handle = await sink.trigger({})
-                baseline = len(client._nursery.child_tasks)
+                baseline = client.statistics().background_tasks
                 for _ in range(10):
                     proxy.cut_all()
                     await runwire.runs.retrieve(handle.id)
-                assert len(client._nursery.child_tasks) == baseline
+                assert client.statistics().background_tasks == baseline
                 await done.send(handle.id, "finish")
             await trio.testing.wait_all_tasks_blocked()
             assert _task_count() <= before

@@ -1,6 +1,5 @@
 """Several tasks writing through one producer (a writer and its merges) all make progress."""
 
-import runwire._client as sdk_client
 from runwire import RunStatus, streams, task
 from runwire.engine import Limits
 
@@ -36,9 +35,8 @@ async def holder(payload):
     await until_go()
 
 
-async def test_merges_into_one_client_producer_all_finish(monkeypatch, autojump_clock):
-    monkeypatch.setattr(sdk_client, "PRODUCER_HIGH_WATER", 10)  # every put waits
-    async with serve([holder], "ws", time_limit=600):
+async def test_merges_into_one_client_producer_all_finish(autojump_clock):
+    async with serve([holder], "ws", time_limit=600, producer_buffer=10):  # every put waits
         handle = await holder.trigger({})
         await out.writer(execute=_write_and_merge,
                          target=handle.id).wait_until_complete()
