@@ -20,6 +20,7 @@ from ._errors import RunwireError as RunwireError
 from ._errors import StreamTimeoutError as StreamTimeoutError
 from ._errors import StreamTooLargeError as StreamTooLargeError
 from ._errors import TaskRunError as TaskRunError
+from ._errors import TeeOverflowError as TeeOverflowError
 from ._errors import UnauthorizedError as UnauthorizedError
 from ._errors import UnknownTaskError as UnknownTaskError
 from ._inputs import InputStreamDef as InputStreamDef
@@ -27,6 +28,7 @@ from ._inputs import Subscription as Subscription
 from ._logger import logger as logger
 from ._metadata import metadata as metadata
 from ._models import InputResult as InputResult
+from ._models import PendingResult as PendingResult
 from ._models import Queue as Queue
 from ._models import RetryPolicy as RetryPolicy
 from ._models import Run as Run
@@ -39,6 +41,7 @@ from ._models import TaskRunResult as TaskRunResult
 from ._runs import RunPart as RunPart
 from ._runs import RunSubscription as RunSubscription
 from ._runs import runs as runs
+from ._streams import AppendResult as AppendResult
 from ._streams import PipeResult as PipeResult
 from ._streams import StreamDef as StreamDef
 from ._streams import StreamReader as StreamReader

@@ -717,11 +717,9 @@ class Client:
         handle = await self.trigger(task_id, payload, options)
         return await self.wait_for_run(handle.id)
 
-    async def batch_trigger_and_wait(self, task_id: str, payloads: list[Any],
-                                     options: dict[str, Any]) -> list[TaskRunResult[Any]]:
-        key = options.get("idempotency_key")
-        handles = [await self.trigger(task_id, p, _item_options(options, key, i))
-                   for i, p in enumerate(payloads)]
+    async def batch_trigger_and_wait(self, task_id: str, items: list[tuple[Any, dict[str, Any]]],
+                                     ) -> list[TaskRunResult[Any]]:
+        handles = [await self.trigger(task_id, p, o) for p, o in items]
         results: list[TaskRunResult[Any] | None] = [None] * len(handles)
 
         async def one(i: int, run_id: str) -> None:
@@ -810,13 +808,6 @@ def _reissuable(frame: Frame) -> bool:
     if isinstance(frame, Trigger):
         return frame.options.get("idempotency_key") is not None
     return True  # reads of state, appends (numbered), cancel_run (see Client.cancel_run)
-
-
-def _item_options(options: dict[str, Any], key: str | None, index: int) -> dict[str, Any]:
-    """Options for item ``index`` of a batch: a key given for the batch becomes one per item."""
-    if key is None:
-        return options
-    return {**options, "idempotency_key": f"{key}:{index}"}
 
 
 class _ClientProducer:

@@ -2,6 +2,12 @@
 
 Plain JSON values pass through; attrs classes, dataclasses, enums and datetimes are
 unstructured by cattrs. Structuring into a declared type reports the path of the bad field.
+
+Strict: structuring never coerces. A ``str`` field takes only a string (not ``42``, not
+``None``, not a dict), an ``int`` only an integer (not ``1.9``, not ``True``, not ``"1"``),
+a ``float`` an integer or a float (not a bool), a ``bool`` only a bool; an attrs class or
+dataclass refuses keys it does not declare. :func:`check_json` is what every typed writer
+calls before anything leaves the caller.
 """
 
 from __future__ import annotations
@@ -16,13 +22,93 @@ from runwire.transport import json_bytes as json_bytes
 from runwire.transport import json_bytes_many as json_bytes_many
 from runwire.transport import json_bytes_within as json_bytes_within
 
-from ._errors import InvalidPayloadError
+from ._errors import InvalidPayloadError, RunwireError, TaskRunError, error_from_code
 
 T = TypeVar("T")
 
-converter = make_converter()
+converter = make_converter(forbid_extra_keys=True)
+
+
+def _strict_str(value: Any, _: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, not {type(value).__name__}")
+    return value
+
+
+def _strict_int(value: Any, _: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"expected an integer, not {type(value).__name__}")
+    return int(value)
+
+
+def _strict_float(value: Any, _: Any) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise TypeError(f"expected a number, not {type(value).__name__}")
+    return float(value)
+
+
+def _strict_bool(value: Any, _: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"expected a bool, not {type(value).__name__}")
+    return value
+
+
+def _unstructure_error(error: RunwireError) -> dict[str, Any]:
+    """An error as JSON (a ``TaskRunResult`` of a failed child is returned by its parent)."""
+    data: dict[str, Any] = {"code": error.code, "message": error.message}
+    if isinstance(error, TaskRunError):
+        data.update(type=error.remote_type, run_id=error.run_id)
+    else:
+        data["type"] = type(error).__name__
+    return data
+
+
+def _structure_error(value: Any, _: Any) -> RunwireError:
+    if not isinstance(value, dict) or not isinstance(value.get("message", ""), str):
+        raise TypeError("expected an error object with a 'message'")
+    code, message = value.get("code", "task_failed"), value.get("message", "")
+    if code == "task_failed":
+        return TaskRunError(message, remote_type=str(value.get("type", "Error")),
+                            run_id=str(value.get("run_id", "")))
+    return error_from_code(str(code), message)
+
+
+def _is_error(cls: Any) -> bool:
+    return isinstance(cls, type) and issubclass(cls, RunwireError)
+
+
+converter.register_unstructure_hook_func(_is_error, _unstructure_error)
+converter.register_structure_hook_func(_is_error, _structure_error)
+
+# cattrs' defaults call str()/int()/float()/bool() on whatever comes: 42 -> "42", 1.9 -> 1
+def _strict(base: type[Any], check: Any) -> Any:
+    """The hook for ``base``; its subclasses (a str or int enum) are built from the value."""
+    def hook(value: Any, cls: Any) -> Any:
+        if cls is not base and cls is not None:
+            return cls(value)  # what cattrs does for an enum: an unknown value raises
+        return check(value, cls)
+    return hook
+
+
+for _cls, _check in ((str, _strict_str), (int, _strict_int), (float, _strict_float),
+                     (bool, _strict_bool)):
+    converter.register_structure_hook(_cls, _strict(_cls, _check))
 
 _PLAIN = (str, int, float, bool, type(None))
+
+
+def check_json(value: Any, cls: Any, what: str = "value") -> Any:
+    """The JSON-ready form of ``value``, checked against ``cls`` (a typed writer's check).
+
+    The value is unstructured, then structured into ``cls`` strictly; nothing is coerced.
+
+    Raises:
+        InvalidPayloadError: the value does not fit ``cls``; the message names the field.
+    """
+    data = to_json(value)
+    if not _untyped(cls):
+        from_json(data, cls, what)
+    return data
 
 
 def to_json(value: Any) -> Any:

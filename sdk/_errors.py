@@ -96,6 +96,12 @@ class InputStreamTimeoutError(RunwireError, TimeoutError):
     code = "timeout"
 
 
+class TeeOverflowError(RunwireError):
+    """A pipe's ``.stream`` consumer fell more than ``TEE_BUFFER`` chunks behind."""
+
+    code = "tee_overflow"
+
+
 class TaskRunError(RunwireError):
     """A run failed; ``remote_type`` is the name of the exception the task raised."""
 

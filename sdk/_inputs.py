@@ -13,10 +13,10 @@ import builtins
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar, overload
 
-from ._convert import from_json, to_json
+from ._convert import check_json, from_json
 from ._duration import parse_duration
 from ._errors import InputStreamTimeoutError, InvalidPayloadError
-from ._models import InputResult
+from ._models import InputResult, PendingResult
 from ._streams import _check_key
 from .runtime import TIMED_OUT, current_backend, require_run
 
@@ -59,6 +59,15 @@ class InputStreamDef(Generic[T]):
     def _decode(self, value: Any) -> T:
         return from_json(value, self.type, self._what)
 
+    def _channel(self, what: str) -> Any:
+        """The run's channel for this stream, told the record type: the engine then refuses
+        a record that does not fit (``invalid_payload`` to its sender) before it is stored
+        or reaches a waiter, whoever sent it."""
+        channel = require_run(f"{self.id}.{what}()").input(self.id)
+        if self.type is not None:
+            channel.declare(self._decode)
+        return channel
+
     def on(self, handler: Callable[[T], object], *, fail_run: bool = False) -> Subscription:
         """Call ``handler`` (sync or async) for every record, in order, in the run's nursery.
 
@@ -68,33 +77,45 @@ class InputStreamDef(Generic[T]):
         if not callable(handler):
             raise TypeError("on() needs a callable handler")
         decode = self._decode
-        channel = require_run(f"{self.id}.on()").input(self.id)
+        channel = self._channel("on")
         return Subscription(channel.on(lambda raw: handler(decode(raw)), fail_run))
 
-    async def once(self, timeout_ms: float | None = None) -> InputResult[T]:
-        """The next record, or ``ok=False`` with :class:`InputStreamTimeoutError`."""
+    def once(self, timeout_ms: float | None = None) -> PendingResult[T]:
+        """The next record, or ``ok=False`` with :class:`InputStreamTimeoutError`.
+
+        Await it for the :class:`InputResult`, or ``await ....unwrap()`` for the record.
+        """
         if timeout_ms is not None and (isinstance(timeout_ms, bool)
                                        or not isinstance(timeout_ms, (int, float))
                                        or timeout_ms < 0):
             raise ValueError("timeout_ms must be a number >= 0 or None")
-        channel = require_run(f"{self.id}.once()").input(self.id)
+        channel = self._channel("once")
         timeout = None if timeout_ms is None else timeout_ms / 1000.0
-        return self._result(await channel.once(timeout), timeout_ms, "ms")
 
-    async def wait(self, timeout: float | str | None = "7d", idempotency_key: str | None = None,
-                   idempotency_key_ttl: float | str | None = None,
-                   tags: list[str] | None = None) -> InputResult[T]:
+        async def result() -> InputResult[T]:
+            return self._result(await channel.once(timeout), timeout_ms, "ms")
+
+        return PendingResult(result)
+
+    def wait(self, timeout: float | str | None = "7d", idempotency_key: str | None = None,
+             idempotency_key_ttl: float | str | None = None,
+             tags: list[str] | None = None) -> PendingResult[T]:
         """Like :meth:`once`, but the run is ``WAITING`` and gives its queue slot back.
 
         With ``idempotency_key``, a retried attempt gets the record the first attempt got.
+        Await it for the :class:`InputResult`, or ``await approval.wait(...).unwrap()``.
         """
         seconds = parse_duration(timeout, "timeout")
         ttl = parse_duration(idempotency_key_ttl, "idempotency_key_ttl")
         if idempotency_key is not None and not isinstance(idempotency_key, str):
             raise TypeError("idempotency_key must be a string")
-        channel = require_run(f"{self.id}.wait()").input(self.id)
-        raw = await channel.wait(seconds, idempotency_key, ttl)
-        return self._result(raw, timeout, "")
+        channel = self._channel("wait")
+
+        async def result() -> InputResult[T]:
+            raw = await channel.wait(seconds, idempotency_key, ttl)
+            return self._result(raw, timeout, "")
+
+        return PendingResult(result)
 
     def _result(self, raw: Any, timeout: float | str | None, unit: str) -> InputResult[T]:
         if raw is TIMED_OUT:
@@ -108,13 +129,19 @@ class InputStreamDef(Generic[T]):
 
     def peek(self) -> T | None:
         """The most recent record received, or ``None``; never waits."""
-        raw = require_run(f"{self.id}.peek()").input(self.id).peek()
+        raw = self._channel("peek").peek()
         return None if raw is None else self._decode(raw)
 
     async def send(self, run_id: str, data: T, *, idempotency_key: str | None = None) -> None:
-        """Send one record to this input stream of ``run_id``; returns once it is stored."""
+        """Send one record to this input stream of ``run_id``; returns once it is stored.
+
+        Raises:
+            InvalidPayloadError: ``data`` does not fit the stream's type (checked here,
+                strictly; nothing is sent, a waiting ``wait()`` is untouched).
+        """
         if not isinstance(run_id, str) or not run_id:
             raise TypeError("run_id must be a non-empty string")
         if idempotency_key is not None and not isinstance(idempotency_key, str):
             raise TypeError("idempotency_key must be a string")
-        await current_backend().send(run_id, self.id, to_json(data), idempotency_key)
+        data_json = check_json(data, self.type, self._what)
+        await current_backend().send(run_id, self.id, data_json, idempotency_key)

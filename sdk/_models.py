@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Awaitable, Callable, Generator
 from typing import Any, Generic, TypeVar, cast
 
 import attrs
@@ -132,6 +133,40 @@ class InputResult(Generic[T]):
             assert self.error is not None
             raise self.error
         return cast(T, self.output)  # ok: ``output`` is the T (which may itself be None)
+
+
+class PendingResult(Generic[T]):
+    """What ``wait``/``once``/``wait.for_token`` return: await it for the
+    :class:`InputResult`, or await ``.unwrap()`` for the value itself::
+
+        result = await approval.wait(timeout="1h")        # InputResult[Approval]
+        decision = await approval.wait(timeout="1h").unwrap()   # Approval, or raises
+
+    Nothing happens until it is awaited (arguments are checked at the call); it may be
+    awaited once.
+    """
+
+    __slots__ = ("_make", "_used")
+
+    def __init__(self, make: Callable[[], Awaitable[InputResult[T]]]) -> None:
+        self._make = make
+        self._used = False
+
+    def _start(self) -> Awaitable[InputResult[T]]:
+        if self._used:
+            raise RuntimeError("this wait was awaited already; call wait() again")
+        self._used = True
+        return self._make()
+
+    def __await__(self) -> Generator[Any, None, InputResult[T]]:
+        return self._result().__await__()
+
+    async def _result(self) -> InputResult[T]:
+        return await self._start()
+
+    async def unwrap(self) -> T:
+        """The value, or raise the error (for example :class:`InputStreamTimeoutError`)."""
+        return (await self._start()).unwrap()
 
 
 @attrs.frozen

@@ -16,13 +16,15 @@ import inspect
 import itertools
 import weakref
 from collections.abc import (
-    AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence,
+    AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable, Generator, Iterable,
+    Sequence,
 )
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, Union, overload
 
 import trio
 
-from ._convert import from_json_many, to_json, to_json_many
+from ._convert import _PLAIN, check_json, from_json_many, to_json, to_json_many
+from ._errors import InvalidPayloadError, TeeOverflowError
 from .runtime import Backend, Completion, ProducerSink, current_backend
 
 if TYPE_CHECKING:
@@ -34,6 +36,13 @@ T = TypeVar("T")
 DEFAULT_KEY = "default"
 #: Chunks a pipe takes from a sync source per put.
 PIPE_SLICE = 256
+#: Chunks a pipe's ``.stream`` keeps for a consumer that has not read them yet. Past it the
+#: oldest are dropped (from the tee only: the stream stores every chunk, and the pipe never
+#: waits for the tee), and the consumer's next step raises :class:`TeeOverflowError`.
+TEE_BUFFER = 10_000
+#: Streams whose ``append`` producer a backend keeps (one per target run and key, so
+#: appends keep their order even when nobody awaits them).
+APPENDERS_PER_BACKEND = 256
 
 #: What ``pipe`` and ``merge`` take: any async or sync iterable of chunks.
 Source: TypeAlias = Union[AsyncIterable[T], Iterable[T]]
@@ -53,23 +62,62 @@ def _check_source(source: Any) -> None:
                         f"not {type(source).__name__}")
 
 
+class _Encoder:
+    """Turns chunks into JSON for a stream, checking them against its type (strict).
+
+    Untyped streams only unstructure. A typed stream refuses a chunk that does not fit
+    with :class:`InvalidPayloadError` naming the field, before anything is stored.
+    """
+
+    def __init__(self, cls: Any = None, what: str = "chunk") -> None:
+        self.cls = None if cls is Any or cls is object else cls
+        self.what = what
+
+    def one(self, value: Any) -> Any:
+        if self.cls is None:
+            return to_json(value)
+        if type(value) is self.cls and self.cls in _PLAIN:
+            return value
+        return check_json(value, self.cls, self.what)
+
+    def many(self, values: list[Any]) -> tuple[list[Any], InvalidPayloadError | None]:
+        """The JSON of ``values`` up to the first refused one, and its error."""
+        cls = self.cls
+        if cls is None:
+            return to_json_many(values), None
+        if cls in _PLAIN and frozenset((cls,)).issuperset(map(type, values)):
+            return values, None  # a str stream's chunks are all str: checked in C
+        out: list[Any] = []
+        for value in values:
+            try:
+                out.append(check_json(value, cls, self.what))
+            except InvalidPayloadError as exc:
+                return out, exc
+        return out, None
+
+
+_UNTYPED = _Encoder()
+
+
 class _Tee(Generic[T]):
     """The ``.stream`` side of a pipe: the source's chunks, for the task to consume.
 
-    It only keeps chunks once somebody asked for ``.stream`` before the first chunk was
-    produced; an untouched tee costs nothing. A consumer that stops reading leaves the rest
-    buffered in memory until the iterator is closed or dropped.
+    It keeps chunks from the first one, so a task may await other things before it starts
+    iterating; at most ``TEE_BUFFER`` unread ones (the oldest are dropped past that, and
+    the consumer then gets :class:`TeeOverflowError`; the pipe itself never waits for the
+    tee). Once the iterator is closed, or the ``PipeResult`` is dropped, nothing is kept.
     """
 
-    def __init__(self) -> None:
-        self._items: collections.deque[T] = collections.deque()
-        self._wanted = False
+    def __init__(self, limit: int = TEE_BUFFER) -> None:
+        self._items: collections.deque[T] = collections.deque(maxlen=limit)
+        self._limit = limit
+        self._fed = 0  # chunks fed so far
+        self._taken = 0  # chunks the consumer took
         self._live = True
         self._closed = False
         self._event = trio.Event()
 
     def want(self) -> AsyncIterator[T]:
-        self._wanted = True
         return self._iterate()
 
     def feed(self, item: T) -> None:
@@ -78,10 +126,8 @@ class _Tee(Generic[T]):
     def feed_many(self, items: Sequence[T]) -> None:
         if not self._live or not items:
             return
-        if not self._wanted:
-            self._live = False
-            return
-        self._items.extend(items)
+        self._items.extend(items)  # a full deque drops from the left, in C
+        self._fed += len(items)
         self._event.set()
 
     def close(self) -> None:
@@ -92,6 +138,13 @@ class _Tee(Generic[T]):
         try:
             while True:
                 while self._items:
+                    if self._taken + len(self._items) < self._fed:
+                        raise TeeOverflowError(
+                            f"pipe.stream fell {self._fed - self._taken - len(self._items)} "
+                            f"chunks behind its source (it keeps at most {self._limit} "
+                            f"unread chunks); the stream itself stored every chunk: read it "
+                            f"with read() instead")
+                    self._taken += 1
                     yield self._items.popleft()
                 if self._closed:
                     return
@@ -112,7 +165,11 @@ class PipeResult(Generic[T]):
 
     @property
     def stream(self) -> AsyncIterator[T]:
-        """An async iterator over the piped chunks (ask for it before the pipe starts)."""
+        """An async iterator over the piped chunks, from the first one.
+
+        Chunks are kept from the start of the pipe (at most ``TEE_BUFFER`` unread; past
+        that the iterator raises :class:`TeeOverflowError`), so it may be asked for late.
+        """
         if self._stream is None:
             self._stream = self._tee.want()
         return self._stream
@@ -132,25 +189,31 @@ class WriterResult:
         await self._done.wait()
 
 
-async def _pump(sink: ProducerSink, source: Source[T], tee: _Tee[T] | None) -> None:
+async def _pump(sink: ProducerSink, source: Source[T], tee: _Tee[T] | None,
+                encoder: _Encoder = _UNTYPED) -> None:
     try:
         if isinstance(source, AsyncIterable):
             async for item in source:
+                data = encoder.one(item)  # a refused chunk ends the pipe, stored or not
                 if tee is not None:
                     tee.feed(item)
-                await sink.put(to_json(item))
+                await sink.put(data)
         else:  # a sync source never blocks: take it in slices, one put per slice
             items = iter(source)
             full = True
             while full:
                 batch: list[T] = []
+                refused: InvalidPayloadError | None = None
                 try:  # list.extend keeps what it took before the source raised: stored too
                     batch.extend(itertools.islice(items, PIPE_SLICE))
                 finally:
+                    encoded, refused = encoder.many(batch)
                     if tee is not None:
-                        tee.feed_many(batch)
-                    if batch:
-                        await sink.put_many(to_json_many(batch))
+                        tee.feed_many(batch[:len(encoded)])
+                    if encoded:
+                        await sink.put_many(encoded)
+                if refused is not None:  # what came before it is stored
+                    raise refused
                 full = len(batch) == PIPE_SLICE
         await sink.flush()
     finally:
@@ -180,42 +243,98 @@ def _producer_job(sink: ProducerSink,
     return job
 
 
-def _start_pipe(key: str, source: Source[T], target: str) -> PipeResult[T]:
+def _start_pipe(key: str, source: Source[T], target: str,
+                encoder: _Encoder = _UNTYPED) -> PipeResult[T]:
     _check_source(source)
     backend = current_backend()
     sink = backend.open_producer(backend.resolve_target(target), key)
     tee: _Tee[T] = _Tee()
-    job = _producer_job(sink, lambda: _pump(sink, source, tee))
+    job = _producer_job(sink, lambda: _pump(sink, source, tee, encoder))
     return PipeResult(tee, backend.spawn_producer(job))
 
 
-async def _append(key: str, chunk: Any, target: str) -> None:
+class AppendResult:
+    """What ``append`` returns: the chunk is already queued; await this for it to be stored.
+
+    ``append`` queues its chunk when it is *called*, in call order, on one producer per
+    target run and stream: an append that nobody awaits still lands, after the appends
+    called before it (as in TypeScript). Awaiting returns once the chunk is stored and
+    raises what the engine refused (a chunk too large, a finished run); an append never
+    awaited loses that error (it is logged by the engine when it refuses a chunk).
+    """
+
+    __slots__ = ("_sink", "_forget")
+
+    def __init__(self, sink: ProducerSink, forget: Callable[[], None]) -> None:
+        self._sink = sink
+        self._forget = forget
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return self._flush().__await__()
+
+    async def _flush(self) -> None:
+        try:
+            await self._sink.flush()
+        except BaseException:
+            self._forget()  # the next append starts a fresh producer
+            raise
+
+
+_appenders: weakref.WeakKeyDictionary[Backend, collections.OrderedDict[
+    tuple[str, str], ProducerSink]] = weakref.WeakKeyDictionary()
+
+
+def _append(key: str, chunk: Any, target: str) -> AppendResult:
+    """Queue ``chunk`` (JSON-ready) now, on the backend's producer for ``(run, key)``."""
     backend = current_backend()
-    sink = backend.open_producer(backend.resolve_target(target), key)
-    try:
-        await sink.put(chunk)
-        await sink.flush()
-    finally:
-        sink.close()
+    where = (backend.resolve_target(target), key)
+    sinks = _appenders.get(backend)
+    if sinks is None:
+        sinks = _appenders[backend] = collections.OrderedDict()
+
+    def forget() -> None:
+        if sinks.get(where) is sink:
+            del sinks[where]
+
+    sink = sinks.get(where)
+    if sink is not None:
+        sinks.move_to_end(where)
+        try:
+            sink.put_nowait(chunk)
+            return AppendResult(sink, forget)
+        except Exception:  # an earlier chunk's refusal: not this one's; start afresh
+            forget()
+    sink = backend.open_producer(*where)
+    sink.put_nowait(chunk)
+    sinks[where] = sink
+    while len(sinks) > APPENDERS_PER_BACKEND:  # an evicted producer still stores its chunks
+        sinks.popitem(last=False)
+    return AppendResult(sink, forget)
 
 
 class StreamWriter(Generic[T]):
     """Given to a writer's ``execute`` function: ``write`` one chunk, ``merge`` a source."""
 
-    def __init__(self, sink: ProducerSink, backend: Backend) -> None:
+    def __init__(self, sink: ProducerSink, backend: Backend,
+                 encoder: _Encoder = _UNTYPED) -> None:
         self._sink = sink
         self._backend = backend
+        self._encoder = encoder
         self._merges: list[Completion] = []
 
     def write(self, chunk: T) -> None:
-        """Queue one chunk (never blocks)."""
-        self._sink.put_nowait(to_json(chunk))
+        """Queue one chunk (never blocks).
+
+        Raises:
+            InvalidPayloadError: the chunk does not fit the stream's type.
+        """
+        self._sink.put_nowait(self._encoder.one(chunk))
 
     def merge(self, source: Source[T]) -> None:
         """Pipe ``source`` into the same stream alongside the writes."""
         _check_source(source)
         self._merges.append(self._backend.spawn_producer(
-            lambda: _pump(self._sink, source, None)))
+            lambda: _pump(self._sink, source, None, self._encoder)))
 
     async def _finish(self) -> None:
         for merge in self._merges:
@@ -227,12 +346,13 @@ class StreamWriter(Generic[T]):
 Execute: TypeAlias = Callable[[StreamWriter[T]], object]
 
 
-def _start_writer(key: str, execute: Execute[T], target: str) -> WriterResult:
+def _start_writer(key: str, execute: Execute[T], target: str,
+                  encoder: _Encoder = _UNTYPED) -> WriterResult:
     if not callable(execute):
         raise TypeError("writer(execute=...) needs a function taking the writer")
     backend = current_backend()
     sink = backend.open_producer(backend.resolve_target(target), key)
-    writer: StreamWriter[T] = StreamWriter(sink, backend)
+    writer: StreamWriter[T] = StreamWriter(sink, backend, encoder)
 
     async def body() -> None:
         result = execute(writer)
@@ -335,6 +455,7 @@ class StreamDef(Generic[T]):
         self.id = _check_key(id)
         self.type: builtins.type[T] | None = type
         self._what = f"chunk of stream {self.id!r}"
+        self._encoder = _Encoder(type, self._what)
 
     def __repr__(self) -> str:
         return f"<StreamDef {self.id!r}>"
@@ -343,16 +464,25 @@ class StreamDef(Generic[T]):
         return from_json_many(values, self.type, self._what)
 
     def pipe(self, source: Source[T], *, target: str = "self") -> PipeResult[T]:
-        """Store every chunk of ``source`` in this stream; returns at once."""
-        return _start_pipe(self.id, source, target)
+        """Store every chunk of ``source`` in this stream; returns at once.
 
-    async def append(self, chunk: T, *, target: str = "self") -> None:
-        """Store one chunk; returns once it is stored."""
-        await _append(self.id, to_json(chunk), target)
+        A chunk that does not fit the stream's type ends the pipe: the chunks before it
+        are stored, and ``wait_until_complete()`` raises :class:`InvalidPayloadError`.
+        """
+        return _start_pipe(self.id, source, target, self._encoder)
+
+    def append(self, chunk: T, *, target: str = "self") -> AppendResult:
+        """Queue one chunk now; ``await`` the result for it to be stored (see
+        :class:`AppendResult`).
+
+        Raises:
+            InvalidPayloadError: the chunk does not fit the stream's type (nothing queued).
+        """
+        return _append(self.id, self._encoder.one(chunk), target)
 
     def writer(self, execute: Execute[T], *, target: str = "self") -> WriterResult:
         """Run ``execute(w)`` as a producer of this stream (``w.write``, ``w.merge``)."""
-        return _start_writer(self.id, execute, target)
+        return _start_writer(self.id, execute, target, self._encoder)
 
     async def read(self, run_id: str, *, timeout_in_seconds: float | None = 60,
                    start_index: int = 0) -> StreamReader[T]:
@@ -406,14 +536,15 @@ class _Streams:
             key = _check_key(key_or_source)
         return _start_pipe(key, source, target)
 
-    async def append(self, key_or_chunk: Any, chunk: Any = _identity, *,
-                     target: str = "self") -> None:
-        """``append(key, chunk)`` or ``append(chunk)`` (key ``"default"``)."""
+    def append(self, key_or_chunk: Any, chunk: Any = _identity, *,
+               target: str = "self") -> AppendResult:
+        """``append(key, chunk)`` or ``append(chunk)`` (key ``"default"``); see
+        :meth:`StreamDef.append`."""
         if chunk is _identity:
             key, chunk = DEFAULT_KEY, key_or_chunk
         else:
             key = _check_key(key_or_chunk)
-        await _append(key, to_json(chunk), target)
+        return _append(key, to_json(chunk), target)
 
     def writer(self, key: str = DEFAULT_KEY, *, execute: Execute[Any],
                target: str = "self") -> WriterResult:

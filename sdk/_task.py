@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, Union, overload
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, Union, cast, overload
 
-from ._convert import from_json, to_json
+from ._convert import check_json, from_json, to_json
 from ._models import Queue, RetryPolicy, RunContext, RunHandle, TaskRunResult
 from .runtime import current_backend
 
@@ -86,8 +86,17 @@ class Task(Generic[P, R]):
     async def trigger(self: Task[None, Any], **options: Any) -> RunHandle: ...
 
     async def trigger(self, payload: Any = None, **options: Any) -> RunHandle:
-        """Start a run and return at once (a child run when called inside a task)."""
-        return await current_backend().trigger(self.id, to_json(payload), options)
+        """Start a run and return at once (a child run when called inside a task).
+
+        Raises:
+            InvalidPayloadError: a ``schema_task``'s payload does not fit its schema
+                (checked here, before anything is sent; the engine checks again).
+        """
+        return await current_backend().trigger(self.id, self._payload(payload), options)
+
+    def _payload(self, payload: Any) -> Any:
+        """The JSON of ``payload``, checked against the schema when there is one."""
+        return check_json(payload, self.schema, "payload")
 
     @overload
     async def trigger_and_wait(self, payload: P, **options: Any) -> TaskRunResult[R]: ...
@@ -101,15 +110,55 @@ class Task(Generic[P, R]):
         JSON-like outputs (``dict``, ``list``, ``str`` ...), the unstructured form of an
         attrs class, dataclass, enum or datetime.
         """
-        return await current_backend().trigger_and_wait(self.id, to_json(payload), options)
+        return await current_backend().trigger_and_wait(self.id, self._payload(payload),
+                                                        options)
 
-    async def batch_trigger_and_wait(self, payloads: list[P] | tuple[P, ...],
+    async def batch_trigger_and_wait(self, payloads: list[P] | tuple[P, ...] | list[BatchItem],
                                      **options: Any) -> list[TaskRunResult[R]]:
-        """Start one run per payload; results in payload order."""
-        if not isinstance(payloads, (list, tuple)):
-            raise TypeError("batch_trigger_and_wait takes a list of payloads")
+        """Start one run per item; results in item order.
+
+        Each item is a bare payload, or ``{"payload": P, "options": {...}}`` (see
+        :func:`batch_items` for the rule). ``options`` given here apply to every item; an
+        item's own options override them; an ``idempotency_key`` given here becomes
+        ``"<key>:<index>"`` per item.
+        """
+        items = batch_items(payloads, options)
         return await current_backend().batch_trigger_and_wait(
-            self.id, [to_json(p) for p in payloads], options)
+            self.id, [(self._payload(p), o) for p, o in items])
+
+
+#: A batch item with its own options: ``{"payload": P, "options": {...}}``.
+BatchItem = dict[str, Any]
+
+_ITEM_KEYS = (frozenset({"payload"}), frozenset({"payload", "options"}))
+
+
+def batch_items(items: Any, options: dict[str, Any]) -> list[tuple[Any, dict[str, Any]]]:
+    """``(payload, options)`` per batch item.
+
+    The rule: a ``dict`` whose keys are exactly ``payload`` and ``options`` (or ``payload``
+    alone), with ``options`` a dict, is an item; anything else is a bare payload. A payload
+    that itself is a dict with exactly those keys must be wrapped: ``{"payload": it}``.
+
+    Raises:
+        TypeError: ``items`` is not a list or tuple, or an item's options are not a dict.
+    """
+    if not isinstance(items, (list, tuple)):
+        raise TypeError("batch_trigger_and_wait takes a list of payloads or "
+                        "{'payload': ..., 'options': {...}} items")
+    key = options.get("idempotency_key")
+    found = []
+    for index, item in enumerate(items):
+        payload, own = item, cast(dict[str, Any], {})
+        if isinstance(item, dict) and frozenset(item) in _ITEM_KEYS:
+            payload, own = item["payload"], item.get("options") or {}
+            if not isinstance(own, dict):
+                raise TypeError(f"batch item {index}: 'options' must be a dict")
+        merged = {**options, **own}
+        if key is not None and "idempotency_key" not in own:
+            merged["idempotency_key"] = f"{key}:{index}"
+        found.append((payload, merged))
+    return found
 
 
 def _positional_count(fn: Callable[..., Any]) -> int:
@@ -190,8 +239,9 @@ class _Tasks:
 
     async def batch_trigger_and_wait(self, task_id: str, payloads: list[Any],
                                      **options: Any) -> list[TaskRunResult[Any]]:
+        """Items as for :meth:`Task.batch_trigger_and_wait`."""
         return await current_backend().batch_trigger_and_wait(
-            task_id, [to_json(p) for p in payloads], options)
+            task_id, [(to_json(p), o) for p, o in batch_items(payloads, options)])
 
 
 tasks = _Tasks()

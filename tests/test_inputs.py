@@ -93,10 +93,35 @@ async def once_typed(payload):
             "message": str(result.error)}
 
 
-async def test_a_record_that_does_not_fit_the_type_gives_ok_false(transport, autojump_clock):
+async def test_a_record_that_does_not_fit_a_declared_type_is_refused_at_the_sender(
+        transport, autojump_clock):
     async with serve([once_typed], transport):
         handle = await once_typed.trigger()
+        await trio.sleep(1)  # the run is in cancel.once(): the type is declared
         await data.send(handle.id, None)  # another stream: not delivered to cancel
+        with pytest.raises(InvalidPayloadError, match="reason"):  # an untyped sender
+            await streams.input(id="cancel").send(handle.id, {"why": "wrong field"})
+        with pytest.raises(InvalidPayloadError, match="reason"):  # a typed one: in the SDK
+            await cancel.send(handle.id, {"why": "wrong field"})
+        await cancel.send(handle.id, CancelSignal("late but right"))
+        run = await final(handle.id)
+    assert run.status is RunStatus.COMPLETED
+    assert run.output["ok"] is True  # the waiter got the right record, not the wrong ones
+    assert run.output["error"] == "NoneType"
+
+
+@task(id="once-typed-late")
+async def once_typed_late(payload):
+    await trio.sleep(5)  # the record arrives before the run declared its type
+    result = await cancel.once()
+    return {"ok": result.ok, "error": type(result.error).__name__,
+            "message": str(result.error)}
+
+
+async def test_a_record_stored_before_the_type_was_declared_gives_ok_false(
+        transport, autojump_clock):
+    async with serve([once_typed_late], transport):
+        handle = await once_typed_late.trigger()
         await streams.input(id="cancel").send(handle.id, {"why": "wrong field"})
         run = await final(handle.id)
     assert run.status is RunStatus.COMPLETED

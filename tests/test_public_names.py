@@ -15,7 +15,8 @@ PUBLIC = {
         "RunFinishedError", "PayloadTooLargeError", "StreamTooLargeError", "BadFrameError",
         "UnknownTaskError", "InvalidPayloadError", "RateLimitedError", "InternalError",
         "StreamTimeoutError", "InputStreamTimeoutError", "TaskRunError", "OutsideRunError",
-        "auth", "__version__", "ClientStatistics",
+        "auth", "__version__", "ClientStatistics", "AppendResult", "PendingResult",
+        "TeeOverflowError",
     },
     "runwire.engine": {
         "open_engine", "Engine", "ServingEngine", "EngineStatistics", "Limits", "Store",

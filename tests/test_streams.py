@@ -16,6 +16,7 @@ import trio.testing
 
 from runwire.engine import Limits
 from runwire import (
+    InvalidPayloadError,
     NotFoundError,
     OutsideRunError,
     PayloadTooLargeError,
@@ -517,7 +518,7 @@ async def non_json(payload):
     await ai.append("before")
     try:
         await ai.append(object())
-    except TypeError:
+    except InvalidPayloadError:  # a typed stream checks at the writer
         pass
     else:
         return "accepted a non-JSON chunk"
@@ -529,10 +530,10 @@ async def non_json(payload):
 async def test_a_non_json_chunk_is_refused_and_nothing_else_breaks(transport, autojump_clock):
     async with serve([non_json], transport):
         handle = await non_json.trigger()
-        with pytest.raises(TypeError):
+        with pytest.raises(InvalidPayloadError):
             await ai.append(object(), target=handle.id)
         result = ai.pipe(["ok1", object(), "ok2"], target=handle.id)
-        with pytest.raises(TypeError):
+        with pytest.raises(InvalidPayloadError):
             await result.wait_until_complete()
         # the client is still connected and the run still takes chunks
         await ai.append("outside", target=handle.id)

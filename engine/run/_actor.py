@@ -30,7 +30,7 @@ import orjson
 import trio
 
 from runwire import (
-    BadFrameError,
+    BadFrameError, InvalidPayloadError,
     PayloadTooLargeError, RunContext, RunFinishedError, RunInfo, RunStatus, StreamTooLargeError,
     Task,
 )
@@ -270,6 +270,8 @@ class RunActor:
         self.streams: dict[str, OutputStream] = {}
         self.inputs: dict[str, InputMailbox] = {}
         self.seqs: dict[tuple[str, str], int] = {}
+        #: input stream key -> the record check its run declared (a typed once/wait/on/peek)
+        self.input_checks: dict[str, Callable[[Any], Any]] = {}
         self.finished = trio.Event()
         self._changed: trio.Event | None = None  # made when a subscriber waits
         self.version = 0
@@ -677,6 +679,13 @@ class RunActor:
         if not self._accepting:
             msg.reply.set(error=RunFinishedError(f"run {self.id} has finished"))
             return
+        check = self.input_checks.get(msg.key)
+        if check is not None:  # the run declared the record type: nothing else is stored
+            try:
+                check(msg.data)
+            except InvalidPayloadError as exc:
+                msg.reply.set(error=exc)
+                return
         try:  # a record from a task did not pass the wire codec: refuse it here, not crash
             data = json_bytes(msg.data)
         except TypeError as exc:

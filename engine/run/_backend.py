@@ -37,6 +37,9 @@ class _InputChannel:
     def peek(self) -> Any:
         return self._actor.input(self._key).last
 
+    def declare(self, check: Callable[[Any], Any]) -> None:
+        self._actor.input_checks[self._key] = check
+
 
 class RunBackend:
     """Bound to the run's context by the actor; the SDK finds it through ``runwire.runtime``.
@@ -106,12 +109,12 @@ class RunBackend:
 
     async def trigger_and_wait(self, task_id: str, payload: Any,
                                options: dict[str, Any]) -> TaskRunResult[Any]:
-        return (await self.batch_trigger_and_wait(task_id, [payload], options))[0]
+        return (await self.batch_trigger_and_wait(task_id, [(payload, options)]))[0]
 
-    async def batch_trigger_and_wait(self, task_id: str, payloads: list[Any],
-                                     options: dict[str, Any]) -> list[TaskRunResult[Any]]:
-        records = [await self.services.trigger(task_id, p, options, parent=self.actor)
-                   for p in payloads]
+    async def batch_trigger_and_wait(self, task_id: str, items: list[tuple[Any, dict[str, Any]]],
+                                     ) -> list[TaskRunResult[Any]]:
+        records = [await self.services.trigger(task_id, p, o, parent=self.actor)
+                   for p, o in items]
         async with self.actor.suspended():  # a parent waiting on children leaves its slot
             results = [await self.services.wait_finished(r.id) for r in records]
         return [TaskRunResult.from_run(Run.from_wire(r.to_wire())) for r in results]
