@@ -23,6 +23,7 @@ from ._errors import TaskRunError as TaskRunError
 from ._errors import TeeOverflowError as TeeOverflowError
 from ._errors import UnauthorizedError as UnauthorizedError
 from ._errors import UnknownTaskError as UnknownTaskError
+from ._errors import WaitpointTimeoutError as WaitpointTimeoutError
 from ._inputs import InputStreamDef as InputStreamDef
 from ._inputs import Subscription as Subscription
 from ._logger import logger as logger
@@ -36,8 +37,10 @@ from ._models import RunContext as RunContext
 from ._models import RunError as RunError
 from ._models import RunHandle as RunHandle
 from ._models import RunInfo as RunInfo
+from ._models import RunList as RunList
 from ._models import RunStatus as RunStatus
 from ._models import TaskRunResult as TaskRunResult
+from ._models import WaitpointToken as WaitpointToken
 from ._runs import RunPart as RunPart
 from ._runs import RunSubscription as RunSubscription
 from ._runs import runs as runs

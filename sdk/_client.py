@@ -53,20 +53,26 @@ from runwire.transport import (
     Cancel,
     CancelRun,
     Chunks,
+    CompleteWaitpoint,
+    CreateWaitpoint,
     Connection,
     ConnectionBroken,
     End,
     Error,
     Frame,
     Hello,
+    ListRuns,
     Read,
     Retrieve,
+    RetrieveWaitpoint,
     RunInfo,
+    RunList,
     Send,
     Subscribe,
     TransportError,
     Trigger,
     Triggered,
+    WaitpointInfo,
     Welcome,
     connect_websocket,
 )
@@ -758,6 +764,39 @@ class Client:
                 raise
             # an earlier attempt's answer was lost: that attempt may be what ended the run
 
+    async def list_runs(self, filters: dict[str, Any]) -> tuple[list[Run], str | None]:
+        f = filters
+        frame = await self._call(lambda rid: ListRuns(
+            id=rid, task=f.get("task_id"), status=list(f.get("statuses") or ()),
+            tags=list(f.get("tags") or ()), created_after=f.get("created_after"),
+            created_before=f.get("created_before"), limit=f.get("limit", 20),
+            cursor=f.get("cursor")))
+        assert isinstance(frame, RunList)
+        return [Run.from_wire(run) for run in frame.runs], frame.cursor
+
+    async def create_waitpoint(self, timeout: float | None, idempotency_key: str | None,
+                               tags: list[str]) -> dict[str, Any]:
+        key = idempotency_key or f"auto:{uuid.uuid4().hex}"  # safe to issue again
+        frame = await self._call(lambda rid: CreateWaitpoint(
+            id=rid, timeout_s=timeout, idempotency_key=key, tags=tags))
+        assert isinstance(frame, WaitpointInfo)
+        token = dict(frame.waitpoint)
+        if idempotency_key is None:
+            token["idempotency_key"] = None  # the key was the client's, not the caller's
+        return token
+
+    async def complete_waitpoint(self, token_id: str, data: Any) -> tuple[dict[str, Any], bool]:
+        body = orjson.Fragment(self._encode(data, f"data for waitpoint {token_id!r}"))
+        frame = await self._call(lambda rid: CompleteWaitpoint(id=rid, waitpoint=token_id,
+                                                               data=body))
+        assert isinstance(frame, WaitpointInfo)
+        return frame.waitpoint, bool(frame.completed)
+
+    async def retrieve_waitpoint(self, token_id: str) -> dict[str, Any]:
+        frame = await self._call(lambda rid: RetrieveWaitpoint(id=rid, waitpoint=token_id))
+        assert isinstance(frame, WaitpointInfo)
+        return frame.waitpoint
+
     async def subscribe(self, run_id: str) -> AsyncIterator[Run]:
         """Run snapshots until the run is finished; re-subscribes after a reconnect."""
         last: dict[str, Any] | None = None
@@ -807,7 +846,11 @@ def _reissuable(frame: Frame) -> bool:
         return frame.key is not None
     if isinstance(frame, Trigger):
         return frame.options.get("idempotency_key") is not None
-    return True  # reads of state, appends (numbered), cancel_run (see Client.cancel_run)
+    if isinstance(frame, CreateWaitpoint):
+        return frame.idempotency_key is not None
+    # reads of state, appends (numbered), cancel_run (see Client.cancel_run), and
+    # complete_waitpoint (the first completion wins; a repeat changes nothing)
+    return True
 
 
 class _ClientProducer:

@@ -96,6 +96,13 @@ class InputStreamTimeoutError(RunwireError, TimeoutError):
     code = "timeout"
 
 
+class WaitpointTimeoutError(RunwireError, TimeoutError):
+    """A waitpoint token timed out: ``for_token`` gives ``ok=False`` with it, and completing
+    the token raises it."""
+
+    code = "waitpoint_timed_out"
+
+
 class TeeOverflowError(RunwireError):
     """A pipe's ``.stream`` consumer fell more than ``TEE_BUFFER`` chunks behind."""
 
@@ -126,7 +133,7 @@ _BY_CODE = {
     cls.code: cls
     for cls in (UnauthorizedError, ForbiddenError, NotFoundError, RunFinishedError,
                 PayloadTooLargeError, StreamTooLargeError, BadFrameError, UnknownTaskError,
-                InvalidPayloadError, RateLimitedError, InternalError)
+                InvalidPayloadError, RateLimitedError, InternalError, WaitpointTimeoutError)
 }
 
 

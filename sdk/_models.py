@@ -112,6 +112,46 @@ class TaskRunResult(Generic[T]):
 
 
 @attrs.frozen
+class RunList:
+    """A page of ``runs.list``: runs, newest first, and ``cursor`` for the next page
+    (``None`` on the last page)."""
+
+    runs: tuple[Run, ...]
+    cursor: str | None = None
+
+
+@attrs.frozen
+class WaitpointToken:
+    """A waitpoint token (``wait.create_token``): a run waits for it with
+    ``wait.for_token``; anyone holding ``public_access_token`` (or the API key) completes
+    it with ``wait.complete_token``.
+
+    ``status`` is ``WAITING``, ``COMPLETED`` (``output`` holds the data) or ``TIMED_OUT``;
+    times are epoch seconds. ``public_access_token`` is only known to whoever created it.
+    """
+
+    id: str
+    status: str = "WAITING"
+    public_access_token: str | None = None
+    created_at: float | None = None
+    expires_at: float | None = None
+    completed_at: float | None = None
+    tags: tuple[str, ...] = ()
+    idempotency_key: str | None = None
+    run_id: str | None = None
+    output: Any = None
+
+    @classmethod
+    def from_wire(cls, raw: dict[str, Any]) -> WaitpointToken:
+        return cls(id=raw["id"], status=raw.get("status", "WAITING"),
+                   public_access_token=raw.get("public_access_token"),
+                   created_at=raw.get("created_at"), expires_at=raw.get("expires_at"),
+                   completed_at=raw.get("completed_at"), tags=tuple(raw.get("tags") or ()),
+                   idempotency_key=raw.get("idempotency_key"), run_id=raw.get("run_id"),
+                   output=raw.get("output"))
+
+
+@attrs.frozen
 class RunHandle:
     """What ``trigger`` returns: the run id and a public token scoped to that run."""
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import builtins
 import contextlib
+import datetime
 import functools
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -10,7 +12,7 @@ from typing import Any
 import attrs
 import trio
 
-from ._models import Run
+from ._models import Run, RunList, RunStatus
 from .runtime import current_backend
 
 
@@ -102,7 +104,7 @@ def _guard(scopes: list[trio.CancelScope]) -> Iterator[None]:
 
 
 class _Runs:
-    """``runs.retrieve``, ``runs.cancel``, ``runs.subscribe_to_run``."""
+    """``runs.retrieve``, ``runs.cancel``, ``runs.subscribe_to_run``, ``runs.list``."""
 
     async def retrieve(self, run_id: str) -> Run:
         """The run's current snapshot.
@@ -118,6 +120,46 @@ class _Runs:
 
     def subscribe_to_run(self, run_id: str) -> RunSubscription:
         return RunSubscription(run_id)
+
+    async def list(self, *, task: str | None = None,
+                   status: RunStatus | str | builtins.list[RunStatus | str] | None = None,
+                   tags: builtins.list[str] | None = None,
+                   created_after: float | datetime.datetime | None = None,
+                   created_before: float | datetime.datetime | None = None,
+                   limit: int = 20, cursor: str | None = None) -> RunList:
+        """A page of runs, newest first; every filter given must hold (``tags``: all).
+
+        Pass the page's ``cursor`` for the next one; pages do not shift when new runs
+        start meanwhile. ``limit`` is 1-100. Times are epoch seconds or datetimes.
+        From a backend this needs the API key (or a token with a ``read:runs`` scope).
+        """
+        statuses = [] if status is None else [status] if isinstance(status, str) else status
+        if not isinstance(statuses, list):
+            raise TypeError("status must be a RunStatus, a status name, or a list of them")
+        filters = {
+            "task_id": task, "statuses": [RunStatus(s).value for s in statuses],
+            "tags": list(tags or []), "created_after": _epoch(created_after, "created_after"),
+            "created_before": _epoch(created_before, "created_before"), "limit": limit,
+            "cursor": cursor,
+        }
+        if task is not None and not isinstance(task, str):
+            raise TypeError("task must be a task id")
+        if cursor is not None and not isinstance(cursor, str):
+            raise TypeError("cursor must be the string a previous page gave")
+        found, nxt = await current_backend().list_runs(filters)
+        return RunList(tuple(found), nxt)
+
+
+def _epoch(value: Any, name: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=datetime.timezone.utc)
+        return float(value.timestamp())
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be epoch seconds or a datetime")
+    return float(value)
 
 
 runs = _Runs()

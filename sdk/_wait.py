@@ -5,8 +5,11 @@ from __future__ import annotations
 import datetime as _dt
 from typing import Any
 
+from ._convert import from_json, to_json
 from ._duration import parse_duration
-from .runtime import require_run
+from ._errors import InvalidPayloadError, WaitpointTimeoutError
+from ._models import InputResult, PendingResult, WaitpointToken
+from .runtime import TIMED_OUT, current_backend, require_run
 
 
 class _Wait:
@@ -31,5 +34,86 @@ class _Wait:
             when = when.replace(tzinfo=_dt.timezone.utc)
         delta = (when - _dt.datetime.now(_dt.timezone.utc)).total_seconds()
         await require_run("wait.until()").suspend_for(max(0.0, delta))
+
+    # --- waitpoint tokens ----------------------------------------------------------------
+
+    async def create_token(self, timeout: float | str | None = None, *,
+                           idempotency_key: str | None = None,
+                           tags: list[str] | None = None) -> WaitpointToken:
+        """A waitpoint token: a run waits for it with :meth:`for_token`; it is completed
+        with :meth:`complete_token` (from a task, a backend, or anyone holding its
+        ``public_access_token``, whose scope is ``write:waitpoints:<id>``).
+
+        Args:
+            timeout: how long it may wait ("10s", "1h", "7d" or seconds); ``None``: no limit.
+            idempotency_key: the same key gives the same token (a retried attempt, or a run
+                resumed after a restart, waits for the token its first attempt made).
+            tags: labels kept with the token.
+
+        Inside a task the token belongs to the run (deleted with it by retention); from a
+        backend it needs the API key.
+        """
+        seconds = parse_duration(timeout, "timeout")
+        if idempotency_key is not None and not isinstance(idempotency_key, str):
+            raise TypeError("idempotency_key must be a string")
+        if tags is not None and (not isinstance(tags, list)
+                                 or not all(isinstance(t, str) for t in tags)):
+            raise TypeError("tags must be a list of strings")
+        raw = await current_backend().create_waitpoint(seconds, idempotency_key, tags or [])
+        return WaitpointToken.from_wire(raw)
+
+    def for_token(self, token: WaitpointToken | str, type: Any = None) -> PendingResult[Any]:
+        """Wait until ``token`` is completed: the run is suspended as in an input stream's
+        ``wait()`` (``WAITING``, its queue slot given back).
+
+        Await it for an :class:`InputResult` (``ok=False`` with
+        :class:`WaitpointTimeoutError` if the token times out first), or ``await
+        wait.for_token(token).unwrap()`` for the data. ``type`` structures the data
+        strictly (a mismatch gives ``ok=False`` with :class:`InvalidPayloadError`). A token
+        completed earlier (even before an engine restart) answers at once.
+
+        Raises:
+            NotFoundError: no such token (when awaited).
+        """
+        token_id = _token_id(token)
+        backend = require_run("wait.for_token()")
+
+        async def result() -> InputResult[Any]:
+            raw = await backend.wait_waitpoint(token_id)
+            if raw is TIMED_OUT:
+                return InputResult(ok=False, error=WaitpointTimeoutError(
+                    f"waitpoint token {token_id} timed out"))
+            try:
+                return InputResult(ok=True, output=from_json(raw, type, "waitpoint data"))
+            except InvalidPayloadError as exc:
+                return InputResult(ok=False, error=exc)
+
+        return PendingResult(result)
+
+    async def complete_token(self, token: WaitpointToken | str, data: Any = None) -> bool:
+        """Complete ``token`` with ``data`` (JSON, or an attrs class/dataclass); whether
+        this call completed it. The first completion wins: completing it again changes
+        nothing and returns ``False``.
+
+        Raises:
+            NotFoundError: no such token. WaitpointTimeoutError: it timed out first.
+            ForbiddenError: the credential may not complete it.
+        """
+        _, completed = await current_backend().complete_waitpoint(_token_id(token),
+                                                                  to_json(data))
+        return completed
+
+    async def retrieve_token(self, token: WaitpointToken | str) -> WaitpointToken:
+        """The token's current state (``status``, ``output`` once completed)."""
+        return WaitpointToken.from_wire(
+            await current_backend().retrieve_waitpoint(_token_id(token)))
+
+
+def _token_id(token: Any) -> str:
+    token_id = token.id if isinstance(token, WaitpointToken) else token
+    if not isinstance(token_id, str) or not token_id:
+        raise TypeError("a waitpoint token is a WaitpointToken or its id (a non-empty string)")
+    return token_id
+
 
 wait = _Wait()

@@ -265,15 +265,20 @@ async def test_bad_credentials_close_with_4401(kind):
 # --- the authorization matrix ---------------------------------------------------------------
 
 FRAME_TYPES = ["hello", "read", "append", "send", "trigger", "subscribe", "retrieve",
-               "cancel_run", "cancel", "create_token"]
+               "cancel_run", "cancel", "create_token", "list_runs", "create_waitpoint",
+               "complete_waitpoint", "retrieve_waitpoint"]
 CREDENTIALS = ["none", "garbage", "api-key", "this-run", "other-run", "expired", "tampered"]
 ALLOWED = {  # frame type -> what the API key gets; "-" means no answer at all
     "hello": "error:bad_frame", "read": "end", "append": "ack", "send": "ack",
     "trigger": "triggered", "subscribe": "run", "retrieve": "run", "cancel_run": "ack",
-    "cancel": "end", "create_token": "token",
+    "cancel": "end", "create_token": "token", "list_runs": "runs",
+    "create_waitpoint": "waitpoint", "complete_waitpoint": "error:not_found",
+    "retrieve_waitpoint": "error:not_found",
 }
 THIS_RUN = {  # what trigger's own token gets: read that run, send to it, nothing else
-    **{k: "error:forbidden" for k in ("append", "trigger", "cancel_run", "create_token")},
+    **{k: "error:forbidden" for k in ("append", "trigger", "cancel_run", "create_token",
+                                      "list_runs", "create_waitpoint", "complete_waitpoint",
+                                      "retrieve_waitpoint")},
     "hello": "error:bad_frame", "read": "end", "send": "ack", "subscribe": "run",
     "retrieve": "run", "cancel": "end",
 }
@@ -295,6 +300,12 @@ def request(kind: str, run: str) -> dict:
         "cancel_run": {"type": "cancel_run", "id": 1, "run": run},
         "cancel": {"type": "cancel", "id": 1},
         "create_token": {"type": "create_token", "id": 1, "scopes": ["read:runs"]},
+        "list_runs": {"type": "list_runs", "id": 1},
+        "create_waitpoint": {"type": "create_waitpoint", "id": 1, "timeout_s": 60},
+        "complete_waitpoint": {"type": "complete_waitpoint", "id": 1,
+                               "waitpoint": "waitpoint_unknown", "data": 1},
+        "retrieve_waitpoint": {"type": "retrieve_waitpoint", "id": 1,
+                               "waitpoint": "waitpoint_unknown"},
     }[kind]
 
 

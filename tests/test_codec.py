@@ -8,7 +8,8 @@ import pytest
 from runwire.transport import (
     FRAME_TYPES, Ack, Append, Cancel, CancelRun, Chunks, CreateToken, End, Error, Hello, Read,
     RemoteProtocolError, Retrieve, RunInfo, Send, Subscribe, Token, Trigger, Triggered, Welcome,
-    decode, encode, unstructure,
+    decode, encode, unstructure, ListRuns, CreateWaitpoint, CompleteWaitpoint,
+    RetrieveWaitpoint, RunList, WaitpointInfo,
 )
 from runwire.transport._codec import MAX_DEPTH, QUOTE_LIMIT, frame_fields
 
@@ -32,6 +33,14 @@ SAMPLES = {
     "run": RunInfo(re=6, run={"id": "run_1", "status": "COMPLETED"}),
     "token": Token(re=9, token="tok", expires_at=1.5),
     "error": Error(re=None, code="bad_frame", message="no"),
+    "list_runs": ListRuns(id=10, task="t", status=["FAILED"], tags=["x"], created_after=1.5,
+                          created_before=9.5, limit=5, cursor="1.0/run_1"),
+    "create_waitpoint": CreateWaitpoint(id=11, timeout_s=3.5, idempotency_key="k",
+                                        tags=["a"]),
+    "complete_waitpoint": CompleteWaitpoint(id=12, waitpoint="waitpoint_1", data={"ok": 1}),
+    "retrieve_waitpoint": RetrieveWaitpoint(id=13, waitpoint="waitpoint_1"),
+    "runs": RunList(re=10, runs=[{"id": "run_1"}], cursor="1.0/run_1"),
+    "waitpoint": WaitpointInfo(re=12, waitpoint={"id": "waitpoint_1"}, completed=True),
 }
 
 

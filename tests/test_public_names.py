@@ -16,7 +16,7 @@ PUBLIC = {
         "UnknownTaskError", "InvalidPayloadError", "RateLimitedError", "InternalError",
         "StreamTimeoutError", "InputStreamTimeoutError", "TaskRunError", "OutsideRunError",
         "auth", "__version__", "ClientStatistics", "AppendResult", "PendingResult",
-        "TeeOverflowError",
+        "TeeOverflowError", "RunList", "WaitpointToken", "WaitpointTimeoutError",
     },
     "runwire.engine": {
         "open_engine", "Engine", "ServingEngine", "EngineStatistics", "Limits", "Store",
@@ -25,7 +25,7 @@ PUBLIC = {
     },
     "runwire.engine.store": {
         "Store", "Batch", "ChunkAppend", "RecordAppend", "Waitpoint", "StreamState",
-        "StoredRecord", "open_store", "MemoryStore", "SqliteStore", "StoreError",
+        "StoredRecord", "StoredToken", "RunFilter", "RunPage", "open_store", "MemoryStore", "SqliteStore", "StoreError",
         "StoreConfigError", "StoreUnavailableError", "StoreClosedError", "IndexGapError",
         "NotCompactError",
     },
@@ -48,7 +48,8 @@ PUBLIC = {
         "ConnectionClosed", "FRAME_TYPES", "CLIENT_FRAMES", "ENGINE_FRAMES", "PROTOCOL_VERSION",
         "Frame", "Hello", "Welcome", "Read", "Chunks", "End", "Append", "Send", "Ack",
         "Trigger", "Triggered", "Subscribe", "Retrieve", "RunInfo", "CancelRun", "Cancel",
-        "Error", "CreateToken", "Token",
+        "Error", "CreateToken", "Token", "ListRuns", "CreateWaitpoint", "CompleteWaitpoint",
+        "RetrieveWaitpoint", "RunList", "WaitpointInfo",
         "json_bytes", "json_bytes_many", "json_bytes_within", "check_scopes", "SCOPE_KINDS",
         "MAX_SCOPES", "MAX_SCOPE_CHARS", "CLOSE_UNSUPPORTED", "CLOSE_INVALID_DATA",
         "CLOSE_INTERNAL", "CLOSE_TRY_AGAIN", "CLOSE_UNAUTHORIZED", "CLOSE_BAD_PROTOCOL",

@@ -12,6 +12,7 @@ from array import array
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import trio
 from hypothesis import example, given, settings
@@ -417,3 +418,35 @@ async def test_deleting_runs_forgets_every_remembered_end(tmp_path):
         _check_remembered(store)
     finally:
         await store.aclose()
+
+
+@bounded(30)
+async def test_a_schema_2_file_gains_created_at_and_tokens_when_opened(tmp_path):
+    from runwire.engine.store import RunFilter, StoredToken
+
+    path = tmp_path / "v2.db"
+    conn = sqlite3.connect(path)
+    conn.executescript("""
+        CREATE TABLE runs (id TEXT PRIMARY KEY, task_id TEXT NOT NULL, idempotency_key TEXT,
+            status TEXT NOT NULL, finished_at REAL, data BLOB NOT NULL);
+        PRAGMA user_version = 2;
+    """)
+    for i in range(3):
+        conn.execute("INSERT INTO runs VALUES (?, 't', NULL, 'COMPLETED', 5.0, ?)",
+                     (f"r{i}", orjson.dumps({"id": f"r{i}", "task_id": "t",
+                                             "status": "COMPLETED", "created_at": float(i)})))
+    conn.commit()
+    conn.close()
+    store = SqliteStore(str(path))
+    try:
+        page = await store.list_runs(RunFilter(), 2, None)
+        assert [r["id"] for r in page.runs] == ["r2", "r1"]
+        assert [r["id"] for r in (await store.list_runs(RunFilter(), 2, page.cursor)).runs] \
+            == ["r0"]
+        await store.create_token(StoredToken(id="wt", created_at=1.0))
+        assert (await store.get_token("wt")) is not None
+    finally:
+        await store.aclose()
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (3,)
+    conn.close()

@@ -617,3 +617,119 @@ async def test_sqlite_closed_store_refuses_calls(tmp_path: Path) -> None:
     with pytest.raises(trio.ClosedResourceError):
         await store.get_run("r1")
     assert not (tmp_path / "x.db-wal").exists()  # a clean close checkpoints the WAL
+
+
+# --- run lists and waitpoint tokens (issue 20) ----------------------------------------------
+
+
+async def _runs_for_listing(store: Store) -> None:
+    batch = Batch(runs=[
+        run("r1", task_id="a", created_at=1.0, tags=["x"]),
+        run("r2", task_id="b", created_at=2.0, status="COMPLETED", finished_at=3.0),
+        run("r3", task_id="a", created_at=3.0, tags=["x", "y"], status="FAILED",
+            finished_at=4.0),
+        run("r4", task_id="a", created_at=3.0),  # same time as r3: the id breaks the tie
+        run("r5", task_id="b", created_at=5.0, tags=["y"]),
+    ])
+    await store.commit(batch)
+
+
+@bounded(TIME_LIMIT)
+async def test_list_runs_filters_newest_first(store: Store) -> None:
+    from runwire.engine.store import RunFilter
+
+    await _runs_for_listing(store)
+
+    async def ids(where: RunFilter, limit: int = 100) -> list[str]:
+        return [r["id"] for r in (await store.list_runs(where, limit, None)).runs]
+
+    assert await ids(RunFilter()) == ["r5", "r4", "r3", "r2", "r1"]
+    assert await ids(RunFilter(task_id="a")) == ["r4", "r3", "r1"]
+    assert await ids(RunFilter(statuses=("COMPLETED", "FAILED"))) == ["r3", "r2"]
+    assert await ids(RunFilter(tags=("x",))) == ["r3", "r1"]
+    assert await ids(RunFilter(tags=("x", "y"))) == ["r3"]
+    assert await ids(RunFilter(created_after=2.0, created_before=5.0)) == ["r4", "r3"]
+    assert await ids(RunFilter(task_id="nope")) == []
+    whole = (await store.list_runs(RunFilter(), 100, None))
+    assert whole.cursor is None and whole.runs[0]["task_id"] == "b"
+
+
+@bounded(TIME_LIMIT)
+async def test_list_runs_pages_are_stable_under_inserts(store: Store) -> None:
+    from runwire.engine.store import RunFilter
+
+    await _runs_for_listing(store)
+    first = await store.list_runs(RunFilter(), 2, None)
+    assert [r["id"] for r in first.runs] == ["r5", "r4"] and first.cursor
+    await store.commit(Batch(runs=[run("r6", created_at=9.0), run("r0", created_at=0.5)]))
+    second = await store.list_runs(RunFilter(), 2, first.cursor)
+    assert [r["id"] for r in second.runs] == ["r3", "r2"]
+    third = await store.list_runs(RunFilter(), 2, second.cursor)
+    assert [r["id"] for r in third.runs] == ["r1", "r0"]
+    last = await store.list_runs(RunFilter(), 2, third.cursor)
+    assert last.runs == [] and last.cursor is None
+    tagged = await store.list_runs(RunFilter(tags=("x",)), 1, None)  # filtered pages too
+    assert [r["id"] for r in tagged.runs] == ["r3"]
+    assert [r["id"] for r in (await store.list_runs(RunFilter(tags=("x",)), 1,
+                                                    tagged.cursor)).runs] == ["r1"]
+    for bad in ("", "nope", "1.0/", "x/r1"):
+        with pytest.raises(ValueError, match="cursor"):
+            await store.list_runs(RunFilter(), 2, bad)
+
+
+@bounded(TIME_LIMIT)
+async def test_tokens_complete_once_and_honour_keys_and_expiry(store: Store) -> None:
+    from runwire.engine.store import StoredToken
+
+    token = StoredToken(id="wt1", created_at=1.0, expires_at=10.0, run_id="r1",
+                        idempotency_key="k1", tags=("a",))
+    assert await store.create_token(token) == token
+    again = await store.create_token(StoredToken(id="wt2", created_at=2.0, idempotency_key="k1"))
+    assert again == token  # the key's token, nothing new
+    assert await store.get_token("wt2") is None
+    assert await store.get_token("nope") is None
+    done, now = await store.complete_token("wt1", b'{"ok":true}', 5.0)
+    assert now and done is not None and done.status == "COMPLETED"
+    assert done.data == b'{"ok":true}' and done.completed_at == 5.0 and done.tags == ("a",)
+    second, now = await store.complete_token("wt1", b'"late"', 6.0)
+    assert not now and second == done  # the first completion wins
+    assert await store.complete_token("nope", b"1", 1.0) == (None, False)
+    await store.create_token(StoredToken(id="wt3", created_at=1.0, expires_at=2.0))
+    expired, now = await store.complete_token("wt3", b"1", 2.0)
+    assert not now and expired is not None and expired.status == "WAITING"
+    assert expired.timed_out(2.0)
+    await store.create_token(StoredToken(id="wt4", created_at=1.0))  # no expiry
+    assert (await store.complete_token("wt4", b"null", 1e12))[1]
+
+
+@bounded(TIME_LIMIT)
+async def test_tokens_go_with_their_run_and_free_ones_when_over(store: Store) -> None:
+    from runwire.engine.store import StoredToken
+
+    await store.commit(Batch(runs=[run("r1", status="COMPLETED", finished_at=5.0)]))
+    await store.create_token(StoredToken(id="of-run", created_at=1.0, run_id="r1"))
+    await store.create_token(StoredToken(id="free-old", created_at=1.0, expires_at=3.0))
+    await store.create_token(StoredToken(id="free-new", created_at=1.0, expires_at=50.0))
+    assert await store.delete_finished_before(10.0) == 1
+    assert await store.get_token("of-run") is None
+    assert await store.get_token("free-old") is None
+    assert await store.get_token("free-new") is not None
+
+
+@pytest.mark.parametrize("name", [n for n, k in STORES.items() if k.durable])
+@bounded(TIME_LIMIT)
+async def test_durable_stores_keep_tokens_across_reopen(name: str, tmp_path: Path) -> None:
+    from runwire.engine.store import StoredToken
+
+    first = STORES[name].make(tmp_path)
+    try:
+        await first.create_token(StoredToken(id="wt", created_at=1.0, expires_at=None))
+        await first.complete_token("wt", b'"yes"', 2.0)
+    finally:
+        await first.aclose()
+    again = STORES[name].make(tmp_path)
+    try:
+        token = await again.get_token("wt")
+        assert token is not None and token.status == "COMPLETED" and token.data == b'"yes"'
+    finally:
+        await again.aclose()

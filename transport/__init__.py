@@ -28,7 +28,13 @@ from ._frames import Append as Append
 from ._frames import Cancel as Cancel
 from ._frames import CancelRun as CancelRun
 from ._frames import Chunks as Chunks
+from ._frames import CompleteWaitpoint as CompleteWaitpoint
 from ._frames import CreateToken as CreateToken
+from ._frames import CreateWaitpoint as CreateWaitpoint
+from ._frames import ListRuns as ListRuns
+from ._frames import RetrieveWaitpoint as RetrieveWaitpoint
+from ._frames import RunList as RunList
+from ._frames import WaitpointInfo as WaitpointInfo
 from ._frames import End as End
 from ._frames import Error as Error
 from ._frames import Frame as Frame

@@ -155,6 +155,63 @@ class CreateToken(Frame):
     expires_in: float = 900.0
 
 
+@attrs.frozen
+class ListRuns(Frame):
+    """A page of runs, newest first: every filter given must hold (``tags``: all of them).
+
+    ``created_after``/``created_before`` are epoch seconds; ``cursor`` is the previous
+    page's. Answered with ``runs``.
+    """
+
+    type: ClassVar[str] = "list_runs"
+    id: int
+    task: str | None = None
+    status: list[str] = attrs.field(factory=list)
+    tags: list[str] = attrs.field(factory=list)
+    created_after: float | None = None
+    created_before: float | None = None
+    limit: int = 20
+    cursor: str | None = None
+
+
+@attrs.frozen
+class CreateWaitpoint(Frame):
+    """Make a waitpoint token (API key only); answered with ``waitpoint``, whose object
+    carries a ``public_access_token`` that may complete it.
+
+    ``timeout_s`` (null: none) is how long it may wait; an ``idempotency_key`` already used
+    answers the token made with it.
+    """
+
+    type: ClassVar[str] = "create_waitpoint"
+    id: int
+    timeout_s: float | None = None
+    idempotency_key: str | None = None
+    tags: list[str] = attrs.field(factory=list)
+
+
+@attrs.frozen
+class CompleteWaitpoint(Frame):
+    """Complete waitpoint token ``waitpoint`` with ``data``; the first completion wins.
+
+    Answered with ``waitpoint`` (``completed``: whether this request completed it).
+    """
+
+    type: ClassVar[str] = "complete_waitpoint"
+    id: int
+    waitpoint: str
+    data: Json = None
+
+
+@attrs.frozen
+class RetrieveWaitpoint(Frame):
+    """Ask for a waitpoint token's current state; answered with ``waitpoint``."""
+
+    type: ClassVar[str] = "retrieve_waitpoint"
+    id: int
+    waitpoint: str
+
+
 # --- engine -> client ----------------------------------------------------------------------
 
 
@@ -233,6 +290,28 @@ class Token(Frame):
 
 
 @attrs.frozen
+class RunList(Frame):
+    """Answer to ``list_runs``: run objects, and the ``cursor`` of the next page (null: the
+    last page)."""
+
+    type: ClassVar[str] = "runs"
+    re: int
+    runs: JsonList
+    cursor: str | None = None
+
+
+@attrs.frozen
+class WaitpointInfo(Frame):
+    """A waitpoint token (see ``docs/protocol.md``); ``completed`` answers
+    ``complete_waitpoint``: whether that request completed it (false: it was already)."""
+
+    type: ClassVar[str] = "waitpoint"
+    re: int
+    waitpoint: JsonObject
+    completed: bool | None = None
+
+
+@attrs.frozen
 class Error(Frame):
     """Request ``re`` failed (``re`` is null for a frame that had no usable id)."""
 
@@ -244,9 +323,10 @@ class Error(Frame):
 
 CLIENT_FRAMES: tuple[type[Frame], ...] = (
     Hello, Read, Append, Send, Trigger, Subscribe, Retrieve, CancelRun, Cancel, CreateToken,
+    ListRuns, CreateWaitpoint, CompleteWaitpoint, RetrieveWaitpoint,
 )
 ENGINE_FRAMES: tuple[type[Frame], ...] = (
-    Welcome, Chunks, End, Ack, Triggered, RunInfo, Token, Error,
+    Welcome, Chunks, End, Ack, Triggered, RunInfo, Token, RunList, WaitpointInfo, Error,
 )
 FRAME_TYPES: dict[str, type[Frame]] = {cls.type: cls for cls in CLIENT_FRAMES + ENGINE_FRAMES}
 

@@ -14,7 +14,7 @@ from typing import Any
 #: engine checks every token it signs with it.
 SCOPE_KINDS = frozenset({
     ("read", "runs"), ("read", "tasks"), ("write", "inputStreams"), ("write", "streams"),
-    ("write", "runs"), ("trigger", "tasks"),
+    ("write", "runs"), ("trigger", "tasks"), ("read", "waitpoints"), ("write", "waitpoints"),
 })
 #: Most scopes in one token, and the longest scope.
 MAX_SCOPES = 64

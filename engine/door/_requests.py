@@ -142,6 +142,38 @@ class Caller:
         await self.allow("write", "runs", run_id)
         await self.service.cancel_run(run_id)
 
+    async def list_runs(self, **filters: Any) -> tuple[list[dict[str, Any]], str | None]:
+        """A page of runs; the API key, or a token with ``read:runs`` (all runs) only."""
+        if not self.grant.admin and not self.grant.allows("read", "runs", "*"):
+            raise ForbiddenError("listing runs needs the API key or a 'read:runs' scope")
+        if self.grant.expired(self.door.auth.clock()):
+            raise UnauthorizedError("the access token has expired; reconnect with a new one")
+        self.check_keys(task=filters.get("task_id"), cursor=filters.get("cursor"))
+        return await self.service.list_runs(**filters)
+
+    async def create_waitpoint(self, timeout: Any, idempotency_key: Any,
+                               tags: Any) -> dict[str, Any]:
+        """A new waitpoint token with its public access token; only the API key may."""
+        if not self.grant.admin:
+            raise ForbiddenError("only the engine's API key may create waitpoint tokens")
+        token = await self.service.create_waitpoint(timeout=timeout,
+                                                    idempotency_key=idempotency_key, tags=tags)
+        return {**token.to_wire(self.service.clock()),
+                "public_access_token": self.service.waitpoint_token(token)}
+
+    async def complete_waitpoint(self, token_id: str, data: Any) -> tuple[dict[str, Any], bool]:
+        """Complete a token (``write:waitpoints:<id>``); whether this request did."""
+        await self.allow("write", "waitpoints", token_id)
+        self.check_keys(waitpoint=token_id)
+        self.take("send", self.limits.send_rate, self.limits.send_burst)
+        token, completed = await self.service.complete_waitpoint(token_id, data)
+        return token.to_wire(self.service.clock()), completed
+
+    async def retrieve_waitpoint(self, token_id: str) -> dict[str, Any]:
+        await self.allow("read", "waitpoints", token_id)
+        self.check_keys(waitpoint=token_id)
+        return (await self.service.get_waitpoint(token_id)).to_wire(self.service.clock())
+
     def create_token(self, scopes: Any, expires_in: Any) -> tuple[str, float]:
         """A public access token and its expiry; only the API key may make one."""
         if not self.grant.admin:

@@ -50,9 +50,10 @@ import trio
 from runwire import RunwireError, UnauthorizedError
 from runwire.transport import (
     CLOSE_INTERNAL, CLOSE_TRY_AGAIN, CLOSE_UNAUTHORIZED, PROTOCOL_VERSION, Ack, Append, Cancel,
-    CancelRun, Chunks, Connection, ConnectionBroken, ConnectionClosed, CreateToken, End, Error,
-    Frame, Hello, Read, RemoteProtocolError, Retrieve, RunInfo, Send, Subscribe, Token, Trigger,
-    Triggered, Welcome,
+    CancelRun, Chunks, CompleteWaitpoint, Connection, ConnectionBroken, ConnectionClosed,
+    CreateToken, CreateWaitpoint, End, Error, Frame, Hello, ListRuns, Read, RemoteProtocolError,
+    Retrieve, RetrieveWaitpoint, RunInfo, RunList, Send, Subscribe, Token, Trigger, Triggered,
+    WaitpointInfo, Welcome,
 )
 
 from ..run import Reader, ReadTimeout
@@ -80,7 +81,9 @@ class Session:
         self._handlers: dict[type[Frame], Handler] = {
             Read: self._read, Append: self._append, Send: self._send, Trigger: self._trigger,
             Subscribe: self._subscribe, Retrieve: self._retrieve, CancelRun: self._cancel_run,
-            CreateToken: self._create_token,
+            CreateToken: self._create_token, ListRuns: self._list_runs,
+            CreateWaitpoint: self._create_waitpoint, CompleteWaitpoint: self._complete_waitpoint,
+            RetrieveWaitpoint: self._retrieve_waitpoint,
         }
 
     async def serve(self) -> None:
@@ -304,3 +307,23 @@ class Session:
     async def _create_token(self, frame: CreateToken) -> None:
         token, expires_at = self.caller.create_token(frame.scopes, frame.expires_in)
         await self._emit(Token(re=frame.id, token=token, expires_at=expires_at))
+
+    async def _list_runs(self, frame: ListRuns) -> None:
+        runs, cursor = await self.caller.list_runs(
+            task_id=frame.task, statuses=frame.status, tags=frame.tags,
+            created_after=frame.created_after, created_before=frame.created_before,
+            limit=frame.limit, cursor=frame.cursor)
+        await self._emit(RunList(re=frame.id, runs=runs, cursor=cursor))
+
+    async def _create_waitpoint(self, frame: CreateWaitpoint) -> None:
+        token = await self.caller.create_waitpoint(frame.timeout_s, frame.idempotency_key,
+                                                   frame.tags)
+        await self._emit(WaitpointInfo(re=frame.id, waitpoint=token))
+
+    async def _complete_waitpoint(self, frame: CompleteWaitpoint) -> None:
+        token, completed = await self.caller.complete_waitpoint(frame.waitpoint, frame.data)
+        await self._emit(WaitpointInfo(re=frame.id, waitpoint=token, completed=completed))
+
+    async def _retrieve_waitpoint(self, frame: RetrieveWaitpoint) -> None:
+        token = await self.caller.retrieve_waitpoint(frame.waitpoint)
+        await self._emit(WaitpointInfo(re=frame.id, waitpoint=token))

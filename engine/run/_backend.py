@@ -130,6 +130,35 @@ class RunBackend:
         async for snapshot in self.services.subscribe(run_id):
             yield Run.from_wire(snapshot)
 
+    async def list_runs(self, filters: dict[str, Any]) -> tuple[list[Run], str | None]:
+        runs, cursor = await self.services.list_runs(**filters)
+        return [Run.from_wire(run) for run in runs], cursor
+
+    async def create_waitpoint(self, timeout: float | None, idempotency_key: str | None,
+                               tags: list[str]) -> dict[str, Any]:
+        """A token owned by this run (deleted with it by retention)."""
+        token = await self.services.create_waitpoint(
+            timeout=timeout, idempotency_key=idempotency_key, tags=tags, run_id=self.actor.id)
+        return {**token.to_wire(self.actor.env.clock()),
+                "public_access_token": self.services.waitpoint_token(token)}
+
+    async def complete_waitpoint(self, token_id: str, data: Any) -> tuple[dict[str, Any], bool]:
+        token, completed = await self.services.complete_waitpoint(token_id, data)
+        return token.to_wire(self.actor.env.clock()), completed
+
+    async def retrieve_waitpoint(self, token_id: str) -> dict[str, Any]:
+        token = await self.services.get_waitpoint(token_id)
+        return token.to_wire(self.actor.env.clock())
+
+    async def wait_waitpoint(self, token_id: str) -> Any:
+        """``wait.for_token``: suspended (``WAITING``, no queue slot) until the token is
+        completed (its data) or times out (``TIMED_OUT``)."""
+        token = await self.services.get_waitpoint(token_id)  # NotFoundError before suspending
+        if token.status == "COMPLETED" or token.timed_out(self.actor.env.clock()):
+            return await self.services.wait_waitpoint(token_id)  # at once
+        async with self.actor.suspended():
+            return await self.services.wait_waitpoint(token_id)
+
     async def create_token(self, scopes: list[str], expires_in: float) -> str:
         """A public access token; a task acts with the engine's authority."""
         return self.services.issue_token(scopes, expires_in)[0]

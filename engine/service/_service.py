@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
@@ -22,10 +23,11 @@ import trio
 
 from runwire import (
     BadFrameError,
-    InvalidPayloadError, NotFoundError, PayloadTooLargeError, RunFinishedError, Task,
-    UnknownTaskError,
+    InvalidPayloadError, NotFoundError, PayloadTooLargeError, RunFinishedError, RunStatus, Task,
+    UnknownTaskError, WaitpointTimeoutError,
 )
-from runwire.runtime import ProducerSink
+from runwire.runtime import TIMED_OUT, ProducerSink
+from runwire.transport import json_bytes
 
 from .._limits import Limits
 from ..broker import Broker
@@ -33,7 +35,7 @@ from ..run import (
     ExternalAppend, MissingRunProducer, OutputStream, Reader, RunActor, RunEnv, RunRecord,
     SendInput, new_run_id,
 )
-from ..store import Batch, Store
+from ..store import Batch, RunFilter, Store, StoredToken
 from ._auth import Auth
 
 log = logging.getLogger("runwire.engine")
@@ -87,6 +89,8 @@ class RunService:
                           drain_timeout=float(drain_timeout), services=self,
                           on_done=broker.detach)
         self._triggering: dict[tuple[str, str], trio.Event] = {}
+        #: waitpoint token id -> set when it is completed (runs waiting in for_token)
+        self._token_waiters: dict[str, trio.Event] = {}
         self._nursery: trio.Nursery | None = None
 
     def statistics(self) -> ServiceStatistics:
@@ -176,6 +180,8 @@ class RunService:
             with trio.CancelScope(shield=True):
                 await self.store.commit(Batch(runs=[record.to_store()]))
                 await self.start_actor(record, task)
+            log.info("run %s triggered (task %s%s)", record.id, task_id,
+                     f", parent {record.parent_id}" if record.parent_id else "")
             return record
         finally:
             if ikey:
@@ -313,6 +319,147 @@ class RunService:
                               ended=record.status.is_final or bool(state and state.ended),
                               tail_limit=0)
         return Reader(self.store, self.limits, run_id, key, start, stream)
+
+
+    # --- listing runs ----------------------------------------------------------------------
+
+    async def list_runs(self, *, task_id: str | None = None, statuses: Any = (),
+                        tags: Any = (), created_after: float | None = None,
+                        created_before: float | None = None, limit: int = 20,
+                        cursor: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
+        """A page of runs (wire form), newest first, and the next page's cursor.
+
+        Live runs are reported as they are now (the store holds their last committed state).
+
+        Raises:
+            BadFrameError: an unknown status, a limit outside 1-``max_list_limit``, tags that
+                are not strings, a malformed cursor.
+        """
+        if not isinstance(limit, int) or isinstance(limit, bool) or not 0 < limit <= 100:
+            raise BadFrameError("'limit' must be an integer in 1-100")
+        known = {s.value for s in RunStatus}
+        if not isinstance(statuses, (list, tuple)) or not set(statuses) <= known:
+            raise BadFrameError(f"'status' must be a list of {sorted(known)}")
+        if not isinstance(tags, (list, tuple)) or not all(isinstance(t, str) for t in tags):
+            raise BadFrameError("'tags' must be a list of strings")
+        for name, when in (("created_after", created_after), ("created_before", created_before)):
+            if when is not None and (isinstance(when, bool) or not isinstance(when, (int, float))
+                                     or not math.isfinite(when)):
+                raise BadFrameError(f"'{name}' must be epoch seconds or null")
+        where = RunFilter(task_id=task_id, statuses=tuple(statuses), tags=tuple(tags),
+                          created_after=created_after, created_before=created_before)
+        try:
+            page = await self.store.list_runs(where, limit, cursor)
+        except ValueError as exc:
+            raise BadFrameError(str(exc)) from None
+        runs = []
+        for raw in page.runs:
+            actor = self.broker.owner(raw["id"])
+            runs.append(actor.record.to_wire() if actor is not None
+                        else RunRecord.from_wire(raw).to_wire())
+        return runs, page.cursor
+
+    # --- waitpoint tokens ----------------------------------------------------------------
+
+    async def create_waitpoint(self, *, timeout: float | None = None,
+                               idempotency_key: str | None = None, tags: Any = (),
+                               run_id: str | None = None) -> StoredToken:
+        """A new waitpoint token (or the one ``idempotency_key`` already made).
+
+        Raises:
+            BadFrameError: a timeout that is not a positive number of seconds, a key or a
+                tag that is not a string of 1-``max_key_chars`` characters, over 32 tags.
+        """
+        limit = self.limits.max_key_chars
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(
+                timeout, (int, float)) or not math.isfinite(timeout) or timeout <= 0):
+            raise BadFrameError("'timeout_s' must be a positive number of seconds or null")
+        if idempotency_key is not None and (not isinstance(idempotency_key, str)
+                                            or not 0 < len(idempotency_key) <= limit):
+            raise BadFrameError(f"'idempotency_key' must be a string of 1-{limit} characters")
+        if not isinstance(tags, (list, tuple)) or len(tags) > 32 or not all(
+                isinstance(t, str) and 0 < len(t) <= limit for t in tags):
+            raise BadFrameError(f"'tags' must be at most 32 strings of 1-{limit} characters")
+        now = self.clock()
+        token = StoredToken(id="waitpoint_" + uuid.uuid4().hex[:24], created_at=now,
+                            expires_at=None if timeout is None else now + timeout,
+                            run_id=run_id, idempotency_key=idempotency_key, tags=tuple(tags))
+        return await self.store.create_token(token)
+
+    def waitpoint_token(self, token: StoredToken) -> str:
+        """The public access token that may complete (and read) ``token``."""
+        lifetime = self.limits.max_token_lifetime
+        if token.expires_at is not None:  # a little longer than the token can be completed
+            lifetime = min(lifetime, max(token.expires_at - self.clock(), 0.0) + 60.0)
+        return self.auth.issue([f"write:waitpoints:{token.id}", f"read:waitpoints:{token.id}"],
+                               lifetime)[0]
+
+    async def get_waitpoint(self, token_id: str) -> StoredToken:
+        """Raises: NotFoundError: no such token (or it was deleted with its run)."""
+        token = await self.store.get_token(token_id) if isinstance(token_id, str) else None
+        if token is None:
+            raise NotFoundError(f"no waitpoint token with id {token_id!r}")
+        return token
+
+    async def complete_waitpoint(self, token_id: str, data: Any) -> tuple[StoredToken, bool]:
+        """Complete a token with ``data``; whether this call completed it (the first
+        completion wins; later ones change nothing and answer ``False``).
+
+        Raises:
+            NotFoundError: no such token. WaitpointTimeoutError: it timed out first.
+            InvalidPayloadError: ``data`` is not JSON. PayloadTooLargeError: over
+            ``max_record_bytes``.
+        """
+        try:
+            raw = json_bytes(data)
+        except TypeError as exc:
+            raise InvalidPayloadError(f"waitpoint data is not JSON: {exc}") from None
+        if len(raw) > self.limits.max_record_bytes:
+            raise PayloadTooLargeError(f"waitpoint data of {len(raw)} bytes is over the "
+                                       f"{self.limits.max_record_bytes}-byte limit")
+        now = self.clock()
+        token, completed = await self.store.complete_token(token_id, raw, now) \
+            if isinstance(token_id, str) else (None, False)
+        if token is None:
+            raise NotFoundError(f"no waitpoint token with id {token_id!r}")
+        if not completed and token.status != "COMPLETED":
+            raise WaitpointTimeoutError(f"waitpoint token {token_id} timed out; it can no "
+                                        f"longer be completed")
+        if completed:
+            log.info("waitpoint %s completed", token_id)
+            event = self._token_waiters.pop(token_id, None)
+            if event is not None:
+                event.set()
+        return token, completed
+
+    async def wait_waitpoint(self, token_id: str) -> Any:
+        """The data ``token_id`` is completed with, once it is; ``TIMED_OUT`` if it times
+        out first. Returns at once for a token completed earlier (also before a restart).
+
+        Raises:
+            NotFoundError: no such token.
+        """
+        while True:
+            # registered before the read: a completion stored after the read sets it
+            event = self._token_waiters.setdefault(token_id, trio.Event())
+            try:
+                token = await self.get_waitpoint(token_id)
+            except NotFoundError:
+                self._forget_waiter(token_id, event)
+                raise
+            if token.status == "COMPLETED":
+                return orjson.loads(token.data) if token.data is not None else None
+            now = self.clock()
+            if token.timed_out(now):
+                self._forget_waiter(token_id, event)
+                return TIMED_OUT
+            wait = math.inf if token.expires_at is None else token.expires_at - now
+            with trio.move_on_after(wait):
+                await event.wait()
+
+    def _forget_waiter(self, token_id: str, event: trio.Event) -> None:
+        if self._token_waiters.get(token_id) is event and not event.is_set():
+            del self._token_waiters[token_id]
 
 
 @attrs.frozen

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
+import orjson
 import trio
 
 from ._errors import StoreConfigError
@@ -88,6 +89,85 @@ class StoredRecord:
     idempotency_key: str | None
 
 
+@attrs.frozen
+class StoredToken:
+    """A waitpoint token: a run may wait for it; anyone allowed may complete it once.
+
+    ``status`` is ``WAITING`` until completed (then ``COMPLETED`` with ``data``, the JSON
+    bytes it was completed with); a ``WAITING`` token whose ``expires_at`` has passed has
+    timed out and can no longer be completed.
+    """
+
+    id: str
+    created_at: float
+    expires_at: float | None = None
+    run_id: str | None = None
+    idempotency_key: str | None = None
+    tags: tuple[str, ...] = ()
+    status: str = "WAITING"
+    data: bytes | None = None
+    completed_at: float | None = None
+
+    def timed_out(self, now: float) -> bool:
+        return self.status == "WAITING" and self.expires_at is not None \
+            and self.expires_at <= now
+
+    def to_wire(self, now: float) -> dict[str, Any]:
+        """The ``waitpoint`` object of the wire protocol (``status`` as of ``now``)."""
+        return {
+            "id": self.id, "status": "TIMED_OUT" if self.timed_out(now) else self.status,
+            "created_at": self.created_at, "expires_at": self.expires_at,
+            "completed_at": self.completed_at, "tags": list(self.tags),
+            "idempotency_key": self.idempotency_key, "run_id": self.run_id,
+            "output": orjson.loads(self.data) if self.data is not None else None,
+        }
+
+
+@attrs.frozen
+class RunFilter:
+    """Which runs ``list_runs`` returns: every condition given must hold (tags: all)."""
+
+    task_id: str | None = None
+    statuses: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    created_after: float | None = None
+    created_before: float | None = None
+
+    def matches(self, run: dict[str, Any]) -> bool:
+        created = run.get("created_at") or 0.0
+        return ((self.task_id is None or run["task_id"] == self.task_id)
+                and (not self.statuses or run["status"] in self.statuses)
+                and all(tag in (run.get("tags") or ()) for tag in self.tags)
+                and (self.created_after is None or created > self.created_after)
+                and (self.created_before is None or created < self.created_before))
+
+
+@attrs.frozen
+class RunPage:
+    """A page of runs, newest first, and the cursor of the next page (``None``: the last)."""
+
+    runs: list[dict[str, Any]]
+    cursor: str | None
+
+
+def encode_cursor(created_at: float, run_id: str) -> str:
+    """The position after run ``run_id``: runs are listed by ``(created_at, id)``, newest
+    first, so a page never shifts when newer runs are added."""
+    return f"{float(created_at)!r}/{run_id}"
+
+
+def decode_cursor(cursor: str) -> tuple[float, str]:
+    """Raises: ValueError: not a cursor this store made."""
+    when, sep, run_id = cursor.partition("/") if isinstance(cursor, str) else ("", "", "")
+    try:
+        value = float(when)
+    except ValueError:
+        value = float("nan")
+    if not sep or not run_id or value != value:
+        raise ValueError(f"not a run list cursor: {str(cursor)[:64]!r}")
+    return value, run_id
+
+
 class Store(abc.ABC):
     """Persistence for the engine. All methods are async and safe to call from trio."""
 
@@ -156,6 +236,34 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def delete_finished_before(self, cutoff: float) -> int:
         """Delete runs (and all their data) that finished before ``cutoff``; how many."""
+
+    @abc.abstractmethod
+    async def list_runs(self, where: RunFilter, limit: int, cursor: str | None) -> RunPage:
+        """Runs matching ``where``, newest first (by ``created_at``, then id), at most
+        ``limit``, after ``cursor`` (from the previous page).
+
+        Raises:
+            ValueError: a malformed cursor.
+        """
+
+    @abc.abstractmethod
+    async def create_token(self, token: StoredToken) -> StoredToken:
+        """Store a new waitpoint token; with an idempotency key already used, the token
+        made with it (nothing new is stored)."""
+
+    @abc.abstractmethod
+    async def get_token(self, token_id: str) -> StoredToken | None:
+        """The waitpoint token, or ``None``."""
+
+    @abc.abstractmethod
+    async def complete_token(self, token_id: str, data: bytes,
+                             now: float) -> tuple[StoredToken | None, bool]:
+        """Complete a ``WAITING``, unexpired token with ``data``, atomically.
+
+        Returns the token as stored after the call and whether this call completed it (a
+        token completed earlier, or timed out, is left as it is: the first completion
+        wins). ``(None, False)`` for an unknown id.
+        """
 
     async def aclose(self) -> None:
         """Release the store's resources; safe to call twice."""

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
 import orjson
 import trio
 
 from runwire.transport import json_bytes
 
-from ._base import Batch, Store, StoredRecord, StreamState
+from ._base import (
+    Batch, RunFilter, RunPage, Store, StoredRecord, StoredToken, StreamState, decode_cursor,
+    encode_cursor,
+)
 from ._errors import IndexGapError
 
 
@@ -34,6 +38,8 @@ class MemoryStore(Store):
         self._seqs: dict[str, dict[tuple[str, str], int]] = {}
         self._records: dict[str, dict[str, list[StoredRecord]]] = {}
         self._waitpoints: dict[tuple[str, str], tuple[bytes, float | None]] = {}
+        self._tokens: dict[str, StoredToken] = {}
+        self._token_keys: dict[str, str] = {}
 
     async def commit(self, batch: Batch) -> None:  # (commit_staged: the Store default)
         await trio.lowlevel.checkpoint_if_cancelled()  # cancelled: nothing is written
@@ -118,6 +124,46 @@ class MemoryStore(Store):
             return None
         return found[0]
 
+    async def list_runs(self, where: RunFilter, limit: int, cursor: str | None) -> RunPage:
+        await trio.lowlevel.checkpoint()
+        after = decode_cursor(cursor) if cursor is not None else None
+        runs = [orjson.loads(raw) for raw in self._runs.values()]
+        runs.sort(key=lambda r: (r.get("created_at") or 0.0, r["id"]), reverse=True)
+        page: list[dict[str, Any]] = []
+        for run in runs:
+            if after is not None and (run.get("created_at") or 0.0, run["id"]) >= after:
+                continue
+            if where.matches(run):
+                page.append(run)
+                if len(page) == limit:
+                    break
+        last = page[-1] if len(page) == limit else None
+        return RunPage(page, encode_cursor(last.get("created_at") or 0.0, last["id"])
+                       if last is not None else None)
+
+    async def create_token(self, token: StoredToken) -> StoredToken:
+        await trio.lowlevel.checkpoint()
+        if token.idempotency_key is not None and token.idempotency_key in self._token_keys:
+            return self._tokens[self._token_keys[token.idempotency_key]]
+        self._tokens[token.id] = token
+        if token.idempotency_key is not None:
+            self._token_keys[token.idempotency_key] = token.id
+        return token
+
+    async def get_token(self, token_id: str) -> StoredToken | None:
+        await trio.lowlevel.checkpoint()
+        return self._tokens.get(token_id)
+
+    async def complete_token(self, token_id: str, data: bytes,
+                             now: float) -> tuple[StoredToken | None, bool]:
+        await trio.lowlevel.checkpoint()
+        token = self._tokens.get(token_id)
+        if token is None or token.status != "WAITING" or token.timed_out(now):
+            return token, False
+        token = self._tokens[token_id] = attrs.evolve(token, status="COMPLETED",
+                                                      data=bytes(data), completed_at=now)
+        return token, True
+
     async def delete_finished_before(self, cutoff: float) -> int:
         await trio.lowlevel.checkpoint()
         runs = {rid: orjson.loads(raw) for rid, raw in self._runs.items()}
@@ -131,4 +177,11 @@ class MemoryStore(Store):
             self._records.pop(rid, None)
             for wkey in [k for k in self._waitpoints if k[0] == rid]:
                 del self._waitpoints[wkey]
+        gone = set(doomed)
+        for token in list(self._tokens.values()):  # a run's tokens go with it; free ones
+            ended = token.completed_at if token.status == "COMPLETED" else token.expires_at
+            if token.run_id in gone or (token.run_id is None and ended is not None
+                                        and ended < cutoff):
+                del self._tokens[token.id]
+                self._token_keys.pop(token.idempotency_key or "", None)
         return len(doomed)

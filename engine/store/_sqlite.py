@@ -66,7 +66,11 @@ Schema: ``runs`` (JSON blob plus indexed task/idempotency key/status/finished_at
 (``WITHOUT ROWID``, keyed by ``(sid, last)``; each row also holds the stream's size in bytes
 through it, so a stream's length and size are read off its last page and an append writes
 one row, one database page when it is small), ``producer_seqs``, ``records`` and
-``waitpoints``.
+``waitpoints``; ``wait_tokens`` (waitpoint tokens, written directly, not in batches: a
+completion can come from anywhere, and the first one wins in one ``UPDATE ... WHERE status =
+'WAITING'``). ``runs.created_at`` (schema 3) orders ``list_runs``: keyset pages on
+``(created_at, id)``, newest first, so a page never shifts when newer runs arrive.
+Schema 2 files gain the column (filled from each run's JSON) and the token table when opened.
 """
 
 from __future__ import annotations
@@ -88,7 +92,10 @@ from urllib.parse import parse_qs
 import orjson
 import trio
 
-from ._base import Batch, ChunkAppend, Store, StoredRecord, StreamState
+from ._base import (
+    Batch, ChunkAppend, RunFilter, RunPage, Store, StoredRecord, StoredToken, StreamState,
+    decode_cursor, encode_cursor,
+)
 from ._errors import (
     IndexGapError, NotCompactError, StoreClosedError, StoreConfigError, StoreError,
     StoreUnavailableError,
@@ -97,7 +104,7 @@ from ._errors import (
 T = TypeVar("T")
 log = logging.getLogger("runwire.engine")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _FINAL = "('COMPLETED', 'FAILED', 'CANCELED', 'CRASHED', 'TIMED_OUT')"
 #: Runs deleted per retention transaction, so a big sweep never stalls commits for long.
 DELETE_STEP = 200
@@ -126,7 +133,8 @@ CREATE TABLE IF NOT EXISTS runs (
     idempotency_key TEXT,
     status TEXT NOT NULL,
     finished_at REAL,
-    data BLOB NOT NULL
+    data BLOB NOT NULL,
+    created_at REAL
 );
 CREATE INDEX IF NOT EXISTS runs_by_idempotency_key ON runs (task_id, idempotency_key)
     WHERE idempotency_key IS NOT NULL;
@@ -172,12 +180,32 @@ CREATE TABLE IF NOT EXISTS waitpoints (
 );
 """
 
+#: What schema 3 added (run after ``_SCHEMA`` on a new file, after the column on an old one).
+_SCHEMA_3 = """
+CREATE INDEX IF NOT EXISTS runs_by_created ON runs (created_at, id);
+CREATE INDEX IF NOT EXISTS runs_by_task_created ON runs (task_id, created_at, id);
+CREATE TABLE IF NOT EXISTS wait_tokens (
+    id TEXT PRIMARY KEY,
+    run_id TEXT,
+    idempotency_key TEXT UNIQUE,
+    status TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    expires_at REAL,
+    completed_at REAL,
+    tags BLOB NOT NULL,
+    data BLOB
+);
+CREATE INDEX IF NOT EXISTS wait_tokens_by_run ON wait_tokens (run_id) WHERE run_id IS NOT NULL;
+"""
+_TOKEN_COLUMNS = "id, run_id, idempotency_key, status, created_at, expires_at, completed_at, " \
+                 "tags, data"
+
 _UPSERT_RUN = """
-INSERT INTO runs (id, task_id, idempotency_key, status, finished_at, data)
-VALUES (?, ?, ?, ?, ?, ?)
+INSERT INTO runs (id, task_id, idempotency_key, status, finished_at, data, created_at)
+VALUES (?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (id) DO UPDATE SET task_id = excluded.task_id,
     idempotency_key = excluded.idempotency_key, status = excluded.status,
-    finished_at = excluded.finished_at, data = excluded.data
+    finished_at = excluded.finished_at, data = excluded.data, created_at = excluded.created_at
 """
 _UPSERT_SEQ = """
 INSERT INTO producer_seqs (run_id, key, producer, next_seq) VALUES (?, ?, ?, ?)
@@ -201,6 +229,7 @@ _DELETE_RUN_DATA = (
     "DELETE FROM producer_seqs WHERE run_id = ?",
     "DELETE FROM records WHERE run_id = ?",
     "DELETE FROM waitpoints WHERE run_id = ?",
+    "DELETE FROM wait_tokens WHERE run_id = ?",
     "DELETE FROM runs WHERE id = ?",
 )
 
@@ -262,7 +291,8 @@ class _Pending:
             self.error = exc
             return False
         self.run_rows = [(run["id"], run["task_id"], run.get("idempotency_key"), run["status"],
-                          run.get("finished_at"), orjson.dumps(run)) for run in batch.runs]
+                          run.get("finished_at"), orjson.dumps(run), run.get("created_at"))
+                         for run in batch.runs]
         self.nbytes = (sum(len(row[5]) for row in self.run_rows)
                        + sum(app.nbytes for app in batch.chunks)
                        + sum(len(r.data) for r in batch.records)
@@ -563,6 +593,8 @@ class SqliteStore(Store):
                 "SELECT id FROM runs WHERE finished_at < ? LIMIT ?", (cutoff, DELETE_STEP))]
             for statement in _DELETE_RUN_DATA:
                 conn.executemany(statement, ids)
+            conn.execute("DELETE FROM wait_tokens WHERE run_id IS NULL AND coalesce("
+                         "completed_at, expires_at) < ?", (cutoff,))
         if ids:
             self._ends.clear()  # a deleted stream's sid may be given to a new one
         return len(ids)
@@ -646,6 +678,107 @@ class SqliteStore(Store):
             self._rows, "SELECT data FROM waitpoints WHERE run_id = ? AND key = ? "
             "AND (expires_at IS NULL OR expires_at > ?)", run_id, key, now)
         return rows[0][0] if rows else None
+
+
+    async def list_runs(self, where: RunFilter, limit: int, cursor: str | None) -> RunPage:
+        after = decode_cursor(cursor) if cursor is not None else None
+        return await self._read(self._list_runs, where, limit, after)
+
+    def _list_runs(self, where: RunFilter, limit: int,
+                   after: tuple[float, str] | None) -> RunPage:
+        """Keyset pages on ``(created_at, id)``; SQL filters what it indexes, tags are
+        checked here (reading on until the page is full)."""
+        sql = ["SELECT data, coalesce(created_at, 0), id FROM runs WHERE 1"]
+        params: list[Any] = []
+        if where.task_id is not None:
+            sql.append("AND task_id = ?")
+            params.append(where.task_id)
+        if where.statuses:
+            sql.append(f"AND status IN ({', '.join('?' * len(where.statuses))})")
+            params.extend(where.statuses)
+        if where.created_after is not None:
+            sql.append("AND coalesce(created_at, 0) > ?")
+            params.append(where.created_after)
+        if where.created_before is not None:
+            sql.append("AND coalesce(created_at, 0) < ?")
+            params.append(where.created_before)
+        base = " ".join(sql)
+        page: list[dict[str, Any]] = []
+        step = max(limit, 64)
+        while True:
+            keyset = "" if after is None else \
+                " AND (coalesce(created_at, 0), id) < (?, ?)"
+            rows = self._rows(f"{base}{keyset} ORDER BY coalesce(created_at, 0) DESC, id DESC "
+                              f"LIMIT ?", *params, *(after or ()), step)
+            for data, created, run_id in rows:
+                after = (created, run_id)
+                run = orjson.loads(data)
+                if where.matches(run):
+                    page.append(run)
+                    if len(page) == limit:
+                        return RunPage(page, encode_cursor(created, run_id))
+            if len(rows) < step:
+                break
+        return RunPage(page, None)
+
+    async def create_token(self, token: StoredToken) -> StoredToken:
+        return await self._write_direct(self._create_token, token)
+
+    def _create_token(self, token: StoredToken) -> StoredToken:
+        conn = self._writing()
+        with conn:
+            conn.execute("BEGIN IMMEDIATE")
+            if token.idempotency_key is not None:
+                found = conn.execute(f"SELECT {_TOKEN_COLUMNS} FROM wait_tokens WHERE "
+                                     "idempotency_key = ?", (token.idempotency_key,)).fetchone()
+                if found is not None:
+                    return _token(found)
+            conn.execute(f"INSERT INTO wait_tokens ({_TOKEN_COLUMNS}) VALUES "
+                         "(?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                         (token.id, token.run_id, token.idempotency_key, token.status,
+                          token.created_at, token.expires_at, token.completed_at,
+                          orjson.dumps(list(token.tags)), token.data))
+        return token
+
+    async def get_token(self, token_id: str) -> StoredToken | None:
+        rows = await self._read(self._rows, f"SELECT {_TOKEN_COLUMNS} FROM wait_tokens "
+                                "WHERE id = ?", token_id)
+        return _token(rows[0]) if rows else None
+
+    async def complete_token(self, token_id: str, data: bytes,
+                             now: float) -> tuple[StoredToken | None, bool]:
+        return await self._write_direct(self._complete_token, token_id, data, now)
+
+    def _complete_token(self, token_id: str, data: bytes,
+                        now: float) -> tuple[StoredToken | None, bool]:
+        conn = self._writing()
+        with conn:
+            conn.execute("BEGIN IMMEDIATE")
+            changed = conn.execute(
+                "UPDATE wait_tokens SET status = 'COMPLETED', data = ?, completed_at = ? "
+                "WHERE id = ? AND status = 'WAITING' AND (expires_at IS NULL OR expires_at > ?)",
+                (data, now, token_id, now)).rowcount
+            row = conn.execute(f"SELECT {_TOKEN_COLUMNS} FROM wait_tokens WHERE id = ?",
+                               (token_id,)).fetchone()
+        return (_token(row) if row else None), changed == 1
+
+    async def _write_direct(self, fn: Callable[..., T], *args: Any) -> T:
+        """One small transaction of its own on the writer connection, between group
+        commits (like the retention sweep)."""
+        await self._ready()
+        async with self._turn:
+            if self._memory:
+                return fn(*args)
+            with trio.CancelScope(shield=True):  # a transaction in its thread finishes whole
+                result = await trio.to_thread.run_sync(fn, *args, limiter=self._write_limiter)
+            return result
+
+
+def _token(row: tuple[Any, ...]) -> StoredToken:
+    token_id, run_id, ikey, status, created, expires, completed, tags, data = row
+    return StoredToken(id=token_id, run_id=run_id, idempotency_key=ikey, status=status,
+                       created_at=created, expires_at=expires, completed_at=completed,
+                       tags=tuple(orjson.loads(tags)), data=data)
 
 
 # --- writing on the writer connection (trio thread or worker thread: see "Threads") -----
@@ -743,11 +876,40 @@ def _migrate(conn: sqlite3.Connection) -> None:
     if version > SCHEMA_VERSION:
         raise sqlite3.DatabaseError(f"schema version {version} was written by a newer "
                                     f"runwire (this one knows {SCHEMA_VERSION})")
+    if version == 0:
+        conn.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} {_SCHEMA_3} PRAGMA user_version = "
+                           f"{SCHEMA_VERSION}; COMMIT;")
+        return
     if version == 1:
         _migrate_from_1(conn)
-    elif version < SCHEMA_VERSION:
-        conn.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} PRAGMA user_version = "
-                           f"{SCHEMA_VERSION}; COMMIT;")
+        version = 2
+    if version == 2:
+        _migrate_from_2(conn)
+
+
+def _migrate_from_2(conn: sqlite3.Connection) -> None:
+    """Schema 2 -> 3, in one transaction: ``runs.created_at`` (filled from each run's JSON)
+    with its indexes, and the ``wait_tokens`` table."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(runs)")}
+        if "created_at" not in columns:
+            conn.execute("ALTER TABLE runs ADD COLUMN created_at REAL")
+            rowid = -1
+            while rows := conn.execute("SELECT rowid, data FROM runs WHERE rowid > ? "
+                                       "ORDER BY rowid LIMIT 512", (rowid,)).fetchall():
+                conn.executemany("UPDATE runs SET created_at = ? WHERE rowid = ?",
+                                 [(orjson.loads(data).get("created_at"), rid)
+                                  for rid, data in rows])
+                rowid = rows[-1][0]
+        for statement in _SCHEMA_3.split(";"):  # not executescript: it would COMMIT first
+            if statement.strip():
+                conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
 
 
 def _migrate_from_1(conn: sqlite3.Connection) -> None:
@@ -778,7 +940,7 @@ def _migrate_from_1(conn: sqlite3.Connection) -> None:
                              "VALUES (?, ?, ?, ?, ?)", converted)
         conn.execute("DROP TABLE chunk_pages_1")
         conn.execute("DROP TABLE streams_1")
-        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.execute("PRAGMA user_version = 2")  # then 2 -> 3
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
