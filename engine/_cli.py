@@ -1,10 +1,17 @@
 """``runwire serve`` (also ``python -m runwire.engine serve``): run an engine from a shell
-until interrupted."""
+until interrupted; and the client commands (``runwire runs|trigger|send|token``, in
+``_commands``).
+
+Every ``serve`` flag can also come from the environment (the flag wins): ``RUNWIRE_TASKS``,
+``RUNWIRE_STORE``, ``RUNWIRE_HOST``, ``RUNWIRE_PORT``, ``RUNWIRE_API_KEY``,
+``RUNWIRE_DRAIN_TIMEOUT``, ``RUNWIRE_RETENTION``, ``RUNWIRE_LOG_LEVEL``.
+"""
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import logging
 import math
 import os
@@ -16,30 +23,49 @@ import trio
 
 from runwire.runtime import parse_duration, tasks_in
 
+from ._commands import add_commands, run_command
 from ._engine import open_engine
 from ._limits import Limits
 from .service import generate_api_key
 
 
+def _env(name: str, default: str | None) -> str | None:
+    return os.environ.get(f"RUNWIRE_{name}", default)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="runwire", description="runwire engine")
     sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="serve tasks over websockets until interrupted")
-    serve.add_argument("--tasks", action="append", default=[], metavar="MODULE",
-                       help="module to import; every task defined in it is registered "
-                            "(repeat or comma-separate for several)")
-    serve.add_argument("--store", default="sqlite:///runwire.db",
-                       help="memory://, sqlite:///path (default: sqlite:///runwire.db)")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8765, help="0 picks a free port")
+    serve = sub.add_parser("serve", help="serve tasks over websockets until interrupted",
+                           epilog="Every flag may also be set in the environment: "
+                                  "RUNWIRE_TASKS, RUNWIRE_STORE, RUNWIRE_HOST, RUNWIRE_PORT, "
+                                  "RUNWIRE_API_KEY, RUNWIRE_DRAIN_TIMEOUT, RUNWIRE_RETENTION, "
+                                  "RUNWIRE_LOG_LEVEL (a flag wins).")
+    tasks_env = _env("TASKS", None)
+    serve.add_argument("--tasks", action="append", metavar="MODULE_OR_FILE",
+                       default=[tasks_env] if tasks_env else [],
+                       help="module to import (e.g. examples.quickstart) or a .py file path; "
+                            "every task defined in it is registered (repeat or comma-separate "
+                            "for several; default: $RUNWIRE_TASKS)")
+    serve.add_argument("--store", default=_env("STORE", "sqlite:///runwire.db"),
+                       help="memory://, sqlite:///path (default: $RUNWIRE_STORE, else "
+                            "sqlite:///runwire.db)")
+    serve.add_argument("--host", default=_env("HOST", "127.0.0.1"),
+                       help="default: $RUNWIRE_HOST, else 127.0.0.1")
+    serve.add_argument("--port", type=int, default=_env("PORT", "8765"),
+                       help="0 picks a free port (default: $RUNWIRE_PORT, else 8765)")
     serve.add_argument("--api-key", default=None,
-                       help="secret API key (default: $RUNWIRE_API_KEY, else generated)")
-    serve.add_argument("--drain-timeout", type=float, default=60.0,
-                       help="seconds a finished task's producers may go on (default 60)")
-    serve.add_argument("--retention", default="28d", type=_retention,
+                       help="secret API key, at least 8 characters (default: $RUNWIRE_API_KEY, "
+                            "else generated and printed once)")
+    serve.add_argument("--drain-timeout", type=float, default=_env("DRAIN_TIMEOUT", "60"),
+                       help="seconds a finished task's producers may go on (default: "
+                            "$RUNWIRE_DRAIN_TIMEOUT, else 60)")
+    serve.add_argument("--retention", default=_env("RETENTION", "28d"), type=_retention,
                        help="how long finished runs are kept: seconds or 30m/12h/28d "
-                            "(default 28d)")
-    serve.add_argument("--log-level", default="INFO")
+                            "(default: $RUNWIRE_RETENTION, else 28d)")
+    serve.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"),
+                       help="default: $RUNWIRE_LOG_LEVEL, else INFO")
+    add_commands(sub)
     return parser
 
 
@@ -59,12 +85,30 @@ def _retention(text: str) -> float:
 
 
 def load_tasks(modules: list[str]) -> list[Any]:
-    """Import each module and collect the tasks defined in it."""
+    """Import each module (a dotted name, or a ``.py`` file path) and collect its tasks."""
     found: list[Any] = []
     for spec in modules:
         for name in filter(None, (part.strip() for part in spec.split(","))):
-            found.extend(tasks_in(importlib.import_module(name)))
+            found.extend(tasks_in(_import(name)))
     return found
+
+
+def _import(name: str) -> Any:
+    """A module by dotted name, or by file path (``path/to/tasks.py``): a path lets
+    ``serve`` find tasks outside the current folder and outside ``sys.path``."""
+    if not name.endswith(".py") and os.sep not in name:
+        return importlib.import_module(name)
+    path = os.path.abspath(name)
+    if not os.path.isfile(path):
+        raise ImportError(f"no tasks file {name!r}")
+    module_name = "runwire_tasks_" + os.path.splitext(os.path.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import {name!r}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module  # dataclasses and attrs look their module up
+    spec.loader.exec_module(module)
+    return module
 
 
 async def _serve(args: argparse.Namespace) -> None:
@@ -88,6 +132,8 @@ async def _serve(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command != "serve":
+        return run_command(args)
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     sys.path.insert(0, os.getcwd())

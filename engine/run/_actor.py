@@ -370,8 +370,14 @@ class RunActor:
 
     def set_status(self, status: RunStatus) -> None:
         if self.record.status is not status:
+            before = self.record.status
             self.record.set_status(status, self.env.clock())
             self.touch()
+            if status is RunStatus.EXECUTING and before is not RunStatus.WAITING:
+                log.info("run %s started (task %s, attempt %d)", self.id, self.record.task_id,
+                         self.record.attempt)
+            elif status is RunStatus.WAITING:
+                log.info("run %s waiting", self.id)
 
     # --- requests from outside, through the mailbox ---------------------------------------
 
@@ -717,6 +723,8 @@ class RunActor:
         stage.batch.ended.extend((self.id, key) for key in self._stream_keys())
 
         def finished() -> None:
+            log.info("run %s finished %s in %.3fs", self.id, msg.status.value,
+                     (record.finished_at or 0.0) - record.created_at)
             for stream in self.streams.values():
                 stream.end()
             self.finished.set()
