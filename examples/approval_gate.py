@@ -9,6 +9,7 @@ an edit, and the run completes with the approved text.
 
 from __future__ import annotations
 
+import argparse
 import attrs
 import trio
 
@@ -69,5 +70,12 @@ async def main() -> None:
                 raise SystemExit("the approved run did not complete")
 
 
+def _args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m examples.approval_gate",
+                                     description=(__doc__ or "").split("\n\n")[0])
+    return parser.parse_args()  # no options; --help describes the example
+
+
 if __name__ == "__main__":
+    _args()
     trio.run(main)

@@ -9,6 +9,7 @@ end), and the run's output says it was stopped and why.
 
 from __future__ import annotations
 
+import argparse
 import attrs
 import trio
 
@@ -79,5 +80,12 @@ async def main() -> None:
                 raise SystemExit("the stop signal did not stop the stream")
 
 
+def _args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m examples.cancellable_stream",
+                                     description=(__doc__ or "").split("\n\n")[0])
+    return parser.parse_args()  # no options; --help describes the example
+
+
 if __name__ == "__main__":
+    _args()
     trio.run(main)

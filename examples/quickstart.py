@@ -2,11 +2,14 @@
 reader that prints them as they arrive.
 
     python -m examples.quickstart            # prints the tokens, then the run's result
+    python -m examples.quickstart --db runwire.db   # keeps the SQLite file afterwards
+
+Without ``--db`` the store lives in a temporary folder that is removed at the end.
 """
 
 from __future__ import annotations
 
-import sys
+import argparse
 import tempfile
 from pathlib import Path
 
@@ -36,7 +39,14 @@ async def generate(payload: dict, ctx) -> dict:
 
 
 async def main(db_path: str | None = None) -> None:
-    db = db_path or str(Path(tempfile.mkdtemp(prefix="runwire-")) / "quickstart.db")
+    if db_path is not None:
+        await _run(db_path)
+        return
+    with tempfile.TemporaryDirectory(prefix="runwire-") as folder:  # removed afterwards
+        await _run(str(Path(folder) / "quickstart.db"))
+
+
+async def _run(db: str) -> None:
     async with open_engine([generate], store=f"sqlite:///{db}", api_key="quickstart-key",
                            port=0) as eng:
         print(f"engine at {eng.url}, store sqlite:///{db}")
@@ -49,5 +59,13 @@ async def main(db_path: str | None = None) -> None:
             print(f"run {run.id} {run.status.value}: {run.output}")
 
 
+def _args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m examples.quickstart",
+                                     description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--db", metavar="PATH",
+                        help="SQLite file to use and keep (default: a temporary one, removed)")
+    return parser.parse_args()
+
+
 if __name__ == "__main__":
-    trio.run(main, *(sys.argv[1:2]))
+    trio.run(main, _args().db)

@@ -55,4 +55,7 @@ from ._task import Task as Task
 from ._task import schema_task as schema_task
 from ._task import task as task
 from ._task import tasks as tasks
+from ._tool import ToolSpec as ToolSpec
+from ._tool import ToolTask as ToolTask
+from ._tool import tool_task as tool_task
 from ._wait import wait as wait

@@ -33,6 +33,13 @@ EXPECTED = {
         r"run COMPLETED: \{'published': True, 'text': 'We are thrilled to announce "
         r"runwire 0\.1!', 'approved_by': 'alice'\}",
     ],
+    "tool_calling": [
+        r'tool \(OpenAI\): \{"type": "function", "function": \{"name": "get_weather"',
+        r'tool \(Anthropic\): \{"name": "get_weather", .*"input_schema"',
+        r'tool call: get_weather\(\{"city": "Paris"\}\)',
+        r'tool result: \{"city": "Paris", "temperature": 18, "unit": "celsius"\}',
+        r"run COMPLETED: It is 18 degrees celsius in Paris\.",
+    ],
 }
 
 
@@ -53,7 +60,29 @@ def test_example_runs(example, tmp_path):
         match = re.compile(pattern).search(proc.stdout, position)
         assert match, f"{pattern!r} not in the output (after {position}):\n{proc.stdout}"
         position = match.end()
+    assert not list(tmp_path.iterdir()), "the example left files behind"
     if example == "cancellable_stream":  # stopped after the 10th token, long before the end
         received, total = map(int, re.search(r"after (\d+) of (\d+)", proc.stdout).groups())
         stored = int(re.search(r"tokens=(\d+)", proc.stdout).group(1))
         assert 10 <= received == stored < total / 2
+
+
+@pytest.mark.parametrize("example", EXAMPLES)
+def test_example_help_prints_help_and_creates_nothing(example, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-m", f"examples.{example}", "--help"], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("usage: python -m examples.") and "--help" in proc.stdout
+    assert not list(tmp_path.iterdir()), "--help created files"
+    bad = subprocess.run([sys.executable, "-m", f"examples.{example}", "--no-such-flag"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 2 and "unrecognized arguments" in bad.stderr
+
+
+def test_the_quickstart_keeps_a_db_only_when_asked(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-m", "examples.quickstart", "--db", "kept.db"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "kept.db").exists()

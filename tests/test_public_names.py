@@ -16,7 +16,7 @@ PUBLIC = {
         "UnknownTaskError", "InvalidPayloadError", "RateLimitedError", "InternalError",
         "StreamTimeoutError", "InputStreamTimeoutError", "TaskRunError", "OutsideRunError",
         "auth", "__version__", "ClientStatistics", "AppendResult", "PendingResult",
-        "TeeOverflowError", "RunList", "WaitpointToken", "WaitpointTimeoutError",
+        "TeeOverflowError", "tool_task", "ToolTask", "ToolSpec", "RunList", "WaitpointToken", "WaitpointTimeoutError",
     },
     "runwire.engine": {
         "open_engine", "Engine", "ServingEngine", "EngineStatistics", "Limits", "Store",
