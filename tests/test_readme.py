@@ -29,3 +29,41 @@ def test_readme_names_the_two_commands():
     assert blocks[0] == "python -m pip install . && python -m examples.quickstart"
     assert blocks[1] == 'python -m pip install -e ".[dev]" && python -m pytest'
     assert blocks[1] in ci
+
+
+def _serve_and_stop(command: str, cwd: Path, env: dict[str, str]) -> str:
+    """Run a README ``runwire serve`` line (on a free port), wait for its URL, stop it."""
+    import shlex
+    import signal
+
+    argv = [sys.executable, "-m", "runwire.engine", *shlex.split(command)[1:]]
+    argv[argv.index("--port") + 1] = "0"  # the README's 8765 may be taken here
+    proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=env)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        while line and "serving ws://" not in line:
+            line = proc.stdout.readline()
+        assert "serving ws://" in line, proc.stdout.read()
+        return line
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def test_readme_serve_commands_work_in_and_outside_the_checkout(tmp_path):
+    import os
+
+    readme = (ROOT / "README.md").read_text()
+    command = re.search(r"```sh\n(runwire serve [^\n]*)\n```", readme).group(1)
+    assert "--api-key dev-secret-key" in command
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("RUNWIRE_API_KEY", None)
+    line = _serve_and_stop(command.replace("sqlite:///runwire.db",
+                                           f"sqlite:///{tmp_path / 'in.db'}"), ROOT, env)
+    assert "tasks: generate" in line
+    outside = re.search(r"`(runwire serve --tasks path/to/runwire/examples/quickstart\.py[^`]*)`",
+                        readme).group(1)
+    outside = outside.replace("path/to/runwire", str(ROOT)) + " --port 8765 --store memory://"
+    assert "tasks: generate" in _serve_and_stop(outside, tmp_path, env)
