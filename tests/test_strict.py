@@ -286,3 +286,28 @@ async def test_logger_log(caplog, autojump_clock):
 def test_results_round_trip_as_json():
     result: InputResult[int] = InputResult(ok=True, output=3)
     assert to_json(result) == {"ok": True, "output": 3, "error": None}
+
+
+@task(id="short-lived")
+async def short_lived(payload: Any) -> str:
+    return "done"
+
+
+async def test_an_awaited_append_raises_what_was_refused_and_the_next_one_starts_afresh(
+        transport, autojump_clock):
+    from runwire import NotFoundError, RunFinishedError
+
+    async with serve([short_lived, unawaited_appends], transport):
+        finished = (await short_lived.trigger()).id
+        await final(finished)
+        with pytest.raises(RunFinishedError):
+            await words.append("late", target=finished)
+        with pytest.raises(NotFoundError):
+            await words.append("nowhere", target="run_nope")
+        live = await unawaited_appends.trigger()
+        await words.append("fine", target=live.id)  # a fresh producer, not the failed one
+        with pytest.raises(InvalidPayloadError):
+            words.append(5, target=live.id)  # type: ignore[arg-type]  # refused at the call
+        await finish(live.id)
+        said = await (await words.read(live.id)).collect()
+    assert "fine" in said and 5 not in said

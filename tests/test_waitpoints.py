@@ -162,3 +162,20 @@ async def test_tokens_survive_a_restart(tmp_path: Path, complete_before_restart:
                 run = await final(handle.id)
     assert run.status is RunStatus.COMPLETED and run.output == "yes"
     assert run.attempt == 2  # the attempt after the restart got the same token's data
+
+
+async def test_oversized_and_malformed_token_options_are_refused(transport, autojump_clock):
+    from runwire import BadFrameError
+
+    async with serve([token_waiter], transport):
+        with pytest.raises(BadFrameError, match="idempotency_key"):
+            await wait.create_token(idempotency_key="k" * 300)
+        with pytest.raises(BadFrameError, match="tags"):
+            await wait.create_token(tags=[f"t{i}" for i in range(40)])
+        with pytest.raises(BadFrameError, match="tags"):
+            await wait.create_token(tags=["x" * 300])
+        with pytest.raises(ValueError, match="negative"):  # checked in the SDK
+            await wait.create_token(timeout=-1)
+        with pytest.raises(BadFrameError, match="timeout"):  # and by the engine
+            await wait.create_token(timeout=0)
+        assert (await wait.create_token(tags=["ok"])).tags == ("ok",)  # nothing broke
