@@ -167,7 +167,7 @@ def _encode_checked(key: str, values: list[Any], used: int,
 
 class _Suspended:
     """``RunActor.suspended()``: a slotted object, not a generator-based context manager,
-    which held ~580 B per suspended run for as long as it waited."""
+    whose frame each suspended run held for as long as it waited."""
 
     __slots__ = ("actor",)
 
@@ -285,8 +285,8 @@ class RunActor:
         self._reacquiring: trio.CancelScope | None = None  # suspended(): slot being retaken
         self._producers: trio.Nursery | None = None
         #: ``on()`` handlers and background tasks run in the producers' nursery, each in its
-        #: own scope, cancelled when the attempts end (a nursery of their own cost every
-        #: run ~1.2 KiB, also the many that never register a handler)
+        #: own scope, cancelled when the attempts end (a nursery of their own cost memory in
+        #: every run, also the many that never register a handler)
         self._handlers_open = False
         self._handler_scopes: list[trio.CancelScope] | None = None  # made on first use
         #: what ``runwire.runtime`` finds while this run's task executes

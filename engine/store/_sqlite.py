@@ -9,13 +9,11 @@ Theory of operation.
 
   With ``synchronous=NORMAL`` (the default) a commit only appends pages to the WAL file,
   which the OS holds in its page cache: no fsync. Such a write of at most ``INLINE_BYTES``
-  runs **on the trio thread**, between two checkpoints of the event loop (~30 us for one
-  chunk, ~0.1 us per chunk in a batch). Handing it to a worker thread instead cost ~5 ms
-  per commit under load: the worker must win the GIL back after every ``sqlite3_step``,
-  and while the trio thread is busy it often gets it only when the 5 ms switch interval
-  forces a drop (measured in a 200,000-chunk pipe: commits took 5.0 ms at the median in a
-  worker thread, 0.3 ms inline; see ``docs/performance.md``). What does touch the disk runs
-  in worker threads: a bigger group
+  runs **on the trio thread**, between two checkpoints of the event loop. Handing it to a
+  worker thread costs far more under load: the worker must win the GIL back after every
+  ``sqlite3_step``, and while the trio thread is busy it often gets it only when the
+  switch interval forces a drop (figures: ``docs/performance.md``, "Figures behind the
+  code"). What does touch the disk runs in worker threads: a bigger group
   (writing it costs more than the hand-off), every commit under ``synchronous=FULL`` (one
   fsync each), and **WAL checkpoints** (copy the WAL into the database file and fsync it).
   SQLite's automatic checkpoint would run inside a commit, so the writer turns it off and
@@ -46,18 +44,18 @@ Theory of operation.
   it when the process dies, so a restart after ``kill -9`` is never blocked.
 * **Chunk pages.** Chunks are not one row each: each append is cut into *pages* of up to
   ``PAGE_ITEMS`` consecutive chunks / ``PAGE_BYTES`` bytes, keyed by ``(sid, last index)``.
-  A row per chunk costs ~3 us of SQLite work; a page costs that once per thousand chunks.
+  A row costs SQLite the same work whether it holds one chunk or a thousand.
   A page holds its chunks joined by ``b"\n"``: a chunk is compact JSON (what orjson
   writes), in which a raw newline never occurs, so ``split`` gives the chunks back (the
-  store refuses a chunk that holds one). Joining and splitting run in C at ~10 ns per
-  chunk; schema 1 kept an array of end offsets beside the bytes, which cost ~100 ns per
-  chunk to build and as much to unpack (opening a schema 1 file converts it).
+  store refuses a chunk that holds one). Joining and splitting run in C; schema 1 kept an
+  array of end offsets beside the bytes, built and unpacked in Python per chunk (opening a
+  schema 1 file converts it).
   ``read_chunks(start, n)`` seeks to the first page with ``last >= start`` and reads pages in
   order until it has ``n`` chunks.
 * **Where streams end.** An append must know its stream's ``sid``, length and size; the
   writer remembers them for the last ``END_CACHE_STREAMS`` streams it wrote, as of the last
-  commit, so a busy stream's append skips the lookup (a join on its last page, ~20 us of a
-  ~100 us commit under load). A transaction's changes are kept apart until it commits (a
+  commit, so a busy stream's append skips the lookup (a join on its last page, a fifth of a
+  commit under load). A transaction's changes are kept apart until it commits (a
   savepoint's until it is released), so a rollback leaves nothing stale behind; deleting
   runs forgets everything.
 
@@ -349,8 +347,8 @@ class SqliteStore(Store):
                 if self._background_checkpoints:  # instead of SQLite's in-commit ones
                     opened[0].execute("PRAGMA wal_autocheckpoint = 0")
                 # the reader: catch-up reads scan pages in order and rarely come back, and
-                # the OS page cache holds the file anyway; a 16 MiB cache filled up when a
-                # reader fell behind and read the same speed (docs/performance.md, round 6)
+                # the OS page cache holds the file anyway; a bigger cache only filled up
+                # when a reader fell behind (docs/performance.md, "Figures behind the code")
                 opened.append(self._connect(cache_kib=2048))
         except sqlite3.Error as exc:
             for conn in opened:
