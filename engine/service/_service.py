@@ -35,6 +35,7 @@ from ..run import (
 )
 from ..store import Batch, Store
 from ._auth import Auth
+from ._recovery import recover
 
 log = logging.getLogger("runwire.engine")
 
@@ -98,8 +99,6 @@ class RunService:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
         """Own the actors' nursery until cancelled; ready once stored runs are recovered."""
-        from ._recovery import recover
-
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             try:

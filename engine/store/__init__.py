@@ -10,7 +10,7 @@ from ._base import Store as Store
 from ._base import StoredRecord as StoredRecord
 from ._base import StreamState as StreamState
 from ._base import Waitpoint as Waitpoint
-from ._base import open_store as open_store
+from ._open import open_store as open_store
 from ._errors import IndexGapError as IndexGapError
 from ._errors import NotCompactError as NotCompactError
 from ._errors import StoreClosedError as StoreClosedError

@@ -17,8 +17,6 @@ from typing import Any
 import attrs
 import trio
 
-from ._errors import StoreConfigError
-
 
 @attrs.define
 class ChunkAppend:
@@ -159,23 +157,3 @@ class Store(abc.ABC):
 
     async def aclose(self) -> None:
         """Release the store's resources; safe to call twice."""
-
-
-def open_store(url: str) -> Store:
-    """Make the store for a URL: ``memory://``, ``sqlite:///path``.
-
-    Raises:
-        StoreConfigError: the URL's scheme is not supported, or the URL is malformed.
-    """
-    if not isinstance(url, str):
-        raise TypeError("store must be a URL string such as 'memory://' or 'sqlite:///runwire.db'")
-    scheme = url.split(":", 1)[0]
-    if scheme == "memory":
-        from ._memory import MemoryStore
-
-        return MemoryStore()
-    if scheme == "sqlite":
-        from ._sqlite import SqliteStore
-
-        return SqliteStore.from_url(url)
-    raise StoreConfigError(f"unsupported store URL {url!r}: use memory:// or sqlite:///path")
