@@ -34,6 +34,9 @@ log = logging.getLogger("runwire.engine")
 RECEIVE_BYTES = 65536
 #: A request head (request line and headers) may be at most this big (431 beyond).
 MAX_HEAD_BYTES = 16 * 1024
+#: After refusing malformed HTTP: read for at most this long, this many times, then close.
+LINGER_SECONDS = 1.0
+LINGER_READS = 16
 #: Seconds an idle keep-alive connection is kept open.
 IDLE_TIMEOUT = 75.0
 
@@ -194,6 +197,7 @@ class HttpConnection:
             pass
         except h11.RemoteProtocolError as exc:  # malformed HTTP: answer it if we still can
             await self._refuse(exc.error_status_hint, "bad_request", str(exc))
+            await self._linger()
         finally:
             with trio.move_on_after(1) as scope:
                 scope.shield = True
@@ -201,6 +205,17 @@ class HttpConnection:
                     await self.stream.aclose()
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     pass
+
+    async def _linger(self) -> None:
+        """Read (and drop) what the client still sends, briefly, before closing: closing
+        with unread bytes resets the connection, and the client might lose our answer."""
+        with trio.move_on_after(LINGER_SECONDS):
+            try:
+                for _ in range(LINGER_READS):
+                    if not await self.stream.receive_some(RECEIVE_BYTES):
+                        return
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return
 
     async def _refuse(self, status: int, code: str, message: str) -> None:
         if self.h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
@@ -226,6 +241,7 @@ class HttpConnection:
         if length is not None and length > self.max_body:
             await self._refuse(413, "payload_too_large",
                                f"a request body may be at most {self.max_body} bytes")
+            await self._linger()
             return False
         body = bytearray()
         while True:
@@ -235,6 +251,7 @@ class HttpConnection:
                 if len(body) > self.max_body:
                     await self._refuse(413, "payload_too_large",
                                        f"a request body may be at most {self.max_body} bytes")
+                    await self._linger()
                     return False
             elif isinstance(part, h11.EndOfMessage):
                 break
