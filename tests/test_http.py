@@ -3,11 +3,11 @@ SSE, free-standing durable streams, and what bad input gets. Real sockets on loo
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import attrs
 import httpx
 import orjson
 import pytest
@@ -414,3 +414,34 @@ async def test_slow_sse_reader_does_not_block_others():
         r = await client.get("/v1/stream/big?offset=-1")
         assert r.status_code == 200 and len(r.content) > 0
         await stalled.aclose()
+
+
+# --- the published client (@durable-streams/client) reads run streams --------------------------
+
+
+@pytest.mark.parametrize("live", ["sse", "long-poll", "false"])
+@bounded(60)
+async def test_durable_streams_client_reads_a_run_stream(live):
+    from .test_conformance import HERE, npm_packages
+
+    node = shutil.which("node")
+    assert node, "node is needed for the published client's test"
+    npm_packages()
+    async with http(limits=Limits(long_poll_timeout=1)) as (eng, client):
+        made = await trigger(client, "talker")
+        url = f"{eng.http_url}/v1/runs/{made['id']}/streams/ai"
+
+        async def release() -> None:
+            await trio.sleep(0.5)  # the client is reading live by now (or has read and left)
+            await eng.send_input(made["id"], go.id, True)
+
+        async with trio.open_nursery() as nursery:
+            if live != "false":
+                nursery.start_soon(release)
+            else:
+                await eng.send_input(made["id"], go.id, True)
+                await eng.wait_finished(made["id"])
+            done = await trio.run_process(
+                [node, str(HERE / "read_run_stream.mjs"), url, made["public_access_token"],
+                 live], capture_stdout=True, capture_stderr=True)
+        assert orjson.loads(done.stdout) == ["hello", "world", "bye"], done.stderr
