@@ -12,6 +12,7 @@ import signal
 import sys
 from typing import Any
 
+import attrs
 import trio
 
 from runwire.runtime import parse_duration, tasks_in
@@ -39,6 +40,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--retention", default="28d", type=_retention,
                        help="how long finished runs are kept: seconds or 30m/12h/28d "
                             "(default 28d)")
+    serve.add_argument("--anonymous-streams", action="store_true",
+                       help="let HTTP requests without credentials use free-standing durable "
+                            "streams at /v1/stream/... (off by default)")
+    serve.add_argument("--long-poll-timeout", type=float, default=None, metavar="SECONDS",
+                       help="seconds a long-poll read waits before 204 (default 10)")
     serve.add_argument("--log-level", default="INFO")
     return parser
 
@@ -74,12 +80,14 @@ async def _serve(args: argparse.Namespace) -> None:
         print(f"generated API key (shown once): {api_key}", flush=True)
     tasks = load_tasks(args.tasks)
     limits = Limits(retention=args.retention)
+    if args.long_poll_timeout is not None:
+        limits = attrs.evolve(limits, long_poll_timeout=args.long_poll_timeout)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with open_engine(tasks, store=args.store, api_key=api_key, host=args.host,
                                port=args.port, drain_timeout=args.drain_timeout,
-                               limits=limits) as eng:
+                               limits=limits, anonymous_streams=args.anonymous_streams) as eng:
             names = ", ".join(sorted(eng.tasks)) or "(none)"
-            print(f"runwire engine serving {eng.url} (store {args.store}; tasks: {names})",
+            print(f"runwire engine serving {eng.url} and {eng.http_url} (store {args.store}; tasks: {names})",
                   flush=True)
             async for signum in signals:
                 print(f"received {signal.Signals(signum).name}; stopping", flush=True)

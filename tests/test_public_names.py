@@ -26,7 +26,7 @@ PUBLIC = {
         "Store", "Batch", "ChunkAppend", "RecordAppend", "Waitpoint", "StreamState",
         "StoredRecord", "open_store", "MemoryStore", "SqliteStore", "StoreError",
         "StoreConfigError", "StoreUnavailableError", "StoreClosedError", "IndexGapError",
-        "NotCompactError",
+        "NotCompactError", "DurableStream", "StreamWrite",
     },
     "runwire.engine.run": {
         "RunActor", "RunEnv", "RunServices", "QueueSlots", "Reader", "ReadTimeout", "RunRecord",
@@ -37,9 +37,11 @@ PUBLIC = {
     "runwire.engine.broker": {"Broker", "BrokerStatistics", "LocalBroker"},
     "runwire.engine.service": {
         "RunService", "ServiceStatistics", "TriggerOptions", "Auth", "Grant", "fingerprint",
-        "generate_api_key",
+        "generate_api_key", "DurableStreams", "AppendResult", "ReadResult", "StreamError",
+        "cursor_for", "format_offset", "is_json", "media_type", "parse_offset",
     },
-    "runwire.engine.door": {"Door", "Caller", "Session", "WebsocketServer", "RateLimiter", "PATH"},
+    "runwire.engine.door": {"Door", "Caller", "Session", "EngineServer", "HttpDoor", "RateLimiter",
+                            "PATH"},
     "runwire.transport": {
         "encode", "decode", "unstructure", "Protocol", "Role", "State", "Connection",
         "MemoryPipe", "connect_websocket", "memory_connection_pair", "memory_pipe_pair",

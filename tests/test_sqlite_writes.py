@@ -417,3 +417,32 @@ async def test_deleting_runs_forgets_every_remembered_end(tmp_path):
         _check_remembered(store)
     finally:
         await store.aclose()
+
+
+async def test_a_schema_2_file_opens_and_gains_the_durable_stream_tables(tmp_path):
+    """Schema 2 (before durable streams) -> 3: the runs stay, the new tables appear."""
+    import sqlite3 as _sqlite3
+
+    from runwire.engine.store import Batch as _Batch, StreamWrite
+    from runwire.engine.store import DurableStream
+
+    path = tmp_path / "v2.db"
+    conn = _sqlite3.connect(path)
+    schema_2 = sqlite_store._SCHEMA.split("CREATE TABLE IF NOT EXISTS ds_streams")[0]
+    conn.executescript(schema_2 + "PRAGMA user_version = 2;")
+    conn.execute("INSERT INTO runs (id, task_id, status, data) VALUES ('r1', 't', 'COMPLETED',"
+                 " '{\"id\": \"r1\"}')")
+    conn.commit()
+    conn.close()
+    store = SqliteStore(str(path))
+    try:
+        assert await store.get_run("r1") == {"id": "r1"}
+        meta = DurableStream(path="s", content_type="text/plain", created_at=1.0,
+                             accessed_at=1.0, tail=2, nbytes=2)
+        await store.commit(_Batch(streams=[StreamWrite(meta, [(0, b"hi")])]))
+        assert await store.durable_streams() == [meta]
+    finally:
+        await store.aclose()
+    conn = _sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (3,)
+    conn.close()

@@ -617,3 +617,69 @@ async def test_sqlite_closed_store_refuses_calls(tmp_path: Path) -> None:
     with pytest.raises(trio.ClosedResourceError):
         await store.get_run("r1")
     assert not (tmp_path / "x.db-wal").exists()  # a clean close checkpoints the WAL
+
+
+# --- durable streams and listing runs (issue 16) ---------------------------------------------
+
+
+def ds(path: str, **fields: Any) -> Any:
+    from runwire.engine.store import DurableStream
+
+    return DurableStream(path=path, content_type="text/plain", created_at=1.0,
+                         accessed_at=1.0, **fields)
+
+
+@bounded(TIME_LIMIT)
+async def test_durable_streams_are_kept_with_items_and_producers(store: Store,
+                                                                 kind: StoreKind,
+                                                                 tmp_path: Path):
+    from runwire.engine.store import StreamWrite
+
+    assert await store.durable_streams() == []
+    meta = ds("a", tail=5, nbytes=5, closed_by=("p", 1, 2))
+    await store.commit(Batch(streams=[StreamWrite(meta, [(0, b"ab"), (2, b"cde")],
+                                                  ("p", 1, 2))]))
+    await store.commit(Batch(streams=[StreamWrite(ds("b", ttl=3))]))
+    assert sorted(await store.durable_streams(), key=lambda s: s.path) == [meta, ds("b", ttl=3)]
+    # the item holding the start first, then more until max_bytes; never past end
+    assert await store.stream_items("a", 3, 5, 100) == [(2, b"cde")]
+    assert await store.stream_items("a", 0, 5, 1) == [(0, b"ab")]
+    assert await store.stream_items("a", 0, 2, 100) == [(0, b"ab")]
+    assert await store.stream_items("nope", 0, 5, 100) == []
+    assert await store.stream_producer("a", "p") == (1, 2)
+    assert await store.stream_producer("a", "q") is None
+    if kind.durable:
+        await store.aclose()
+        store = kind.make(tmp_path)
+        assert (await store.stream_producer("a", "p")) == (1, 2)
+        assert {s.path for s in await store.durable_streams()} == {"a", "b"}
+    await store.commit(Batch(dropped_streams=["a"]))
+    assert [s.path for s in await store.durable_streams()] == ["b"]
+    assert await store.stream_items("a", 0, 5, 100) == []
+    assert await store.stream_producer("a", "p") is None
+    if kind.durable:
+        await store.aclose()
+
+
+@bounded(TIME_LIMIT)
+async def test_list_runs_filters_and_pages(store: Store):
+    runs = [run(f"r{i}", task_id="t" if i % 2 else "u", created_at=float(i),
+                tags=["x"] if i < 3 else [], status="COMPLETED" if i == 4 else "QUEUED")
+            for i in range(6)]
+    await store.commit(Batch(runs=runs))
+    args: dict[str, Any] = dict(task=None, status=None, tags=None, created_after=None,
+                                created_before=None, cursor=None)
+    page, cursor = await store.list_runs(**{**args, "limit": 4})
+    assert [r["id"] for r in page] == ["r5", "r4", "r3", "r2"] and cursor
+    page, cursor = await store.list_runs(**{**args, "limit": 4, "cursor": cursor})
+    assert [r["id"] for r in page] == ["r1", "r0"] and cursor is None
+    assert [r["id"] for r in (await store.list_runs(**{**args, "limit": 9, "task": "t"}))[0]] \
+        == ["r5", "r3", "r1"]
+    assert [r["id"] for r in (await store.list_runs(**{**args, "limit": 9,
+                                                       "status": ["COMPLETED"]}))[0]] == ["r4"]
+    assert [r["id"] for r in (await store.list_runs(**{**args, "limit": 9,
+                                                       "tags": ["x"]}))[0]] == ["r2", "r1", "r0"]
+    assert [r["id"] for r in (await store.list_runs(**{
+        **args, "limit": 9, "created_after": 1.0, "created_before": 4.0}))[0]] == ["r3", "r2"]
+    with pytest.raises(ValueError, match="cursor"):
+        await store.list_runs(**{**args, "limit": 9, "cursor": "bogus"})

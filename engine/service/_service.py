@@ -198,6 +198,27 @@ class RunService:
             raise NotFoundError(f"no run with id {run_id!r}")
         return RunRecord.from_wire(raw)
 
+    async def list_runs(self, *, task: str | None, status: list[str] | None,
+                        tags: list[str] | None, created_after: float | None,
+                        created_before: float | None, limit: int,
+                        cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
+        """A page of runs (wire form, newest first) and the next page's cursor.
+
+        Raises:
+            BadFrameError: a malformed cursor.
+        """
+        try:
+            raws, nxt = await self.store.list_runs(
+                task=task, status=status, tags=tags, created_after=created_after,
+                created_before=created_before, limit=limit, cursor=cursor)
+        except ValueError as exc:
+            raise BadFrameError(str(exc)) from None
+        page = []
+        for raw in raws:
+            actor = self.broker.owner(raw["id"])  # a live run's record is the newest
+            page.append((actor.record if actor else RunRecord.from_wire(raw)).to_wire())
+        return page, nxt
+
     def issue_token(self, scopes: Any, expires_in: float) -> tuple[str, float]:
         """A public access token for ``scopes``, valid ``expires_in`` seconds; and its expiry.
 

@@ -57,6 +57,42 @@ class Waitpoint:
 
 
 @attrs.define
+class DurableStream:
+    """A free-standing durable stream's metadata (``/v1/stream/{path}``).
+
+    Positions (``tail``, ``fork_offset``, an item's ``start``) count bytes, or messages for
+    an ``application/json`` stream. A fork shares its source's positions below
+    ``fork_offset`` and stores only what was appended to it.
+    """
+
+    path: str
+    content_type: str
+    created_at: float
+    accessed_at: float
+    ttl: int | None = None
+    expires_at: float | None = None
+    closed: bool = False
+    tail: int = 0
+    nbytes: int = 0
+    source: str | None = None
+    fork_offset: int = 0
+    refs: int = 0
+    deleted: bool = False
+    closed_by: tuple[str, int, int] | None = None
+    last_seq: str | None = None
+
+
+@attrs.define
+class StreamWrite:
+    """A durable stream's new metadata, the items appended with it (``(start, bytes)``), and
+    the producer state ``(producer id, epoch, last seq)`` the append sets."""
+
+    stream: DurableStream
+    items: list[tuple[int, bytes]] = attrs.field(factory=list)
+    producer: tuple[str, int, int] | None = None
+
+
+@attrs.define
 class Batch:
     """Everything one actor cycle writes, committed atomically."""
 
@@ -65,9 +101,14 @@ class Batch:
     waitpoints: list[Waitpoint] = attrs.field(factory=list)
     runs: list[dict[str, Any]] = attrs.field(factory=list)
     ended: list[tuple[str, str]] = attrs.field(factory=list)
+    #: durable streams written (their metadata upserted, items appended) ...
+    streams: list[StreamWrite] = attrs.field(factory=list)
+    #: ... and removed with all their data
+    dropped_streams: list[str] = attrs.field(factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.chunks or self.records or self.waitpoints or self.runs or self.ended)
+        return bool(self.chunks or self.records or self.waitpoints or self.runs or self.ended
+                    or self.streams or self.dropped_streams)
 
 
 @attrs.frozen
@@ -155,5 +196,65 @@ class Store(abc.ABC):
     async def delete_finished_before(self, cutoff: float) -> int:
         """Delete runs (and all their data) that finished before ``cutoff``; how many."""
 
+    @abc.abstractmethod
+    async def list_runs(self, *, task: str | None, status: list[str] | None,
+                        tags: list[str] | None, created_after: float | None,
+                        created_before: float | None, limit: int,
+                        cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
+        """A page of stored runs, newest first, and the cursor of the next page (``None``
+        at the end). A run matches if it is of ``task``, in one of ``status``, has every one
+        of ``tags`` and was created in ``(created_after, created_before)``.
+
+        Raises:
+            ValueError: a malformed cursor.
+        """
+
+    @abc.abstractmethod
+    async def durable_streams(self) -> list[DurableStream]:
+        """Every durable stream's metadata (soft-deleted ones too)."""
+
+    @abc.abstractmethod
+    async def stream_items(self, path: str, start: int, end: int,
+                           max_bytes: int) -> list[tuple[int, bytes]]:
+        """A durable stream's own items ``(start, bytes)`` that hold positions ``start ..
+        end - 1``, in order: the one holding ``start`` first (it may begin before it), then
+        more until they hold ``max_bytes`` (at least one)."""
+
+    @abc.abstractmethod
+    async def stream_producer(self, path: str, producer: str) -> tuple[int, int] | None:
+        """A producer's ``(epoch, last seq)`` on a durable stream, if it appended there."""
+
     async def aclose(self) -> None:
         """Release the store's resources; safe to call twice."""
+
+
+def page_of_runs(runs: list[dict[str, Any]], *, task: str | None,
+                 status: list[str] | None, tags: list[str] | None,
+                 created_after: float | None, created_before: float | None, limit: int,
+                 cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
+    """:meth:`Store.list_runs` over runs in memory (what both stores do after loading)."""
+    after: tuple[float, str] | None = None
+    if cursor is not None:
+        created, sep, run_id = cursor.partition("~")
+        try:
+            after = (float(created), run_id)
+        except ValueError:
+            raise ValueError(f"malformed cursor {cursor[:40]!r}") from None
+        if not sep:
+            raise ValueError(f"malformed cursor {cursor[:40]!r}")
+    wanted = set(tags or ())
+    found = []
+    for run in runs:
+        key = (float(run.get("created_at") or 0.0), run["id"])
+        if ((task is None or run["task_id"] == task)
+                and (not status or run["status"] in status)
+                and wanted <= set(run.get("tags") or ())
+                and (created_after is None or key[0] > created_after)
+                and (created_before is None or key[0] < created_before)
+                and (after is None or key < after)):
+            found.append((key, run))
+    found.sort(key=lambda pair: pair[0], reverse=True)
+    page = [run for _, run in found[:limit]]
+    more = len(found) > limit
+    last = found[limit - 1][0] if more and limit > 0 else None
+    return page, (f"{last[0]!r}~{last[1]}" if last else None)

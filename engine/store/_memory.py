@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from typing import Any
 
+import attrs
 import orjson
 import trio
 
 from runwire.transport import json_bytes
 
-from ._base import Batch, Store, StoredRecord, StreamState
+from ._base import Batch, DurableStream, Store, StoredRecord, StreamState, page_of_runs
 from ._errors import IndexGapError
 
 
@@ -34,6 +36,9 @@ class MemoryStore(Store):
         self._seqs: dict[str, dict[tuple[str, str], int]] = {}
         self._records: dict[str, dict[str, list[StoredRecord]]] = {}
         self._waitpoints: dict[tuple[str, str], tuple[bytes, float | None]] = {}
+        self._ds: dict[str, DurableStream] = {}
+        self._ds_items: dict[str, tuple[list[int], list[bytes]]] = {}  # starts, data
+        self._ds_producers: dict[tuple[str, str], tuple[int, int]] = {}
 
     async def commit(self, batch: Batch) -> None:  # (commit_staged: the Store default)
         await trio.lowlevel.checkpoint_if_cancelled()  # cancelled: nothing is written
@@ -59,6 +64,21 @@ class MemoryStore(Store):
             self._waitpoints[(wp.run_id, wp.key)] = (wp.data, wp.expires_at)
         for run_id, key in batch.ended:
             self._streams.setdefault(run_id, {}).setdefault(key, _Stream()).ended = True
+        for path in batch.dropped_streams:
+            self._ds.pop(path, None)
+            self._ds_items.pop(path, None)
+            for pkey in [k for k in self._ds_producers if k[0] == path]:
+                del self._ds_producers[pkey]
+        for write in batch.streams:
+            path = write.stream.path
+            self._ds[path] = attrs.evolve(write.stream)  # a private copy
+            starts, datas = self._ds_items.setdefault(path, ([], []))
+            for start, data in write.items:
+                starts.append(start)
+                datas.append(bytes(data))
+            if write.producer is not None:
+                pid, epoch, seq = write.producer
+                self._ds_producers[(path, pid)] = (epoch, seq)
 
     def _check_gaps(self, batch: Batch) -> None:
         lengths: dict[tuple[str, str], int] = {}
@@ -117,6 +137,36 @@ class MemoryStore(Store):
         if found is None or (found[1] is not None and found[1] <= now):
             return None
         return found[0]
+
+    async def list_runs(self, *, task: str | None, status: list[str] | None,
+                        tags: list[str] | None, created_after: float | None,
+                        created_before: float | None, limit: int,
+                        cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
+        await trio.lowlevel.checkpoint()
+        return page_of_runs([orjson.loads(r) for r in self._runs.values()], task=task,
+                            status=status, tags=tags, created_after=created_after,
+                            created_before=created_before, limit=limit, cursor=cursor)
+
+    async def durable_streams(self) -> list[DurableStream]:
+        await trio.lowlevel.checkpoint()
+        return [attrs.evolve(s) for s in self._ds.values()]
+
+    async def stream_items(self, path: str, start: int, end: int,
+                           max_bytes: int) -> list[tuple[int, bytes]]:
+        await trio.lowlevel.checkpoint()
+        starts, datas = self._ds_items.get(path, ([], []))
+        i = max(bisect_right(starts, start) - 1, 0)
+        found: list[tuple[int, bytes]] = []
+        size = 0
+        while i < len(starts) and starts[i] < end and (not found or size < max_bytes):
+            found.append((starts[i], datas[i]))
+            size += len(datas[i])
+            i += 1
+        return found
+
+    async def stream_producer(self, path: str, producer: str) -> tuple[int, int] | None:
+        await trio.lowlevel.checkpoint()
+        return self._ds_producers.get((path, producer))
 
     async def delete_finished_before(self, cutoff: float) -> int:
         await trio.lowlevel.checkpoint()

@@ -83,10 +83,13 @@ from itertools import accumulate
 from typing import Any, TypeVar
 from urllib.parse import parse_qs
 
+import attrs
 import orjson
 import trio
 
-from ._base import Batch, ChunkAppend, Store, StoredRecord, StreamState
+from ._base import (
+    Batch, ChunkAppend, DurableStream, Store, StoredRecord, StreamState, page_of_runs,
+)
 from ._errors import (
     IndexGapError, NotCompactError, StoreClosedError, StoreConfigError, StoreError,
     StoreUnavailableError,
@@ -95,7 +98,7 @@ from ._errors import (
 T = TypeVar("T")
 log = logging.getLogger("runwire.engine")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _FINAL = "('COMPLETED', 'FAILED', 'CANCELED', 'CRASHED', 'TIMED_OUT')"
 #: Runs deleted per retention transaction, so a big sweep never stalls commits for long.
 DELETE_STEP = 200
@@ -168,6 +171,23 @@ CREATE TABLE IF NOT EXISTS waitpoints (
     expires_at REAL,
     PRIMARY KEY (run_id, key)
 );
+CREATE TABLE IF NOT EXISTS ds_streams (
+    path TEXT PRIMARY KEY,
+    meta BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS ds_items (
+    path TEXT NOT NULL,
+    start INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (path, start)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS ds_producers (
+    path TEXT NOT NULL,
+    producer TEXT NOT NULL,
+    epoch INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (path, producer)
+) WITHOUT ROWID;
 """
 
 _UPSERT_RUN = """
@@ -264,7 +284,8 @@ class _Pending:
         self.nbytes = (sum(len(row[5]) for row in self.run_rows)
                        + sum(app.nbytes for app in batch.chunks)
                        + sum(len(r.data) for r in batch.records)
-                       + sum(len(w.data) for w in batch.waitpoints))
+                       + sum(len(w.data) for w in batch.waitpoints)
+                       + sum(len(data) for w in batch.streams for _, data in w.items))
         return bool(batch)
 
     def pages(self) -> int:
@@ -646,6 +667,56 @@ class SqliteStore(Store):
         return rows[0][0] if rows else None
 
 
+    async def list_runs(self, *, task: str | None, status: list[str] | None,
+                        tags: list[str] | None, created_after: float | None,
+                        created_before: float | None, limit: int,
+                        cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
+        if task is None:
+            rows = await self._read(self._rows, "SELECT data FROM runs")
+        else:
+            rows = await self._read(self._rows, "SELECT data FROM runs WHERE task_id = ?", task)
+        return page_of_runs([orjson.loads(row[0]) for row in rows], task=task, status=status,
+                            tags=tags, created_after=created_after,
+                            created_before=created_before, limit=limit, cursor=cursor)
+
+    async def durable_streams(self) -> list[DurableStream]:
+        rows = await self._read(self._rows, "SELECT meta FROM ds_streams")
+        found = []
+        for (meta,) in rows:
+            fields = orjson.loads(meta)
+            if fields.get("closed_by") is not None:
+                fields["closed_by"] = tuple(fields["closed_by"])
+            found.append(DurableStream(**fields))
+        return found
+
+    async def stream_items(self, path: str, start: int, end: int,
+                           max_bytes: int) -> list[tuple[int, bytes]]:
+        return await self._read(self._stream_items, path, start, end, max_bytes)
+
+    def _stream_items(self, path: str, start: int, end: int,
+                      max_bytes: int) -> list[tuple[int, bytes]]:
+        found: list[tuple[int, bytes]] = []
+        size = 0
+        cursor = self._reading().execute(
+            "SELECT start, data FROM ds_items WHERE path = ? AND start >= coalesce((SELECT "
+            "max(start) FROM ds_items WHERE path = ? AND start <= ?), 0) AND start < ? "
+            "ORDER BY start", (path, path, start, end))
+        try:
+            for item_start, data in cursor:
+                found.append((item_start, data))
+                size += len(data)
+                if size >= max_bytes:
+                    break
+        finally:
+            cursor.close()
+        return found
+
+    async def stream_producer(self, path: str, producer: str) -> tuple[int, int] | None:
+        rows = await self._read(self._rows, "SELECT epoch, seq FROM ds_producers WHERE "
+                                "path = ? AND producer = ?", path, producer)
+        return (rows[0][0], rows[0][1]) if rows else None
+
+
 # --- writing on the writer connection (trio thread or worker thread: see "Threads") -----
 
 
@@ -669,6 +740,19 @@ def _apply(conn: sqlite3.Connection, batch: Batch, run_rows: list[tuple[Any, ...
                      "VALUES (?, ?, ?, ?)", (wp.run_id, wp.key, wp.data, wp.expires_at))
     if batch.ended:
         conn.executemany(_END_STREAM, batch.ended)
+    for path in batch.dropped_streams:
+        for table in ("ds_streams", "ds_items", "ds_producers"):
+            conn.execute(f"DELETE FROM {table} WHERE path = ?", (path,))
+    for write in batch.streams:
+        path = write.stream.path
+        conn.execute("INSERT OR REPLACE INTO ds_streams (path, meta) VALUES (?, ?)",
+                     (path, orjson.dumps(attrs.asdict(write.stream))))
+        if write.items:
+            conn.executemany("INSERT INTO ds_items (path, start, data) VALUES (?, ?, ?)",
+                             [(path, start, data) for start, data in write.items])
+        if write.producer is not None:
+            conn.execute("INSERT OR REPLACE INTO ds_producers (path, producer, epoch, seq) "
+                         "VALUES (?, ?, ?, ?)", (path, *write.producer))
 
 
 def _append_chunks(conn: sqlite3.Connection, app: ChunkAppend,
