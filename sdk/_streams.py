@@ -20,7 +20,8 @@ from collections.abc import (
 )
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, Union, overload
 
-import trio
+import anyio
+import orjson
 
 from ._convert import from_json_many, to_json, to_json_many
 from .runtime import Backend, Completion, ProducerSink, current_backend
@@ -66,7 +67,9 @@ class _Tee(Generic[T]):
         self._wanted = False
         self._live = True
         self._closed = False
-        self._event = trio.Event()
+        self._error: BaseException | None = None
+        self._event = anyio.Event()
+        self.done: Completion | None = None  # told when the consumer got the error
 
     def want(self) -> AsyncIterator[T]:
         self._wanted = True
@@ -84,8 +87,11 @@ class _Tee(Generic[T]):
         self._items.extend(items)
         self._event.set()
 
-    def close(self) -> None:
+    def close(self, error: BaseException | None = None) -> None:
+        """The source ended; with ``error``, the consumer gets it after the chunks before it
+        (a failed pipe never looks like a complete one)."""
         self._closed = True
+        self._error = error
         self._event.set()
 
     async def _iterate(self) -> AsyncIterator[T]:
@@ -94,8 +100,12 @@ class _Tee(Generic[T]):
                 while self._items:
                     yield self._items.popleft()
                 if self._closed:
+                    if self._error is not None:
+                        if self.done is not None:
+                            self.done.observed = True
+                        raise self._error
                     return
-                self._event = trio.Event()
+                self._event = anyio.Event()
                 await self._event.wait()
         finally:
             self._live = False
@@ -132,30 +142,77 @@ class WriterResult:
         await self._done.wait()
 
 
-async def _pump(sink: ProducerSink, source: Source[T], tee: _Tee[T] | None) -> None:
+_PLAIN_CHUNKS = frozenset((str, int, float, bool, type(None)))
+
+
+def json_chunk(value: Any, key: str) -> Any:
+    """``value`` as a JSON-ready chunk of stream ``key``, refused here if it is not JSON.
+
+    The engine would refuse it too, but later (when it stores the batch) and as the
+    producer's error; checking here makes the writer's own call raise, before anything of
+    it is buffered.
+
+    Raises:
+        TypeError: naming the stream and the type of the value.
+    """
+    data = to_json(value)
+    if type(data) not in _PLAIN_CHUNKS:
+        try:
+            orjson.dumps(data)
+        except TypeError as exc:
+            raise TypeError(f"chunk for stream {key!r} (a {type(value).__name__}) is not "
+                            f"JSON: {exc}") from None
+    return data
+
+
+def json_chunks(values: list[Any], key: str) -> tuple[list[Any], TypeError | None]:
+    """:func:`json_chunk` of each value, up to the first refused one (and its error)."""
+    data = to_json_many(values)
+    if _PLAIN_CHUNKS.issuperset(map(type, data)):
+        return data, None
+    good: list[Any] = []
+    for value in values:
+        try:
+            good.append(json_chunk(value, key))
+        except TypeError as exc:
+            return good, exc
+    return good, None
+
+
+async def _pump(sink: ProducerSink, source: Source[T], tee: _Tee[T] | None,
+                key: str) -> None:
+    error: BaseException | None = None
     try:
         if isinstance(source, AsyncIterable):
             async for item in source:
+                chunk = json_chunk(item, key)  # a refused chunk is not fed to the tee either
                 if tee is not None:
                     tee.feed(item)
-                await sink.put(to_json(item))
+                await sink.put(chunk)
         else:  # a sync source never blocks: take it in slices, one put per slice
             items = iter(source)
             full = True
             while full:
                 batch: list[T] = []
+                refused: TypeError | None = None
                 try:  # list.extend keeps what it took before the source raised: stored too
                     batch.extend(itertools.islice(items, PIPE_SLICE))
                 finally:
+                    chunks, refused = json_chunks(batch, key)
                     if tee is not None:
-                        tee.feed_many(batch)
-                    if batch:
-                        await sink.put_many(to_json_many(batch))
+                        tee.feed_many(batch[:len(chunks)])
+                    if chunks:
+                        await sink.put_many(chunks)
+                if refused is not None:
+                    raise refused
                 full = len(batch) == PIPE_SLICE
         await sink.flush()
+    except BaseException as exc:
+        error = exc
+        raise
     finally:
         if tee is not None:
-            tee.close()
+            tee.close(error if isinstance(error, Exception) else None)
 
 
 def _producer_job(sink: ProducerSink,
@@ -185,11 +242,13 @@ def _start_pipe(key: str, source: Source[T], target: str) -> PipeResult[T]:
     backend = current_backend()
     sink = backend.open_producer(backend.resolve_target(target), key)
     tee: _Tee[T] = _Tee()
-    job = _producer_job(sink, lambda: _pump(sink, source, tee))
-    return PipeResult(tee, backend.spawn_producer(job))
+    job = _producer_job(sink, lambda: _pump(sink, source, tee, key))
+    tee.done = backend.spawn_producer(job)
+    return PipeResult(tee, tee.done)
 
 
 async def _append(key: str, chunk: Any, target: str) -> None:
+    chunk = json_chunk(chunk, key)
     backend = current_backend()
     sink = backend.open_producer(backend.resolve_target(target), key)
     try:
@@ -202,20 +261,25 @@ async def _append(key: str, chunk: Any, target: str) -> None:
 class StreamWriter(Generic[T]):
     """Given to a writer's ``execute`` function: ``write`` one chunk, ``merge`` a source."""
 
-    def __init__(self, sink: ProducerSink, backend: Backend) -> None:
+    def __init__(self, sink: ProducerSink, backend: Backend, key: str) -> None:
         self._sink = sink
         self._backend = backend
+        self._key = key
         self._merges: list[Completion] = []
 
     def write(self, chunk: T) -> None:
-        """Queue one chunk (never blocks)."""
-        self._sink.put_nowait(to_json(chunk))
+        """Queue one chunk (never blocks).
+
+        Raises:
+            TypeError: the chunk is not JSON (nothing of it is queued).
+        """
+        self._sink.put_nowait(json_chunk(chunk, self._key))
 
     def merge(self, source: Source[T]) -> None:
         """Pipe ``source`` into the same stream alongside the writes."""
         _check_source(source)
         self._merges.append(self._backend.spawn_producer(
-            lambda: _pump(self._sink, source, None)))
+            lambda: _pump(self._sink, source, None, self._key)))
 
     async def _finish(self) -> None:
         for merge in self._merges:
@@ -232,7 +296,7 @@ def _start_writer(key: str, execute: Execute[T], target: str) -> WriterResult:
         raise TypeError("writer(execute=...) needs a function taking the writer")
     backend = current_backend()
     sink = backend.open_producer(backend.resolve_target(target), key)
-    writer: StreamWriter[T] = StreamWriter(sink, backend)
+    writer: StreamWriter[T] = StreamWriter(sink, backend, key)
 
     async def body() -> None:
         result = execute(writer)
@@ -348,7 +412,7 @@ class StreamDef(Generic[T]):
 
     async def append(self, chunk: T, *, target: str = "self") -> None:
         """Store one chunk; returns once it is stored."""
-        await _append(self.id, to_json(chunk), target)
+        await _append(self.id, chunk, target)
 
     def writer(self, execute: Execute[T], *, target: str = "self") -> WriterResult:
         """Run ``execute(w)`` as a producer of this stream (``w.write``, ``w.merge``)."""
@@ -413,7 +477,7 @@ class _Streams:
             key, chunk = DEFAULT_KEY, key_or_chunk
         else:
             key = _check_key(key_or_chunk)
-        await _append(key, to_json(chunk), target)
+        await _append(key, chunk, target)
 
     def writer(self, key: str = DEFAULT_KEY, *, execute: Execute[Any],
                target: str = "self") -> WriterResult:
