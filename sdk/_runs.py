@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import attrs
-import trio
+import anyio
 
 from ._models import Run
 from .runtime import current_backend
@@ -49,8 +49,8 @@ class RunSubscription:
 
 async def _with_streams(run_id: str) -> AsyncIterator[RunPart]:
     backend = current_backend()
-    send, receive = trio.open_memory_channel[RunPart](256)
-    scopes: list[trio.CancelScope] = []
+    send, receive = anyio.create_memory_object_stream[RunPart](256)
+    scopes: list[anyio.CancelScope] = []
     readers: set[str] = set()
     pending = [1]  # open producers of parts: the run subscription plus one per stream
 
@@ -90,14 +90,14 @@ async def _with_streams(run_id: str) -> AsyncIterator[RunPart]:
 
 
 @contextlib.contextmanager
-def _guard(scopes: list[trio.CancelScope]) -> Iterator[None]:
+def _guard(scopes: list[anyio.CancelScope]) -> Iterator[None]:
     """A cancel scope the consumer can cancel; a consumer gone away ends the task quietly."""
-    scope = trio.CancelScope()
+    scope = anyio.CancelScope()
     scopes.append(scope)
     try:
         with scope:
             yield
-    except trio.BrokenResourceError:
+    except anyio.BrokenResourceError:
         pass
 
 

@@ -42,7 +42,8 @@ PUBLIC = {
     "runwire.engine.door": {"Door", "Caller", "Session", "WebsocketServer", "RateLimiter", "PATH"},
     "runwire.transport": {
         "encode", "decode", "unstructure", "Protocol", "Role", "State", "Connection",
-        "MemoryPipe", "connect_websocket", "memory_connection_pair", "memory_pipe_pair",
+        "MemoryPipe", "connect_websocket", "memory_connection_pair", "AsyncioConnection",
+        "connect_websocket_asyncio", "memory_pipe_pair",
         "TransportError", "LocalProtocolError", "RemoteProtocolError", "ConnectionBroken",
         "ConnectionClosed", "FRAME_TYPES", "CLIENT_FRAMES", "ENGINE_FRAMES", "PROTOCOL_VERSION",
         "Frame", "Hello", "Welcome", "Read", "Chunks", "End", "Append", "Send", "Ack",
