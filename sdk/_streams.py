@@ -237,9 +237,10 @@ def _producer_job(sink: ProducerSink,
     return job
 
 
-def _start_pipe(key: str, source: Source[T], target: str) -> PipeResult[T]:
+def _start_pipe(key: str, source: Source[T], target: str,
+                client: Backend | None = None) -> PipeResult[T]:
     _check_source(source)
-    backend = current_backend()
+    backend = current_backend(client)
     sink = backend.open_producer(backend.resolve_target(target), key)
     tee: _Tee[T] = _Tee()
     job = _producer_job(sink, lambda: _pump(sink, source, tee, key))
@@ -247,9 +248,9 @@ def _start_pipe(key: str, source: Source[T], target: str) -> PipeResult[T]:
     return PipeResult(tee, tee.done)
 
 
-async def _append(key: str, chunk: Any, target: str) -> None:
+async def _append(key: str, chunk: Any, target: str, client: Backend | None = None) -> None:
     chunk = json_chunk(chunk, key)
-    backend = current_backend()
+    backend = current_backend(client)
     sink = backend.open_producer(backend.resolve_target(target), key)
     try:
         await sink.put(chunk)
@@ -291,10 +292,11 @@ class StreamWriter(Generic[T]):
 Execute: TypeAlias = Callable[[StreamWriter[T]], object]
 
 
-def _start_writer(key: str, execute: Execute[T], target: str) -> WriterResult:
+def _start_writer(key: str, execute: Execute[T], target: str,
+                  client: Backend | None = None) -> WriterResult:
     if not callable(execute):
         raise TypeError("writer(execute=...) needs a function taking the writer")
-    backend = current_backend()
+    backend = current_backend(client)
     sink = backend.open_producer(backend.resolve_target(target), key)
     writer: StreamWriter[T] = StreamWriter(sink, backend, key)
 
@@ -369,14 +371,15 @@ class StreamReader(Generic[T]):
 
 
 def _open_read(run_id: str, key: str, timeout: float | None, start: int,
-               decode: Callable[[list[Any]], Iterable[T]]) -> StreamReader[T]:
+               decode: Callable[[list[Any]], Iterable[T]],
+               client: Backend | None = None) -> StreamReader[T]:
     if not isinstance(run_id, str) or not run_id:
         raise TypeError("run_id must be a non-empty string")
     if not isinstance(start, int) or isinstance(start, bool) or start < 0:
         raise ValueError("start_index must be an integer >= 0")
     if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
         raise ValueError("timeout_in_seconds must be a positive number or None")
-    batches = current_backend().read(run_id, key, start, timeout)
+    batches = current_backend(client).read(run_id, key, start, timeout)
     return StreamReader(batches, decode)
 
 
@@ -406,22 +409,34 @@ class StreamDef(Generic[T]):
     def _decode(self, values: list[Any]) -> Iterable[T]:
         return from_json_many(values, self.type, self._what)
 
-    def pipe(self, source: Source[T], *, target: str = "self") -> PipeResult[T]:
-        """Store every chunk of ``source`` in this stream; returns at once."""
-        return _start_pipe(self.id, source, target)
+    def pipe(self, source: Source[T], *, target: str = "self",
+             client: Backend | None = None) -> PipeResult[T]:
+        """Store every chunk of ``source`` in this stream; returns at once.
 
-    async def append(self, chunk: T, *, target: str = "self") -> None:
-        """Store one chunk; returns once it is stored."""
-        await _append(self.id, chunk, target)
+        ``client`` (here and in the other calls) makes the call through that client rather
+        than the run or the client ``connect()`` bound to this context.
+        """
+        return _start_pipe(self.id, source, target, client)
 
-    def writer(self, execute: Execute[T], *, target: str = "self") -> WriterResult:
+    async def append(self, chunk: T, *, target: str = "self",
+                     client: Backend | None = None) -> None:
+        """Store one chunk; returns once it is stored.
+
+        Raises:
+            TypeError: the chunk is not JSON (nothing is stored).
+        """
+        await _append(self.id, chunk, target, client)
+
+    def writer(self, execute: Execute[T], *, target: str = "self",
+               client: Backend | None = None) -> WriterResult:
         """Run ``execute(w)`` as a producer of this stream (``w.write``, ``w.merge``)."""
-        return _start_writer(self.id, execute, target)
+        return _start_writer(self.id, execute, target, client)
 
     async def read(self, run_id: str, *, timeout_in_seconds: float | None = 60,
-                   start_index: int = 0) -> StreamReader[T]:
+                   start_index: int = 0, client: Backend | None = None) -> StreamReader[T]:
         """Read this stream of ``run_id`` from ``start_index``; typed chunks."""
-        return _open_read(run_id, self.id, timeout_in_seconds, start_index, self._decode)
+        return _open_read(run_id, self.id, timeout_in_seconds, start_index, self._decode,
+                          client)
 
 
 def _identity(value: Any) -> Any:
@@ -456,39 +471,41 @@ class _Streams:
         return InputStreamDef(id, type)
 
     @overload
-    def pipe(self, source: Source[T], /, *, target: str = "self") -> PipeResult[T]: ...
+    def pipe(self, source: Source[T], /, *, target: str = "self",
+             client: Backend | None = None) -> PipeResult[T]: ...
     @overload
-    def pipe(self, key: str, source: Source[T], /, *,
-             target: str = "self") -> PipeResult[T]: ...
+    def pipe(self, key: str, source: Source[T], /, *, target: str = "self",
+             client: Backend | None = None) -> PipeResult[T]: ...
 
-    def pipe(self, key_or_source: Any, source: Any = None, *,
-             target: str = "self") -> PipeResult[Any]:
+    def pipe(self, key_or_source: Any, source: Any = None, *, target: str = "self",
+             client: Backend | None = None) -> PipeResult[Any]:
         """``pipe(key, source)`` or ``pipe(source)`` (key ``"default"``)."""
         if source is None:
             key, source = DEFAULT_KEY, key_or_source
         else:
             key = _check_key(key_or_source)
-        return _start_pipe(key, source, target)
+        return _start_pipe(key, source, target, client)
 
     async def append(self, key_or_chunk: Any, chunk: Any = _identity, *,
-                     target: str = "self") -> None:
+                     target: str = "self", client: Backend | None = None) -> None:
         """``append(key, chunk)`` or ``append(chunk)`` (key ``"default"``)."""
         if chunk is _identity:
             key, chunk = DEFAULT_KEY, key_or_chunk
         else:
             key = _check_key(key_or_chunk)
-        await _append(key, chunk, target)
+        await _append(key, chunk, target, client)
 
     def writer(self, key: str = DEFAULT_KEY, *, execute: Execute[Any],
-               target: str = "self") -> WriterResult:
+               target: str = "self", client: Backend | None = None) -> WriterResult:
         """``writer(key, execute=fn)``; no key means ``"default"``."""
-        return _start_writer(_check_key(key), execute, target)
+        return _start_writer(_check_key(key), execute, target, client)
 
     async def read(self, run_id: str, key: str = DEFAULT_KEY, *,
                    timeout_in_seconds: float | None = 60,
-                   start_index: int = 0) -> StreamReader[Any]:
+                   start_index: int = 0, client: Backend | None = None) -> StreamReader[Any]:
         """Read stream ``key`` of ``run_id`` (untyped chunks)."""
-        return _open_read(run_id, _check_key(key), timeout_in_seconds, start_index, _identity)
+        return _open_read(run_id, _check_key(key), timeout_in_seconds, start_index, _identity,
+                          client)
 
 
 streams = _Streams()

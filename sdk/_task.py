@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, Union, overlo
 
 from ._convert import from_json, to_json
 from ._models import Queue, RetryPolicy, RunContext, RunHandle, TaskRunResult
-from .runtime import current_backend
+from .runtime import Backend, current_backend
 
 if TYPE_CHECKING:
     from typing import TypeAlias
@@ -81,34 +81,44 @@ class Task(Generic[P, R]):
 
     # Without a payload (it is None) only where the task accepts None, or is untyped.
     @overload
-    async def trigger(self, payload: P, **options: Any) -> RunHandle: ...
+    async def trigger(self, payload: P, *, client: Backend | None = None, **options: Any) -> RunHandle: ...
     @overload
-    async def trigger(self: Task[None, Any], **options: Any) -> RunHandle: ...
+    async def trigger(self: Task[None, Any], *, client: Backend | None = None,
+                      **options: Any) -> RunHandle: ...
 
-    async def trigger(self, payload: Any = None, **options: Any) -> RunHandle:
-        """Start a run and return at once (a child run when called inside a task)."""
-        return await current_backend().trigger(self.id, to_json(payload), options)
+    async def trigger(self, payload: Any = None, *, client: Backend | None = None,
+                      **options: Any) -> RunHandle:
+        """Start a run and return at once (a child run when called inside a task).
+
+        ``client`` sends it through that client instead of the one ``connect()`` bound.
+        """
+        return await current_backend(client).trigger(self.id, to_json(payload), options)
 
     @overload
-    async def trigger_and_wait(self, payload: P, **options: Any) -> TaskRunResult[R]: ...
+    async def trigger_and_wait(self, payload: P, *, client: Backend | None = None,
+                               **options: Any) -> TaskRunResult[R]: ...
     @overload
-    async def trigger_and_wait(self: Task[None, R], **options: Any) -> TaskRunResult[R]: ...
+    async def trigger_and_wait(self: Task[None, R], *, client: Backend | None = None,
+                               **options: Any) -> TaskRunResult[R]: ...
 
-    async def trigger_and_wait(self, payload: Any = None, **options: Any) -> TaskRunResult[R]:
+    async def trigger_and_wait(self, payload: Any = None, *, client: Backend | None = None,
+                               **options: Any) -> TaskRunResult[R]:
         """Start a run and wait for its result.
 
         ``result.output`` is the task's output as it travels, JSON: the same value for
         JSON-like outputs (``dict``, ``list``, ``str`` ...), the unstructured form of an
         attrs class, dataclass, enum or datetime.
         """
-        return await current_backend().trigger_and_wait(self.id, to_json(payload), options)
+        return await current_backend(client).trigger_and_wait(self.id, to_json(payload),
+                                                               options)
 
-    async def batch_trigger_and_wait(self, payloads: list[P] | tuple[P, ...],
+    async def batch_trigger_and_wait(self, payloads: list[P] | tuple[P, ...], *,
+                                     client: Backend | None = None,
                                      **options: Any) -> list[TaskRunResult[R]]:
         """Start one run per payload; results in payload order."""
         if not isinstance(payloads, (list, tuple)):
             raise TypeError("batch_trigger_and_wait takes a list of payloads")
-        return await current_backend().batch_trigger_and_wait(
+        return await current_backend(client).batch_trigger_and_wait(
             self.id, [to_json(p) for p in payloads], options)
 
 
@@ -181,16 +191,19 @@ def schema_task(id: str, *, schema: object, retry: RetryPolicy | None = None,
 class _Tasks:
     """``tasks``: trigger any task by id."""
 
-    async def trigger(self, task_id: str, payload: Any = None, **options: Any) -> RunHandle:
-        return await current_backend().trigger(task_id, to_json(payload), options)
+    async def trigger(self, task_id: str, payload: Any = None, *, client: Backend | None = None,
+                      **options: Any) -> RunHandle:
+        return await current_backend(client).trigger(task_id, to_json(payload), options)
 
-    async def trigger_and_wait(self, task_id: str, payload: Any = None,
-                               **options: Any) -> TaskRunResult[Any]:
-        return await current_backend().trigger_and_wait(task_id, to_json(payload), options)
+    async def trigger_and_wait(self, task_id: str, payload: Any = None, *,
+                               client: Backend | None = None, **options: Any) -> TaskRunResult[Any]:
+        return await current_backend(client).trigger_and_wait(task_id, to_json(payload),
+                                                              options)
 
-    async def batch_trigger_and_wait(self, task_id: str, payloads: list[Any],
+    async def batch_trigger_and_wait(self, task_id: str, payloads: list[Any], *,
+                                     client: Backend | None = None,
                                      **options: Any) -> list[TaskRunResult[Any]]:
-        return await current_backend().batch_trigger_and_wait(
+        return await current_backend(client).batch_trigger_and_wait(
             task_id, [to_json(p) for p in payloads], options)
 
 

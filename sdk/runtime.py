@@ -163,12 +163,18 @@ def current_run() -> RunBackend | None:
     return _current_run.get()
 
 
-def current_backend() -> Backend:
-    """The run backend inside a run, else the connected client.
+def current_backend(client: Backend | None = None) -> Backend:
+    """``client`` if given (an explicit client, no context needed); else the run backend
+    inside a run, else the client bound by ``connect()``.
 
     Raises:
         OutsideRunError: neither a run nor a ``connect()`` is active here.
     """
+    if client is not None:
+        if not callable(getattr(client, "open_producer", None)):
+            raise TypeError(f"client must be a runwire Client (from connect(...)), "
+                            f"not {type(client).__name__}")
+        return client
     backend = _current_run.get() or _current_client.get()
     if backend is None:
         raise OutsideRunError(

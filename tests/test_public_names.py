@@ -18,7 +18,7 @@ PUBLIC = {
         "auth", "__version__", "ClientStatistics",
     },
     "runwire.engine": {
-        "open_engine", "Engine", "ServingEngine", "EngineStatistics", "Limits", "Store",
+        "open_engine", "Engine", "ServingEngine", "EngineThread", "EngineStatistics", "Limits", "Store",
         "open_store", "StoreError", "StoreConfigError", "StoreUnavailableError",
         "StoreClosedError", "IndexGapError", "NotCompactError",
     },
