@@ -39,6 +39,9 @@ from ._models import TaskRunResult as TaskRunResult
 from ._runs import RunPart as RunPart
 from ._runs import RunSubscription as RunSubscription
 from ._runs import runs as runs
+from ._sse import sse_event as sse_event
+from ._sse import sse_events as sse_events
+from ._sse import sse_response as sse_response
 from ._streams import PipeResult as PipeResult
 from ._streams import StreamDef as StreamDef
 from ._streams import StreamReader as StreamReader

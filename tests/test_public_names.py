@@ -15,7 +15,7 @@ PUBLIC = {
         "RunFinishedError", "PayloadTooLargeError", "StreamTooLargeError", "BadFrameError",
         "UnknownTaskError", "InvalidPayloadError", "RateLimitedError", "InternalError",
         "StreamTimeoutError", "InputStreamTimeoutError", "TaskRunError", "OutsideRunError",
-        "auth", "__version__", "ClientStatistics",
+        "auth", "__version__", "ClientStatistics", "sse_event", "sse_events", "sse_response",
     },
     "runwire.engine": {
         "open_engine", "Engine", "ServingEngine", "EngineThread", "EngineStatistics", "Limits", "Store",
