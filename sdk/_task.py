@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, Union, overload
 
+import anyio
+
 from ._convert import from_json, to_json
+from ._errors import AsyncioInTaskError
 from ._models import Queue, RetryPolicy, RunContext, RunHandle, TaskRunResult
 from .runtime import Backend, current_backend
 
@@ -76,7 +80,16 @@ class Task(Generic[P, R]):
         """Run the function once and return its JSON-ready output (engine use)."""
         value = self.validate(payload)
         fn: Callable[..., Awaitable[R]] = self.fn  # its arity was counted in __init__
-        result = await (fn(value, ctx) if self._takes_ctx else fn(value))
+        try:
+            result = await (fn(value, ctx) if self._takes_ctx else fn(value))
+        except RuntimeError as exc:
+            if "no running event loop" not in str(exc):
+                raise
+            raise AsyncioInTaskError(
+                f"task {self.id!r} called asyncio-only code ({exc}): runwire runs tasks on "
+                "trio, where asyncio has no event loop. Use anyio instead (anyio.sleep, "
+                "httpx, the OpenAI and Anthropic async clients all run on trio), or run the "
+                "asyncio code with 'await runwire.run_asyncio(fn, *args)'") from exc
         return to_json(result)
 
     # Without a payload (it is None) only where the task accepts None, or is untyped.
@@ -120,6 +133,39 @@ class Task(Generic[P, R]):
             raise TypeError("batch_trigger_and_wait takes a list of payloads")
         return await current_backend(client).batch_trigger_and_wait(
             self.id, [to_json(p) for p in payloads], options)
+
+
+async def run_asyncio(fn: Callable[..., Awaitable[Output]], *args: Any) -> Output:
+    """``await fn(*args)`` on an asyncio event loop, from a task (which runs on trio).
+
+    For asyncio-only libraries (aiohttp, ``asyncio.sleep`` ...): the coroutine runs on an
+    event loop of its own in a worker thread, and its result (or exception) comes back.
+    Cancelling the caller cancels the asyncio task. Values cross threads: pass and return
+    plain data, not objects bound to either loop.
+
+    Raises:
+        TypeError: ``fn`` is not an async function.
+        Exception: what ``fn`` raised.
+    """
+    if not callable(fn):
+        raise TypeError(f"run_asyncio needs an async function, not {type(fn).__name__}")
+    started: dict[str, Any] = {}
+
+    async def main() -> Output:
+        started["loop"], started["task"] = asyncio.get_running_loop(), asyncio.current_task()
+        coro = fn(*args)
+        if not inspect.isawaitable(coro):
+            raise TypeError(f"run_asyncio needs an async function; {fn!r} returned "
+                            f"{type(coro).__name__}")
+        return await coro
+
+    try:
+        return await anyio.to_thread.run_sync(asyncio.run, main(), abandon_on_cancel=True)
+    except anyio.get_cancelled_exc_class():
+        loop, task = started.get("loop"), started.get("task")
+        if loop is not None and task is not None:
+            loop.call_soon_threadsafe(task.cancel)
+        raise
 
 
 def _positional_count(fn: Callable[..., Any]) -> int:

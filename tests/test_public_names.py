@@ -16,6 +16,7 @@ PUBLIC = {
         "UnknownTaskError", "InvalidPayloadError", "RateLimitedError", "InternalError",
         "StreamTimeoutError", "InputStreamTimeoutError", "TaskRunError", "OutsideRunError",
         "auth", "__version__", "ClientStatistics", "sse_event", "sse_events", "sse_response",
+        "AsyncioInTaskError", "run_asyncio",
     },
     "runwire.engine": {
         "open_engine", "Engine", "ServingEngine", "EngineThread", "EngineStatistics", "Limits", "Store",
