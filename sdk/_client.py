@@ -376,6 +376,9 @@ class Client:
         self.random = random.Random()
         self._nursery: anyio.abc.TaskGroup | None = None
         self._tasks = 0  # tasks running in _nursery (anyio's task groups do not count them)
+        # Consumers take over receiving (_Receiver) under trio only: there a cancel is cheap;
+        # under asyncio cancelling the serve task's receive costs more than waking a waiter
+        self._leads = sniffio.current_async_library() == "trio"
         self._link: _Link | None = None
         self._up = anyio.Event()
         self._delay = BACKOFF_FIRST
@@ -548,7 +551,8 @@ class Client:
     def _register(self, inbox: _Inbox) -> int:
         self._next_id += 1
         self._inboxes[self._next_id] = inbox
-        inbox.lead = self._lead
+        if self._leads:
+            inbox.lead = self._lead
         return self._next_id
 
     async def _lead(self, inbox: _Inbox) -> bool:

@@ -264,3 +264,11 @@ def test_unreachable_engine_and_bad_credential(engine, backend):
                 pass
 
     run(backend, body)
+
+
+def test_the_asyncio_client_benchmark_runs():
+    from tests.bench.bench_asyncio_client import TINY, measure
+
+    report = measure(TINY)["results"]
+    assert report["trio"]["read_per_s"] > 0 and report["asyncio"]["read_per_s"] > 0
+    assert report["ratio"]["trigger"] > 0
