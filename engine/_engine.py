@@ -187,7 +187,7 @@ class Engine:
             raise RuntimeError("the engine is not running")
         nursery = self._nursery
 
-        async def connector(_: trio.Nursery) -> Connection:
+        async def connector(_: object) -> Connection:
             client_end, engine_end = memory_connection_pair()
             nursery.start_soon(self.serve_connection, engine_end)
             return client_end

@@ -18,7 +18,7 @@ from ._duration import parse_duration
 from ._errors import InputStreamTimeoutError, InvalidPayloadError
 from ._models import InputResult
 from ._streams import _check_key
-from .runtime import TIMED_OUT, current_backend, require_run
+from .runtime import TIMED_OUT, Backend, current_backend, require_run
 
 T = TypeVar("T")
 
@@ -111,10 +111,11 @@ class InputStreamDef(Generic[T]):
         raw = require_run(f"{self.id}.peek()").input(self.id).peek()
         return None if raw is None else self._decode(raw)
 
-    async def send(self, run_id: str, data: T, *, idempotency_key: str | None = None) -> None:
+    async def send(self, run_id: str, data: T, *, idempotency_key: str | None = None,
+                   client: Backend | None = None) -> None:
         """Send one record to this input stream of ``run_id``; returns once it is stored."""
         if not isinstance(run_id, str) or not run_id:
             raise TypeError("run_id must be a non-empty string")
         if idempotency_key is not None and not isinstance(idempotency_key, str):
             raise TypeError("idempotency_key must be a string")
-        await current_backend().send(run_id, self.id, to_json(data), idempotency_key)
+        await current_backend(client).send(run_id, self.id, to_json(data), idempotency_key)

@@ -20,7 +20,8 @@ from collections.abc import (
 )
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, Union, overload
 
-import trio
+import anyio
+import orjson
 
 from ._convert import from_json_many, to_json, to_json_many
 from .runtime import Backend, Completion, ProducerSink, current_backend
@@ -66,7 +67,9 @@ class _Tee(Generic[T]):
         self._wanted = False
         self._live = True
         self._closed = False
-        self._event = trio.Event()
+        self._error: BaseException | None = None
+        self._event = anyio.Event()
+        self.done: Completion | None = None  # told when the consumer got the error
 
     def want(self) -> AsyncIterator[T]:
         self._wanted = True
@@ -84,8 +87,11 @@ class _Tee(Generic[T]):
         self._items.extend(items)
         self._event.set()
 
-    def close(self) -> None:
+    def close(self, error: BaseException | None = None) -> None:
+        """The source ended; with ``error``, the consumer gets it after the chunks before it
+        (a failed pipe never looks like a complete one)."""
         self._closed = True
+        self._error = error
         self._event.set()
 
     async def _iterate(self) -> AsyncIterator[T]:
@@ -94,8 +100,12 @@ class _Tee(Generic[T]):
                 while self._items:
                     yield self._items.popleft()
                 if self._closed:
+                    if self._error is not None:
+                        if self.done is not None:
+                            self.done.observed = True
+                        raise self._error
                     return
-                self._event = trio.Event()
+                self._event = anyio.Event()
                 await self._event.wait()
         finally:
             self._live = False
@@ -132,30 +142,77 @@ class WriterResult:
         await self._done.wait()
 
 
-async def _pump(sink: ProducerSink, source: Source[T], tee: _Tee[T] | None) -> None:
+_PLAIN_CHUNKS = frozenset((str, int, float, bool, type(None)))
+
+
+def json_chunk(value: Any, key: str) -> Any:
+    """``value`` as a JSON-ready chunk of stream ``key``, refused here if it is not JSON.
+
+    The engine would refuse it too, but later (when it stores the batch) and as the
+    producer's error; checking here makes the writer's own call raise, before anything of
+    it is buffered.
+
+    Raises:
+        TypeError: naming the stream and the type of the value.
+    """
+    data = to_json(value)
+    if type(data) not in _PLAIN_CHUNKS:
+        try:
+            orjson.dumps(data)
+        except TypeError as exc:
+            raise TypeError(f"chunk for stream {key!r} (a {type(value).__name__}) is not "
+                            f"JSON: {exc}") from None
+    return data
+
+
+def json_chunks(values: list[Any], key: str) -> tuple[list[Any], TypeError | None]:
+    """:func:`json_chunk` of each value, up to the first refused one (and its error)."""
+    data = to_json_many(values)
+    if _PLAIN_CHUNKS.issuperset(map(type, data)):
+        return data, None
+    good: list[Any] = []
+    for value in values:
+        try:
+            good.append(json_chunk(value, key))
+        except TypeError as exc:
+            return good, exc
+    return good, None
+
+
+async def _pump(sink: ProducerSink, source: Source[T], tee: _Tee[T] | None,
+                key: str) -> None:
+    error: BaseException | None = None
     try:
         if isinstance(source, AsyncIterable):
             async for item in source:
+                chunk = json_chunk(item, key)  # a refused chunk is not fed to the tee either
                 if tee is not None:
                     tee.feed(item)
-                await sink.put(to_json(item))
+                await sink.put(chunk)
         else:  # a sync source never blocks: take it in slices, one put per slice
             items = iter(source)
             full = True
             while full:
                 batch: list[T] = []
+                refused: TypeError | None = None
                 try:  # list.extend keeps what it took before the source raised: stored too
                     batch.extend(itertools.islice(items, PIPE_SLICE))
                 finally:
+                    chunks, refused = json_chunks(batch, key)
                     if tee is not None:
-                        tee.feed_many(batch)
-                    if batch:
-                        await sink.put_many(to_json_many(batch))
+                        tee.feed_many(batch[:len(chunks)])
+                    if chunks:
+                        await sink.put_many(chunks)
+                if refused is not None:
+                    raise refused
                 full = len(batch) == PIPE_SLICE
         await sink.flush()
+    except BaseException as exc:
+        error = exc
+        raise
     finally:
         if tee is not None:
-            tee.close()
+            tee.close(error if isinstance(error, Exception) else None)
 
 
 def _producer_job(sink: ProducerSink,
@@ -180,17 +237,20 @@ def _producer_job(sink: ProducerSink,
     return job
 
 
-def _start_pipe(key: str, source: Source[T], target: str) -> PipeResult[T]:
+def _start_pipe(key: str, source: Source[T], target: str,
+                client: Backend | None = None) -> PipeResult[T]:
     _check_source(source)
-    backend = current_backend()
+    backend = current_backend(client)
     sink = backend.open_producer(backend.resolve_target(target), key)
     tee: _Tee[T] = _Tee()
-    job = _producer_job(sink, lambda: _pump(sink, source, tee))
-    return PipeResult(tee, backend.spawn_producer(job))
+    job = _producer_job(sink, lambda: _pump(sink, source, tee, key))
+    tee.done = backend.spawn_producer(job)
+    return PipeResult(tee, tee.done)
 
 
-async def _append(key: str, chunk: Any, target: str) -> None:
-    backend = current_backend()
+async def _append(key: str, chunk: Any, target: str, client: Backend | None = None) -> None:
+    chunk = json_chunk(chunk, key)
+    backend = current_backend(client)
     sink = backend.open_producer(backend.resolve_target(target), key)
     try:
         await sink.put(chunk)
@@ -202,20 +262,25 @@ async def _append(key: str, chunk: Any, target: str) -> None:
 class StreamWriter(Generic[T]):
     """Given to a writer's ``execute`` function: ``write`` one chunk, ``merge`` a source."""
 
-    def __init__(self, sink: ProducerSink, backend: Backend) -> None:
+    def __init__(self, sink: ProducerSink, backend: Backend, key: str) -> None:
         self._sink = sink
         self._backend = backend
+        self._key = key
         self._merges: list[Completion] = []
 
     def write(self, chunk: T) -> None:
-        """Queue one chunk (never blocks)."""
-        self._sink.put_nowait(to_json(chunk))
+        """Queue one chunk (never blocks).
+
+        Raises:
+            TypeError: the chunk is not JSON (nothing of it is queued).
+        """
+        self._sink.put_nowait(json_chunk(chunk, self._key))
 
     def merge(self, source: Source[T]) -> None:
         """Pipe ``source`` into the same stream alongside the writes."""
         _check_source(source)
         self._merges.append(self._backend.spawn_producer(
-            lambda: _pump(self._sink, source, None)))
+            lambda: _pump(self._sink, source, None, self._key)))
 
     async def _finish(self) -> None:
         for merge in self._merges:
@@ -227,12 +292,13 @@ class StreamWriter(Generic[T]):
 Execute: TypeAlias = Callable[[StreamWriter[T]], object]
 
 
-def _start_writer(key: str, execute: Execute[T], target: str) -> WriterResult:
+def _start_writer(key: str, execute: Execute[T], target: str,
+                  client: Backend | None = None) -> WriterResult:
     if not callable(execute):
         raise TypeError("writer(execute=...) needs a function taking the writer")
-    backend = current_backend()
+    backend = current_backend(client)
     sink = backend.open_producer(backend.resolve_target(target), key)
-    writer: StreamWriter[T] = StreamWriter(sink, backend)
+    writer: StreamWriter[T] = StreamWriter(sink, backend, key)
 
     async def body() -> None:
         result = execute(writer)
@@ -305,14 +371,15 @@ class StreamReader(Generic[T]):
 
 
 def _open_read(run_id: str, key: str, timeout: float | None, start: int,
-               decode: Callable[[list[Any]], Iterable[T]]) -> StreamReader[T]:
+               decode: Callable[[list[Any]], Iterable[T]],
+               client: Backend | None = None) -> StreamReader[T]:
     if not isinstance(run_id, str) or not run_id:
         raise TypeError("run_id must be a non-empty string")
     if not isinstance(start, int) or isinstance(start, bool) or start < 0:
         raise ValueError("start_index must be an integer >= 0")
     if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
         raise ValueError("timeout_in_seconds must be a positive number or None")
-    batches = current_backend().read(run_id, key, start, timeout)
+    batches = current_backend(client).read(run_id, key, start, timeout)
     return StreamReader(batches, decode)
 
 
@@ -342,22 +409,34 @@ class StreamDef(Generic[T]):
     def _decode(self, values: list[Any]) -> Iterable[T]:
         return from_json_many(values, self.type, self._what)
 
-    def pipe(self, source: Source[T], *, target: str = "self") -> PipeResult[T]:
-        """Store every chunk of ``source`` in this stream; returns at once."""
-        return _start_pipe(self.id, source, target)
+    def pipe(self, source: Source[T], *, target: str = "self",
+             client: Backend | None = None) -> PipeResult[T]:
+        """Store every chunk of ``source`` in this stream; returns at once.
 
-    async def append(self, chunk: T, *, target: str = "self") -> None:
-        """Store one chunk; returns once it is stored."""
-        await _append(self.id, to_json(chunk), target)
+        ``client`` (here and in the other calls) makes the call through that client rather
+        than the run or the client ``connect()`` bound to this context.
+        """
+        return _start_pipe(self.id, source, target, client)
 
-    def writer(self, execute: Execute[T], *, target: str = "self") -> WriterResult:
+    async def append(self, chunk: T, *, target: str = "self",
+                     client: Backend | None = None) -> None:
+        """Store one chunk; returns once it is stored.
+
+        Raises:
+            TypeError: the chunk is not JSON (nothing is stored).
+        """
+        await _append(self.id, chunk, target, client)
+
+    def writer(self, execute: Execute[T], *, target: str = "self",
+               client: Backend | None = None) -> WriterResult:
         """Run ``execute(w)`` as a producer of this stream (``w.write``, ``w.merge``)."""
-        return _start_writer(self.id, execute, target)
+        return _start_writer(self.id, execute, target, client)
 
     async def read(self, run_id: str, *, timeout_in_seconds: float | None = 60,
-                   start_index: int = 0) -> StreamReader[T]:
+                   start_index: int = 0, client: Backend | None = None) -> StreamReader[T]:
         """Read this stream of ``run_id`` from ``start_index``; typed chunks."""
-        return _open_read(run_id, self.id, timeout_in_seconds, start_index, self._decode)
+        return _open_read(run_id, self.id, timeout_in_seconds, start_index, self._decode,
+                          client)
 
 
 def _identity(value: Any) -> Any:
@@ -392,39 +471,41 @@ class _Streams:
         return InputStreamDef(id, type)
 
     @overload
-    def pipe(self, source: Source[T], /, *, target: str = "self") -> PipeResult[T]: ...
+    def pipe(self, source: Source[T], /, *, target: str = "self",
+             client: Backend | None = None) -> PipeResult[T]: ...
     @overload
-    def pipe(self, key: str, source: Source[T], /, *,
-             target: str = "self") -> PipeResult[T]: ...
+    def pipe(self, key: str, source: Source[T], /, *, target: str = "self",
+             client: Backend | None = None) -> PipeResult[T]: ...
 
-    def pipe(self, key_or_source: Any, source: Any = None, *,
-             target: str = "self") -> PipeResult[Any]:
+    def pipe(self, key_or_source: Any, source: Any = None, *, target: str = "self",
+             client: Backend | None = None) -> PipeResult[Any]:
         """``pipe(key, source)`` or ``pipe(source)`` (key ``"default"``)."""
         if source is None:
             key, source = DEFAULT_KEY, key_or_source
         else:
             key = _check_key(key_or_source)
-        return _start_pipe(key, source, target)
+        return _start_pipe(key, source, target, client)
 
     async def append(self, key_or_chunk: Any, chunk: Any = _identity, *,
-                     target: str = "self") -> None:
+                     target: str = "self", client: Backend | None = None) -> None:
         """``append(key, chunk)`` or ``append(chunk)`` (key ``"default"``)."""
         if chunk is _identity:
             key, chunk = DEFAULT_KEY, key_or_chunk
         else:
             key = _check_key(key_or_chunk)
-        await _append(key, to_json(chunk), target)
+        await _append(key, chunk, target, client)
 
     def writer(self, key: str = DEFAULT_KEY, *, execute: Execute[Any],
-               target: str = "self") -> WriterResult:
+               target: str = "self", client: Backend | None = None) -> WriterResult:
         """``writer(key, execute=fn)``; no key means ``"default"``."""
-        return _start_writer(_check_key(key), execute, target)
+        return _start_writer(_check_key(key), execute, target, client)
 
     async def read(self, run_id: str, key: str = DEFAULT_KEY, *,
                    timeout_in_seconds: float | None = 60,
-                   start_index: int = 0) -> StreamReader[Any]:
+                   start_index: int = 0, client: Backend | None = None) -> StreamReader[Any]:
         """Read stream ``key`` of ``run_id`` (untyped chunks)."""
-        return _open_read(run_id, _check_key(key), timeout_in_seconds, start_index, _identity)
+        return _open_read(run_id, _check_key(key), timeout_in_seconds, start_index, _identity,
+                          client)
 
 
 streams = _Streams()

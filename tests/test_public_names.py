@@ -15,10 +15,11 @@ PUBLIC = {
         "RunFinishedError", "PayloadTooLargeError", "StreamTooLargeError", "BadFrameError",
         "UnknownTaskError", "InvalidPayloadError", "RateLimitedError", "InternalError",
         "StreamTimeoutError", "InputStreamTimeoutError", "TaskRunError", "OutsideRunError",
-        "auth", "__version__", "ClientStatistics",
+        "auth", "__version__", "ClientStatistics", "sse_event", "sse_events", "sse_response",
+        "AsyncioInTaskError", "run_asyncio",
     },
     "runwire.engine": {
-        "open_engine", "Engine", "ServingEngine", "EngineStatistics", "Limits", "Store",
+        "open_engine", "Engine", "ServingEngine", "EngineThread", "EngineStatistics", "Limits", "Store",
         "open_store", "StoreError", "StoreConfigError", "StoreUnavailableError",
         "StoreClosedError", "IndexGapError", "NotCompactError",
     },
@@ -44,7 +45,8 @@ PUBLIC = {
                             "PATH"},
     "runwire.transport": {
         "encode", "decode", "unstructure", "Protocol", "Role", "State", "Connection",
-        "MemoryPipe", "connect_websocket", "memory_connection_pair", "memory_pipe_pair",
+        "MemoryPipe", "connect_websocket", "memory_connection_pair", "AsyncioConnection",
+        "connect_websocket_asyncio", "memory_pipe_pair",
         "TransportError", "LocalProtocolError", "RemoteProtocolError", "ConnectionBroken",
         "ConnectionClosed", "FRAME_TYPES", "CLIENT_FRAMES", "ENGINE_FRAMES", "PROTOCOL_VERSION",
         "Frame", "Hello", "Welcome", "Read", "Chunks", "End", "Append", "Send", "Ack",
