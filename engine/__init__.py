@@ -10,6 +10,7 @@ from ._engine import EngineStatistics as EngineStatistics
 from ._engine import ServingEngine as ServingEngine
 from ._engine import open_engine as open_engine
 from ._limits import Limits as Limits
+from ._thread import EngineThread as EngineThread
 from .store import IndexGapError as IndexGapError
 from .store import NotCompactError as NotCompactError
 from .store import Store as Store

@@ -4,7 +4,8 @@ until interrupted; and the client commands (``runwire runs|trigger|send|token``,
 
 Every ``serve`` flag can also come from the environment (the flag wins): ``RUNWIRE_TASKS``,
 ``RUNWIRE_STORE``, ``RUNWIRE_HOST``, ``RUNWIRE_PORT``, ``RUNWIRE_API_KEY``,
-``RUNWIRE_DRAIN_TIMEOUT``, ``RUNWIRE_RETENTION``, ``RUNWIRE_LOG_LEVEL``.
+``RUNWIRE_DRAIN_TIMEOUT``, ``RUNWIRE_RETENTION``, ``RUNWIRE_ANONYMOUS_STREAMS`` (1/true/yes/on),
+``RUNWIRE_LONG_POLL_TIMEOUT``, ``RUNWIRE_LOG_LEVEL``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import signal
 import sys
 from typing import Any
 
+import attrs
 import trio
 
 from runwire.runtime import parse_duration, tasks_in
@@ -33,6 +35,11 @@ def _env(name: str, default: str | None) -> str | None:
     return os.environ.get(f"RUNWIRE_{name}", default)
 
 
+def _env_flag(name: str) -> bool:
+    """A boolean flag's default from ``RUNWIRE_<name>``: 1/true/yes/on turn it on."""
+    return (_env(name, "") or "").strip().lower() in {"1", "true", "yes", "on"}
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="runwire", description="runwire engine")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -40,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
                            epilog="Every flag may also be set in the environment: "
                                   "RUNWIRE_TASKS, RUNWIRE_STORE, RUNWIRE_HOST, RUNWIRE_PORT, "
                                   "RUNWIRE_API_KEY, RUNWIRE_DRAIN_TIMEOUT, RUNWIRE_RETENTION, "
+                                  "RUNWIRE_ANONYMOUS_STREAMS, RUNWIRE_LONG_POLL_TIMEOUT, "
                                   "RUNWIRE_LOG_LEVEL (a flag wins).")
     tasks_env = _env("TASKS", None)
     serve.add_argument("--tasks", action="append", metavar="MODULE_OR_FILE",
@@ -63,6 +71,15 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--retention", default=_env("RETENTION", "28d"), type=_retention,
                        help="how long finished runs are kept: seconds or 30m/12h/28d "
                             "(default: $RUNWIRE_RETENTION, else 28d)")
+    serve.add_argument("--anonymous-streams", action="store_true",
+                       default=_env_flag("ANONYMOUS_STREAMS"),
+                       help="let HTTP requests without credentials use free-standing durable "
+                            "streams at /v1/stream/... (default: $RUNWIRE_ANONYMOUS_STREAMS, "
+                            "else off)")
+    serve.add_argument("--long-poll-timeout", type=float, default=_env("LONG_POLL_TIMEOUT", None),
+                       metavar="SECONDS",
+                       help="seconds a long-poll read waits before 204 (default: "
+                            "$RUNWIRE_LONG_POLL_TIMEOUT, else 10)")
     serve.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"),
                        help="default: $RUNWIRE_LOG_LEVEL, else INFO")
     add_commands(sub)
@@ -118,12 +135,14 @@ async def _serve(args: argparse.Namespace) -> None:
         print(f"generated API key (shown once): {api_key}", flush=True)
     tasks = load_tasks(args.tasks)
     limits = Limits(retention=args.retention)
+    if args.long_poll_timeout is not None:
+        limits = attrs.evolve(limits, long_poll_timeout=args.long_poll_timeout)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with open_engine(tasks, store=args.store, api_key=api_key, host=args.host,
                                port=args.port, drain_timeout=args.drain_timeout,
-                               limits=limits) as eng:
+                               limits=limits, anonymous_streams=args.anonymous_streams) as eng:
             names = ", ".join(sorted(eng.tasks)) or "(none)"
-            print(f"runwire engine serving {eng.url} (store {args.store}; tasks: {names})",
+            print(f"runwire engine serving {eng.url} and {eng.http_url} (store {args.store}; tasks: {names})",
                   flush=True)
             async for signum in signals:
                 print(f"received {signal.Signals(signum).name}; stopping", flush=True)

@@ -25,9 +25,9 @@ from runwire.transport import Connection, memory_connection_pair
 
 from ._limits import Limits
 from .broker import LocalBroker
-from .door import Door, Session, WebsocketServer
+from .door import Door, EngineServer, HttpDoor, Session
 from .run import RunRecord, RunStatistics
-from .service import Auth, RunService, generate_api_key
+from .service import Auth, DurableStreams, RunService, generate_api_key
 from .store import Store, open_store
 
 log = logging.getLogger("runwire.engine")
@@ -54,7 +54,8 @@ class Engine:
     """A run engine. Make one with :func:`open_engine`."""
 
     def __init__(self, tasks: Iterable[Task[Any, Any]], store: Store, api_key: str, *,
-                 drain_timeout: float = 60.0, limits: Limits | None = None) -> None:
+                 drain_timeout: float = 60.0, limits: Limits | None = None,
+                 anonymous_streams: bool = False) -> None:
         self.limits = limits or Limits()
         self.store = store
         self.api_key = api_key
@@ -65,7 +66,10 @@ class Engine:
         self.service = RunService(tasks, store, self.broker, self.auth, self.limits, self.clock,
                                   drain_timeout=drain_timeout)
         self.door = Door(self.service, self.auth, self.limits)
-        self._server: WebsocketServer | None = None
+        self.streams = DurableStreams(store, self.limits, self.clock)
+        self.http = HttpDoor(self.door, self.streams, self.clock,
+                             anonymous_streams=anonymous_streams)
+        self._server: EngineServer | None = None
         self._nursery: trio.Nursery | None = None
 
     @property
@@ -77,6 +81,11 @@ class Engine:
     def url(self) -> str | None:
         """The websocket URL clients connect to; ``None`` without a host or port."""
         return self._server.url if self._server else None
+
+    @property
+    def http_url(self) -> str | None:
+        """The HTTP door's base URL (same port as :attr:`url`); ``None`` without one."""
+        return self._server.http_url if self._server else None
 
     @property
     def port(self) -> int | None:
@@ -136,7 +145,9 @@ class Engine:
         return self.service.issue_token(scopes, expires_in)
 
     async def sweep(self) -> int:
-        """Delete runs that finished more than ``limits.retention`` seconds ago; how many."""
+        """Delete runs that finished more than ``limits.retention`` seconds ago, and durable
+        streams expired or idle that long; how many runs."""
+        await self.streams.sweep()
         return await self.service.sweep()
 
     # --- lifetime ------------------------------------------------------------------------
@@ -148,10 +159,11 @@ class Engine:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             self._trio0 = trio.current_time()
+            await self.streams.load()
             await nursery.start(self.service.run)
             nursery.start_soon(self._sweep_loop, name="sweep_loop")
             if host is not None or port is not None:
-                server = WebsocketServer(self.door, host or "127.0.0.1", port or 0)
+                server = EngineServer(self.door, host or "127.0.0.1", port or 0, self.http)
                 await nursery.start(server.run)
                 self._server = server
             task_status.started()
@@ -175,7 +187,7 @@ class Engine:
             raise RuntimeError("the engine is not running")
         nursery = self._nursery
 
-        async def connector(_: trio.Nursery) -> Connection:
+        async def connector(_: object) -> Connection:
             client_end, engine_end = memory_connection_pair()
             nursery.start_soon(self.serve_connection, engine_end)
             return client_end
@@ -194,6 +206,12 @@ class ServingEngine(Engine):
         return url
 
     @property
+    def http_url(self) -> str:
+        url = super().http_url
+        assert url is not None, "open_engine returns it once it listens"
+        return url
+
+    @property
     def port(self) -> int:
         port = super().port
         assert port is not None, "open_engine returns it once it listens"
@@ -203,22 +221,26 @@ class ServingEngine(Engine):
 @overload
 def open_engine(tasks: Iterable[Task[Any, Any]] = (), *, store: str | Store = ...,
                 api_key: str | None = ..., host: str | None = ..., port: int,
-                drain_timeout: float = ..., limits: Limits | None = ...
+                drain_timeout: float = ..., limits: Limits | None = ...,
+                anonymous_streams: bool = ...
                 ) -> AbstractAsyncContextManager[ServingEngine]: ...
 @overload
 def open_engine(tasks: Iterable[Task[Any, Any]] = (), *, store: str | Store = ...,
                 api_key: str | None = ..., host: str, port: int | None = ...,
-                drain_timeout: float = ..., limits: Limits | None = ...
+                drain_timeout: float = ..., limits: Limits | None = ...,
+                anonymous_streams: bool = ...
                 ) -> AbstractAsyncContextManager[ServingEngine]: ...
 @overload
 def open_engine(tasks: Iterable[Task[Any, Any]] = (), *, store: str | Store = ...,
                 api_key: str | None = ..., host: None = ..., port: None = ...,
-                drain_timeout: float = ..., limits: Limits | None = ...
+                drain_timeout: float = ..., limits: Limits | None = ...,
+                anonymous_streams: bool = ...
                 ) -> AbstractAsyncContextManager[Engine]: ...
 def open_engine(tasks: Iterable[Task[Any, Any]] = (), *, store: str | Store = "memory://",
                 api_key: str | None = None, host: str | None = None,
                 port: int | None = None, drain_timeout: float = 60.0,
-                limits: Limits | None = None) -> AbstractAsyncContextManager[Engine]:
+                limits: Limits | None = None,
+                anonymous_streams: bool = False) -> AbstractAsyncContextManager[Engine]:
     """Run an engine for the duration of the block.
 
     Args:
@@ -229,25 +251,30 @@ def open_engine(tasks: Iterable[Task[Any, Any]] = (), *, store: str | Store = "m
             with neither, only in-process clients (``eng.connect()``) reach it.
         drain_timeout: seconds a finished task's producers get to finish.
         limits: sizes and counts the engine enforces.
+        anonymous_streams: let HTTP requests without credentials use free-standing durable
+            streams (``/v1/stream/...``); off by default.
 
     Raises:
         StoreError: the store cannot be opened (a bad URL, a file in use by another engine).
     """
     return _open_engine(tasks, store=store, api_key=api_key, host=host, port=port,
-                        drain_timeout=drain_timeout, limits=limits)
+                        drain_timeout=drain_timeout, limits=limits,
+                        anonymous_streams=anonymous_streams)
 
 
 @asynccontextmanager
 async def _open_engine(tasks: Iterable[Task[Any, Any]], *, store: str | Store,
                        api_key: str | None, host: str | None, port: int | None,
-                       drain_timeout: float, limits: Limits | None) -> AsyncIterator[Engine]:
+                       drain_timeout: float, limits: Limits | None,
+                       anonymous_streams: bool) -> AsyncIterator[Engine]:
     if api_key is None:
         api_key = generate_api_key()
         log.warning("no API key given; generated one for this engine: %s", api_key)
     backing = open_store(store) if isinstance(store, str) else store
     serving = host is not None or port is not None
     kind = ServingEngine if serving else Engine
-    engine = kind(tasks, backing, api_key, drain_timeout=drain_timeout, limits=limits)
+    engine = kind(tasks, backing, api_key, drain_timeout=drain_timeout, limits=limits,
+                  anonymous_streams=anonymous_streams)
     try:
         with collapse_exception_groups():
             async with trio.open_nursery() as nursery:

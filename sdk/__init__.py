@@ -6,6 +6,7 @@ from ._auth import auth as auth
 from ._client import Client as Client
 from ._client import ClientStatistics as ClientStatistics
 from ._client import connect as connect
+from ._errors import AsyncioInTaskError as AsyncioInTaskError
 from ._errors import BadFrameError as BadFrameError
 from ._errors import ForbiddenError as ForbiddenError
 from ._errors import InputStreamTimeoutError as InputStreamTimeoutError
@@ -44,6 +45,9 @@ from ._models import WaitpointToken as WaitpointToken
 from ._runs import RunPart as RunPart
 from ._runs import RunSubscription as RunSubscription
 from ._runs import runs as runs
+from ._sse import sse_event as sse_event
+from ._sse import sse_events as sse_events
+from ._sse import sse_response as sse_response
 from ._streams import AppendResult as AppendResult
 from ._streams import PipeResult as PipeResult
 from ._streams import StreamDef as StreamDef
@@ -52,6 +56,7 @@ from ._streams import StreamWriter as StreamWriter
 from ._streams import WriterResult as WriterResult
 from ._streams import streams as streams
 from ._task import Task as Task
+from ._task import run_asyncio as run_asyncio
 from ._task import schema_task as schema_task
 from ._task import task as task
 from ._task import tasks as tasks

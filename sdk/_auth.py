@@ -26,7 +26,7 @@ class _Auth:
 
     async def create_public_token(self, *, scopes: Iterable[str] | Mapping[str, Any],
                                   expiration: float | str | datetime.timedelta =
-                                  DEFAULT_EXPIRATION) -> str:
+                                  DEFAULT_EXPIRATION, client: Client | None = None) -> str:
         """A signed token that allows only ``scopes``, until ``expiration`` from now.
 
         Args:
@@ -35,6 +35,7 @@ class _Auth:
                 as a mapping ``{"read": {"runs": ["run_1", "run_2"]}, "trigger":
                 {"tasks": True}}``.
             expiration: seconds, a string such as ``"1h"`` or ``"7d"``, or a timedelta.
+            client: the client to ask (else the task, or the client ``connect()`` bound).
 
         Returns:
             The token, for ``connect(url, access_token=...)`` or a browser.
@@ -46,10 +47,10 @@ class _Auth:
         """
         scope_list = normalize_scopes(scopes)
         seconds = _seconds(expiration)
-        run = current_run()
+        run = current_run() if client is None else None
         if run is not None:  # inside a task: the engine that runs it signs the token
             return await run.create_token(scope_list, seconds)
-        client = _client()
+        client = _client(client)
         frame = await client._call(lambda rid: CreateToken(id=rid, scopes=scope_list,
                                                            expires_in=seconds))
         assert isinstance(frame, Token)
@@ -93,8 +94,8 @@ def _seconds(expiration: float | str | datetime.timedelta) -> float:
     return seconds
 
 
-def _client() -> Client:
-    backend = current_backend()
+def _client(client: Client | None) -> Client:
+    backend = current_backend(client)
     if not isinstance(backend, Client):
         raise OutsideRunError("auth.create_public_token needs a task or "
                               "'async with connect(url, api_key=...)'")

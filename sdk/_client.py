@@ -39,12 +39,14 @@ import random
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Union
 from urllib.parse import urlsplit, urlunsplit
 
+import anyio
+import anyio.abc
 import attrs
 import orjson
-import trio
+import sniffio
 
 from runwire.transport import (
     PROTOCOL_VERSION,
@@ -53,6 +55,7 @@ from runwire.transport import (
     Cancel,
     CancelRun,
     Chunks,
+    AsyncioConnection,
     CompleteWaitpoint,
     CreateWaitpoint,
     Connection,
@@ -75,6 +78,7 @@ from runwire.transport import (
     WaitpointInfo,
     Welcome,
     connect_websocket,
+    connect_websocket_asyncio,
 )
 
 from ._errors import (
@@ -92,7 +96,10 @@ from .runtime import Completion, bind_client, collapse_exception_groups, unbind_
 
 log = logging.getLogger("runwire.client")
 
-Connector = Callable[[trio.Nursery], Awaitable[Connection]]
+#: What the client sends and receives frames on: a trio ``Connection`` (trio-websocket or an
+#: in-memory pair) under trio, an ``AsyncioConnection`` (websockets) under asyncio.
+ClientConnection = Union[Connection, AsyncioConnection]
+Connector = Callable[[anyio.abc.TaskGroup], Awaitable[ClientConnection]]
 
 #: Chunks a client producer buffers before ``put`` waits.
 PRODUCER_HIGH_WATER = 8192
@@ -140,7 +147,7 @@ class _Inbox:
 
     def __init__(self) -> None:
         self._items: collections.deque[Frame | _Signal] = collections.deque()
-        self._ready = trio.Event()
+        self._ready = anyio.Event()
         self.lead: Callable[[_Inbox], Awaitable[bool]] | None = None
 
     @property
@@ -163,7 +170,7 @@ class _Inbox:
 
     async def get(self) -> Frame | _Signal:
         while not self._items:
-            self._ready = trio.Event()
+            self._ready = anyio.Event()
             if self.lead is None or not await self.lead(self):
                 await self._ready.wait()
         return self._items.popleft()
@@ -225,14 +232,14 @@ class _Receiver:
     it stood aside, after routing whatever it had already got.
     """
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: ClientConnection) -> None:
         self.conn = conn
         self.leader: _Inbox | None = None
         self.error: Exception | None = None  # what a leader's receive raised, for serve
         self.closed = False
-        self._scope: trio.CancelScope | None = None  # the serve task's receive
-        self._aside = trio.Event()  # the serve task stood aside for the leader
-        self._back = trio.Event()  # the leader gave the connection back
+        self._scope: anyio.CancelScope | None = None  # the serve task's receive
+        self._aside = anyio.Event()  # the serve task stood aside for the leader
+        self._back = anyio.Event()  # the leader gave the connection back
 
     async def serve_receive(self) -> Frame | None:
         """The serve task's next frame; ``None`` after standing aside for a leader.
@@ -246,7 +253,7 @@ class _Receiver:
             self._aside.set()
             await self._back.wait()
             return None
-        with trio.CancelScope() as self._scope:
+        with anyio.CancelScope() as self._scope:
             try:
                 return await self.conn.receive()
             finally:
@@ -258,7 +265,7 @@ class _Receiver:
         receives (or the link is gone), and the caller should wait to be woken instead."""
         if self.leader is not None or self.closed or self.error is not None:
             return False
-        self.leader, self._aside = inbox, trio.Event()
+        self.leader, self._aside = inbox, anyio.Event()
         try:
             if self._scope is not None:
                 self._scope.cancel()
@@ -273,7 +280,7 @@ class _Receiver:
         finally:
             self.leader = None
             self._back.set()
-            self._back = trio.Event()
+            self._back = anyio.Event()
         return True
 
     def close(self) -> None:
@@ -285,21 +292,21 @@ class _Receiver:
 class _Link:
     """One connection, the nursery of its helper tasks, and whether it is gone."""
 
-    def __init__(self, conn: Connection, nursery: trio.Nursery) -> None:
+    def __init__(self, conn: ClientConnection, nursery: anyio.abc.TaskGroup) -> None:
         self.conn = conn
         self.receiver = _Receiver(conn)
         self.nursery = nursery
-        self.gone = trio.Event()
+        self.gone = anyio.Event()
         self.answered = False
-        self.opened_at = trio.current_time()
+        self.opened_at = anyio.current_time()
         self._closing = False
-        self._closed = trio.Event()
+        self._closed = anyio.Event()
 
     @property
     def healthy(self) -> bool:
         """Did it answer a request, or live long? (A link that breaks before it answers
         anything may be broken by a request; reconnecting at once would loop.)"""
-        return self.answered or trio.current_time() - self.opened_at >= STABLE_LINK
+        return self.answered or anyio.current_time() - self.opened_at >= STABLE_LINK
 
     async def close(self) -> None:
         """Close gracefully (bounded), then stop the connection's helper tasks.
@@ -312,19 +319,19 @@ class _Link:
             return
         self._closing = True
         try:
-            with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
+            with anyio.move_on_after(CLOSE_TIMEOUT, shield=True):
                 await self.conn.aclose()
         finally:  # whatever happened, the helper tasks stop and a second caller is let go
             self.nursery.cancel_scope.cancel()
             self._closed.set()
 
 
-async def _nursery_task(*, task_status: trio.TaskStatus[trio.Nursery] = trio.TASK_STATUS_IGNORED
-                        ) -> None:
-    """Hold a nursery open until it is cancelled (a connection's helper tasks live in it)."""
-    async with trio.open_nursery() as nursery:
+async def _nursery_task(*, task_status: anyio.abc.TaskStatus[anyio.abc.TaskGroup] =
+                        anyio.TASK_STATUS_IGNORED) -> None:
+    """Hold a task group open until it is cancelled (a connection's helper tasks live in it)."""
+    async with anyio.create_task_group() as nursery:
         task_status.started(nursery)
-        await trio.sleep_forever()
+        await anyio.sleep_forever()
 
 
 @attrs.frozen
@@ -373,9 +380,13 @@ class Client:
         self.reconnect_timeout = float(reconnect_timeout)
         self.connect_timeout = float(connect_timeout)
         self.random = random.Random()
-        self._nursery: trio.Nursery | None = None
+        self._nursery: anyio.abc.TaskGroup | None = None
+        self._tasks = 0  # tasks running in _nursery (anyio's task groups do not count them)
+        # Consumers take over receiving (_Receiver) under trio only: there a cancel is cheap;
+        # under asyncio cancelling the serve task's receive costs more than waking a waiter
+        self._leads = sniffio.current_async_library() == "trio"
         self._link: _Link | None = None
-        self._up = trio.Event()
+        self._up = anyio.Event()
         self._delay = BACKOFF_FIRST
         self._fatal: tuple[type[Exception], str] | None = None
         self._closing = False
@@ -387,13 +398,14 @@ class Client:
         """Counts for tests and monitoring."""
         buffered = sum(len(item.items) for inbox in self._inboxes.values()
                        for item in inbox.items() if isinstance(item, Chunks))
-        tasks = len(self._nursery.child_tasks) if self._nursery is not None else 0
+        tasks = self._tasks if self._nursery is not None else 0
         return ClientStatistics(open_requests=len(self._inboxes), buffered_chunks=buffered,
                                 background_tasks=tasks)
 
     # --- connection ------------------------------------------------------------------------
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+                  ) -> None:
         """Keep a connection up until cancelled (started by :func:`open_client`).
 
         Raises:
@@ -410,12 +422,12 @@ class Client:
 
     async def _open_link(self, timeout: float) -> _Link:
         assert self._nursery is not None
-        nursery = await self._nursery.start(_nursery_task)
+        nursery = await self._start(_nursery_task)
         try:
-            with trio.fail_after(timeout):
+            with anyio.fail_after(timeout):
                 conn = await self._connector(nursery)
                 await self._greet(conn)
-        except trio.TooSlowError:
+        except TimeoutError:
             nursery.cancel_scope.cancel()
             raise ConnectionBroken(f"no connection to the engine within {timeout:g} s") \
                 from None
@@ -423,14 +435,14 @@ class Client:
             # the client is being cancelled: the helper nursery may close before we are
             # told, and then refuses new tasks; that is a cancellation, not an error
             nursery.cancel_scope.cancel()
-            await trio.lowlevel.checkpoint_if_cancelled()
+            await anyio.lowlevel.checkpoint_if_cancelled()
             raise
         except BaseException:
             nursery.cancel_scope.cancel()
             raise
         return _Link(conn, nursery)
 
-    async def _greet(self, conn: Connection) -> None:
+    async def _greet(self, conn: ClientConnection) -> None:
         try:
             await conn.send(Hello(protocol=PROTOCOL_VERSION, token=self._token))
             frame = await conn.receive()
@@ -439,7 +451,7 @@ class Client:
             if not isinstance(frame, Welcome):
                 raise ConnectionBroken(f"expected welcome, got {frame.type!r}")
         except BaseException:
-            with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
+            with anyio.move_on_after(CLOSE_TIMEOUT, shield=True):
                 await conn.aclose()
             raise
         self.welcome = frame
@@ -468,7 +480,7 @@ class Client:
 
     def _detach(self, link: _Link) -> None:
         self._link = None
-        self._up = trio.Event()
+        self._up = anyio.Event()
         link.gone.set()
         for inbox in self._inboxes.values():
             inbox.append(DISCONNECTED)
@@ -479,14 +491,14 @@ class Client:
         Attempts are bounded by the time left before ``reconnect_timeout``; once it has
         passed, calls fail (:meth:`_give_up`) and the attempts go on in the background.
         """
-        deadline = trio.current_time() + self.reconnect_timeout
+        deadline = anyio.current_time() + self.reconnect_timeout
         if healthy:
             self._delay = BACKOFF_FIRST
         else:
             await self._back_off(deadline)
         error: BaseException | None = None
         while True:
-            now = trio.current_time()
+            now = anyio.current_time()
             if now >= deadline and self._fatal is None:
                 self._give_up(ConnectionError, f"engine unreachable for "
                               f"{self.reconnect_timeout:g} s (last error: {error})")
@@ -496,7 +508,7 @@ class Client:
             except UnauthorizedError as exc:
                 self._give_up(UnauthorizedError, f"the engine refused the credential on "
                               f"reconnect: {exc.message}")
-                await trio.sleep_forever()  # retrying will not make the credential valid
+                await anyio.sleep_forever()  # retrying will not make the credential valid
             except (TransportError, OSError, RunwireError) as exc:
                 error = exc
             await self._back_off(deadline)
@@ -505,8 +517,8 @@ class Client:
         """Sleep between half and all of the current delay (not past ``deadline``); double it."""
         pause = self.random.uniform(self._delay / 2, self._delay)
         self._delay = min(self._delay * 2, BACKOFF_MAX)
-        now = trio.current_time()
-        await trio.sleep(pause if now >= deadline else min(pause, deadline - now))
+        now = anyio.current_time()
+        await anyio.sleep(pause if now >= deadline else min(pause, deadline - now))
 
     def _give_up(self, kind: type[Exception], message: str) -> None:
         log.warning("%s", message)
@@ -545,7 +557,8 @@ class Client:
     def _register(self, inbox: _Inbox) -> int:
         self._next_id += 1
         self._inboxes[self._next_id] = inbox
-        inbox.lead = self._lead
+        if self._leads:
+            inbox.lead = self._lead
         return self._next_id
 
     async def _lead(self, inbox: _Inbox) -> bool:
@@ -595,7 +608,7 @@ class Client:
 
     async def _cancel_request(self, link: _Link, rid: int) -> None:
         if not link.gone.is_set():
-            with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
+            with anyio.move_on_after(CLOSE_TIMEOUT, shield=True):
                 await self._send(link, Cancel(id=rid))
 
     def _encode(self, value: Any, what: str) -> bytes:
@@ -662,7 +675,27 @@ class Client:
     def spawn_background(self, fn: Callable[[], Awaitable[None]]) -> None:
         if self._nursery is None or self._closing:
             raise OutsideRunError("the client is closed")
-        self._nursery.start_soon(fn)
+        self._nursery.start_soon(self._counted, fn)
+
+    async def _counted(self, fn: Callable[[], Awaitable[object]]) -> None:
+        self._tasks += 1
+        try:
+            await fn()
+        finally:
+            self._tasks -= 1
+
+    async def _start(self, fn: Callable[..., Awaitable[Any]]) -> Any:
+        """``fn`` started in the client's task group (it reports its value when started)."""
+        assert self._nursery is not None
+
+        async def counted(*, task_status: anyio.abc.TaskStatus[Any]) -> None:
+            self._tasks += 1
+            try:
+                await fn(task_status=task_status)
+            finally:
+                self._tasks -= 1
+
+        return await self._nursery.start(counted)
 
     async def read(self, run_id: str, key: str, start: int,
                    timeout: float | None) -> AsyncGenerator[list[Any], None]:
@@ -731,7 +764,7 @@ class Client:
         async def one(i: int, run_id: str) -> None:
             results[i] = await self.wait_for_run(run_id)
 
-        async with trio.open_nursery() as nursery:
+        async with anyio.create_task_group() as nursery:
             for i, handle in enumerate(handles):
                 nursery.start_soon(one, i, handle.id)
         return [r for r in results if r is not None]
@@ -767,7 +800,7 @@ class Client:
     async def list_runs(self, filters: dict[str, Any]) -> tuple[list[Run], str | None]:
         f = filters
         frame = await self._call(lambda rid: ListRuns(
-            id=rid, task=f.get("task_id"), status=list(f.get("statuses") or ()),
+            id=rid, task=f.get("task"), status=list(f.get("status") or ()),
             tags=list(f.get("tags") or ()), created_after=f.get("created_after"),
             created_before=f.get("created_before"), limit=f.get("limit", 20),
             cursor=f.get("cursor")))
@@ -869,8 +902,8 @@ class _ClientProducer:
         self._base = 0  # sequence number of _buffer[0]
         self._closed = False
         self._error: BaseException | None = None
-        self._wake = trio.Event()
-        self._progress = trio.Event()
+        self._wake = anyio.Event()
+        self._progress = anyio.Event()
         self._started = False
         self._puts = 0
         self._what = f"chunk for stream {key!r}"
@@ -892,7 +925,7 @@ class _ClientProducer:
         self._puts += 1
         await self._below_high_water()
         if self._puts % 256 == 0:
-            await trio.lowlevel.checkpoint()
+            await anyio.lowlevel.checkpoint()
 
     async def put_many(self, items: list[Any]) -> None:
         if self._error is not None:
@@ -909,7 +942,7 @@ class _ClientProducer:
             self._wake.set()
             self._start()
         await self._below_high_water()
-        await trio.lowlevel.checkpoint()
+        await anyio.lowlevel.checkpoint()
 
     async def _below_high_water(self) -> None:
         while len(self._buffer) >= self._client.producer_buffer and self._error is None:
@@ -918,7 +951,7 @@ class _ClientProducer:
     def _advance(self) -> None:
         """Wake every waiter (a writer's merges share one producer), for the next change."""
         self._progress.set()
-        self._progress = trio.Event()
+        self._progress = anyio.Event()
 
     async def flush(self) -> None:
         target = self._base + len(self._buffer)
@@ -953,7 +986,7 @@ class _ClientProducer:
                 if not self._buffer:
                     if self._closed:
                         return
-                    self._wake = trio.Event()
+                    self._wake = anyio.Event()
                     await self._wake.wait()
                     continue
                 frame = await self._client._call(self._append_frame(self._base, self._batch()))
@@ -982,9 +1015,9 @@ async def open_client(connector: Connector, token: str, *, reconnect_timeout: fl
     client = Client(connector, token, reconnect_timeout=reconnect_timeout,
                     connect_timeout=connect_timeout, producer_buffer=producer_buffer)
     with collapse_exception_groups():
-        async with trio.open_nursery() as nursery:
+        async with anyio.create_task_group() as nursery:
             client._nursery = nursery
-            await nursery.start(client.run)
+            await client._start(client.run)
             bound = bind_client(client)
             try:
                 yield client
@@ -1024,9 +1057,13 @@ async def connect(url: str, api_key: str | None = None, *, access_token: str | N
         raise ValueError("connect() needs api_key=... or access_token=...")
     target = _ws_url(url)
 
-    async def connector(nursery: trio.Nursery) -> Connection:
-        return await connect_websocket(nursery, target, max_message_size=max_message_size,
-                                       connect_timeout=connect_timeout)
+    async def connector(nursery: anyio.abc.TaskGroup) -> ClientConnection:
+        if sniffio.current_async_library() == "trio":  # trio-websocket measures best there
+            return await connect_websocket(nursery, target,  # type: ignore[arg-type]
+                                           max_message_size=max_message_size,
+                                           connect_timeout=connect_timeout)
+        return await connect_websocket_asyncio(target, max_message_size=max_message_size,
+                                               connect_timeout=connect_timeout)
 
     try:
         async with open_client(connector, token, reconnect_timeout=reconnect_timeout,

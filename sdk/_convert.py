@@ -1,20 +1,28 @@
 """Turning user values (payloads, chunks, outputs) into JSON-ready data and back, with cattrs.
 
-Plain JSON values pass through; attrs classes, dataclasses, enums and datetimes are
-unstructured by cattrs. Structuring into a declared type reports the path of the bad field.
+Plain JSON values pass through; attrs classes, dataclasses, TypedDicts, enums and datetimes
+are unstructured by cattrs, pydantic v2 models by their own ``model_dump(mode="json")``.
+Structuring into a declared type reports the path of the bad field.
 
 Strict: structuring never coerces. A ``str`` field takes only a string (not ``42``, not
 ``None``, not a dict), an ``int`` only an integer (not ``1.9``, not ``True``, not ``"1"``),
 a ``float`` an integer or a float (not a bool), a ``bool`` only a bool; an attrs class or
-dataclass refuses keys it does not declare. :func:`check_json` is what every typed writer
-calls before anything leaves the caller.
+dataclass refuses keys it does not declare. A pydantic model is validated in pydantic's
+strict mode, as JSON (so an ISO datetime string still makes a ``datetime``, but ``"42"`` does
+not make an ``int``); which keys it takes is the model's own ``model_config["extra"]``.
+:func:`check_json` is what every typed writer calls before anything leaves the caller.
+
+pydantic is optional (``runwire[pydantic]``) and never imported here: a class is a pydantic
+model only if pydantic is already loaded (whoever defined the class imported it).
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 from typing import Any, TypeVar, overload
 
+import orjson
 from cattrs import transform_error
 from cattrs.preconf.orjson import make_converter
 
@@ -93,6 +101,28 @@ def _strict(base: type[Any], check: Any) -> Any:
 for _cls, _check in ((str, _strict_str), (int, _strict_int), (float, _strict_float),
                      (bool, _strict_bool)):
     converter.register_structure_hook(_cls, _strict(_cls, _check))
+
+
+def _is_pydantic_model(cls: Any) -> bool:
+    """Is ``cls`` a pydantic v2 model class? (Without importing pydantic.)"""
+    pydantic = sys.modules.get("pydantic")
+    base = getattr(pydantic, "BaseModel", None) if pydantic is not None else None
+    return (base is not None and isinstance(cls, type) and issubclass(cls, base)
+            and hasattr(cls, "model_validate"))
+
+
+def _dump_pydantic(value: Any) -> Any:
+    return value.model_dump(mode="json")
+
+
+def _validate_pydantic(value: Any, cls: Any) -> Any:
+    """Strict, like the hooks above: from JSON, as pydantic's strict JSON mode reads it (a
+    datetime from its ISO string, an int from a JSON integer only, never ``"42"``)."""
+    return cls.model_validate_json(orjson.dumps(value), strict=True)
+
+
+converter.register_unstructure_hook_func(_is_pydantic_model, _dump_pydantic)
+converter.register_structure_hook_func(_is_pydantic_model, _validate_pydantic)
 
 _PLAIN = (str, int, float, bool, type(None))
 
@@ -173,7 +203,16 @@ def from_json(value: Any, cls: Any, what: str = "value") -> Any:
         return converter.structure(value, cls)
     except Exception as exc:
         try:
-            detail = "; ".join(transform_error(exc, path=what))
+            detail = _pydantic_detail(exc, what) or "; ".join(transform_error(exc, path=what))
         except Exception:
             detail = f"{what}: {exc}"
         raise InvalidPayloadError(f"invalid {what}: {detail}") from None
+
+
+def _pydantic_detail(exc: Exception, what: str) -> str | None:
+    """A pydantic ``ValidationError`` as ``path: message`` items; ``None`` for other errors."""
+    errors = getattr(exc, "errors", None)
+    if type(exc).__name__ != "ValidationError" or not callable(errors):
+        return None
+    return "; ".join(f"{what}{''.join(f'.{part}' for part in e.get('loc', ()))}: {e.get('msg')}"
+                     for e in errors())

@@ -129,6 +129,16 @@ class OutsideRunError(RunwireError, RuntimeError):
     code = "internal"
 
 
+class AsyncioInTaskError(RunwireError, RuntimeError):
+    """A task ran asyncio-only code: tasks run on trio, where asyncio has no event loop.
+
+    The fix: use anyio (``anyio.sleep``, httpx ...), which runs on trio, or run the asyncio
+    code through ``await runwire.run_asyncio(fn, *args)``.
+    """
+
+    code = "internal"
+
+
 _BY_CODE = {
     cls.code: cls
     for cls in (UnauthorizedError, ForbiddenError, NotFoundError, RunFinishedError,

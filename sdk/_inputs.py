@@ -18,7 +18,7 @@ from ._duration import parse_duration
 from ._errors import InputStreamTimeoutError, InvalidPayloadError
 from ._models import InputResult, PendingResult
 from ._streams import _check_key
-from .runtime import TIMED_OUT, current_backend, require_run
+from .runtime import TIMED_OUT, Backend, current_backend, require_run
 
 T = TypeVar("T")
 
@@ -132,7 +132,8 @@ class InputStreamDef(Generic[T]):
         raw = self._channel("peek").peek()
         return None if raw is None else self._decode(raw)
 
-    async def send(self, run_id: str, data: T, *, idempotency_key: str | None = None) -> None:
+    async def send(self, run_id: str, data: T, *, idempotency_key: str | None = None,
+                   client: Backend | None = None) -> None:
         """Send one record to this input stream of ``run_id``; returns once it is stored.
 
         Raises:
@@ -144,4 +145,4 @@ class InputStreamDef(Generic[T]):
         if idempotency_key is not None and not isinstance(idempotency_key, str):
             raise TypeError("idempotency_key must be a string")
         data_json = check_json(data, self.type, self._what)
-        await current_backend().send(run_id, self.id, data_json, idempotency_key)
+        await current_backend(client).send(run_id, self.id, data_json, idempotency_key)

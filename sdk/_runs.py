@@ -10,10 +10,10 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import attrs
-import trio
+import anyio
 
 from ._models import Run, RunList, RunStatus
-from .runtime import current_backend
+from .runtime import Backend, current_backend
 
 
 @attrs.frozen
@@ -33,26 +33,26 @@ class RunPart:
 class RunSubscription:
     """``runs.subscribe_to_run(id)``: iterate for run snapshots, or ``.with_streams()``."""
 
-    def __init__(self, run_id: str) -> None:
+    def __init__(self, run_id: str, client: Backend | None = None) -> None:
         if not isinstance(run_id, str) or not run_id:
             raise TypeError("run_id must be a non-empty string")
         self.run_id = run_id
+        self.client = client
 
     def __aiter__(self) -> AsyncIterator[Run]:
-        return current_backend().subscribe(self.run_id).__aiter__()
+        return current_backend(self.client).subscribe(self.run_id).__aiter__()
 
     def with_streams(self) -> AsyncIterator[RunPart]:
         """Run parts and chunk parts of every stream (also streams that appear later).
 
         Ends once the run is finished and every one of its streams has ended.
         """
-        return _with_streams(self.run_id)
+        return _with_streams(current_backend(self.client), self.run_id)
 
 
-async def _with_streams(run_id: str) -> AsyncIterator[RunPart]:
-    backend = current_backend()
-    send, receive = trio.open_memory_channel[RunPart](256)
-    scopes: list[trio.CancelScope] = []
+async def _with_streams(backend: Backend, run_id: str) -> AsyncIterator[RunPart]:
+    send, receive = anyio.create_memory_object_stream[RunPart](256)
+    scopes: list[anyio.CancelScope] = []
     readers: set[str] = set()
     pending = [1]  # open producers of parts: the run subscription plus one per stream
 
@@ -92,41 +92,42 @@ async def _with_streams(run_id: str) -> AsyncIterator[RunPart]:
 
 
 @contextlib.contextmanager
-def _guard(scopes: list[trio.CancelScope]) -> Iterator[None]:
+def _guard(scopes: list[anyio.CancelScope]) -> Iterator[None]:
     """A cancel scope the consumer can cancel; a consumer gone away ends the task quietly."""
-    scope = trio.CancelScope()
+    scope = anyio.CancelScope()
     scopes.append(scope)
     try:
         with scope:
             yield
-    except trio.BrokenResourceError:
+    except anyio.BrokenResourceError:
         pass
 
 
 class _Runs:
     """``runs.retrieve``, ``runs.cancel``, ``runs.subscribe_to_run``, ``runs.list``."""
 
-    async def retrieve(self, run_id: str) -> Run:
+    async def retrieve(self, run_id: str, *, client: Backend | None = None) -> Run:
         """The run's current snapshot.
 
         Raises:
             NotFoundError: no such run.
         """
-        return await current_backend().retrieve(run_id)
+        return await current_backend(client).retrieve(run_id)
 
-    async def cancel(self, run_id: str) -> None:
+    async def cancel(self, run_id: str, *, client: Backend | None = None) -> None:
         """Cancel a run: its nursery is cancelled, its streams end, status ``CANCELED``."""
-        await current_backend().cancel_run(run_id)
+        await current_backend(client).cancel_run(run_id)
 
-    def subscribe_to_run(self, run_id: str) -> RunSubscription:
-        return RunSubscription(run_id)
+    def subscribe_to_run(self, run_id: str, *, client: Backend | None = None) -> RunSubscription:
+        return RunSubscription(run_id, client)
 
     async def list(self, *, task: str | None = None,
                    status: RunStatus | str | builtins.list[RunStatus | str] | None = None,
                    tags: builtins.list[str] | None = None,
                    created_after: float | datetime.datetime | None = None,
                    created_before: float | datetime.datetime | None = None,
-                   limit: int = 20, cursor: str | None = None) -> RunList:
+                   limit: int = 20, cursor: str | None = None,
+                   client: Backend | None = None) -> RunList:
         """A page of runs, newest first; every filter given must hold (``tags``: all).
 
         Pass the page's ``cursor`` for the next one; pages do not shift when new runs
@@ -137,7 +138,7 @@ class _Runs:
         if not isinstance(statuses, list):
             raise TypeError("status must be a RunStatus, a status name, or a list of them")
         filters = {
-            "task_id": task, "statuses": [RunStatus(s).value for s in statuses],
+            "task": task, "status": [RunStatus(s).value for s in statuses],
             "tags": list(tags or []), "created_after": _epoch(created_after, "created_after"),
             "created_before": _epoch(created_before, "created_before"), "limit": limit,
             "cursor": cursor,
@@ -146,7 +147,7 @@ class _Runs:
             raise TypeError("task must be a task id")
         if cursor is not None and not isinstance(cursor, str):
             raise TypeError("cursor must be the string a previous page gave")
-        found, nxt = await current_backend().list_runs(filters)
+        found, nxt = await current_backend(client).list_runs(filters)
         return RunList(tuple(found), nxt)
 
 

@@ -21,7 +21,8 @@ from collections.abc import (
 )
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, Union, overload
 
-import trio
+import anyio
+import orjson
 
 from ._convert import _PLAIN, check_json, from_json_many, to_json, to_json_many
 from ._errors import InvalidPayloadError, TeeOverflowError
@@ -63,40 +64,39 @@ def _check_source(source: Any) -> None:
 
 
 class _Encoder:
-    """Turns chunks into JSON for a stream, checking them against its type (strict).
+    """Turns chunks into JSON for stream ``key``, checking them against its type (strict).
 
     Untyped streams only unstructure. A typed stream refuses a chunk that does not fit
-    with :class:`InvalidPayloadError` naming the field, before anything is stored.
+    with :class:`InvalidPayloadError` naming the field, before anything is stored; any
+    chunk that is not JSON is a ``TypeError`` naming the stream (see :func:`json_chunk`).
     """
 
-    def __init__(self, cls: Any = None, what: str = "chunk") -> None:
+    def __init__(self, cls: Any = None, what: str = "chunk", key: str = DEFAULT_KEY) -> None:
         self.cls = None if cls is Any or cls is object else cls
         self.what = what
+        self.key = key
 
     def one(self, value: Any) -> Any:
         if self.cls is None:
-            return to_json(value)
+            return json_chunk(value, self.key)
         if type(value) is self.cls and self.cls in _PLAIN:
             return value
-        return check_json(value, self.cls, self.what)
+        return _must_be_json(check_json(value, self.cls, self.what), value, self.key)
 
-    def many(self, values: list[Any]) -> tuple[list[Any], InvalidPayloadError | None]:
+    def many(self, values: list[Any]) -> tuple[list[Any], Exception | None]:
         """The JSON of ``values`` up to the first refused one, and its error."""
         cls = self.cls
         if cls is None:
-            return to_json_many(values), None
+            return json_chunks(values, self.key)
         if cls in _PLAIN and frozenset((cls,)).issuperset(map(type, values)):
             return values, None  # a str stream's chunks are all str: checked in C
         out: list[Any] = []
         for value in values:
             try:
-                out.append(check_json(value, cls, self.what))
-            except InvalidPayloadError as exc:
+                out.append(self.one(value))
+            except (InvalidPayloadError, TypeError) as exc:
                 return out, exc
         return out, None
-
-
-_UNTYPED = _Encoder()
 
 
 class _Tee(Generic[T]):
@@ -115,7 +115,9 @@ class _Tee(Generic[T]):
         self._taken = 0  # chunks the consumer took
         self._live = True
         self._closed = False
-        self._event = trio.Event()
+        self._error: BaseException | None = None
+        self._event = anyio.Event()
+        self.done: Completion | None = None  # told when the consumer got the error
 
     def want(self) -> AsyncIterator[T]:
         return self._iterate()
@@ -130,8 +132,11 @@ class _Tee(Generic[T]):
         self._fed += len(items)
         self._event.set()
 
-    def close(self) -> None:
+    def close(self, error: BaseException | None = None) -> None:
+        """The source ended; with ``error``, the consumer gets it after the chunks before it
+        (a failed pipe never looks like a complete one)."""
         self._closed = True
+        self._error = error
         self._event.set()
 
     async def _iterate(self) -> AsyncIterator[T]:
@@ -147,8 +152,12 @@ class _Tee(Generic[T]):
                     self._taken += 1
                     yield self._items.popleft()
                 if self._closed:
+                    if self._error is not None:
+                        if self.done is not None:
+                            self.done.observed = True
+                        raise self._error
                     return
-                self._event = trio.Event()
+                self._event = anyio.Event()
                 await self._event.wait()
         finally:
             self._live = False
@@ -189,12 +198,54 @@ class WriterResult:
         await self._done.wait()
 
 
+_PLAIN_CHUNKS = frozenset((str, int, float, bool, type(None)))
+
+
+def _must_be_json(data: Any, value: Any, key: str) -> Any:
+    """``data`` (the JSON-ready form of ``value``), refused unless orjson can write it."""
+    if type(data) not in _PLAIN_CHUNKS:
+        try:
+            orjson.dumps(data)
+        except TypeError as exc:
+            raise TypeError(f"chunk for stream {key!r} (a {type(value).__name__}) is not "
+                            f"JSON: {exc}") from None
+    return data
+
+
+def json_chunk(value: Any, key: str) -> Any:
+    """``value`` as a JSON-ready chunk of stream ``key``, refused here if it is not JSON.
+
+    The engine would refuse it too, but later (when it stores the batch) and as the
+    producer's error; checking here makes the writer's own call raise, before anything of
+    it is buffered.
+
+    Raises:
+        TypeError: naming the stream and the type of the value.
+    """
+    return _must_be_json(to_json(value), value, key)
+
+
+def json_chunks(values: list[Any], key: str) -> tuple[list[Any], TypeError | None]:
+    """:func:`json_chunk` of each value, up to the first refused one (and its error)."""
+    data = to_json_many(values)
+    if _PLAIN_CHUNKS.issuperset(map(type, data)):
+        return data, None
+    good: list[Any] = []
+    for value in values:
+        try:
+            good.append(json_chunk(value, key))
+        except TypeError as exc:
+            return good, exc
+    return good, None
+
+
 async def _pump(sink: ProducerSink, source: Source[T], tee: _Tee[T] | None,
-                encoder: _Encoder = _UNTYPED) -> None:
+                encoder: _Encoder) -> None:
+    error: BaseException | None = None
     try:
         if isinstance(source, AsyncIterable):
             async for item in source:
-                data = encoder.one(item)  # a refused chunk ends the pipe, stored or not
+                data = encoder.one(item)  # a refused chunk ends the pipe, and is not teed
                 if tee is not None:
                     tee.feed(item)
                 await sink.put(data)
@@ -203,7 +254,7 @@ async def _pump(sink: ProducerSink, source: Source[T], tee: _Tee[T] | None,
             full = True
             while full:
                 batch: list[T] = []
-                refused: InvalidPayloadError | None = None
+                refused: Exception | None = None
                 try:  # list.extend keeps what it took before the source raised: stored too
                     batch.extend(itertools.islice(items, PIPE_SLICE))
                 finally:
@@ -216,9 +267,12 @@ async def _pump(sink: ProducerSink, source: Source[T], tee: _Tee[T] | None,
                     raise refused
                 full = len(batch) == PIPE_SLICE
         await sink.flush()
+    except BaseException as exc:
+        error = exc
+        raise
     finally:
         if tee is not None:
-            tee.close()
+            tee.close(error if isinstance(error, Exception) else None)
 
 
 def _producer_job(sink: ProducerSink,
@@ -244,13 +298,14 @@ def _producer_job(sink: ProducerSink,
 
 
 def _start_pipe(key: str, source: Source[T], target: str,
-                encoder: _Encoder = _UNTYPED) -> PipeResult[T]:
+                encoder: _Encoder, client: Backend | None = None) -> PipeResult[T]:
     _check_source(source)
-    backend = current_backend()
+    backend = current_backend(client)
     sink = backend.open_producer(backend.resolve_target(target), key)
     tee: _Tee[T] = _Tee()
     job = _producer_job(sink, lambda: _pump(sink, source, tee, encoder))
-    return PipeResult(tee, backend.spawn_producer(job))
+    tee.done = backend.spawn_producer(job)
+    return PipeResult(tee, tee.done)
 
 
 class AppendResult:
@@ -284,9 +339,9 @@ _appenders: weakref.WeakKeyDictionary[Backend, collections.OrderedDict[
     tuple[str, str], ProducerSink]] = weakref.WeakKeyDictionary()
 
 
-def _append(key: str, chunk: Any, target: str) -> AppendResult:
+def _append(key: str, chunk: Any, target: str, client: Backend | None = None) -> AppendResult:
     """Queue ``chunk`` (JSON-ready) now, on the backend's producer for ``(run, key)``."""
-    backend = current_backend()
+    backend = current_backend(client)
     where = (backend.resolve_target(target), key)
     sinks = _appenders.get(backend)
     if sinks is None:
@@ -316,7 +371,7 @@ class StreamWriter(Generic[T]):
     """Given to a writer's ``execute`` function: ``write`` one chunk, ``merge`` a source."""
 
     def __init__(self, sink: ProducerSink, backend: Backend,
-                 encoder: _Encoder = _UNTYPED) -> None:
+                 encoder: _Encoder) -> None:
         self._sink = sink
         self._backend = backend
         self._encoder = encoder
@@ -327,6 +382,7 @@ class StreamWriter(Generic[T]):
 
         Raises:
             InvalidPayloadError: the chunk does not fit the stream's type.
+            TypeError: the chunk is not JSON (nothing of it is queued).
         """
         self._sink.put_nowait(self._encoder.one(chunk))
 
@@ -347,10 +403,10 @@ Execute: TypeAlias = Callable[[StreamWriter[T]], object]
 
 
 def _start_writer(key: str, execute: Execute[T], target: str,
-                  encoder: _Encoder = _UNTYPED) -> WriterResult:
+                  encoder: _Encoder, client: Backend | None = None) -> WriterResult:
     if not callable(execute):
         raise TypeError("writer(execute=...) needs a function taking the writer")
-    backend = current_backend()
+    backend = current_backend(client)
     sink = backend.open_producer(backend.resolve_target(target), key)
     writer: StreamWriter[T] = StreamWriter(sink, backend, encoder)
 
@@ -425,14 +481,15 @@ class StreamReader(Generic[T]):
 
 
 def _open_read(run_id: str, key: str, timeout: float | None, start: int,
-               decode: Callable[[list[Any]], Iterable[T]]) -> StreamReader[T]:
+               decode: Callable[[list[Any]], Iterable[T]],
+               client: Backend | None = None) -> StreamReader[T]:
     if not isinstance(run_id, str) or not run_id:
         raise TypeError("run_id must be a non-empty string")
     if not isinstance(start, int) or isinstance(start, bool) or start < 0:
         raise ValueError("start_index must be an integer >= 0")
     if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
         raise ValueError("timeout_in_seconds must be a positive number or None")
-    batches = current_backend().read(run_id, key, start, timeout)
+    batches = current_backend(client).read(run_id, key, start, timeout)
     return StreamReader(batches, decode)
 
 
@@ -455,7 +512,7 @@ class StreamDef(Generic[T]):
         self.id = _check_key(id)
         self.type: builtins.type[T] | None = type
         self._what = f"chunk of stream {self.id!r}"
-        self._encoder = _Encoder(type, self._what)
+        self._encoder = _Encoder(type, self._what, id)
 
     def __repr__(self) -> str:
         return f"<StreamDef {self.id!r}>"
@@ -463,31 +520,38 @@ class StreamDef(Generic[T]):
     def _decode(self, values: list[Any]) -> Iterable[T]:
         return from_json_many(values, self.type, self._what)
 
-    def pipe(self, source: Source[T], *, target: str = "self") -> PipeResult[T]:
+    def pipe(self, source: Source[T], *, target: str = "self",
+             client: Backend | None = None) -> PipeResult[T]:
         """Store every chunk of ``source`` in this stream; returns at once.
 
         A chunk that does not fit the stream's type ends the pipe: the chunks before it
         are stored, and ``wait_until_complete()`` raises :class:`InvalidPayloadError`.
+        ``client`` (here and in the other calls) makes the call through that client rather
+        than the run or the client ``connect()`` bound to this context.
         """
-        return _start_pipe(self.id, source, target, self._encoder)
+        return _start_pipe(self.id, source, target, self._encoder, client)
 
-    def append(self, chunk: T, *, target: str = "self") -> AppendResult:
+    def append(self, chunk: T, *, target: str = "self",
+               client: Backend | None = None) -> AppendResult:
         """Queue one chunk now; ``await`` the result for it to be stored (see
         :class:`AppendResult`).
 
         Raises:
             InvalidPayloadError: the chunk does not fit the stream's type (nothing queued).
+            TypeError: the chunk is not JSON (nothing queued).
         """
-        return _append(self.id, self._encoder.one(chunk), target)
+        return _append(self.id, self._encoder.one(chunk), target, client)
 
-    def writer(self, execute: Execute[T], *, target: str = "self") -> WriterResult:
+    def writer(self, execute: Execute[T], *, target: str = "self",
+               client: Backend | None = None) -> WriterResult:
         """Run ``execute(w)`` as a producer of this stream (``w.write``, ``w.merge``)."""
-        return _start_writer(self.id, execute, target, self._encoder)
+        return _start_writer(self.id, execute, target, self._encoder, client)
 
     async def read(self, run_id: str, *, timeout_in_seconds: float | None = 60,
-                   start_index: int = 0) -> StreamReader[T]:
+                   start_index: int = 0, client: Backend | None = None) -> StreamReader[T]:
         """Read this stream of ``run_id`` from ``start_index``; typed chunks."""
-        return _open_read(run_id, self.id, timeout_in_seconds, start_index, self._decode)
+        return _open_read(run_id, self.id, timeout_in_seconds, start_index, self._decode,
+                          client)
 
 
 def _identity(value: Any) -> Any:
@@ -522,40 +586,43 @@ class _Streams:
         return InputStreamDef(id, type)
 
     @overload
-    def pipe(self, source: Source[T], /, *, target: str = "self") -> PipeResult[T]: ...
+    def pipe(self, source: Source[T], /, *, target: str = "self",
+             client: Backend | None = None) -> PipeResult[T]: ...
     @overload
-    def pipe(self, key: str, source: Source[T], /, *,
-             target: str = "self") -> PipeResult[T]: ...
+    def pipe(self, key: str, source: Source[T], /, *, target: str = "self",
+             client: Backend | None = None) -> PipeResult[T]: ...
 
-    def pipe(self, key_or_source: Any, source: Any = None, *,
-             target: str = "self") -> PipeResult[Any]:
+    def pipe(self, key_or_source: Any, source: Any = None, *, target: str = "self",
+             client: Backend | None = None) -> PipeResult[Any]:
         """``pipe(key, source)`` or ``pipe(source)`` (key ``"default"``)."""
         if source is None:
             key, source = DEFAULT_KEY, key_or_source
         else:
             key = _check_key(key_or_source)
-        return _start_pipe(key, source, target)
+        return _start_pipe(key, source, target, _Encoder(key=key), client)
 
     def append(self, key_or_chunk: Any, chunk: Any = _identity, *,
-               target: str = "self") -> AppendResult:
+               target: str = "self", client: Backend | None = None) -> AppendResult:
         """``append(key, chunk)`` or ``append(chunk)`` (key ``"default"``); see
         :meth:`StreamDef.append`."""
         if chunk is _identity:
             key, chunk = DEFAULT_KEY, key_or_chunk
         else:
             key = _check_key(key_or_chunk)
-        return _append(key, to_json(chunk), target)
+        return _append(key, json_chunk(chunk, key), target, client)
 
     def writer(self, key: str = DEFAULT_KEY, *, execute: Execute[Any],
-               target: str = "self") -> WriterResult:
+               target: str = "self", client: Backend | None = None) -> WriterResult:
         """``writer(key, execute=fn)``; no key means ``"default"``."""
-        return _start_writer(_check_key(key), execute, target)
+        key = _check_key(key)
+        return _start_writer(key, execute, target, _Encoder(key=key), client)
 
     async def read(self, run_id: str, key: str = DEFAULT_KEY, *,
                    timeout_in_seconds: float | None = 60,
-                   start_index: int = 0) -> StreamReader[Any]:
+                   start_index: int = 0, client: Backend | None = None) -> StreamReader[Any]:
         """Read stream ``key`` of ``run_id`` (untyped chunks)."""
-        return _open_read(run_id, _check_key(key), timeout_in_seconds, start_index, _identity)
+        return _open_read(run_id, _check_key(key), timeout_in_seconds, start_index, _identity,
+                          client)
 
 
 streams = _Streams()

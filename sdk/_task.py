@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, Union, cast, overload
 
+import anyio
+
 from ._convert import check_json, from_json, to_json
+from ._errors import AsyncioInTaskError
 from ._models import Queue, RetryPolicy, RunContext, RunHandle, TaskRunResult
-from .runtime import current_backend
+from .runtime import Backend, current_backend
 
 if TYPE_CHECKING:
     from typing import TypeAlias
@@ -76,44 +80,61 @@ class Task(Generic[P, R]):
         """Run the function once and return its JSON-ready output (engine use)."""
         value = self.validate(payload)
         fn: Callable[..., Awaitable[R]] = self.fn  # its arity was counted in __init__
-        result = await (fn(value, ctx) if self._takes_ctx else fn(value))
+        try:
+            result = await (fn(value, ctx) if self._takes_ctx else fn(value))
+        except RuntimeError as exc:
+            if "no running event loop" not in str(exc):
+                raise
+            raise AsyncioInTaskError(
+                f"task {self.id!r} called asyncio-only code ({exc}): runwire runs tasks on "
+                "trio, where asyncio has no event loop. Use anyio instead (anyio.sleep, "
+                "httpx, the OpenAI and Anthropic async clients all run on trio), or run the "
+                "asyncio code with 'await runwire.run_asyncio(fn, *args)'") from exc
         return to_json(result)
 
     # Without a payload (it is None) only where the task accepts None, or is untyped.
     @overload
-    async def trigger(self, payload: P, **options: Any) -> RunHandle: ...
+    async def trigger(self, payload: P, *, client: Backend | None = None, **options: Any) -> RunHandle: ...
     @overload
-    async def trigger(self: Task[None, Any], **options: Any) -> RunHandle: ...
+    async def trigger(self: Task[None, Any], *, client: Backend | None = None,
+                      **options: Any) -> RunHandle: ...
 
-    async def trigger(self, payload: Any = None, **options: Any) -> RunHandle:
+    async def trigger(self, payload: Any = None, *, client: Backend | None = None,
+                      **options: Any) -> RunHandle:
         """Start a run and return at once (a child run when called inside a task).
+
+        ``client`` sends it through that client instead of the one ``connect()`` bound.
 
         Raises:
             InvalidPayloadError: a ``schema_task``'s payload does not fit its schema
                 (checked here, before anything is sent; the engine checks again).
         """
-        return await current_backend().trigger(self.id, self._payload(payload), options)
+        return await current_backend(client).trigger(self.id, self._payload(payload), options)
 
     def _payload(self, payload: Any) -> Any:
         """The JSON of ``payload``, checked against the schema when there is one."""
         return check_json(payload, self.schema, "payload")
 
     @overload
-    async def trigger_and_wait(self, payload: P, **options: Any) -> TaskRunResult[R]: ...
+    async def trigger_and_wait(self, payload: P, *, client: Backend | None = None,
+                               **options: Any) -> TaskRunResult[R]: ...
     @overload
-    async def trigger_and_wait(self: Task[None, R], **options: Any) -> TaskRunResult[R]: ...
+    async def trigger_and_wait(self: Task[None, R], *, client: Backend | None = None,
+                               **options: Any) -> TaskRunResult[R]: ...
 
-    async def trigger_and_wait(self, payload: Any = None, **options: Any) -> TaskRunResult[R]:
+    async def trigger_and_wait(self, payload: Any = None, *, client: Backend | None = None,
+                               **options: Any) -> TaskRunResult[R]:
         """Start a run and wait for its result.
 
         ``result.output`` is the task's output as it travels, JSON: the same value for
         JSON-like outputs (``dict``, ``list``, ``str`` ...), the unstructured form of an
         attrs class, dataclass, enum or datetime.
         """
-        return await current_backend().trigger_and_wait(self.id, self._payload(payload),
-                                                        options)
+        return await current_backend(client).trigger_and_wait(
+            self.id, self._payload(payload), options)
 
     async def batch_trigger_and_wait(self, payloads: list[P] | tuple[P, ...] | list[BatchItem],
+                                     *, client: Backend | None = None,
                                      **options: Any) -> list[TaskRunResult[R]]:
         """Start one run per item; results in item order.
 
@@ -123,7 +144,7 @@ class Task(Generic[P, R]):
         ``"<key>:<index>"`` per item.
         """
         items = batch_items(payloads, options)
-        return await current_backend().batch_trigger_and_wait(
+        return await current_backend(client).batch_trigger_and_wait(
             self.id, [(self._payload(p), o) for p, o in items])
 
 
@@ -159,6 +180,39 @@ def batch_items(items: Any, options: dict[str, Any]) -> list[tuple[Any, dict[str
             merged["idempotency_key"] = f"{key}:{index}"
         found.append((payload, merged))
     return found
+
+
+async def run_asyncio(fn: Callable[..., Awaitable[Output]], *args: Any) -> Output:
+    """``await fn(*args)`` on an asyncio event loop, from a task (which runs on trio).
+
+    For asyncio-only libraries (aiohttp, ``asyncio.sleep`` ...): the coroutine runs on an
+    event loop of its own in a worker thread, and its result (or exception) comes back.
+    Cancelling the caller cancels the asyncio task. Values cross threads: pass and return
+    plain data, not objects bound to either loop.
+
+    Raises:
+        TypeError: ``fn`` is not an async function.
+        Exception: what ``fn`` raised.
+    """
+    if not callable(fn):
+        raise TypeError(f"run_asyncio needs an async function, not {type(fn).__name__}")
+    started: dict[str, Any] = {}
+
+    async def main() -> Output:
+        started["loop"], started["task"] = asyncio.get_running_loop(), asyncio.current_task()
+        coro = fn(*args)
+        if not inspect.isawaitable(coro):
+            raise TypeError(f"run_asyncio needs an async function; {fn!r} returned "
+                            f"{type(coro).__name__}")
+        return await coro
+
+    try:
+        return await anyio.to_thread.run_sync(asyncio.run, main(), abandon_on_cancel=True)
+    except anyio.get_cancelled_exc_class():
+        loop, task = started.get("loop"), started.get("task")
+        if loop is not None and task is not None:
+            loop.call_soon_threadsafe(task.cancel)
+        raise
 
 
 def _positional_count(fn: Callable[..., Any]) -> int:
@@ -230,17 +284,20 @@ def schema_task(id: str, *, schema: object, retry: RetryPolicy | None = None,
 class _Tasks:
     """``tasks``: trigger any task by id."""
 
-    async def trigger(self, task_id: str, payload: Any = None, **options: Any) -> RunHandle:
-        return await current_backend().trigger(task_id, to_json(payload), options)
+    async def trigger(self, task_id: str, payload: Any = None, *, client: Backend | None = None,
+                      **options: Any) -> RunHandle:
+        return await current_backend(client).trigger(task_id, to_json(payload), options)
 
-    async def trigger_and_wait(self, task_id: str, payload: Any = None,
-                               **options: Any) -> TaskRunResult[Any]:
-        return await current_backend().trigger_and_wait(task_id, to_json(payload), options)
+    async def trigger_and_wait(self, task_id: str, payload: Any = None, *,
+                               client: Backend | None = None, **options: Any) -> TaskRunResult[Any]:
+        return await current_backend(client).trigger_and_wait(task_id, to_json(payload),
+                                                              options)
 
-    async def batch_trigger_and_wait(self, task_id: str, payloads: list[Any],
+    async def batch_trigger_and_wait(self, task_id: str, payloads: list[Any], *,
+                                     client: Backend | None = None,
                                      **options: Any) -> list[TaskRunResult[Any]]:
         """Items as for :meth:`Task.batch_trigger_and_wait`."""
-        return await current_backend().batch_trigger_and_wait(
+        return await current_backend(client).batch_trigger_and_wait(
             task_id, [(to_json(p), o) for p, o in batch_items(payloads, options)])
 
 

@@ -33,6 +33,7 @@ from ._convert import from_json, to_json
 from ._errors import InvalidPayloadError
 from ._models import Queue, RetryPolicy
 from ._task import Payload, Output, SchemaTaskDecorator, Task, TaskFunction
+from .runtime import Backend
 
 P = TypeVar("P")
 R = TypeVar("R")
@@ -155,12 +156,15 @@ class ToolTask(Task[P, R], Generic[P, R]):
         text = description if description is not None else (inspect.getdoc(fn) or "")
         self.tool = ToolSpec(id, text.split("\n\n")[0].strip(), json_schema(parameters))
 
-    async def run_tool(self, arguments: str | bytes | Mapping[str, Any]) -> Any:
+    async def run_tool(self, arguments: str | bytes | Mapping[str, Any], *,
+                       client: Backend | None = None) -> Any:
         """Run the task for a model's tool call and return its output (JSON-ready).
 
         Args:
             arguments: OpenAI's ``tool_call.function.arguments`` (a JSON string) or
                 Anthropic's ``tool_use.input`` (an object).
+            client: run it through this client (outside a task) rather than the run or
+                the client ``connect()`` bound to this context.
 
         Raises:
             InvalidPayloadError: the arguments are not JSON or do not fit ``parameters``
@@ -176,7 +180,7 @@ class ToolTask(Task[P, R], Generic[P, R]):
         if not isinstance(arguments, Mapping):
             raise InvalidPayloadError(f"tool {self.id!r}: arguments must be a JSON object")
         value = from_json(dict(arguments), self.parameters, "arguments")
-        result = await self.trigger_and_wait(value)
+        result = await self.trigger_and_wait(value, client=client)
         return to_json(result.unwrap())
 
 

@@ -9,7 +9,7 @@ from ._convert import from_json, to_json
 from ._duration import parse_duration
 from ._errors import InvalidPayloadError, WaitpointTimeoutError
 from ._models import InputResult, PendingResult, WaitpointToken
-from .runtime import TIMED_OUT, current_backend, require_run
+from .runtime import TIMED_OUT, Backend, current_backend, require_run
 
 
 class _Wait:
@@ -39,7 +39,8 @@ class _Wait:
 
     async def create_token(self, timeout: float | str | None = None, *,
                            idempotency_key: str | None = None,
-                           tags: list[str] | None = None) -> WaitpointToken:
+                           tags: list[str] | None = None,
+                           client: Backend | None = None) -> WaitpointToken:
         """A waitpoint token: a run waits for it with :meth:`for_token`; it is completed
         with :meth:`complete_token` (from a task, a backend, or anyone holding its
         ``public_access_token``, whose scope is ``write:waitpoints:<id>``).
@@ -51,7 +52,9 @@ class _Wait:
             tags: labels kept with the token.
 
         Inside a task the token belongs to the run (deleted with it by retention); from a
-        backend it needs the API key.
+        backend it needs the API key. ``client`` (here, in :meth:`complete_token` and
+        :meth:`retrieve_token`) makes the call through that client rather than the run or
+        the client ``connect()`` bound to this context.
         """
         seconds = parse_duration(timeout, "timeout")
         if idempotency_key is not None and not isinstance(idempotency_key, str):
@@ -59,7 +62,7 @@ class _Wait:
         if tags is not None and (not isinstance(tags, list)
                                  or not all(isinstance(t, str) for t in tags)):
             raise TypeError("tags must be a list of strings")
-        raw = await current_backend().create_waitpoint(seconds, idempotency_key, tags or [])
+        raw = await current_backend(client).create_waitpoint(seconds, idempotency_key, tags or [])
         return WaitpointToken.from_wire(raw)
 
     def for_token(self, token: WaitpointToken | str, type: Any = None) -> PendingResult[Any]:
@@ -90,7 +93,8 @@ class _Wait:
 
         return PendingResult(result)
 
-    async def complete_token(self, token: WaitpointToken | str, data: Any = None) -> bool:
+    async def complete_token(self, token: WaitpointToken | str, data: Any = None, *,
+                             client: Backend | None = None) -> bool:
         """Complete ``token`` with ``data`` (JSON, or an attrs class/dataclass); whether
         this call completed it. The first completion wins: completing it again changes
         nothing and returns ``False``.
@@ -99,14 +103,15 @@ class _Wait:
             NotFoundError: no such token. WaitpointTimeoutError: it timed out first.
             ForbiddenError: the credential may not complete it.
         """
-        _, completed = await current_backend().complete_waitpoint(_token_id(token),
-                                                                  to_json(data))
+        _, completed = await current_backend(client).complete_waitpoint(_token_id(token),
+                                                                        to_json(data))
         return completed
 
-    async def retrieve_token(self, token: WaitpointToken | str) -> WaitpointToken:
+    async def retrieve_token(self, token: WaitpointToken | str, *,
+                             client: Backend | None = None) -> WaitpointToken:
         """The token's current state (``status``, ``output`` once completed)."""
         return WaitpointToken.from_wire(
-            await current_backend().retrieve_waitpoint(_token_id(token)))
+            await current_backend(client).retrieve_waitpoint(_token_id(token)))
 
 
 def _token_id(token: Any) -> str:

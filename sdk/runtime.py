@@ -15,7 +15,7 @@ import contextvars
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
-import trio
+import anyio
 
 from ._duration import parse_duration as parse_duration
 from ._errors import OutsideRunError
@@ -65,7 +65,8 @@ class Backend(Protocol):
     async def retrieve(self, run_id: str) -> Run: ...
     async def cancel_run(self, run_id: str) -> None: ...
     def subscribe(self, run_id: str) -> AsyncIterator[Run]: ...
-    # filters: task_id, statuses, tags, created_after, created_before, limit, cursor
+    # filters: task, status, tags, created_after, created_before, limit, cursor (the keywords
+    # of the engine's RunService.list_runs)
     async def list_runs(self, filters: dict[str, Any]) -> tuple[list[Run], str | None]: ...
     # waitpoint tokens, as the wire's ``waitpoint`` objects
     async def create_waitpoint(self, timeout: float | None, idempotency_key: str | None,
@@ -106,15 +107,26 @@ class RunBackend(Backend, Protocol):
 
 
 class Completion:
-    """The end of a background job (a pipe, a writer): success or the error it raised."""
+    """The end of a background job (a pipe, a writer): success or the error it raised.
+
+    ``observed`` tells whether the error reached the task (through :meth:`wait` or a pipe's
+    ``.stream``); an engine fails a run whose producer failed unobserved, so a failed pipe
+    never leaves a run ``COMPLETED`` with part of its data unless the task caught the error.
+    """
 
     def __init__(self) -> None:
-        self._done = trio.Event()
+        self._done = anyio.Event()
         self._error: BaseException | None = None
+        self.observed = False
 
     @property
     def done(self) -> bool:
         return self._done.is_set()
+
+    @property
+    def error(self) -> BaseException | None:
+        """The error the job ended with (``None`` while it runs, or if it succeeded)."""
+        return self._error
 
     def set_result(self) -> None:
         self._done.set()
@@ -127,6 +139,7 @@ class Completion:
         """Wait for the job; raise the error it ended with, if any."""
         await self._done.wait()
         if self._error is not None:
+            self.observed = True
             raise self._error
 
 
@@ -164,12 +177,18 @@ def current_run() -> RunBackend | None:
     return _current_run.get()
 
 
-def current_backend() -> Backend:
-    """The run backend inside a run, else the connected client.
+def current_backend(client: Backend | None = None) -> Backend:
+    """``client`` if given (an explicit client, no context needed); else the run backend
+    inside a run, else the client bound by ``connect()``.
 
     Raises:
         OutsideRunError: neither a run nor a ``connect()`` is active here.
     """
+    if client is not None:
+        if not callable(getattr(client, "open_producer", None)):
+            raise TypeError(f"client must be a runwire Client (from connect(...)), "
+                            f"not {type(client).__name__}")
+        return client
     backend = _current_run.get() or _current_client.get()
     if backend is None:
         raise OutsideRunError(

@@ -70,3 +70,21 @@ def test_the_store_benchmark_runs_and_reports_numbers() -> None:
     for shape in ("one-run", "many-runs"):
         assert re.search(rf"{shape} +sqlite/memory = \d", done.stdout), done.stdout
     assert done.stdout.count("one-chunk commits") == 2, done.stdout
+
+
+@pytest.mark.slow
+def test_the_ab_tool_compares_a_revision_with_this_checkout() -> None:
+    """``python -m tests.bench.ab REV``: both sides run and every figure gets a ratio."""
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.bench.ab", "HEAD", "--smoke", "--rounds", "1",
+         "--only", "throughput"], cwd=REPO, capture_output=True, text=True, timeout=300,
+        check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "#### A:" in done.stdout and "#### B:" in done.stdout, done.stdout[-3000:]
+    rows = [line for line in done.stdout.splitlines() if " B/A " in line]
+    assert any("throughput: memory pipe: chunks/s" in row for row in rows), rows
+    side_a = re.search(r"#### A: .* \(in (\S+)\)", done.stdout)
+    assert side_a is not None, done.stdout[-3000:]
+    worktrees = subprocess.run(["git", "worktree", "list"], cwd=REPO, capture_output=True,
+                               text=True, check=True).stdout
+    assert side_a.group(1) not in worktrees, worktrees  # cleaned up

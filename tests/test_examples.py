@@ -25,6 +25,12 @@ EXPECTED = {
         r"reader: the stream ended after \d+ of \d+ tokens",
         r"run COMPLETED: stopped=True reason='user pressed stop' tokens=\d+",
     ],
+    "fastapi_app": [
+        r"app at http://127\.0\.0\.1:\d+",
+        r"triggered run_\w+ \(token \S+\.\.\.\)",
+        r"stream ended after \d+ words",
+        r"run \{'status': 'COMPLETED', 'output': \{'tokens': \d+, 'stopped': True\}\}",
+    ],
     "approval_gate": [
         r"run run_\w+ is WAITING",
         r"draft: We are happy to announce runwire 0\.1!",

@@ -420,33 +420,68 @@ async def test_deleting_runs_forgets_every_remembered_end(tmp_path):
         await store.aclose()
 
 
+def _schema_2() -> str:
+    """The tables schema 2 wrote: today's base tables without ``runs.created_at``."""
+    base = sqlite_store._SCHEMA
+    assert ",\n    created_at REAL\n);" in base
+    return base.replace(",\n    created_at REAL\n);", "\n);", 1)
+
+
 @bounded(30)
-async def test_a_schema_2_file_gains_created_at_and_tokens_when_opened(tmp_path):
-    from runwire.engine.store import RunFilter, StoredToken
+async def test_a_schema_2_file_opens_and_gains_the_durable_stream_tables(tmp_path):
+    """Schema 2 (before durable streams) -> 3 -> 4: the runs stay, the new tables appear."""
+    from runwire.engine.store import DurableStream, StreamWrite
 
     path = tmp_path / "v2.db"
     conn = sqlite3.connect(path)
-    conn.executescript("""
-        CREATE TABLE runs (id TEXT PRIMARY KEY, task_id TEXT NOT NULL, idempotency_key TEXT,
-            status TEXT NOT NULL, finished_at REAL, data BLOB NOT NULL);
-        PRAGMA user_version = 2;
-    """)
-    for i in range(3):
-        conn.execute("INSERT INTO runs VALUES (?, 't', NULL, 'COMPLETED', 5.0, ?)",
-                     (f"r{i}", orjson.dumps({"id": f"r{i}", "task_id": "t",
-                                             "status": "COMPLETED", "created_at": float(i)})))
+    conn.executescript(_schema_2() + "PRAGMA user_version = 2;")
+    conn.execute("INSERT INTO runs (id, task_id, status, data) VALUES ('r1', 't', 'COMPLETED',"
+                 " '{\"id\": \"r1\"}')")
     conn.commit()
     conn.close()
     store = SqliteStore(str(path))
     try:
-        page = await store.list_runs(RunFilter(), 2, None)
-        assert [r["id"] for r in page.runs] == ["r2", "r1"]
-        assert [r["id"] for r in (await store.list_runs(RunFilter(), 2, page.cursor)).runs] \
-            == ["r0"]
-        await store.create_token(StoredToken(id="wt", created_at=1.0))
-        assert (await store.get_token("wt")) is not None
+        assert await store.get_run("r1") == {"id": "r1"}
+        meta = DurableStream(path="s", content_type="text/plain", created_at=1.0,
+                             accessed_at=1.0, tail=2, nbytes=2)
+        await store.commit(Batch(streams=[StreamWrite(meta, [(0, b"hi")])]))
+        assert await store.durable_streams() == [meta]
     finally:
         await store.aclose()
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (3,)
+    assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (4,)
+    conn.close()
+
+
+@bounded(30)
+async def test_a_schema_3_file_gains_created_at_and_tokens_when_opened(tmp_path):
+    """Schema 3 (durable streams, no ``runs.created_at``) -> 4: the column is filled from
+    each run's JSON, so old runs list in order; tokens can be stored; streams stay."""
+    from runwire.engine.store import StoredToken
+
+    path = tmp_path / "v3.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(_schema_2() + sqlite_store._SCHEMA_3 + "PRAGMA user_version = 3;")
+    for i in range(3):
+        conn.execute("INSERT INTO runs VALUES (?, 't', NULL, 'COMPLETED', 5.0, ?)",
+                     (f"r{i}", orjson.dumps({"id": f"r{i}", "task_id": "t",
+                                             "status": "COMPLETED", "created_at": float(i)})))
+    conn.execute("INSERT INTO ds_items VALUES ('s', 0, ?)", (b"hi",))
+    conn.commit()
+    conn.close()
+    store = SqliteStore(str(path))
+    listing: dict[str, Any] = dict(task=None, status=None, tags=None, created_after=None,
+                                   created_before=None)
+    try:
+        page, cursor = await store.list_runs(**listing, limit=2, cursor=None)
+        assert [r["id"] for r in page] == ["r2", "r1"]
+        rest, end = await store.list_runs(**listing, limit=2, cursor=cursor)
+        assert [r["id"] for r in rest] == ["r0"] and end is None
+        await store.create_token(StoredToken(id="wt", created_at=1.0))
+        assert (await store.get_token("wt")) is not None
+        assert await store.stream_items("s", 0, 2, 100) == [(0, b"hi")]
+    finally:
+        await store.aclose()
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (4,)
     conn.close()

@@ -61,6 +61,32 @@ def test_import_linter_sees_the_whole_package(tree: Path) -> None:
     assert any(module.startswith("runwire.engine._") for module in seen), seen
 
 
+# Runtime imports only: names used in annotations alone (TYPE_CHECKING) cannot form a cycle.
+CYCLES = """\
+import json, grimp
+graph = grimp.build_graph("runwire", exclude_type_checking_imports=True, cache_dir=None)
+engine = sorted(m for m in graph.modules if m.startswith("runwire.engine"))
+found = []
+for module in engine:
+    for imported in graph.find_modules_directly_imported_by(module):
+        if imported.startswith("runwire.engine") and imported != module:
+            chain = graph.find_shortest_chain(importer=imported, imported=module)
+            if chain:
+                found.append([module, *chain])
+print(json.dumps({"modules": len(engine), "cycles": found}))
+"""
+
+
+def test_the_engine_has_no_import_cycle(tree: Path) -> None:
+    """No engine module imports, at run time, a module that imports it back (the layers
+    contract checks between layers; this checks inside them too)."""
+    result = run([sys.executable, "-c", CYCLES], cwd=tree, env=_env(tree))
+    assert result.returncode == 0, shown(result)
+    report = json.loads(result.stdout)
+    assert report["modules"] > 20, report
+    assert report["cycles"] == [], report["cycles"]
+
+
 # lint-imports as installed for this interpreter, wherever its scripts folder is.
 LINT_IMPORTS = """\
 import sys

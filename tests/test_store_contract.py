@@ -634,47 +634,49 @@ async def _runs_for_listing(store: Store) -> None:
     await store.commit(batch)
 
 
+async def _list(store: Store, limit: int = 100, cursor: str | None = None,
+                **filters: Any) -> tuple[list[dict[str, Any]], str | None]:
+    every: dict[str, Any] = dict(task=None, status=None, tags=None, created_after=None,
+                                 created_before=None)
+    return await store.list_runs(**{**every, **filters}, limit=limit, cursor=cursor)
+
+
 @bounded(TIME_LIMIT)
 async def test_list_runs_filters_newest_first(store: Store) -> None:
-    from runwire.engine.store import RunFilter
-
     await _runs_for_listing(store)
 
-    async def ids(where: RunFilter, limit: int = 100) -> list[str]:
-        return [r["id"] for r in (await store.list_runs(where, limit, None)).runs]
+    async def ids(**filters: Any) -> list[str]:
+        return [r["id"] for r in (await _list(store, **filters))[0]]
 
-    assert await ids(RunFilter()) == ["r5", "r4", "r3", "r2", "r1"]
-    assert await ids(RunFilter(task_id="a")) == ["r4", "r3", "r1"]
-    assert await ids(RunFilter(statuses=("COMPLETED", "FAILED"))) == ["r3", "r2"]
-    assert await ids(RunFilter(tags=("x",))) == ["r3", "r1"]
-    assert await ids(RunFilter(tags=("x", "y"))) == ["r3"]
-    assert await ids(RunFilter(created_after=2.0, created_before=5.0)) == ["r4", "r3"]
-    assert await ids(RunFilter(task_id="nope")) == []
-    whole = (await store.list_runs(RunFilter(), 100, None))
-    assert whole.cursor is None and whole.runs[0]["task_id"] == "b"
+    assert await ids() == ["r5", "r4", "r3", "r2", "r1"]
+    assert await ids(task="a") == ["r4", "r3", "r1"]
+    assert await ids(status=["COMPLETED", "FAILED"]) == ["r3", "r2"]
+    assert await ids(tags=["x"]) == ["r3", "r1"]
+    assert await ids(tags=["x", "y"]) == ["r3"]
+    assert await ids(created_after=2.0, created_before=5.0) == ["r4", "r3"]
+    assert await ids(task="nope") == []
+    whole, cursor = await _list(store)
+    assert cursor is None and whole[0]["task_id"] == "b"
 
 
 @bounded(TIME_LIMIT)
 async def test_list_runs_pages_are_stable_under_inserts(store: Store) -> None:
-    from runwire.engine.store import RunFilter
-
     await _runs_for_listing(store)
-    first = await store.list_runs(RunFilter(), 2, None)
-    assert [r["id"] for r in first.runs] == ["r5", "r4"] and first.cursor
+    first, cursor1 = await _list(store, 2)
+    assert [r["id"] for r in first] == ["r5", "r4"] and cursor1
     await store.commit(Batch(runs=[run("r6", created_at=9.0), run("r0", created_at=0.5)]))
-    second = await store.list_runs(RunFilter(), 2, first.cursor)
-    assert [r["id"] for r in second.runs] == ["r3", "r2"]
-    third = await store.list_runs(RunFilter(), 2, second.cursor)
-    assert [r["id"] for r in third.runs] == ["r1", "r0"]
-    last = await store.list_runs(RunFilter(), 2, third.cursor)
-    assert last.runs == [] and last.cursor is None
-    tagged = await store.list_runs(RunFilter(tags=("x",)), 1, None)  # filtered pages too
-    assert [r["id"] for r in tagged.runs] == ["r3"]
-    assert [r["id"] for r in (await store.list_runs(RunFilter(tags=("x",)), 1,
-                                                    tagged.cursor)).runs] == ["r1"]
+    second, cursor2 = await _list(store, 2, cursor1)
+    assert [r["id"] for r in second] == ["r3", "r2"]
+    third, cursor3 = await _list(store, 2, cursor2)
+    assert [r["id"] for r in third] == ["r1", "r0"]
+    last, end = await _list(store, 2, cursor3)  # a full page gives a cursor; this is empty
+    assert last == [] and end is None
+    tagged, tcursor = await _list(store, 1, tags=["x"])  # filtered pages too
+    assert [r["id"] for r in tagged] == ["r3"]
+    assert [r["id"] for r in (await _list(store, 1, tcursor, tags=["x"]))[0]] == ["r1"]
     for bad in ("", "nope", "1.0/", "x/r1"):
         with pytest.raises(ValueError, match="cursor"):
-            await store.list_runs(RunFilter(), 2, bad)
+            await _list(store, 2, bad)
 
 
 @bounded(TIME_LIMIT)
@@ -733,3 +735,67 @@ async def test_durable_stores_keep_tokens_across_reopen(name: str, tmp_path: Pat
         assert token is not None and token.status == "COMPLETED" and token.data == b'"yes"'
     finally:
         await again.aclose()
+# --- durable streams and listing runs (issue 16) ---------------------------------------------
+
+
+def ds(path: str, **fields: Any) -> Any:
+    from runwire.engine.store import DurableStream
+
+    return DurableStream(path=path, content_type="text/plain", created_at=1.0,
+                         accessed_at=1.0, **fields)
+
+
+@bounded(TIME_LIMIT)
+async def test_durable_streams_are_kept_with_items_and_producers(store: Store,
+                                                                 kind: StoreKind,
+                                                                 tmp_path: Path):
+    from runwire.engine.store import StreamWrite
+
+    assert await store.durable_streams() == []
+    meta = ds("a", tail=5, nbytes=5, closed_by=("p", 1, 2))
+    await store.commit(Batch(streams=[StreamWrite(meta, [(0, b"ab"), (2, b"cde")],
+                                                  ("p", 1, 2))]))
+    await store.commit(Batch(streams=[StreamWrite(ds("b", ttl=3))]))
+    assert sorted(await store.durable_streams(), key=lambda s: s.path) == [meta, ds("b", ttl=3)]
+    # the item holding the start first, then more until max_bytes; never past end
+    assert await store.stream_items("a", 3, 5, 100) == [(2, b"cde")]
+    assert await store.stream_items("a", 0, 5, 1) == [(0, b"ab")]
+    assert await store.stream_items("a", 0, 2, 100) == [(0, b"ab")]
+    assert await store.stream_items("nope", 0, 5, 100) == []
+    assert await store.stream_producer("a", "p") == (1, 2)
+    assert await store.stream_producer("a", "q") is None
+    if kind.durable:
+        await store.aclose()
+        store = kind.make(tmp_path)
+        assert (await store.stream_producer("a", "p")) == (1, 2)
+        assert {s.path for s in await store.durable_streams()} == {"a", "b"}
+    await store.commit(Batch(dropped_streams=["a"]))
+    assert [s.path for s in await store.durable_streams()] == ["b"]
+    assert await store.stream_items("a", 0, 5, 100) == []
+    assert await store.stream_producer("a", "p") is None
+    if kind.durable:
+        await store.aclose()
+
+
+@bounded(TIME_LIMIT)
+async def test_list_runs_filters_and_pages(store: Store):
+    runs = [run(f"r{i}", task_id="t" if i % 2 else "u", created_at=float(i),
+                tags=["x"] if i < 3 else [], status="COMPLETED" if i == 4 else "QUEUED")
+            for i in range(6)]
+    await store.commit(Batch(runs=runs))
+    args: dict[str, Any] = dict(task=None, status=None, tags=None, created_after=None,
+                                created_before=None, cursor=None)
+    page, cursor = await store.list_runs(**{**args, "limit": 4})
+    assert [r["id"] for r in page] == ["r5", "r4", "r3", "r2"] and cursor
+    page, cursor = await store.list_runs(**{**args, "limit": 4, "cursor": cursor})
+    assert [r["id"] for r in page] == ["r1", "r0"] and cursor is None
+    assert [r["id"] for r in (await store.list_runs(**{**args, "limit": 9, "task": "t"}))[0]] \
+        == ["r5", "r3", "r1"]
+    assert [r["id"] for r in (await store.list_runs(**{**args, "limit": 9,
+                                                       "status": ["COMPLETED"]}))[0]] == ["r4"]
+    assert [r["id"] for r in (await store.list_runs(**{**args, "limit": 9,
+                                                       "tags": ["x"]}))[0]] == ["r2", "r1", "r0"]
+    assert [r["id"] for r in (await store.list_runs(**{
+        **args, "limit": 9, "created_after": 1.0, "created_before": 4.0}))[0]] == ["r3", "r2"]
+    with pytest.raises(ValueError, match="cursor"):
+        await store.list_runs(**{**args, "limit": 9, "cursor": "bogus"})

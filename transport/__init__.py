@@ -1,4 +1,5 @@
-"""Wire format of runwire: frames, the codec, the sans-IO protocol and trio adapters."""
+"""Wire format of runwire: frames, the codec, the sans-IO protocol, trio adapters and the
+client's asyncio websocket."""
 
 from ._close import CLOSE_BAD_PROTOCOL as CLOSE_BAD_PROTOCOL
 from ._close import CLOSE_INTERNAL as CLOSE_INTERNAL
@@ -6,6 +7,8 @@ from ._close import CLOSE_INVALID_DATA as CLOSE_INVALID_DATA
 from ._close import CLOSE_TRY_AGAIN as CLOSE_TRY_AGAIN
 from ._close import CLOSE_UNAUTHORIZED as CLOSE_UNAUTHORIZED
 from ._close import CLOSE_UNSUPPORTED as CLOSE_UNSUPPORTED
+from ._asyncio_ws import AsyncioConnection as AsyncioConnection
+from ._asyncio_ws import connect_websocket_asyncio as connect_websocket_asyncio
 from ._codec import decode as decode
 from ._codec import encode as encode
 from ._codec import unstructure as unstructure

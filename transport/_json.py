@@ -16,8 +16,8 @@ def json_bytes(value: Any) -> bytes:
     """``value`` as compact JSON bytes, for keeping (stores, tails, buffers).
 
     orjson (>= 3.12) returns bytes objects with about 4 KiB of spare capacity; a copy of
-    exactly the right size makes a kept chunk cost its length, not 4 KiB (measured: the memory
-    store went from 4,131 to 58 bytes per short chunk).
+    exactly the right size makes a kept chunk cost its length, not 4 KiB
+    (``docs/performance.md``, "Figures behind the code").
 
     Raises:
         TypeError: ``value`` is not JSON-serializable.
@@ -34,10 +34,11 @@ def json_bytes_many(values: list[Any]) -> list[bytes]:
     """``[json_bytes(v) for v in values]``, in a few C calls when every value is a plain string.
 
     Short strings (LLM tokens) are the common chunk, and one ``orjson.dumps`` per chunk
-    costs an allocation of its 4 KiB buffer and a copy (~320 ns a chunk). When no
-    string of the batch needs escaping, their JSON is the string in quotes: the batch is
-    joined with a newline (which JSON strings never hold raw), encoded once and split
-    (~100 ns a chunk). The result is byte for byte what orjson writes (property-tested).
+    costs an allocation of its 4 KiB buffer and a copy. When no string of the batch needs
+    escaping, their JSON is the string in quotes: the batch is joined with a newline (which
+    JSON strings never hold raw), encoded once and split, about a third of the cost
+    (``docs/performance.md``). The result is byte for byte what orjson writes
+    (property-tested).
 
     Raises:
         TypeError: a value is not JSON-serializable.

@@ -138,18 +138,29 @@ class Caller:
         await self.allow("read", "runs", run_id)
         return (await self.service.get_record(run_id)).to_wire()
 
+    async def list_runs(self, *, task: str | None, status: list[str] | None,
+                        tags: list[str] | None, created_after: float | None,
+                        created_before: float | None, limit: int,
+                        cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
+        """A page of runs, newest first, and the next page's cursor.
+
+        Needs ``read:runs`` (every run), or ``read:tasks:<task>`` with ``task`` given.
+        """
+        grant = self.grant
+        if grant.expired(self.door.auth.clock()):
+            raise UnauthorizedError("the access token has expired; reconnect with a new one")
+        if not (grant.allows("read", "runs", "*")
+                or (task is not None and grant.allows("read", "tasks", task))):
+            raise ForbiddenError("listing runs needs read:runs (or read:tasks:<task> with a "
+                                 "task filter)")
+        self.check_keys(task=task, cursor=cursor)
+        return await self.service.list_runs(
+            task=task, status=status, tags=tags, created_after=created_after,
+            created_before=created_before, limit=limit, cursor=cursor)
+
     async def cancel_run(self, run_id: str) -> None:
         await self.allow("write", "runs", run_id)
         await self.service.cancel_run(run_id)
-
-    async def list_runs(self, **filters: Any) -> tuple[list[dict[str, Any]], str | None]:
-        """A page of runs; the API key, or a token with ``read:runs`` (all runs) only."""
-        if not self.grant.admin and not self.grant.allows("read", "runs", "*"):
-            raise ForbiddenError("listing runs needs the API key or a 'read:runs' scope")
-        if self.grant.expired(self.door.auth.clock()):
-            raise UnauthorizedError("the access token has expired; reconnect with a new one")
-        self.check_keys(task=filters.get("task_id"), cursor=filters.get("cursor"))
-        return await self.service.list_runs(**filters)
 
     async def create_waitpoint(self, timeout: Any, idempotency_key: Any,
                                tags: Any) -> dict[str, Any]:

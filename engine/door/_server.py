@@ -1,63 +1,142 @@
-"""The websocket door: a trio-websocket server at ``ws://HOST:PORT/v1``.
+"""The engine's one port: websockets at ``ws://HOST:PORT/v1``, HTTP on every other path.
 
-What it bounds before a session exists: a websocket handshake must finish within the
-engine's ``handshake_timeout``; a message may be at most ``max_message_bytes`` (larger ones
-close the connection with 1009; trio-websocket checks while it reads, so no more than the
-limit is ever buffered); at ``max_connections`` open sessions, new websockets are refused with
-HTTP 503 before they are accepted (the session checks again, exactly, after accepting).
+Theory of operation: one trio TCP listener accepts every connection. Before reading a byte of
+it, the server *peeks* (``MSG_PEEK``: the bytes stay in the socket) at the request line. A
+``GET /v1`` goes to trio-websocket on the untouched socket stream, so the websocket path has
+no wrapper and no extra copy between it and the socket (a websocket that stays open pays the
+peek once). Everything else goes to the HTTP door (``_http``, ``_routes``). Either way the
+handshake (the peek, or the websocket's) must finish within the engine's
+``handshake_timeout``.
+
+What it bounds before a session exists: a websocket message may be at most
+``max_message_bytes`` (larger ones close the connection with 1009; trio-websocket checks while
+it reads, so no more than the limit is ever buffered); at ``max_connections`` open sessions,
+new websockets are refused with HTTP 503 before they are accepted (the session checks again,
+exactly, after accepting). HTTP connections count against ``max_connections`` too.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
+from collections.abc import Awaitable, Callable
 
 import trio
 import trio_websocket
 
 from runwire.transport import Connection, Role
 
+from ._http import HttpConnection
 from ._requests import Door
 from ._session import Session
 
 log = logging.getLogger("runwire.engine")
 
 PATH = "/v1"
+#: The longest request line the peek waits for before it gives up on finding ``GET /v1``.
+MAX_PEEK = 8192
+#: Seconds between peeks while a request line is arriving in pieces.
+PEEK_PAUSE = 0.002
+#: trio-websocket's defaults, kept.
+WS_DISCONNECT_TIMEOUT = 60.0
+
+HttpHandlerFactory = Callable[[], Callable[..., Awaitable[None]]]
 
 
-class WebsocketServer:
-    """Serves :class:`Session` s over websockets; knows where it listens once it does.
+class EngineServer:
+    """Serves websocket :class:`Session` s and HTTP on one port; knows where once it listens.
 
     Args:
         door: what every door of the engine shares (the service, auth, connection count).
         host, port: where to listen (``port=0`` picks a free port).
+        http: the HTTP door's request handler (``None``: HTTP requests get 404).
     """
 
-    def __init__(self, door: Door, host: str, port: int) -> None:
+    def __init__(self, door: Door, host: str, port: int,
+                 http: Callable[..., Awaitable[None]] | None = None) -> None:
         self.door = door
         self.host = host
         self.port = port
+        self.http = http
         self.url: str | None = None  # once listening
+        self.http_url: str | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
                   ) -> None:
-        """Accept websocket connections until cancelled; reports the URL once listening."""
+        """Accept connections until cancelled; reports the websocket URL once listening."""
+        listeners = await trio.open_tcp_listeners(self.port, host=self.host)
+        async with trio.open_nursery() as nursery:
+            port = listeners[0].socket.getsockname()[1]
+            self.port = port
+            shown = f"[{self.host}]" if ":" in self.host else self.host
+            self.url = f"ws://{shown}:{port}{PATH}"
+            self.http_url = f"http://{shown}:{port}"
+            log.info("runwire engine listening on %s (HTTP on %s)", self.url, self.http_url)
+            nursery.start_soon(trio.serve_listeners, self._connection, listeners)
+            task_status.started(self.url)
+
+    async def _connection(self, stream: trio.SocketStream) -> None:
+        websocket = False
+        try:
+            with trio.move_on_after(self.door.limits.handshake_timeout) as peek:
+                websocket = await self._wants_websocket(stream)
+            if peek.cancelled_caught:  # no request line in time
+                await _close(stream)
+                return
+        except OSError:
+            await _close(stream)
+            return
+        if websocket:
+            await self._websocket(stream)
+        else:
+            await self._http(stream)
+
+    @staticmethod
+    async def _wants_websocket(stream: trio.SocketStream) -> bool:
+        """Whether the request line (peeked, not read) is ``GET /v1`` (with a query or not)."""
+        sock = stream.socket
+        while True:
+            head = await sock.recv(MAX_PEEK, socket.MSG_PEEK)
+            if not head:
+                return False  # closed: the HTTP side sees the end and leaves
+            line, newline, _ = head.partition(b"\n")
+            if newline or len(head) >= MAX_PEEK:
+                parts = line.split(b" ")
+                return (len(parts) >= 2 and parts[0] == b"GET"
+                        and parts[1].split(b"?", 1)[0] == PATH.encode())
+            await trio.sleep(PEEK_PAUSE)  # more of the line is on its way
+
+    async def _http(self, stream: trio.SocketStream) -> None:
+        door = self.door
+        if self.http is None or door.connections >= door.limits.max_connections:
+            await _close(stream)
+            return
+        door.connections += 1
+        try:
+            await HttpConnection(stream, self.http, max_body=door.limits.max_http_body).serve()
+        finally:
+            door.connections -= 1
+
+    async def _websocket(self, stream: trio.SocketStream) -> None:
         limits = self.door.limits
         async with trio.open_nursery() as nursery:
-            server = await nursery.start(lambda task_status: trio_websocket.serve_websocket(
-                self._handler, self.host, self.port, ssl_context=None,
-                handler_nursery=nursery, max_message_size=limits.max_message_bytes,
-                connect_timeout=limits.handshake_timeout, task_status=task_status))
-            self.port = server.port
-            shown = f"[{self.host}]" if ":" in self.host else self.host
-            self.url = f"ws://{shown}:{server.port}{PATH}"
-            log.info("runwire engine listening on %s", self.url)
-            task_status.started(self.url)
+            request = None
+            with trio.move_on_after(limits.handshake_timeout):
+                try:
+                    request = await trio_websocket.wrap_server_stream(
+                        nursery, stream, max_message_size=limits.max_message_bytes)
+                except trio_websocket.ConnectionClosed:
+                    request = None
+            try:
+                if request is not None:
+                    await self._handler(request)
+            finally:
+                with trio.move_on_after(WS_DISCONNECT_TIMEOUT):
+                    await _close(stream)
+                nursery.cancel_scope.cancel()
 
     async def _handler(self, request: trio_websocket.WebSocketRequest) -> None:
         try:
-            if request.path.split("?", 1)[0] != PATH:
-                await request.reject(404, body=b"runwire speaks at /v1\n")
-                return
             if self.door.connections >= self.door.limits.max_connections:
                 await request.reject(503, body=b"too many connections\n")
                 return
@@ -65,3 +144,10 @@ class WebsocketServer:
         except trio_websocket.ConnectionClosed:
             return  # the client left (or reset) during the handshake: nobody to serve
         await Session(self.door, Connection(ws, Role.ENGINE)).serve()
+
+
+async def _close(stream: trio.abc.Stream) -> None:
+    try:
+        await stream.aclose()
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        pass

@@ -310,7 +310,7 @@ class Session:
 
     async def _list_runs(self, frame: ListRuns) -> None:
         runs, cursor = await self.caller.list_runs(
-            task_id=frame.task, statuses=frame.status, tags=frame.tags,
+            task=frame.task, status=frame.status, tags=frame.tags,
             created_after=frame.created_after, created_before=frame.created_before,
             limit=frame.limit, cursor=frame.cursor)
         await self._emit(RunList(re=frame.id, runs=runs, cursor=cursor))

@@ -34,7 +34,7 @@ from runwire import (
     PayloadTooLargeError, RunContext, RunFinishedError, RunInfo, RunStatus, StreamTooLargeError,
     Task,
 )
-from runwire.runtime import TIMED_OUT, bind_run
+from runwire.runtime import TIMED_OUT, Completion, bind_run
 from runwire.transport import json_bytes, json_bytes_within
 
 from .._limits import Limits
@@ -167,7 +167,7 @@ def _encode_checked(key: str, values: list[Any], used: int,
 
 class _Suspended:
     """``RunActor.suspended()``: a slotted object, not a generator-based context manager,
-    which held ~580 B per suspended run for as long as it waited."""
+    whose frame each suspended run held for as long as it waited."""
 
     __slots__ = ("actor",)
 
@@ -286,9 +286,10 @@ class RunActor:
         self._attempt_scope: trio.CancelScope | None = None
         self._reacquiring: trio.CancelScope | None = None  # suspended(): slot being retaken
         self._producers: trio.Nursery | None = None
+        self._failed_producers: list[Completion] = []
         #: ``on()`` handlers and background tasks run in the producers' nursery, each in its
-        #: own scope, cancelled when the attempts end (a nursery of their own cost every
-        #: run ~1.2 KiB, also the many that never register a handler)
+        #: own scope, cancelled when the attempts end (a nursery of their own cost memory in
+        #: every run, also the many that never register a handler)
         self._handlers_open = False
         self._handler_scopes: list[trio.CancelScope] | None = None  # made on first use
         #: what ``runwire.runtime`` finds while this run's task executes
@@ -439,9 +440,21 @@ class RunActor:
                 producers.cancel_scope.deadline = trio.current_time() + self.env.drain_timeout
         if outcome is None:  # runs.cancel cancelled the producers' nursery, body and all
             outcome = Outcome(RunStatus.CANCELED)
+        outcome = self._unobserved_failure(outcome)
         self._release_slot()
         self._writable = False
         await self.submit(Finish(outcome.status, outcome.output, outcome.error))
+
+    def _unobserved_failure(self, outcome: Outcome) -> Outcome:
+        """A run that would complete while one of its producers failed and the task never
+        saw the error (neither by a pipe's ``.stream`` nor by ``wait_until_complete``) fails
+        with that error: its streams hold part of the data, which must not look complete."""
+        if outcome.status is not RunStatus.COMPLETED:
+            return outcome
+        for done in self._failed_producers:
+            if not done.observed and done.error is not None:
+                return Outcome(RunStatus.FAILED, error=error_dict(done.error))
+        return outcome
 
     async def _attempts(self) -> Outcome:
         policy = self.task.retry if self.task else None
@@ -472,6 +485,7 @@ class RunActor:
                          attempt=record.attempt, payload=record.payload)
         self.backend.context = ctx
         self._handler_error = None
+        self._failed_producers.clear()  # an earlier attempt's failures are that attempt's
         scope = self._attempt_scope = trio.CancelScope()
         if self.task.max_duration is not None:
             scope.deadline = trio.current_time() + self.task.max_duration
@@ -543,6 +557,7 @@ class RunActor:
             except Exception as exc:
                 log.warning("producer in run %s failed: %r", self.id, exc)
                 done.set_error(exc)
+                self._failed_producers.append(done)
             else:
                 done.set_result()
 

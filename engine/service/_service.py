@@ -35,8 +35,9 @@ from ..run import (
     ExternalAppend, MissingRunProducer, OutputStream, Reader, RunActor, RunEnv, RunRecord,
     SendInput, new_run_id,
 )
-from ..store import Batch, RunFilter, Store, StoredToken
+from ..store import Batch, Store, StoredToken
 from ._auth import Auth
+from ._recovery import recover
 
 log = logging.getLogger("runwire.engine")
 
@@ -102,8 +103,6 @@ class RunService:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
         """Own the actors' nursery until cancelled; ready once stored runs are recovered."""
-        from ._recovery import recover
-
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             try:
@@ -323,41 +322,46 @@ class RunService:
 
     # --- listing runs ----------------------------------------------------------------------
 
-    async def list_runs(self, *, task_id: str | None = None, statuses: Any = (),
-                        tags: Any = (), created_after: float | None = None,
+    async def list_runs(self, *, task: str | None = None, status: Any = None,
+                        tags: Any = None, created_after: float | None = None,
                         created_before: float | None = None, limit: int = 20,
                         cursor: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
-        """A page of runs (wire form), newest first, and the next page's cursor.
+        """A page of runs (wire form), newest first, and the next page's cursor (``None``
+        when this page is not full).
 
         Live runs are reported as they are now (the store holds their last committed state).
 
         Raises:
-            BadFrameError: an unknown status, a limit outside 1-``max_list_limit``, tags that
-                are not strings, a malformed cursor.
+            BadFrameError: an unknown status, a limit outside 1-100, tags that are not
+                strings, a time that is not epoch seconds, a malformed cursor.
         """
         if not isinstance(limit, int) or isinstance(limit, bool) or not 0 < limit <= 100:
             raise BadFrameError("'limit' must be an integer in 1-100")
         known = {s.value for s in RunStatus}
+        statuses = [] if status is None else status
         if not isinstance(statuses, (list, tuple)) or not set(statuses) <= known:
             raise BadFrameError(f"'status' must be a list of {sorted(known)}")
+        tags = [] if tags is None else tags
         if not isinstance(tags, (list, tuple)) or not all(isinstance(t, str) for t in tags):
             raise BadFrameError("'tags' must be a list of strings")
+        if task is not None and not isinstance(task, str):
+            raise BadFrameError("'task' must be a task id")
         for name, when in (("created_after", created_after), ("created_before", created_before)):
             if when is not None and (isinstance(when, bool) or not isinstance(when, (int, float))
                                      or not math.isfinite(when)):
                 raise BadFrameError(f"'{name}' must be epoch seconds or null")
-        where = RunFilter(task_id=task_id, statuses=tuple(statuses), tags=tuple(tags),
-                          created_after=created_after, created_before=created_before)
         try:
-            page = await self.store.list_runs(where, limit, cursor)
+            raws, nxt = await self.store.list_runs(
+                task=task, status=list(statuses), tags=list(tags), created_after=created_after,
+                created_before=created_before, limit=limit, cursor=cursor)
         except ValueError as exc:
             raise BadFrameError(str(exc)) from None
         runs = []
-        for raw in page.runs:
-            actor = self.broker.owner(raw["id"])
+        for raw in raws:
+            actor = self.broker.owner(raw["id"])  # a live run's record is the newest
             runs.append(actor.record.to_wire() if actor is not None
                         else RunRecord.from_wire(raw).to_wire())
-        return runs, page.cursor
+        return runs, nxt
 
     # --- waitpoint tokens ----------------------------------------------------------------
 

@@ -5,15 +5,16 @@ The lowest layer of the engine: it imports nothing of the engine above it.
 
 from ._base import Batch as Batch
 from ._base import ChunkAppend as ChunkAppend
+from ._base import DurableStream as DurableStream
 from ._base import RecordAppend as RecordAppend
 from ._base import RunFilter as RunFilter
-from ._base import RunPage as RunPage
 from ._base import Store as Store
 from ._base import StoredRecord as StoredRecord
 from ._base import StoredToken as StoredToken
 from ._base import StreamState as StreamState
+from ._base import StreamWrite as StreamWrite
 from ._base import Waitpoint as Waitpoint
-from ._base import open_store as open_store
+from ._open import open_store as open_store
 from ._errors import IndexGapError as IndexGapError
 from ._errors import NotCompactError as NotCompactError
 from ._errors import StoreClosedError as StoreClosedError

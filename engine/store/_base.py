@@ -18,8 +18,6 @@ import attrs
 import orjson
 import trio
 
-from ._errors import StoreConfigError
-
 
 @attrs.define
 class ChunkAppend:
@@ -60,6 +58,42 @@ class Waitpoint:
 
 
 @attrs.define
+class DurableStream:
+    """A free-standing durable stream's metadata (``/v1/stream/{path}``).
+
+    Positions (``tail``, ``fork_offset``, an item's ``start``) count bytes, or messages for
+    an ``application/json`` stream. A fork shares its source's positions below
+    ``fork_offset`` and stores only what was appended to it.
+    """
+
+    path: str
+    content_type: str
+    created_at: float
+    accessed_at: float
+    ttl: int | None = None
+    expires_at: float | None = None
+    closed: bool = False
+    tail: int = 0
+    nbytes: int = 0
+    source: str | None = None
+    fork_offset: int = 0
+    refs: int = 0
+    deleted: bool = False
+    closed_by: tuple[str, int, int] | None = None
+    last_seq: str | None = None
+
+
+@attrs.define
+class StreamWrite:
+    """A durable stream's new metadata, the items appended with it (``(start, bytes)``), and
+    the producer state ``(producer id, epoch, last seq)`` the append sets."""
+
+    stream: DurableStream
+    items: list[tuple[int, bytes]] = attrs.field(factory=list)
+    producer: tuple[str, int, int] | None = None
+
+
+@attrs.define
 class Batch:
     """Everything one actor cycle writes, committed atomically."""
 
@@ -68,9 +102,14 @@ class Batch:
     waitpoints: list[Waitpoint] = attrs.field(factory=list)
     runs: list[dict[str, Any]] = attrs.field(factory=list)
     ended: list[tuple[str, str]] = attrs.field(factory=list)
+    #: durable streams written (their metadata upserted, items appended) ...
+    streams: list[StreamWrite] = attrs.field(factory=list)
+    #: ... and removed with all their data
+    dropped_streams: list[str] = attrs.field(factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.chunks or self.records or self.waitpoints or self.runs or self.ended)
+        return bool(self.chunks or self.records or self.waitpoints or self.runs or self.ended
+                    or self.streams or self.dropped_streams)
 
 
 @attrs.frozen
@@ -133,6 +172,13 @@ class RunFilter:
     created_after: float | None = None
     created_before: float | None = None
 
+    @classmethod
+    def of(cls, *, task: str | None, status: list[str] | None, tags: list[str] | None,
+           created_after: float | None, created_before: float | None) -> RunFilter:
+        """The filter :meth:`Store.list_runs`'s keywords describe."""
+        return cls(task_id=task, statuses=tuple(status or ()), tags=tuple(tags or ()),
+                   created_after=created_after, created_before=created_before)
+
     def matches(self, run: dict[str, Any]) -> bool:
         created = run.get("created_at") or 0.0
         return ((self.task_id is None or run["task_id"] == self.task_id)
@@ -140,14 +186,6 @@ class RunFilter:
                 and all(tag in (run.get("tags") or ()) for tag in self.tags)
                 and (self.created_after is None or created > self.created_after)
                 and (self.created_before is None or created < self.created_before))
-
-
-@attrs.frozen
-class RunPage:
-    """A page of runs, newest first, and the cursor of the next page (``None``: the last)."""
-
-    runs: list[dict[str, Any]]
-    cursor: str | None
 
 
 def encode_cursor(created_at: float, run_id: str) -> str:
@@ -238,9 +276,15 @@ class Store(abc.ABC):
         """Delete runs (and all their data) that finished before ``cutoff``; how many."""
 
     @abc.abstractmethod
-    async def list_runs(self, where: RunFilter, limit: int, cursor: str | None) -> RunPage:
-        """Runs matching ``where``, newest first (by ``created_at``, then id), at most
-        ``limit``, after ``cursor`` (from the previous page).
+    async def list_runs(self, *, task: str | None, status: list[str] | None,
+                        tags: list[str] | None, created_after: float | None,
+                        created_before: float | None, limit: int,
+                        cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
+        """A page of stored runs, newest first (by ``created_at``, then id), at most
+        ``limit``, after ``cursor`` (from the previous page); and the cursor of the next
+        page: ``None`` when this page is not full (a full page gives a cursor, and the page
+        after it may be empty). A run matches if it is of ``task``, in one of ``status``, has
+        every one of ``tags`` and was created in ``(created_after, created_before)``.
 
         Raises:
             ValueError: a malformed cursor.
@@ -265,25 +309,46 @@ class Store(abc.ABC):
         wins). ``(None, False)`` for an unknown id.
         """
 
+    @abc.abstractmethod
+    async def durable_streams(self) -> list[DurableStream]:
+        """Every durable stream's metadata (soft-deleted ones too)."""
+
+    @abc.abstractmethod
+    async def stream_items(self, path: str, start: int, end: int,
+                           max_bytes: int) -> list[tuple[int, bytes]]:
+        """A durable stream's own items ``(start, bytes)`` that hold positions ``start ..
+        end - 1``, in order: the one holding ``start`` first (it may begin before it), then
+        more until they hold ``max_bytes`` (at least one)."""
+
+    @abc.abstractmethod
+    async def stream_producer(self, path: str, producer: str) -> tuple[int, int] | None:
+        """A producer's ``(epoch, last seq)`` on a durable stream, if it appended there."""
+
     async def aclose(self) -> None:
         """Release the store's resources; safe to call twice."""
 
 
-def open_store(url: str) -> Store:
-    """Make the store for a URL: ``memory://``, ``sqlite:///path``.
+def page_of_runs(runs: list[dict[str, Any]], *, task: str | None,
+                 status: list[str] | None, tags: list[str] | None,
+                 created_after: float | None, created_before: float | None, limit: int,
+                 cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
+    """:meth:`Store.list_runs` over runs in memory (what a store without indexes does).
 
     Raises:
-        StoreConfigError: the URL's scheme is not supported, or the URL is malformed.
+        ValueError: a malformed cursor.
     """
-    if not isinstance(url, str):
-        raise TypeError("store must be a URL string such as 'memory://' or 'sqlite:///runwire.db'")
-    scheme = url.split(":", 1)[0]
-    if scheme == "memory":
-        from ._memory import MemoryStore
-
-        return MemoryStore()
-    if scheme == "sqlite":
-        from ._sqlite import SqliteStore
-
-        return SqliteStore.from_url(url)
-    raise StoreConfigError(f"unsupported store URL {url!r}: use memory:// or sqlite:///path")
+    after = decode_cursor(cursor) if cursor is not None else None
+    where = RunFilter.of(task=task, status=status, tags=tags, created_after=created_after,
+                         created_before=created_before)
+    runs = sorted(runs, key=lambda r: (r.get("created_at") or 0.0, r["id"]), reverse=True)
+    page: list[dict[str, Any]] = []
+    for run in runs:
+        if after is not None and (run.get("created_at") or 0.0, run["id"]) >= after:
+            continue
+        if where.matches(run):
+            page.append(run)
+            if len(page) == limit:
+                break
+    last = page[-1] if page and len(page) == limit else None
+    return page, (encode_cursor(last.get("created_at") or 0.0, last["id"])
+                  if last is not None else None)

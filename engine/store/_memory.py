@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from typing import Any
 
 import attrs
@@ -11,8 +12,7 @@ import trio
 from runwire.transport import json_bytes
 
 from ._base import (
-    Batch, RunFilter, RunPage, Store, StoredRecord, StoredToken, StreamState, decode_cursor,
-    encode_cursor,
+    Batch, DurableStream, Store, StoredRecord, StoredToken, StreamState, page_of_runs,
 )
 from ._errors import IndexGapError
 
@@ -40,6 +40,9 @@ class MemoryStore(Store):
         self._waitpoints: dict[tuple[str, str], tuple[bytes, float | None]] = {}
         self._tokens: dict[str, StoredToken] = {}
         self._token_keys: dict[str, str] = {}
+        self._ds: dict[str, DurableStream] = {}
+        self._ds_items: dict[str, tuple[list[int], list[bytes]]] = {}  # starts, data
+        self._ds_producers: dict[tuple[str, str], tuple[int, int]] = {}
 
     async def commit(self, batch: Batch) -> None:  # (commit_staged: the Store default)
         await trio.lowlevel.checkpoint_if_cancelled()  # cancelled: nothing is written
@@ -65,6 +68,21 @@ class MemoryStore(Store):
             self._waitpoints[(wp.run_id, wp.key)] = (wp.data, wp.expires_at)
         for run_id, key in batch.ended:
             self._streams.setdefault(run_id, {}).setdefault(key, _Stream()).ended = True
+        for path in batch.dropped_streams:
+            self._ds.pop(path, None)
+            self._ds_items.pop(path, None)
+            for pkey in [k for k in self._ds_producers if k[0] == path]:
+                del self._ds_producers[pkey]
+        for write in batch.streams:
+            path = write.stream.path
+            self._ds[path] = attrs.evolve(write.stream)  # a private copy
+            starts, datas = self._ds_items.setdefault(path, ([], []))
+            for start, data in write.items:
+                starts.append(start)
+                datas.append(bytes(data))
+            if write.producer is not None:
+                pid, epoch, seq = write.producer
+                self._ds_producers[(path, pid)] = (epoch, seq)
 
     def _check_gaps(self, batch: Batch) -> None:
         lengths: dict[tuple[str, str], int] = {}
@@ -124,22 +142,14 @@ class MemoryStore(Store):
             return None
         return found[0]
 
-    async def list_runs(self, where: RunFilter, limit: int, cursor: str | None) -> RunPage:
+    async def list_runs(self, *, task: str | None, status: list[str] | None,
+                        tags: list[str] | None, created_after: float | None,
+                        created_before: float | None, limit: int,
+                        cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
         await trio.lowlevel.checkpoint()
-        after = decode_cursor(cursor) if cursor is not None else None
-        runs = [orjson.loads(raw) for raw in self._runs.values()]
-        runs.sort(key=lambda r: (r.get("created_at") or 0.0, r["id"]), reverse=True)
-        page: list[dict[str, Any]] = []
-        for run in runs:
-            if after is not None and (run.get("created_at") or 0.0, run["id"]) >= after:
-                continue
-            if where.matches(run):
-                page.append(run)
-                if len(page) == limit:
-                    break
-        last = page[-1] if len(page) == limit else None
-        return RunPage(page, encode_cursor(last.get("created_at") or 0.0, last["id"])
-                       if last is not None else None)
+        return page_of_runs([orjson.loads(r) for r in self._runs.values()], task=task,
+                            status=status, tags=tags, created_after=created_after,
+                            created_before=created_before, limit=limit, cursor=cursor)
 
     async def create_token(self, token: StoredToken) -> StoredToken:
         await trio.lowlevel.checkpoint()
@@ -163,6 +173,27 @@ class MemoryStore(Store):
         token = self._tokens[token_id] = attrs.evolve(token, status="COMPLETED",
                                                       data=bytes(data), completed_at=now)
         return token, True
+
+    async def durable_streams(self) -> list[DurableStream]:
+        await trio.lowlevel.checkpoint()
+        return [attrs.evolve(s) for s in self._ds.values()]
+
+    async def stream_items(self, path: str, start: int, end: int,
+                           max_bytes: int) -> list[tuple[int, bytes]]:
+        await trio.lowlevel.checkpoint()
+        starts, datas = self._ds_items.get(path, ([], []))
+        i = max(bisect_right(starts, start) - 1, 0)
+        found: list[tuple[int, bytes]] = []
+        size = 0
+        while i < len(starts) and starts[i] < end and (not found or size < max_bytes):
+            found.append((starts[i], datas[i]))
+            size += len(datas[i])
+            i += 1
+        return found
+
+    async def stream_producer(self, path: str, producer: str) -> tuple[int, int] | None:
+        await trio.lowlevel.checkpoint()
+        return self._ds_producers.get((path, producer))
 
     async def delete_finished_before(self, cutoff: float) -> int:
         await trio.lowlevel.checkpoint()

@@ -9,13 +9,11 @@ Theory of operation.
 
   With ``synchronous=NORMAL`` (the default) a commit only appends pages to the WAL file,
   which the OS holds in its page cache: no fsync. Such a write of at most ``INLINE_BYTES``
-  runs **on the trio thread**, between two checkpoints of the event loop (~30 us for one
-  chunk, ~0.1 us per chunk in a batch). Handing it to a worker thread instead cost ~5 ms
-  per commit under load: the worker must win the GIL back after every ``sqlite3_step``,
-  and while the trio thread is busy it often gets it only when the 5 ms switch interval
-  forces a drop (measured in a 200,000-chunk pipe: commits took 5.0 ms at the median in a
-  worker thread, 0.3 ms inline; see ``docs/performance.md``). What does touch the disk runs
-  in worker threads: a bigger group
+  runs **on the trio thread**, between two checkpoints of the event loop. Handing it to a
+  worker thread costs far more under load: the worker must win the GIL back after every
+  ``sqlite3_step``, and while the trio thread is busy it often gets it only when the
+  switch interval forces a drop (figures: ``docs/performance.md``, "Figures behind the
+  code"). What does touch the disk runs in worker threads: a bigger group
   (writing it costs more than the hand-off), every commit under ``synchronous=FULL`` (one
   fsync each), and **WAL checkpoints** (copy the WAL into the database file and fsync it).
   SQLite's automatic checkpoint would run inside a commit, so the writer turns it off and
@@ -46,18 +44,18 @@ Theory of operation.
   it when the process dies, so a restart after ``kill -9`` is never blocked.
 * **Chunk pages.** Chunks are not one row each: each append is cut into *pages* of up to
   ``PAGE_ITEMS`` consecutive chunks / ``PAGE_BYTES`` bytes, keyed by ``(sid, last index)``.
-  A row per chunk costs ~3 us of SQLite work; a page costs that once per thousand chunks.
+  A row costs SQLite the same work whether it holds one chunk or a thousand.
   A page holds its chunks joined by ``b"\n"``: a chunk is compact JSON (what orjson
   writes), in which a raw newline never occurs, so ``split`` gives the chunks back (the
-  store refuses a chunk that holds one). Joining and splitting run in C at ~10 ns per
-  chunk; schema 1 kept an array of end offsets beside the bytes, which cost ~100 ns per
-  chunk to build and as much to unpack (opening a schema 1 file converts it).
+  store refuses a chunk that holds one). Joining and splitting run in C; schema 1 kept an
+  array of end offsets beside the bytes, built and unpacked in Python per chunk (opening a
+  schema 1 file converts it).
   ``read_chunks(start, n)`` seeks to the first page with ``last >= start`` and reads pages in
   order until it has ``n`` chunks.
 * **Where streams end.** An append must know its stream's ``sid``, length and size; the
   writer remembers them for the last ``END_CACHE_STREAMS`` streams it wrote, as of the last
-  commit, so a busy stream's append skips the lookup (a join on its last page, ~20 us of a
-  ~100 us commit under load). A transaction's changes are kept apart until it commits (a
+  commit, so a busy stream's append skips the lookup (a join on its last page, a fifth of a
+  commit under load). A transaction's changes are kept apart until it commits (a
   savepoint's until it is released), so a rollback leaves nothing stale behind; deleting
   runs forgets everything.
 
@@ -66,11 +64,14 @@ Schema: ``runs`` (JSON blob plus indexed task/idempotency key/status/finished_at
 (``WITHOUT ROWID``, keyed by ``(sid, last)``; each row also holds the stream's size in bytes
 through it, so a stream's length and size are read off its last page and an append writes
 one row, one database page when it is small), ``producer_seqs``, ``records`` and
-``waitpoints``; ``wait_tokens`` (waitpoint tokens, written directly, not in batches: a
-completion can come from anywhere, and the first one wins in one ``UPDATE ... WHERE status =
-'WAITING'``). ``runs.created_at`` (schema 3) orders ``list_runs``: keyset pages on
-``(created_at, id)``, newest first, so a page never shifts when newer runs arrive.
-Schema 2 files gain the column (filled from each run's JSON) and the token table when opened.
+``waitpoints``; ``ds_streams``, ``ds_items`` and ``ds_producers`` (schema 3: the
+free-standing durable streams of the HTTP door); ``wait_tokens`` (schema 4: waitpoint
+tokens, written directly, not in batches: a completion can come from anywhere, and the first
+one wins in one ``UPDATE ... WHERE status = 'WAITING'``). ``runs.created_at`` (schema 4)
+orders ``list_runs``: keyset pages on ``(created_at, id)``, newest first, so a page never
+shifts when newer runs arrive. Older files are upgraded step by step when opened (1 -> 2
+converts the chunk pages, 2 -> 3 adds the durable-stream tables, 3 -> 4 adds the column,
+filled from each run's JSON, its indexes and the token table).
 """
 
 from __future__ import annotations
@@ -89,12 +90,13 @@ from itertools import accumulate
 from typing import Any, TypeVar
 from urllib.parse import parse_qs
 
+import attrs
 import orjson
 import trio
 
 from ._base import (
-    Batch, ChunkAppend, RunFilter, RunPage, Store, StoredRecord, StoredToken, StreamState,
-    decode_cursor, encode_cursor,
+    Batch, ChunkAppend, DurableStream, RunFilter, Store, StoredRecord, StoredToken,
+    StreamState, decode_cursor, encode_cursor,
 )
 from ._errors import (
     IndexGapError, NotCompactError, StoreClosedError, StoreConfigError, StoreError,
@@ -104,7 +106,7 @@ from ._errors import (
 T = TypeVar("T")
 log = logging.getLogger("runwire.engine")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 _FINAL = "('COMPLETED', 'FAILED', 'CANCELED', 'CRASHED', 'TIMED_OUT')"
 #: Runs deleted per retention transaction, so a big sweep never stalls commits for long.
 DELETE_STEP = 200
@@ -180,8 +182,30 @@ CREATE TABLE IF NOT EXISTS waitpoints (
 );
 """
 
-#: What schema 3 added (run after ``_SCHEMA`` on a new file, after the column on an old one).
+#: What schema 3 added: the free-standing durable streams (``/v1/stream/...``).
 _SCHEMA_3 = """
+CREATE TABLE IF NOT EXISTS ds_streams (
+    path TEXT PRIMARY KEY,
+    meta BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS ds_items (
+    path TEXT NOT NULL,
+    start INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (path, start)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS ds_producers (
+    path TEXT NOT NULL,
+    producer TEXT NOT NULL,
+    epoch INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (path, producer)
+) WITHOUT ROWID;
+"""
+
+#: What schema 4 added (run after ``_SCHEMA_3`` on a new file, after the column on an old
+#: one): the indexes ``list_runs`` pages on, and waitpoint tokens.
+_SCHEMA_4 = """
 CREATE INDEX IF NOT EXISTS runs_by_created ON runs (created_at, id);
 CREATE INDEX IF NOT EXISTS runs_by_task_created ON runs (task_id, created_at, id);
 CREATE TABLE IF NOT EXISTS wait_tokens (
@@ -296,7 +320,8 @@ class _Pending:
         self.nbytes = (sum(len(row[5]) for row in self.run_rows)
                        + sum(app.nbytes for app in batch.chunks)
                        + sum(len(r.data) for r in batch.records)
-                       + sum(len(w.data) for w in batch.waitpoints))
+                       + sum(len(w.data) for w in batch.waitpoints)
+                       + sum(len(data) for w in batch.streams for _, data in w.items))
         return bool(batch)
 
     def pages(self) -> int:
@@ -379,8 +404,8 @@ class SqliteStore(Store):
                 if self._background_checkpoints:  # instead of SQLite's in-commit ones
                     opened[0].execute("PRAGMA wal_autocheckpoint = 0")
                 # the reader: catch-up reads scan pages in order and rarely come back, and
-                # the OS page cache holds the file anyway; a 16 MiB cache filled up when a
-                # reader fell behind and read the same speed (docs/performance.md, round 6)
+                # the OS page cache holds the file anyway; a bigger cache only filled up
+                # when a reader fell behind (docs/performance.md, "Figures behind the code")
                 opened.append(self._connect(cache_kib=2048))
         except sqlite3.Error as exc:
             for conn in opened:
@@ -680,12 +705,17 @@ class SqliteStore(Store):
         return rows[0][0] if rows else None
 
 
-    async def list_runs(self, where: RunFilter, limit: int, cursor: str | None) -> RunPage:
+    async def list_runs(self, *, task: str | None, status: list[str] | None,
+                        tags: list[str] | None, created_after: float | None,
+                        created_before: float | None, limit: int,
+                        cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
         after = decode_cursor(cursor) if cursor is not None else None
+        where = RunFilter.of(task=task, status=status, tags=tags,
+                             created_after=created_after, created_before=created_before)
         return await self._read(self._list_runs, where, limit, after)
 
     def _list_runs(self, where: RunFilter, limit: int,
-                   after: tuple[float, str] | None) -> RunPage:
+                   after: tuple[float, str] | None) -> tuple[list[dict[str, Any]], str | None]:
         """Keyset pages on ``(created_at, id)``; SQL filters what it indexes, tags are
         checked here (reading on until the page is full)."""
         sql = ["SELECT data, coalesce(created_at, 0), id FROM runs WHERE 1"]
@@ -716,10 +746,10 @@ class SqliteStore(Store):
                 if where.matches(run):
                     page.append(run)
                     if len(page) == limit:
-                        return RunPage(page, encode_cursor(created, run_id))
+                        return page, encode_cursor(created, run_id)
             if len(rows) < step:
                 break
-        return RunPage(page, None)
+        return page, None
 
     async def create_token(self, token: StoredToken) -> StoredToken:
         return await self._write_direct(self._create_token, token)
@@ -761,6 +791,43 @@ class SqliteStore(Store):
             row = conn.execute(f"SELECT {_TOKEN_COLUMNS} FROM wait_tokens WHERE id = ?",
                                (token_id,)).fetchone()
         return (_token(row) if row else None), changed == 1
+
+    async def durable_streams(self) -> list[DurableStream]:
+        rows = await self._read(self._rows, "SELECT meta FROM ds_streams")
+        found = []
+        for (meta,) in rows:
+            fields = orjson.loads(meta)
+            if fields.get("closed_by") is not None:
+                fields["closed_by"] = tuple(fields["closed_by"])
+            found.append(DurableStream(**fields))
+        return found
+
+    async def stream_items(self, path: str, start: int, end: int,
+                           max_bytes: int) -> list[tuple[int, bytes]]:
+        return await self._read(self._stream_items, path, start, end, max_bytes)
+
+    def _stream_items(self, path: str, start: int, end: int,
+                      max_bytes: int) -> list[tuple[int, bytes]]:
+        found: list[tuple[int, bytes]] = []
+        size = 0
+        cursor = self._reading().execute(
+            "SELECT start, data FROM ds_items WHERE path = ? AND start >= coalesce((SELECT "
+            "max(start) FROM ds_items WHERE path = ? AND start <= ?), 0) AND start < ? "
+            "ORDER BY start", (path, path, start, end))
+        try:
+            for item_start, data in cursor:
+                found.append((item_start, data))
+                size += len(data)
+                if size >= max_bytes:
+                    break
+        finally:
+            cursor.close()
+        return found
+
+    async def stream_producer(self, path: str, producer: str) -> tuple[int, int] | None:
+        rows = await self._read(self._rows, "SELECT epoch, seq FROM ds_producers WHERE "
+                                "path = ? AND producer = ?", path, producer)
+        return (rows[0][0], rows[0][1]) if rows else None
 
     async def _write_direct(self, fn: Callable[..., T], *args: Any) -> T:
         """One small transaction of its own on the writer connection, between group
@@ -804,6 +871,19 @@ def _apply(conn: sqlite3.Connection, batch: Batch, run_rows: list[tuple[Any, ...
                      "VALUES (?, ?, ?, ?)", (wp.run_id, wp.key, wp.data, wp.expires_at))
     if batch.ended:
         conn.executemany(_END_STREAM, batch.ended)
+    for path in batch.dropped_streams:
+        for table in ("ds_streams", "ds_items", "ds_producers"):
+            conn.execute(f"DELETE FROM {table} WHERE path = ?", (path,))
+    for write in batch.streams:
+        path = write.stream.path
+        conn.execute("INSERT OR REPLACE INTO ds_streams (path, meta) VALUES (?, ?)",
+                     (path, orjson.dumps(attrs.asdict(write.stream))))
+        if write.items:
+            conn.executemany("INSERT INTO ds_items (path, start, data) VALUES (?, ?, ?)",
+                             [(path, start, data) for start, data in write.items])
+        if write.producer is not None:
+            conn.execute("INSERT OR REPLACE INTO ds_producers (path, producer, epoch, seq) "
+                         "VALUES (?, ?, ?, ?)", (path, *write.producer))
 
 
 def _append_chunks(conn: sqlite3.Connection, app: ChunkAppend,
@@ -871,24 +951,28 @@ def _not_compact() -> NotCompactError:
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
-    """Create the tables, or check that the file's schema is one this code understands."""
+    """Create the tables, or bring an older file up to this schema one step at a time
+    (1 -> 2 -> 3 -> 4, each in a transaction of its own), or refuse a newer one."""
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if version > SCHEMA_VERSION:
         raise sqlite3.DatabaseError(f"schema version {version} was written by a newer "
                                     f"runwire (this one knows {SCHEMA_VERSION})")
     if version == 0:
-        conn.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} {_SCHEMA_3} PRAGMA user_version = "
-                           f"{SCHEMA_VERSION}; COMMIT;")
+        conn.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} {_SCHEMA_3} {_SCHEMA_4} "
+                           f"PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
         return
     if version == 1:
         _migrate_from_1(conn)
         version = 2
     if version == 2:
-        _migrate_from_2(conn)
+        conn.executescript(f"BEGIN IMMEDIATE; {_SCHEMA_3} PRAGMA user_version = 3; COMMIT;")
+        version = 3
+    if version == 3:
+        _migrate_from_3(conn)
 
 
-def _migrate_from_2(conn: sqlite3.Connection) -> None:
-    """Schema 2 -> 3, in one transaction: ``runs.created_at`` (filled from each run's JSON)
+def _migrate_from_3(conn: sqlite3.Connection) -> None:
+    """Schema 3 -> 4, in one transaction: ``runs.created_at`` (filled from each run's JSON)
     with its indexes, and the ``wait_tokens`` table."""
     conn.execute("BEGIN IMMEDIATE")
     try:
@@ -902,7 +986,7 @@ def _migrate_from_2(conn: sqlite3.Connection) -> None:
                                  [(orjson.loads(data).get("created_at"), rid)
                                   for rid, data in rows])
                 rowid = rows[-1][0]
-        for statement in _SCHEMA_3.split(";"):  # not executescript: it would COMMIT first
+        for statement in _SCHEMA_4.split(";"):  # not executescript: it would COMMIT first
             if statement.strip():
                 conn.execute(statement)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -940,7 +1024,7 @@ def _migrate_from_1(conn: sqlite3.Connection) -> None:
                              "VALUES (?, ?, ?, ?, ?)", converted)
         conn.execute("DROP TABLE chunk_pages_1")
         conn.execute("DROP TABLE streams_1")
-        conn.execute("PRAGMA user_version = 2")  # then 2 -> 3
+        conn.execute("PRAGMA user_version = 2")  # then 2 -> 3 -> 4
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")

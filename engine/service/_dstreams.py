@@ -1,0 +1,458 @@
+"""Free-standing durable streams (the Durable Streams protocol's stream model), kept in the store.
+
+Theory of operation: every stream's metadata is loaded from the store when the engine starts
+and kept in memory (:class:`_Live`, bounded by ``Limits.max_durable_streams``); every change
+is written through to the store, one :class:`~runwire.engine.store.Batch` per request (its
+metadata, its items and the producer's state in one transaction, so a retried producer append
+after a restart is deduplicated exactly). Writes to one stream are serialized by the stream's
+lock, which is what the protocol asks of idempotent producers. Readers waiting at a stream's
+tail wait on its ``changed`` event, which each write sets and replaces.
+
+Positions count bytes, or messages for ``application/json`` streams; an offset on the wire is
+the position as 16 decimal digits, so offsets sort like positions. A fork shares its source's
+positions below its fork offset (reads stitch the source's items in) and stores only its own
+appends. Errors are :class:`StreamError` with the protocol's HTTP status: the protocol is
+HTTP's, so its statuses are its vocabulary.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+from collections.abc import Iterable
+from typing import Any
+
+import attrs
+import orjson
+import trio
+
+from .._limits import Limits
+from ..store import Batch, DurableStream, Store, StreamWrite
+
+#: Offsets on the wire: ``<segment>_<position>``, each 16 decimal digits (the reference
+#: server's shape, which clients and the conformance suite know); the segment is always 0.
+OFFSET_DIGITS = 16
+_OFFSET = re.compile(r"(\d{1,19})_(\d{1,19})\Z")
+#: Cursor intervals (the protocol's defaults): 20 s from 2024-10-09T00:00:00Z.
+CURSOR_EPOCH = 1728432000.0
+CURSOR_INTERVAL = 20.0
+MAX_SAFE = 2 ** 53 - 1
+
+
+class StreamError(Exception):
+    """A request the protocol refuses: its HTTP status, a message, response headers."""
+
+    def __init__(self, status: int, message: str, headers: Iterable[tuple[str, str]] = (),
+                 *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = list(headers)
+        self.code = code or {400: "bad_request", 403: "forbidden", 404: "not_found",
+                             409: "conflict", 410: "gone", 413: "payload_too_large",
+                             429: "rate_limited"}.get(status, "bad_request")
+
+
+def format_offset(position: int) -> str:
+    return f"{0:0{OFFSET_DIGITS}d}_{position:0{OFFSET_DIGITS}d}"
+
+
+def parse_offset(text: str) -> int:
+    """A wire offset's position (``-1`` is 0).
+
+    Raises:
+        StreamError: 400, malformed.
+    """
+    if text == "-1":
+        return 0
+    match = _OFFSET.match(text)
+    if match is None or int(match[1]) != 0:
+        raise StreamError(400, f"malformed offset {text[:40]!r}")
+    return int(match[2])
+
+
+def cursor_for(now: float, given: str | None) -> str:
+    """The protocol's collapsing cursor: the current interval, strictly past the client's."""
+    current = int((now - CURSOR_EPOCH) // CURSOR_INTERVAL)
+    try:
+        theirs = int(given) if given is not None else None
+    except ValueError:
+        theirs = None
+    if theirs is not None and theirs >= current:
+        current = theirs + max(1, math.ceil(random.uniform(1, 3600) / CURSOR_INTERVAL))
+    return str(current)
+
+
+def media_type(content_type: str | None) -> str:
+    """``text/plain; charset=utf-8`` -> ``text/plain`` (what the protocol compares)."""
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+def is_json(content_type: str) -> bool:
+    return media_type(content_type) == "application/json"
+
+
+def json_messages(body: bytes, *, allow_empty: bool) -> list[bytes]:
+    """A JSON body's messages: an array is flattened one level.
+
+    Raises:
+        StreamError: 400, not JSON, or an empty array where one is not allowed.
+    """
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise StreamError(400, f"the body is not valid JSON: {exc}") from None
+    if isinstance(value, list):
+        if not value and not allow_empty:
+            raise StreamError(400, "an empty JSON array appends nothing")
+        return [orjson.dumps(item) for item in value]
+    return [orjson.dumps(value)]
+
+
+@attrs.define
+class ReadResult:
+    """What a read found: pieces (messages, or byte slices) and where the next read starts."""
+
+    pieces: list[bytes]
+    next: int
+    up_to_date: bool
+    closed: bool  # closed and this read reached its end
+
+
+class _Live:
+    __slots__ = ("changed", "lock", "meta")
+
+    def __init__(self, meta: DurableStream) -> None:
+        self.meta = meta
+        self.changed = trio.Event()
+        self.lock = trio.Lock()
+
+    def notify(self) -> None:
+        self.changed.set()
+        self.changed = trio.Event()
+
+
+@attrs.frozen
+class AppendResult:
+    status: int  # 200 (a producer's new data), 204
+    meta: DurableStream
+    producer: tuple[int, int] | None = None  # (epoch, seq) to echo
+
+
+class DurableStreams:
+    """The free-standing durable streams of one engine."""
+
+    def __init__(self, store: Store, limits: Limits, clock: Any) -> None:
+        self.store = store
+        self.limits = limits
+        self.clock = clock
+        self._streams: dict[str, _Live] = {}
+        self._producers: dict[tuple[str, str], tuple[int, int]] = {}
+        self._loaded = False
+
+    async def load(self) -> None:
+        """Read every stream's metadata from the store (once, as the engine starts)."""
+        for meta in await self.store.durable_streams():
+            self._streams[meta.path] = _Live(meta)
+        self._loaded = True
+
+    # --- looking streams up ------------------------------------------------------------------
+
+    def _expired(self, meta: DurableStream, now: float) -> bool:
+        if meta.expires_at is not None and now >= meta.expires_at:
+            return True
+        return meta.ttl is not None and now >= meta.accessed_at + meta.ttl
+
+    async def _find(self, path: str, *, touch: bool = True) -> _Live:
+        """The live stream at ``path``. Raises: StreamError 404 (none, expired), 410."""
+        live = self._streams.get(path)
+        if live is None:
+            raise StreamError(404, f"no stream at {path!r}")
+        now = self.clock()
+        if not live.meta.deleted and self._expired(live.meta, now):
+            await self._delete(live)
+            raise StreamError(404, f"no stream at {path!r} (it expired)")
+        if live.meta.deleted:
+            raise StreamError(410, f"the stream at {path!r} was deleted")
+        if touch:
+            live.meta.accessed_at = now
+        return live
+
+    def exists(self, path: str) -> bool:
+        return path in self._streams
+
+    async def head(self, path: str) -> DurableStream:
+        return (await self._find(path, touch=False)).meta
+
+    # --- writing -------------------------------------------------------------------------------
+
+    async def _commit(self, batch: Batch) -> None:
+        with trio.CancelScope(shield=True):  # a write is stored whole, or not at all
+            await self.store.commit(batch)
+
+    async def create(self, path: str, *, content_type: str | None, ttl: int | None,
+                     expires_at: float | None, closed: bool, body: bytes,
+                     fork: tuple[str, int | None, int] | None) -> tuple[bool, DurableStream]:
+        """Create a stream (or find the same one); ``(created, metadata)``.
+
+        Raises:
+            StreamError: 400 (bad body, fork offset), 404 (fork source), 409 (exists with
+            another configuration, or was deleted), 413.
+        """
+        existing = self._streams.get(path)
+        now = self.clock()
+        if existing is not None and not existing.meta.deleted and self._expired(
+                existing.meta, now):
+            await self._delete(existing)
+            existing = self._streams.get(path)
+        source: _Live | None = None
+        fork_offset = 0
+        if fork is not None:
+            found = self._streams.get(fork[0])
+            if found is not None and found.meta.deleted:
+                raise StreamError(409, "the fork's source stream was deleted")
+            source = await self._find(fork[0])
+            src = source.meta
+            if content_type is not None and media_type(content_type) != media_type(
+                    src.content_type):
+                raise StreamError(409, "a fork's content type must be its source's")
+            content_type = src.content_type
+            offset = src.tail if fork[1] is None else fork[1]
+            if offset > src.tail:
+                raise StreamError(400, "the fork offset is beyond the source's tail")
+            fork_offset = offset + fork[2]
+            if fork_offset > src.tail:
+                raise StreamError(400, "the fork sub-offset is beyond the source's tail")
+            if ttl is None and expires_at is None:  # the protocol's inheritance table
+                ttl, expires_at = src.ttl, src.expires_at
+        ctype = content_type or "application/octet-stream"
+        if existing is not None:
+            meta = existing.meta
+            if meta.deleted:
+                raise StreamError(409, f"the stream at {path!r} was deleted; its path is kept")
+            same = (media_type(meta.content_type) == media_type(ctype) and meta.ttl == ttl
+                    and meta.expires_at == expires_at and meta.closed == closed
+                    and meta.source == (fork[0] if fork else None)
+                    and (fork is None or meta.fork_offset == fork_offset))
+            if not same:
+                raise StreamError(409, f"a stream exists at {path!r} with another "
+                                       f"configuration")
+            return False, meta
+        if len(self._streams) >= self.limits.max_durable_streams:
+            raise StreamError(429, "too many durable streams on this engine",
+                              [("retry-after", "60")])
+        if is_json(ctype):
+            items = json_messages(body, allow_empty=True) if body.strip() else []
+        else:
+            items = [body] if body else []
+        meta = DurableStream(path=path, content_type=ctype, created_at=now, accessed_at=now,
+                             ttl=ttl, expires_at=expires_at, closed=closed, tail=fork_offset,
+                             source=fork[0] if fork else None, fork_offset=fork_offset)
+        write = StreamWrite(meta, self._place(meta, items))
+        self._check_size(meta, write.items)
+        meta.nbytes += sum(len(data) for _, data in write.items)
+        batch = Batch(streams=[write])
+        if source is not None:
+            source.meta.refs += 1
+            batch.streams.append(StreamWrite(source.meta))
+        await self._commit(batch)
+        self._streams[path] = _Live(meta)
+        return True, meta
+
+    def _place(self, meta: DurableStream, items: list[bytes]) -> list[tuple[int, bytes]]:
+        """Give items their positions from the tail on (advances ``meta.tail``)."""
+        placed = []
+        json = is_json(meta.content_type)
+        for data in items:
+            placed.append((meta.tail, data))
+            meta.tail += 1 if json else len(data)
+        return placed
+
+    def _check_size(self, meta: DurableStream, items: list[tuple[int, bytes]]) -> None:
+        size = meta.nbytes + sum(len(data) for _, data in items)
+        if size > self.limits.max_stream_bytes:
+            raise StreamError(413, f"the stream would hold {size} bytes, over the "
+                                   f"{self.limits.max_stream_bytes}-byte limit")
+
+    async def append(self, path: str, *, content_type: str | None, body: bytes,
+                     closing: bool, seq: str | None,
+                     producer: tuple[str, int, int] | None) -> AppendResult:
+        """Append (and maybe close), as the protocol's section 5.2 says.
+
+        Raises:
+            StreamError: 400, 403 (a fenced producer epoch), 404, 409, 410, 413.
+        """
+        live = await self._find(path)
+        async with live.lock:
+            return await self._append(live, content_type, body, closing, seq, producer)
+
+    async def _append(self, live: _Live, content_type: str | None, body: bytes,
+                      closing: bool, seq: str | None,
+                      producer: tuple[str, int, int] | None) -> AppendResult:
+        meta = live.meta
+        closed_headers = [("stream-closed", "true"),
+                          ("stream-next-offset", format_offset(meta.tail))]
+        if meta.closed:
+            if producer is not None and meta.closed_by == producer:
+                return AppendResult(204, meta, producer[1:])
+            if closing and not body:
+                return AppendResult(204, meta)
+            raise StreamError(409, "the stream is closed", closed_headers, code="stream_closed")
+        if body and content_type is not None and media_type(content_type) != media_type(
+                meta.content_type):
+            raise StreamError(409, f"the stream's content type is {meta.content_type}")
+        state: tuple[int, int] | None = None
+        if producer is not None:
+            pid, epoch, pseq = producer
+            state = await self._producer(meta.path, pid)
+            if state is not None and epoch < state[0]:
+                raise StreamError(403, "a newer epoch of this producer is writing",
+                                  [("producer-epoch", str(state[0]))])
+            if state is not None and epoch == state[0]:
+                if pseq <= state[1]:
+                    return AppendResult(204, meta, (epoch, state[1]))
+                if pseq > state[1] + 1:
+                    raise StreamError(409, "a producer sequence gap", [
+                        ("producer-expected-seq", str(state[1] + 1)),
+                        ("producer-received-seq", str(pseq))])
+            elif pseq != 0:
+                if state is None:
+                    raise StreamError(409, "a producer sequence gap", [
+                        ("producer-expected-seq", "0"), ("producer-received-seq", str(pseq))])
+                raise StreamError(400, "a new producer epoch must start at seq 0")
+        if seq is not None and meta.last_seq is not None and seq <= meta.last_seq:
+            raise StreamError(409, f"Stream-Seq {seq[:40]!r} is not after the last one")
+        items = (json_messages(body, allow_empty=False) if body and is_json(meta.content_type)
+                 else [body] if body else [])
+        new = attrs.evolve(meta)
+        placed = self._place(new, items)
+        self._check_size(new, placed)
+        new.nbytes += sum(len(data) for _, data in placed)
+        if seq is not None:
+            new.last_seq = seq
+        if closing:
+            new.closed = True
+            new.closed_by = producer
+        write = StreamWrite(new, placed, producer if producer is not None else None)
+        await self._commit(Batch(streams=[write]))
+        live.meta = new
+        if producer is not None:
+            self._producers[(meta.path, producer[0])] = (producer[1], producer[2])
+        live.notify()
+        if producer is not None:  # 200: new data; a producer's close-only is 204
+            return AppendResult(200 if placed else 204, new, producer[1:])
+        return AppendResult(204, new)
+
+    async def _producer(self, path: str, pid: str) -> tuple[int, int] | None:
+        key = (path, pid)
+        if key not in self._producers:
+            found = await self.store.stream_producer(path, pid)
+            if found is None:
+                return None
+            self._producers[key] = found
+        return self._producers[key]
+
+    async def delete(self, path: str) -> None:
+        """Delete a stream (soft, while forks read from it). Raises: StreamError 404, 410."""
+        live = await self._find(path, touch=False)
+        await self._delete(live)
+
+    async def _delete(self, live: _Live) -> None:
+        meta = live.meta
+        batch = Batch()
+        if meta.refs > 0:
+            meta.deleted = True
+            batch.streams.append(StreamWrite(meta))
+        else:
+            self._drop(meta, batch)
+        await self._commit(batch)
+        live.notify()
+
+    def _drop(self, meta: DurableStream, batch: Batch) -> None:
+        """Remove a stream, then its sources that only its reference kept (cascade)."""
+        while True:
+            self._streams.pop(meta.path, None)
+            for key in [k for k in self._producers if k[0] == meta.path]:
+                del self._producers[key]
+            batch.dropped_streams.append(meta.path)
+            source = self._streams.get(meta.source) if meta.source else None
+            if source is None:
+                return
+            source.meta.refs -= 1
+            if not (source.meta.deleted and source.meta.refs <= 0):
+                batch.streams.append(StreamWrite(source.meta))
+                return
+            meta = source.meta
+
+    async def sweep(self) -> int:
+        """Delete expired streams and streams idle for longer than ``retention``; how many."""
+        now = self.clock()
+        doomed = [live for live in self._streams.values() if not live.meta.deleted and (
+            self._expired(live.meta, now)
+            or now - live.meta.accessed_at > self.limits.retention)]
+        for live in doomed:
+            if live.meta.path in self._streams:
+                await self._delete(live)
+        return len(doomed)
+
+    # --- reading -------------------------------------------------------------------------------
+
+    async def open_read(self, path: str) -> _Live:
+        """The stream to read (its TTL restarts). Raises: StreamError 404, 410."""
+        return await self._find(path)
+
+    async def read(self, live: _Live, start: int) -> ReadResult:
+        """What the stream holds from ``start`` (up to ``Limits.frame_bytes`` of it).
+
+        Raises:
+            StreamError: 400, ``start`` is beyond the tail.
+        """
+        meta = live.meta
+        if start > meta.tail:
+            raise StreamError(400, "the offset is beyond the stream's tail")
+        pieces, nxt = await self._collect(meta, start, meta.tail, self.limits.frame_bytes)
+        done = nxt >= meta.tail
+        return ReadResult(pieces, nxt, done, done and meta.closed)
+
+    async def _collect(self, meta: DurableStream, start: int, end: int,
+                       budget: int) -> tuple[list[bytes], int]:
+        pieces: list[bytes] = []
+        pos = start
+        if meta.source is not None and pos < meta.fork_offset:
+            source = self._streams.get(meta.source)
+            if source is not None:
+                got, pos = await self._collect(source.meta, pos, min(end, meta.fork_offset),
+                                               budget)
+                pieces.extend(got)
+                budget -= sum(len(p) for p in got)
+                if pos < min(end, meta.fork_offset) or budget <= 0:
+                    return pieces, pos
+            else:
+                pos = min(end, meta.fork_offset)  # (a source gone: nothing below the fork)
+        if pos >= end:
+            return pieces, pos
+        json = is_json(meta.content_type)
+        for item_start, data in await self.store.stream_items(meta.path, pos, end,
+                                                              max(budget, 1)):
+            if json:
+                if pos <= item_start < end:
+                    pieces.append(data)
+                    pos = item_start + 1
+            else:
+                skip = max(pos - item_start, 0)
+                piece = data[skip:max(end - item_start, 0)]
+                if piece:
+                    pieces.append(piece)
+                    pos = item_start + skip + len(piece)
+        return pieces, pos
+
+    async def wait(self, live: _Live, position: int, timeout: float) -> bool:
+        """Wait until the stream holds more than ``position``, is closed or gone; whether it
+        changed within ``timeout``."""
+        with trio.move_on_after(timeout):
+            while live.meta.tail <= position and not live.meta.closed and not live.meta.deleted \
+                    and self._streams.get(live.meta.path) is live:
+                await live.changed.wait()
+            return True
+        return False

@@ -1,0 +1,277 @@
+"""The client side under asyncio and under trio, with the same calls (issue 15, part 1).
+
+Every test here runs twice, its body under ``anyio.run(..., backend="trio")`` and under
+``anyio.run(..., backend="asyncio")``, against one engine on trio in a thread of its own
+(:class:`runwire.engine.EngineThread`): the engine's side is the same for both, only the
+client's event loop (and its websocket: trio-websocket or websockets) differs.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import pytest
+
+from runwire import (
+    Client,
+    ForbiddenError,
+    InvalidPayloadError,
+    NotFoundError,
+    OutsideRunError,
+    RunFinishedError,
+    RunStatus,
+    StreamTimeoutError,
+    auth,
+    connect,
+    runs,
+    streams,
+    task,
+    tasks,
+)
+from runwire.engine import EngineThread
+
+TIME_LIMIT = 20
+
+ai = streams.define(id="ai", type=str)
+stop = streams.input(id="stop", type=str)
+go = streams.input(id="go")
+
+
+@task(id="echo")
+async def echo(payload):
+    return payload
+
+
+@task(id="chat")
+async def chat(payload):
+    """Streams ``n`` tokens, then waits for ``stop`` (its value is the output)."""
+    await ai.pipe([f"t{i} " for i in range(payload["n"])]).wait_until_complete()
+    return (await stop.once()).unwrap()
+
+
+@task(id="sink")
+async def sink(payload):
+    """Holds a run open for chunks written to it from outside, until ``go``."""
+    (await go.once()).unwrap()
+    return "done"
+
+
+TASKS = [echo, chat, sink]
+
+
+@pytest.fixture(scope="module")
+def engine():
+    with EngineThread(TASKS) as thread:
+        yield thread
+
+
+@pytest.fixture(params=["trio", "asyncio"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+def run(backend: str, body: Callable[[], Awaitable[None]]) -> None:
+    """``body`` under ``backend``, bounded in time."""
+    async def bounded() -> None:
+        with anyio.fail_after(TIME_LIMIT):
+            await body()
+
+    anyio.run(bounded, backend=backend)
+
+
+def test_trigger_and_wait_and_retrieve(engine, backend):
+    async def body():
+        async with engine.connect():
+            handle = await echo.trigger({"a": 1})
+            assert handle.public_access_token
+            assert (await echo.trigger_and_wait({"b": 2})).output == {"b": 2}
+            results = await echo.batch_trigger_and_wait([1, 2, 3])
+            assert [r.output for r in results] == [1, 2, 3]
+            assert (await tasks.trigger_and_wait("echo", "x")).output == "x"
+            run_ = await runs.retrieve(handle.id)
+            assert run_.task_id == "echo"
+            with pytest.raises(NotFoundError):
+                await runs.retrieve("run_does_not_exist")
+
+    run(backend, body)
+
+
+def test_read_send_and_subscribe_with_streams(engine, backend):
+    async def body():
+        async with engine.connect():
+            handle = await chat.trigger({"n": 50})
+            chunks = []
+            async for chunk in await ai.read(handle.id):
+                chunks.append(chunk)
+                if len(chunks) == 50:
+                    break
+            assert chunks == [f"t{i} " for i in range(50)]
+            await stop.send(handle.id, "bye")
+            parts = [part async for part in runs.subscribe_to_run(handle.id).with_streams()]
+            assert [p.chunk for p in parts if p.type == "ai"] == chunks
+            final = [p.run for p in parts if p.type == "run"][-1]
+            assert final.status is RunStatus.COMPLETED and final.output == "bye"
+            with pytest.raises(RunFinishedError):
+                await stop.send(handle.id, "again")
+
+    run(backend, body)
+
+
+def test_read_timeout_and_unknown_run(engine, backend):
+    async def body():
+        async with engine.connect():
+            handle = await sink.trigger()
+            with pytest.raises(StreamTimeoutError):
+                await (await ai.read(handle.id, timeout_in_seconds=0.2)).collect()
+            await go.send(handle.id, True)
+            with pytest.raises(NotFoundError):
+                await (await ai.read("run_does_not_exist")).collect()
+
+    run(backend, body)
+
+
+def test_cancel(engine, backend):
+    async def body():
+        async with engine.connect():
+            handle = await sink.trigger()
+            await runs.cancel(handle.id)
+            last = None
+            async for snapshot in runs.subscribe_to_run(handle.id):
+                last = snapshot
+            assert last is not None and last.status is RunStatus.CANCELED
+            with pytest.raises(RunFinishedError):
+                await runs.cancel(handle.id)
+
+    run(backend, body)
+
+
+def test_pipe_append_writer_with_target(engine, backend):
+    async def body():
+        async with engine.connect():
+            handle = await sink.trigger()
+            await ai.pipe((f"p{i}" for i in range(1000)), target=handle.id).wait_until_complete()
+            await ai.append("a", target=handle.id)
+
+            def execute(w):
+                w.write("w1")
+                w.merge(["m1", "m2"])
+
+            await ai.writer(execute, target=handle.id).wait_until_complete()
+            with pytest.raises(OutsideRunError):
+                await ai.append("x")  # target="self" means nothing outside a run
+            with pytest.raises(InvalidPayloadError, match="stream 'ai'"):
+                await ai.append(object(), target=handle.id)  # typed: strictly checked
+            with pytest.raises(TypeError, match="stream 'ai'"):
+                await streams.append("ai", object(), target=handle.id)  # untyped: not JSON
+            await go.send(handle.id, True)
+            got = await (await ai.read(handle.id)).collect()
+            assert got[:1001] == [f"p{i}" for i in range(1000)] + ["a"]
+            assert sorted(got[1001:]) == ["m1", "m2", "w1"]
+
+    run(backend, body)
+
+
+def test_tokens(engine, backend):
+    async def body():
+        async with engine.connect():
+            handle = await echo.trigger("tok")
+            token = await auth.create_public_token(scopes=[f"read:runs:{handle.id}"])
+        async with connect(engine.url, access_token=token):
+            assert (await runs.retrieve(handle.id)).id == handle.id
+            with pytest.raises(ForbiddenError):
+                await echo.trigger("not allowed")
+
+    run(backend, body)
+
+
+def test_an_explicit_client_needs_no_context(engine, backend):
+    """Handlers started from another task group or thread get no contextvar: they pass the
+    client itself."""
+    async def body():
+        results: list[Any] = []
+
+        async def handler(client: Client) -> None:
+            handle = await chat.trigger({"n": 3}, client=client)
+            async with await ai.read(handle.id, client=client) as reader:
+                async for chunk in reader:
+                    if chunk == "t2 ":
+                        break
+            await stop.send(handle.id, "done", client=client)
+            results.append(await (await ai.read(handle.id, client=client)).collect())
+            results.append((await runs.retrieve(handle.id, client=client)).task_id)
+            token = await auth.create_public_token(scopes=["read:runs"], client=client)
+            results.append(bool(token))
+
+        holder: list[Client] = []
+        ready = anyio.Event()
+
+        async def owner(task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+            async with engine.connect() as client:
+                holder.append(client)
+                task_status.started()
+                await ready.wait()
+
+        async with anyio.create_task_group() as group:
+            await group.start(owner)
+            # a task group of its own: connect()'s contextvar is not set here
+            async with anyio.create_task_group() as other:
+                with pytest.raises(OutsideRunError):
+                    await echo.trigger(1)
+                other.start_soon(handler, holder[0])
+            ready.set()
+        assert results == [["t0 ", "t1 ", "t2 "], "chat", True]
+
+    run(backend, body)
+
+
+def test_a_wrong_client_argument(engine, backend):
+    async def body():
+        with pytest.raises(TypeError, match="runwire Client"):
+            await echo.trigger(1, client="not a client")
+        with pytest.raises(TypeError, match="runwire Client"):
+            await ai.read("run_x", client=object())
+
+    run(backend, body)
+
+
+def test_a_client_from_another_thread(engine, backend):
+    """An asyncio (or trio) client in a thread of its own, next to the engine's."""
+    outputs: list[Any] = []
+
+    def worker() -> None:
+        async def body():
+            async with engine.connect() as client:
+                outputs.append((await echo.trigger_and_wait("t", client=client)).output)
+
+        run(backend, body)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join(TIME_LIMIT)
+    assert outputs == ["t"]
+
+
+def test_unreachable_engine_and_bad_credential(engine, backend):
+    async def body():
+        with pytest.raises(ConnectionError):
+            async with connect("ws://127.0.0.1:1", api_key="k", connect_timeout=1,
+                               reconnect_timeout=0):
+                pass
+        from runwire import UnauthorizedError
+
+        with pytest.raises(UnauthorizedError):
+            async with connect(engine.url, api_key="wrong-key"):
+                pass
+
+    run(backend, body)
+
+
+def test_the_asyncio_client_benchmark_runs():
+    from tests.bench.bench_asyncio_client import TINY, measure
+
+    report = measure(TINY)["results"]
+    assert report["trio"]["read_per_s"] > 0 and report["asyncio"]["read_per_s"] > 0
+    assert report["ratio"]["trigger"] > 0
