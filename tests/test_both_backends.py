@@ -9,14 +9,17 @@ client's event loop (and its websocket: trio-websocket or websockets) differs.
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
+import attrs
 import pytest
 
 from runwire import (
     Client,
+    BadFrameError,
     ForbiddenError,
     InvalidPayloadError,
     NotFoundError,
@@ -30,6 +33,8 @@ from runwire import (
     streams,
     task,
     tasks,
+    tool_task,
+    wait,
 )
 from runwire.engine import EngineThread
 
@@ -59,7 +64,25 @@ async def sink(payload):
     return "done"
 
 
-TASKS = [echo, chat, sink]
+@task(id="gate")
+async def gate(token_id: str) -> Any:
+    """Waits for the waitpoint token ``token_id``; its data is the output."""
+    return await wait.for_token(token_id).unwrap()
+
+
+@attrs.frozen
+class Sum:
+    a: int
+    b: int
+
+
+@tool_task(id="add", parameters=Sum)
+async def add(payload: Sum) -> int:
+    """Adds two integers."""
+    return payload.a + payload.b
+
+
+TASKS = [echo, chat, sink, gate, add]
 
 
 @pytest.fixture(scope="module")
@@ -275,3 +298,77 @@ def test_the_asyncio_client_benchmark_runs():
     report = measure(TINY)["results"]
     assert report["trio"]["read_per_s"] > 0 and report["asyncio"]["read_per_s"] > 0
     assert report["ratio"]["trigger"] > 0
+
+
+# --- issue 20's client-side calls, under both backends ---------------------------------------
+
+
+def test_runs_list_pages_with_and_without_an_explicit_client(engine, backend):
+    async def body():
+        tag = f"list-{uuid.uuid4().hex[:8]}"
+        async with engine.connect() as client:
+            made = [(await echo.trigger(i, tags=[tag])).id for i in range(3)]
+            first = await runs.list(task="echo", tags=[tag], limit=2)
+            assert [r.id for r in first.runs] == made[::-1][:2] and first.cursor
+            rest = await runs.list(task="echo", tags=[tag], limit=2, cursor=first.cursor,
+                                   client=client)
+            assert [r.id for r in rest.runs] == made[:1] and rest.cursor is None
+            with pytest.raises(BadFrameError, match="cursor"):
+                await runs.list(cursor="not-a-cursor", client=client)
+            with pytest.raises(TypeError, match="status"):
+                await runs.list(status=42, client=client)  # type: ignore[arg-type]
+        async with anyio.create_task_group() as group:  # no connect() context here
+            async def outside() -> None:
+                with pytest.raises(OutsideRunError):
+                    await runs.list(tags=[tag])
+            group.start_soon(outside)
+
+    run(backend, body)
+
+
+def test_waitpoint_tokens_from_a_client(engine, backend):
+    async def body():
+        async with engine.connect() as client:
+            token = await wait.create_token(timeout="1h", tags=["both"], client=client)
+            assert token.status == "WAITING" and token.public_access_token
+            handle = await gate.trigger(token.id, client=client)
+            assert await wait.complete_token(token, {"ok": True}, client=client) is True
+            assert await wait.complete_token(token.id, {"ok": False}, client=client) is False
+            done = await wait.retrieve_token(token.id, client=client)
+            assert done.status == "COMPLETED" and done.output == {"ok": True}
+            result = await gate.trigger_and_wait(token.id, client=client)  # completed: at once
+            assert result.output == {"ok": True}
+            while not (snapshot := await runs.retrieve(handle.id, client=client)).is_finished:
+                await anyio.sleep(0.01)
+            assert snapshot.output == {"ok": True}
+            with pytest.raises(NotFoundError):
+                await wait.complete_token("waitpoint_nope", 1, client=client)
+        async with connect(engine.url, access_token=token.public_access_token) as holder:
+            assert await wait.complete_token(token.id, 2, client=holder) is False
+
+    run(backend, body)
+
+
+def test_batch_items_appends_strict_sends_and_tools(engine, backend):
+    async def body():
+        async with engine.connect() as client:
+            results = await echo.batch_trigger_and_wait(
+                [1, {"payload": 2, "options": {"tags": ["item"]}}, {"payload": {"x": 3}}],
+                client=client)
+            assert [r.output for r in results] == [1, 2, {"x": 3}]
+            assert (await runs.retrieve(results[1].id, client=client)).tags == ("item",)
+            handle = await sink.trigger(client=client)
+            pending = [ai.append(f"u{i}", target=handle.id, client=client) for i in range(5)]
+            await ai.append("last", target=handle.id, client=client)  # after the 5 above
+            del pending  # never awaited: they land anyway, in call order
+            with pytest.raises(InvalidPayloadError, match="stream 'stop'"):
+                await stop.send(handle.id, 42, client=client)  # type: ignore[arg-type]
+            await go.send(handle.id, True, client=client)
+            assert await (await ai.read(handle.id, client=client)).collect() == \
+                [f"u{i}" for i in range(5)] + ["last"]
+            assert await add.run_tool('{"a": 2, "b": 3}', client=client) == 5
+            with pytest.raises(InvalidPayloadError, match="arguments"):
+                await add.run_tool({"a": "2", "b": 3}, client=client)
+
+    run(backend, body)
+

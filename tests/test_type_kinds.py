@@ -62,6 +62,37 @@ def test_wrong_field_names_its_path(cls, value, json):
         from_json({"step": "not a number", "label": "a"}, cls, "payload")
 
 
+@pytest.mark.parametrize(("cls", "value", "json"), KINDS, ids=IDS)
+@pytest.mark.parametrize(("bad", "path"), [
+    ({"step": "1", "label": "a"}, "step"), ({"step": 1.0, "label": "a"}, "step"),
+    ({"step": True, "label": "a"}, "step"), ({"step": 1, "label": 5}, "label"),
+    ({"step": 1, "label": None}, "label"),
+])
+def test_every_kind_is_strict(cls, value, json, bad, path):
+    """Issue 20's rule holds for pydantic models (strict mode) as for the cattrs kinds:
+    nothing is coerced ("1" is not 1, 1.0 and True are not ints, 5 is not a str)."""
+    with pytest.raises(InvalidPayloadError, match=rf"payload\.{path}"):
+        from_json(bad, cls, "payload")
+
+
+class PTimes(pydantic.BaseModel):
+    when: __import__("datetime").datetime
+    ratio: float
+    flag: bool
+
+
+def test_a_strict_pydantic_model_still_reads_json_forms():
+    """Strict, as JSON: an ISO string is a datetime and an integer is a float, as in the
+    cattrs kinds; a number is not a bool, a string is not a float."""
+    got = from_json({"when": "2024-01-02T03:04:05Z", "ratio": 1, "flag": True}, PTimes)
+    assert got.when.year == 2024 and got.ratio == 1.0 and got.flag is True
+    assert from_json(to_json(got), PTimes) == got
+    for bad, path in (({"when": "2024-01-02T03:04:05Z", "ratio": 1, "flag": 1}, "flag"),
+                      ({"when": "2024-01-02T03:04:05Z", "ratio": "1", "flag": True}, "ratio")):
+        with pytest.raises(InvalidPayloadError, match=rf"payload\.{path}"):
+            from_json(bad, PTimes, "payload")
+
+
 def test_pydantic_chunk_is_stored_as_its_json_dump():
     class WithEnum(pydantic.BaseModel):
         when: __import__("datetime").date
