@@ -13,8 +13,9 @@ import orjson
 import pytest
 import trio
 
-from runwire import streams, task
+from runwire import streams, task, wait
 from runwire.engine import Engine, Limits, open_engine
+from runwire.engine.store import StoredToken
 
 from .helpers import API_KEY, bounded, go, until_go
 
@@ -36,9 +37,15 @@ async def talker(payload: Any) -> str:
     return "done"
 
 
+@task(id="gate")
+async def gate(token_id: str) -> Any:
+    """Waits for the waitpoint token ``token_id``; its data is the output."""
+    return await wait.for_token(token_id).unwrap()
+
+
 @asynccontextmanager
 async def http(**options: Any) -> AsyncIterator[tuple[Engine, httpx.AsyncClient]]:
-    async with open_engine([echo, talker], api_key=API_KEY, port=0, **options) as eng:
+    async with open_engine([echo, talker, gate], api_key=API_KEY, port=0, **options) as eng:
         async with httpx.AsyncClient(base_url=eng.http_url, timeout=10) as client:
             yield eng, client
 
@@ -141,6 +148,49 @@ async def test_send_and_tokens():
                      422, "bad_frame")
         assert_error(await client.post("/v1/api/tasks/echo/trigger", headers=reader, json={}),
                      403, "forbidden")
+
+
+@bounded(20)
+async def test_complete_a_waitpoint_token():
+    async with http(limits=Limits(max_record_bytes=1000)) as (eng, client):
+        token = await eng.service.create_waitpoint(timeout=3600, tags=["http"])
+        own = {"authorization": f"Bearer {eng.service.waitpoint_token(token)}"}
+        run_id = (await trigger(client, "gate", token.id))["id"]
+        while (await eng.service.get_record(run_id)).status.value != "WAITING":
+            await trio.sleep(0.01)
+        url = f"/v1/api/waitpoints/{token.id}/complete"
+        # refused, and nothing completed: no credential, a run's token, not JSON, too big
+        assert_error(await client.post(url, json=1), 401, "unauthorized")
+        other = {"authorization": f"Bearer {eng.service.run_token(run_id)}"}
+        assert_error(await client.post(url, headers=other, json=1), 403, "forbidden")
+        assert_error(await client.post(url, headers=own, content=b"{nope"), 422, "bad_frame")
+        assert_error(await client.post(url, headers=own, json="x" * 2000), 413,
+                     "payload_too_large")
+        assert (await eng.service.get_waitpoint(token.id)).status == "WAITING"
+        # the token's own public access token completes it; the waiting run gets the data
+        r = await client.post(url, headers=own, json={"approved": True})
+        assert r.status_code == 200 and r.json()["completed"] is True
+        waitpoint = r.json()["waitpoint"]
+        assert waitpoint["id"] == token.id and waitpoint["status"] == "COMPLETED"
+        assert waitpoint["output"] == {"approved": True} and waitpoint["tags"] == ["http"]
+        assert (await eng.wait_finished(run_id)).output == {"approved": True}
+        # the first completion wins: the API key's later one changes nothing
+        again = await client.post(url, headers=AUTH, json={"approved": False})
+        assert again.status_code == 200 and again.json()["completed"] is False
+        assert again.json()["waitpoint"]["output"] == {"approved": True}
+        # an empty body is null; unknown and timed-out tokens; a wrong method
+        bare = await eng.service.create_waitpoint()
+        r = await client.post(f"/v1/api/waitpoints/{bare.id}/complete", headers=AUTH)
+        assert r.status_code == 200 and r.json()["waitpoint"]["output"] is None
+        assert_error(await client.post("/v1/api/waitpoints/waitpoint_nope/complete",
+                                       headers=AUTH, json=1), 404, "not_found")
+        await eng.service.store.create_token(StoredToken(id="waitpoint_old", created_at=0.0,
+                                                         expires_at=1.0))
+        assert_error(await client.post("/v1/api/waitpoints/waitpoint_old/complete",
+                                       headers=AUTH, json=1), 409, "waitpoint_timed_out")
+        r = await client.get(url, headers=AUTH)
+        assert_error(r, 405, "method_not_allowed")
+        assert r.headers["allow"] == "POST"
 
 
 @bounded(20)

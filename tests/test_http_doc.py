@@ -36,7 +36,8 @@ def test_the_doc_has_an_example_for_every_route():
     text = "\n".join(examples())
     for route in ("/v1/api/tasks/hello/trigger", "/v1/api/runs/$RUN\"", "/v1/api/runs?",
                   "/inputs/", "/cancel", "/v1/api/tokens", "/streams/ai?", "live=long-poll",
-                  "live=sse", "/events", "-X PUT", "-X DELETE", "-I ", "Stream-Closed"):
+                  "live=sse", "/events", "-X PUT", "-X DELETE", "-I ", "Stream-Closed",
+                  "/v1/api/waitpoints/$WAITPOINT/complete"):
         assert route in text, route
 
 
@@ -46,10 +47,15 @@ async def test_every_curl_example_runs():
     assert bash and curl, "the doc test needs bash and curl"
     async with open_engine([hello], api_key=API_KEY, port=0) as eng:
         record = await eng.trigger("hello", None)
+        waitpoint = await eng.service.create_waitpoint(timeout=3600)
         env = {**os.environ, "RUNWIRE": eng.http_url, "KEY": API_KEY, "RUN": record.id,
-               "TOKEN": eng.service.run_token(record.id)}
+               "TOKEN": eng.service.run_token(record.id), "WAITPOINT": waitpoint.id,
+               "WAITPOINT_TOKEN": eng.service.waitpoint_token(waitpoint)}
         for example in examples():
             done = await trio.run_process([bash, "-euo", "pipefail", "-c", example], env=env,
                                           capture_stdout=True, capture_stderr=True, check=False)
             assert done.returncode == 0, (example, done.stdout, done.stderr)
             assert b"Traceback" not in done.stdout
+        completed = await eng.service.get_waitpoint(waitpoint.id)  # the example did it
+        assert completed.status == "COMPLETED"
+        assert completed.data == b'{"approved":true,"by":"alice"}'

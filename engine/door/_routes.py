@@ -33,6 +33,7 @@ STATUS = {
     "unauthorized": 401, "forbidden": 403, "not_found": 404, "unknown_task": 404,
     "run_finished": 409, "payload_too_large": 413, "stream_too_large": 413,
     "bad_frame": 422, "invalid_payload": 422, "rate_limited": 429, "timeout": 408,
+    "waitpoint_timed_out": 409,
 }
 #: Seconds a client is told to wait after a 429.
 RETRY_AFTER = 1
@@ -131,6 +132,8 @@ class HttpDoor:
                 return lambda c, e: self._cancel(c, run_id)
             case ("POST", ["runs", run_id, "inputs", key]) if run_id and key:
                 return lambda c, e: self._send(c, e, run_id, key)
+            case ("POST", ["waitpoints", token_id, "complete"]) if token_id:
+                return lambda c, e: self._complete_waitpoint(c, e, token_id)
             case ("POST", ["tokens"]):
                 return self._token
         return None
@@ -189,6 +192,14 @@ class HttpDoor:
         ikey = exchange.request.header("idempotency-key")
         index = await caller.send(run_id, key, data, ikey)
         return 200, {"index": index}
+
+    async def _complete_waitpoint(self, caller: Caller, exchange: Exchange,
+                                  token_id: str) -> tuple[int, Any]:
+        """The body is the data (JSON; none is ``null``). The first completion wins: a
+        later one answers ``completed: false`` and the token as the first left it."""
+        data = self._json_body(exchange, required=False)
+        token, completed = await caller.complete_waitpoint(token_id, data)
+        return 200, {"completed": completed, "waitpoint": token}
 
     async def _token(self, caller: Caller, exchange: Exchange) -> tuple[int, Any]:
         body = self._json_body(exchange)
