@@ -36,6 +36,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="secret API key (default: $RUNWIRE_API_KEY, else generated)")
     serve.add_argument("--drain-timeout", type=float, default=60.0,
                        help="seconds a finished task's producers may go on (default 60)")
+    serve.add_argument("--grace-period", type=_grace, default=30.0,
+                       help="on SIGINT/SIGTERM, seconds executing runs get to finish before "
+                            "the live runs are handed back for the next engine (default 30)")
     serve.add_argument("--retention", default="28d", type=_retention,
                        help="how long finished runs are kept: seconds or 30m/12h/28d "
                             "(default 28d)")
@@ -56,6 +59,18 @@ def _retention(text: str) -> float:
     if seconds is None or not math.isfinite(seconds):
         raise argparse.ArgumentTypeError(f"--retention must be finite, not {text!r}")
     return seconds
+
+
+def _grace(text: str) -> float:
+    """``--grace-period``: a finite number of seconds >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--grace-period must be seconds, not {text!r}") \
+            from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"--grace-period must be >= 0 and finite, not {text!r}")
+    return value
 
 
 def load_tasks(modules: list[str]) -> list[Any]:
@@ -82,8 +97,21 @@ async def _serve(args: argparse.Namespace) -> None:
             print(f"runwire engine serving {eng.url} (store {args.store}; tasks: {names})",
                   flush=True)
             async for signum in signals:
-                print(f"received {signal.Signals(signum).name}; stopping", flush=True)
+                print(f"received {signal.Signals(signum).name}; stopping (grace period "
+                      f"{args.grace_period:g}s; a second signal hands runs back at once)",
+                      flush=True)
                 break
+            async with trio.open_nursery() as nursery:
+                async def second_signal() -> None:
+                    async for _ in signals:
+                        print("second signal: handing runs back now", flush=True)
+                        eng.hurry()
+                        return
+
+                nursery.start_soon(second_signal)
+                handed = await eng.stop(args.grace_period)
+                nursery.cancel_scope.cancel()
+            print(f"handed back {handed} live runs for the next engine", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
