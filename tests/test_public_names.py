@@ -26,6 +26,7 @@ PUBLIC = {
     "runwire.engine.store": {
         "Store", "Batch", "ChunkAppend", "RecordAppend", "Waitpoint", "StreamState",
         "StoredRecord", "open_store", "MemoryStore", "SqliteStore", "StoreError",
+        "backup_database",
         "StoreConfigError", "StoreUnavailableError", "StoreClosedError", "IndexGapError",
         "NotCompactError",
     },
