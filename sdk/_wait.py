@@ -63,6 +63,8 @@ async def step(name: str, fn: Callable[P, Awaitable[T]], /, *args: P.args,
         TypeError: ``name`` is not a non-empty string, ``fn`` is not an async function, or
             its result is not JSON.
         ValueError: ``name`` is longer than 256 characters.
+        PayloadTooLargeError: the result's JSON is over the engine's input-record limit
+            (1 MiB by default).
     """
     if not isinstance(name, str) or not name:
         raise TypeError(f"step name must be a non-empty string, not {name!r}")

@@ -19,7 +19,7 @@ import pytest
 import trio
 
 from runwire import (
-    InputStreamTimeoutError, OutsideRunError, RunStatus, connect, runs, step, task, wait,
+    InputStreamTimeoutError, OutsideRunError, PayloadTooLargeError, RunStatus, connect, runs, step, task, wait,
 )
 
 from . import crash_tasks as ct
@@ -223,7 +223,15 @@ async def steps(payload: Any) -> dict[str, Any]:
         await step("bad", _not_json)
     except TypeError as exc:
         out["bad"] = "not JSON" in str(exc)
+    try:
+        await step("big", _big)
+    except PayloadTooLargeError as exc:
+        out["big"] = "over the" in str(exc)
     return out
+
+
+async def _big() -> str:
+    return "x" * (1 << 20)
 
 
 @bounded(10)
@@ -234,7 +242,7 @@ async def test_step_checks_its_arguments_and_returns_json() -> None:
         run = await final((await steps.trigger()).id)
         assert run.output == {"pair": [3, 3], "empty": "TypeError", "7": "TypeError",
                               "xxxxx": "ValueError", "sync": "TypeError", "obj": "TypeError",
-                              "bad": True}
+                              "bad": True, "big": True}
 
 
 @bounded(10)

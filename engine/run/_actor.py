@@ -887,9 +887,14 @@ class RunActor:
         before = dict(self.journal.writes)
         value = await fn()
         try:  # the value a replay would get, so both ways return the same
-            value = orjson.loads(json_bytes(value))
+            encoded = json_bytes(value)
         except TypeError as exc:
             raise TypeError(f"step {name!r} returned a value that is not JSON: {exc}") from None
+        limit = self.env.limits.max_record_bytes
+        if len(encoded) > limit:
+            raise PayloadTooLargeError(f"step {name!r} returned {len(encoded)} bytes of JSON, "
+                                       f"over the {limit}-byte limit")
+        value = orjson.loads(encoded)
         writes = {k: n - before.get(k, 0) for k, n in self.journal.writes.items()
                   if n != before.get(k, 0)}
         await self._journal_write({key: {"value": value, "writes": writes}})
