@@ -10,6 +10,7 @@ import math
 import os
 import signal
 import sys
+import time
 from typing import Any
 
 import attrs
@@ -20,6 +21,7 @@ from runwire.runtime import parse_duration, tasks_in
 from ._engine import open_engine
 from ._limits import Limits
 from .service import generate_api_key
+from .store import StoreError, backup_database
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -37,6 +39,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="secret API key (default: $RUNWIRE_API_KEY, else generated)")
     serve.add_argument("--drain-timeout", type=float, default=60.0,
                        help="seconds a finished task's producers may go on (default 60)")
+    serve.add_argument("--grace-period", type=_grace, default=30.0,
+                       help="on SIGINT/SIGTERM, seconds executing runs get to finish before "
+                            "the live runs are handed back for the next engine (default 30)")
     serve.add_argument("--retention", default="28d", type=_retention,
                        help="how long finished runs are kept: seconds or 30m/12h/28d "
                             "(default 28d)")
@@ -46,7 +51,20 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--long-poll-timeout", type=float, default=None, metavar="SECONDS",
                        help="seconds a long-poll read waits before 204 (default 10)")
     serve.add_argument("--log-level", default="INFO")
+    backup = sub.add_parser("backup", help="copy a SQLite store consistently, also while an "
+                                           "engine writes to it")
+    backup.add_argument("dest", metavar="PATH", help="the new file to write")
+    backup.add_argument("--store", default="sqlite:///runwire.db",
+                        help="the engine's store URL (default: sqlite:///runwire.db)")
     return parser
+
+
+def _backup(args: argparse.Namespace) -> int:
+    began = time.monotonic()
+    size = backup_database(args.store, args.dest)
+    print(f"backed up {args.store} to {args.dest} ({size} bytes, checked) in "
+          f"{time.monotonic() - began:.2f}s", flush=True)
+    return 0
 
 
 def _retention(text: str) -> float:
@@ -62,6 +80,18 @@ def _retention(text: str) -> float:
     if seconds is None or not math.isfinite(seconds):
         raise argparse.ArgumentTypeError(f"--retention must be finite, not {text!r}")
     return seconds
+
+
+def _grace(text: str) -> float:
+    """``--grace-period``: a finite number of seconds >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--grace-period must be seconds, not {text!r}") \
+            from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"--grace-period must be >= 0 and finite, not {text!r}")
+    return value
 
 
 def load_tasks(modules: list[str]) -> list[Any]:
@@ -90,12 +120,31 @@ async def _serve(args: argparse.Namespace) -> None:
             print(f"runwire engine serving {eng.url} and {eng.http_url} (store {args.store}; tasks: {names})",
                   flush=True)
             async for signum in signals:
-                print(f"received {signal.Signals(signum).name}; stopping", flush=True)
+                print(f"received {signal.Signals(signum).name}; stopping (grace period "
+                      f"{args.grace_period:g}s; a second signal hands runs back at once)",
+                      flush=True)
                 break
+            async with trio.open_nursery() as nursery:
+                async def second_signal() -> None:
+                    async for _ in signals:
+                        print("second signal: handing runs back now", flush=True)
+                        eng.hurry()
+                        return
+
+                nursery.start_soon(second_signal)
+                handed = await eng.stop(args.grace_period)
+                nursery.cancel_scope.cancel()
+            print(f"handed back {handed} live runs for the next engine", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "backup":
+        try:
+            return _backup(args)
+        except StoreError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     sys.path.insert(0, os.getcwd())

@@ -54,4 +54,5 @@ from ._task import run_asyncio as run_asyncio
 from ._task import schema_task as schema_task
 from ._task import task as task
 from ._task import tasks as tasks
+from ._wait import step as step
 from ._wait import wait as wait
