@@ -237,6 +237,9 @@ async def test_a_token_expiring_mid_connection_is_refused_per_request(autojump_c
                 await trio.sleep(61)
                 with pytest.raises(UnauthorizedError, match="expired"):
                     await runs.retrieve(a.id)
+                # asking for a token with an expired one is unauthorized, not forbidden
+                with pytest.raises(UnauthorizedError, match="expired"):
+                    await auth.create_public_token(scopes=["read:runs"])
             with pytest.raises(UnauthorizedError, match="expired"):
                 async with eng.connect(token):
                     pass

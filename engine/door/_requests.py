@@ -58,11 +58,15 @@ class Caller:
 
     # --- checks ------------------------------------------------------------------------------
 
+    def check_unexpired(self) -> None:
+        """Raises: UnauthorizedError: the caller's token has expired."""
+        if self.grant.expired(self.door.auth.clock()):
+            raise UnauthorizedError("the access token has expired; reconnect with a new one")
+
     async def allow(self, action: str, resource: str, ident: str) -> None:
         """Raises: UnauthorizedError (expired), ForbiddenError (not in the grant's scopes)."""
         grant = self.grant
-        if grant.expired(self.door.auth.clock()):
-            raise UnauthorizedError("the access token has expired; reconnect with a new one")
+        self.check_unexpired()
         if grant.allows(action, resource, ident):
             return
         task_id = None  # only a read of a run can be allowed by its task's scope
@@ -163,7 +167,14 @@ class Caller:
         await self.service.cancel_run(run_id)
 
     def create_token(self, scopes: Any, expires_in: Any) -> tuple[str, float]:
-        """A public access token and its expiry; only the API key may make one."""
+        """A public access token and its expiry; only the API key may make one.
+
+        Raises:
+            UnauthorizedError: the caller's own token has expired (before any scope check:
+                an expired credential is unauthorized, whatever it could once do).
+            ForbiddenError: the caller is not the API key.
+        """
+        self.check_unexpired()
         if not self.grant.admin:
             raise ForbiddenError("only the engine's API key may create access tokens")
         return self.service.issue_token(scopes, expires_in)
