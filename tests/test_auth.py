@@ -247,6 +247,32 @@ async def test_a_token_expiring_mid_connection_is_refused_per_request(autojump_c
                 await done.send(a.id, 1)
 
 
+async def test_an_open_read_and_subscription_end_when_their_token_expires(autojump_clock):
+    with trio.fail_after(7200):
+        async with open_engine(TASKS, api_key=API_KEY) as eng:
+            async with eng.connect():
+                a = await waiter.trigger({})
+                token = await auth.create_public_token(scopes=[f"read:runs:{a.id}"],
+                                                       expiration=60)
+            async with eng.connect(token):
+                started = trio.current_time()
+                with pytest.raises(UnauthorizedError, match="expired"):
+                    async for _ in await streams.read(a.id, "never", timeout_in_seconds=None):
+                        pass
+                assert 60 <= trio.current_time() - started < 61
+            async with eng.connect():
+                token = await auth.create_public_token(scopes=[f"read:runs:{a.id}"],
+                                                       expiration=30)
+            async with eng.connect(token):
+                started = trio.current_time()
+                with pytest.raises(UnauthorizedError, match="expired"):
+                    async for _ in runs.subscribe_to_run(a.id):
+                        pass
+                assert 30 <= trio.current_time() - started < 31
+            async with eng.connect():
+                await done.send(a.id, 1)
+
+
 @pytest.mark.parametrize("kind", TRANSPORTS)
 async def test_bad_credentials_close_with_4401(kind):
     with trio.fail_after(10):
