@@ -4,7 +4,7 @@ until interrupted; and the client commands (``runwire runs|trigger|send|token``,
 
 Every ``serve`` flag can also come from the environment (the flag wins): ``RUNWIRE_TASKS``,
 ``RUNWIRE_STORE``, ``RUNWIRE_HOST``, ``RUNWIRE_PORT``, ``RUNWIRE_API_KEY``,
-``RUNWIRE_DRAIN_TIMEOUT``, ``RUNWIRE_RETENTION``, ``RUNWIRE_ANONYMOUS_STREAMS`` (1/true/yes/on),
+``RUNWIRE_DRAIN_TIMEOUT``, ``RUNWIRE_GRACE_PERIOD``, ``RUNWIRE_RETENTION``, ``RUNWIRE_ANONYMOUS_STREAMS`` (1/true/yes/on),
 ``RUNWIRE_LONG_POLL_TIMEOUT``, ``RUNWIRE_LOG_LEVEL``.
 """
 
@@ -18,6 +18,7 @@ import math
 import os
 import signal
 import sys
+import time
 from typing import Any
 
 import attrs
@@ -29,6 +30,7 @@ from ._commands import add_commands, run_command
 from ._engine import open_engine
 from ._limits import Limits
 from .service import generate_api_key
+from .store import StoreError, backup_database
 
 
 def _env(name: str, default: str | None) -> str | None:
@@ -46,8 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="serve tasks over websockets until interrupted",
                            epilog="Every flag may also be set in the environment: "
                                   "RUNWIRE_TASKS, RUNWIRE_STORE, RUNWIRE_HOST, RUNWIRE_PORT, "
-                                  "RUNWIRE_API_KEY, RUNWIRE_DRAIN_TIMEOUT, RUNWIRE_RETENTION, "
-                                  "RUNWIRE_ANONYMOUS_STREAMS, RUNWIRE_LONG_POLL_TIMEOUT, "
+                                  "RUNWIRE_API_KEY, RUNWIRE_DRAIN_TIMEOUT, RUNWIRE_GRACE_PERIOD, "
+                                  "RUNWIRE_RETENTION, RUNWIRE_ANONYMOUS_STREAMS, RUNWIRE_LONG_POLL_TIMEOUT, "
                                   "RUNWIRE_LOG_LEVEL (a flag wins).")
     tasks_env = _env("TASKS", None)
     serve.add_argument("--tasks", action="append", metavar="MODULE_OR_FILE",
@@ -68,6 +70,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--drain-timeout", type=float, default=_env("DRAIN_TIMEOUT", "60"),
                        help="seconds a finished task's producers may go on (default: "
                             "$RUNWIRE_DRAIN_TIMEOUT, else 60)")
+    serve.add_argument("--grace-period", type=_grace, default=_env("GRACE_PERIOD", "30"),
+                       help="on SIGINT/SIGTERM, seconds executing runs get to finish before "
+                            "the live runs are handed back for the next engine (default: "
+                            "$RUNWIRE_GRACE_PERIOD, else 30)")
     serve.add_argument("--retention", default=_env("RETENTION", "28d"), type=_retention,
                        help="how long finished runs are kept: seconds or 30m/12h/28d "
                             "(default: $RUNWIRE_RETENTION, else 28d)")
@@ -82,8 +88,22 @@ def _parser() -> argparse.ArgumentParser:
                             "$RUNWIRE_LONG_POLL_TIMEOUT, else 10)")
     serve.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"),
                        help="default: $RUNWIRE_LOG_LEVEL, else INFO")
+    backup = sub.add_parser("backup", help="copy a SQLite store consistently, also while an "
+                                           "engine writes to it")
+    backup.add_argument("dest", metavar="PATH", help="the new file to write")
+    backup.add_argument("--store", default=_env("STORE", "sqlite:///runwire.db"),
+                        help="the engine's store URL (default: $RUNWIRE_STORE, else "
+                             "sqlite:///runwire.db)")
     add_commands(sub)
     return parser
+
+
+def _backup(args: argparse.Namespace) -> int:
+    began = time.monotonic()
+    size = backup_database(args.store, args.dest)
+    print(f"backed up {args.store} to {args.dest} ({size} bytes, checked) in "
+          f"{time.monotonic() - began:.2f}s", flush=True)
+    return 0
 
 
 def _retention(text: str) -> float:
@@ -99,6 +119,18 @@ def _retention(text: str) -> float:
     if seconds is None or not math.isfinite(seconds):
         raise argparse.ArgumentTypeError(f"--retention must be finite, not {text!r}")
     return seconds
+
+
+def _grace(text: str) -> float:
+    """``--grace-period``: a finite number of seconds >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--grace-period must be seconds, not {text!r}") \
+            from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"--grace-period must be >= 0 and finite, not {text!r}")
+    return value
 
 
 def load_tasks(modules: list[str]) -> list[Any]:
@@ -145,12 +177,31 @@ async def _serve(args: argparse.Namespace) -> None:
             print(f"runwire engine serving {eng.url} and {eng.http_url} (store {args.store}; tasks: {names})",
                   flush=True)
             async for signum in signals:
-                print(f"received {signal.Signals(signum).name}; stopping", flush=True)
+                print(f"received {signal.Signals(signum).name}; stopping (grace period "
+                      f"{args.grace_period:g}s; a second signal hands runs back at once)",
+                      flush=True)
                 break
+            async with trio.open_nursery() as nursery:
+                async def second_signal() -> None:
+                    async for _ in signals:
+                        print("second signal: handing runs back now", flush=True)
+                        eng.hurry()
+                        return
+
+                nursery.start_soon(second_signal)
+                handed = await eng.stop(args.grace_period)
+                nursery.cancel_scope.cancel()
+            print(f"handed back {handed} live runs for the next engine", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "backup":
+        try:
+            return _backup(args)
+        except StoreError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     if args.command != "serve":
         return run_command(args)
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),

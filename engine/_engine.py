@@ -11,6 +11,7 @@ no run state of its own.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -50,6 +51,13 @@ class EngineStatistics:
     tasks: int
 
 
+def check_grace_period(value: Any) -> None:
+    """Raises: ValueError: not a finite number of seconds >= 0."""
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or not math.isfinite(value) or value < 0):
+        raise ValueError(f"grace_period must be a finite number of seconds >= 0, not {value!r}")
+
+
 class Engine:
     """A run engine. Make one with :func:`open_engine`."""
 
@@ -71,6 +79,7 @@ class Engine:
                              anonymous_streams=anonymous_streams)
         self._server: EngineServer | None = None
         self._nursery: trio.Nursery | None = None
+        self._stopped = False
 
     @property
     def tasks(self) -> dict[str, Task[Any, Any]]:
@@ -168,6 +177,30 @@ class Engine:
                 self._server = server
             task_status.started()
 
+    async def stop(self, grace_period: float = 0.0) -> int:
+        """Stop gracefully (also what leaving ``open_engine``'s block does).
+
+        No new run starts (a trigger stores it ``QUEUED`` for the next engine); runs still
+        executing get ``grace_period`` seconds to finish while the engine keeps serving
+        reads, sends and subscriptions; then every live run is handed back to the store
+        without a final status, and the next engine on the store resumes it as the same
+        attempt (``engine/service/_recovery.py``, rule 4). Calling it again does nothing.
+        Returns how many runs were handed back.
+        """
+        check_grace_period(grace_period)
+        if self._stopped:
+            return 0
+        self._stopped = True
+        try:
+            return await self.service.stop(grace_period)
+        except Exception:  # the stop must end; what was not handed back is recovered anyway
+            log.exception("graceful stop failed; live runs are left as stored")
+            return 0
+
+    def hurry(self) -> None:
+        """End a graceful stop's grace period now (a second SIGINT/SIGTERM)."""
+        self.service.hurry()
+
     async def _sweep_loop(self) -> None:
         while True:
             await trio.sleep(self.limits.sweep_interval)
@@ -222,25 +255,25 @@ class ServingEngine(Engine):
 def open_engine(tasks: Iterable[Task[Any, Any]] = (), *, store: str | Store = ...,
                 api_key: str | None = ..., host: str | None = ..., port: int,
                 drain_timeout: float = ..., limits: Limits | None = ...,
-                anonymous_streams: bool = ...
+                anonymous_streams: bool = ..., grace_period: float = ...
                 ) -> AbstractAsyncContextManager[ServingEngine]: ...
 @overload
 def open_engine(tasks: Iterable[Task[Any, Any]] = (), *, store: str | Store = ...,
                 api_key: str | None = ..., host: str, port: int | None = ...,
                 drain_timeout: float = ..., limits: Limits | None = ...,
-                anonymous_streams: bool = ...
+                anonymous_streams: bool = ..., grace_period: float = ...
                 ) -> AbstractAsyncContextManager[ServingEngine]: ...
 @overload
 def open_engine(tasks: Iterable[Task[Any, Any]] = (), *, store: str | Store = ...,
                 api_key: str | None = ..., host: None = ..., port: None = ...,
                 drain_timeout: float = ..., limits: Limits | None = ...,
-                anonymous_streams: bool = ...
+                anonymous_streams: bool = ..., grace_period: float = ...
                 ) -> AbstractAsyncContextManager[Engine]: ...
 def open_engine(tasks: Iterable[Task[Any, Any]] = (), *, store: str | Store = "memory://",
                 api_key: str | None = None, host: str | None = None,
                 port: int | None = None, drain_timeout: float = 60.0,
-                limits: Limits | None = None,
-                anonymous_streams: bool = False) -> AbstractAsyncContextManager[Engine]:
+                limits: Limits | None = None, anonymous_streams: bool = False,
+                grace_period: float = 0.0) -> AbstractAsyncContextManager[Engine]:
     """Run an engine for the duration of the block.
 
     Args:
@@ -253,20 +286,24 @@ def open_engine(tasks: Iterable[Task[Any, Any]] = (), *, store: str | Store = "m
         limits: sizes and counts the engine enforces.
         anonymous_streams: let HTTP requests without credentials use free-standing durable
             streams (``/v1/stream/...``); off by default.
+        grace_period: when the block is left, a graceful stop (:meth:`Engine.stop`): runs
+            still executing get this many seconds to finish, then every live run is handed
+            back to the store for the next engine (0, the default: at once).
 
     Raises:
         StoreError: the store cannot be opened (a bad URL, a file in use by another engine).
     """
     return _open_engine(tasks, store=store, api_key=api_key, host=host, port=port,
                         drain_timeout=drain_timeout, limits=limits,
-                        anonymous_streams=anonymous_streams)
+                        anonymous_streams=anonymous_streams, grace_period=grace_period)
 
 
 @asynccontextmanager
 async def _open_engine(tasks: Iterable[Task[Any, Any]], *, store: str | Store,
                        api_key: str | None, host: str | None, port: int | None,
                        drain_timeout: float, limits: Limits | None,
-                       anonymous_streams: bool) -> AsyncIterator[Engine]:
+                       anonymous_streams: bool, grace_period: float) -> AsyncIterator[Engine]:
+    check_grace_period(grace_period)
     if api_key is None:
         api_key = generate_api_key()
         log.warning("no API key given; generated one for this engine: %s", api_key)
@@ -283,6 +320,8 @@ async def _open_engine(tasks: Iterable[Task[Any, Any]], *, store: str | Store,
                 try:
                     yield engine
                 finally:
+                    with trio.CancelScope(shield=True):
+                        await engine.stop(grace_period)
                     nursery.cancel_scope.cancel()
     finally:
         with trio.CancelScope(shield=True):

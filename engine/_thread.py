@@ -56,11 +56,12 @@ class EngineThread:
     def __init__(self, tasks: Iterable[Task[Any, Any]] = (), *, store: Any = "memory",
                  api_key: str | None = None, host: str = "127.0.0.1", port: int = 0,
                  drain_timeout: float = 60.0, limits: Limits | None = None,
-                 start_timeout: float = 30.0) -> None:
+                 grace_period: float = 0.0, start_timeout: float = 30.0) -> None:
         self.api_key = api_key if api_key is not None else generate_api_key()
         self._tasks = list(tasks)
         self._options: dict[str, Any] = {"store": store, "host": host, "port": port,
-                                         "drain_timeout": drain_timeout, "limits": limits}
+                                         "drain_timeout": drain_timeout, "limits": limits,
+                                         "grace_period": grace_period}
         self._start_timeout = start_timeout
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()

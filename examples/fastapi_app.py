@@ -102,7 +102,7 @@ def create_app(store: str | None = None) -> FastAPI:
             run = await runs.retrieve(run_id, client=client_of(request))
         except NotFoundError:
             raise HTTPException(404, f"no run {run_id}") from None
-        return {"status": run.status.value, "output": run.output}
+        return {"status": run.status.value, "output": run.output, "attempt": run.attempt}
 
     return app
 

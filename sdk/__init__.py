@@ -63,4 +63,5 @@ from ._task import tasks as tasks
 from ._tool import ToolSpec as ToolSpec
 from ._tool import ToolTask as ToolTask
 from ._tool import tool_task as tool_task
+from ._wait import step as step
 from ._wait import wait as wait

@@ -7,11 +7,13 @@ sleeps or waits) so a test can stop the engine there. The subprocess test serves
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import trio
 
-from runwire import Queue, RetryPolicy, streams, task
+from runwire import Queue, RetryPolicy, step, streams, task
 
 PARKED = "parked"
 
@@ -74,3 +76,51 @@ async def sink(payload: dict[str, Any], ctx: Any) -> dict[str, Any]:
     await ai.append(f"sink attempt {ctx.attempt}")
     (await done.wait(timeout="1h")).unwrap()
     return {"attempt": ctx.attempt}
+
+
+# --- durable waits (tests/test_durable.py) ---------------------------------------------------
+
+#: Fake LLM calls made in this process (a replay that called it again would show here).
+LLM_CALLS: list[str] = []
+
+
+async def fake_llm(topic: str) -> AsyncIterator[str]:
+    """A fake LLM: a draft that differs on every call (a nonce), streamed in tokens."""
+    nonce = uuid.uuid4().hex[:8]
+    LLM_CALLS.append(nonce)
+    for word in ["Draft", f" about {topic}", f" ({nonce})", "."]:
+        await trio.sleep(0)
+        yield word
+
+
+async def write_draft(topic: str) -> str:
+    """Stream a draft into ``ai`` and return it (a step: done once per run)."""
+    tokens: list[str] = []
+    piped = ai.pipe(fake_llm(topic))
+    async for token in piped.stream:
+        tokens.append(token)
+    await piped.wait_until_complete()  # stored before the step's result is
+    return "".join(tokens)
+
+
+@task(id="durable.draft")  # the default retry policy: one attempt
+async def draft(payload: dict[str, Any]) -> dict[str, Any]:
+    """Stream a draft, wait for approval (``timeout`` seconds), finish with the draft."""
+    text = await step("draft", write_draft, payload["topic"])
+    await ai.append("awaiting approval")
+    got = await approval.wait(timeout=payload.get("timeout", "1h"))
+    if not got.ok:
+        await ai.append("timed out")
+        return {"draft": text, "timed_out": True}
+    await ai.append(f"approved by {got.unwrap()['by']}")
+    return {"draft": text, "approved_by": got.unwrap()["by"]}
+
+
+@task(id="durable.slow")
+async def slow(payload: dict[str, Any]) -> dict[str, Any]:
+    """Executes (not waiting) for ``seconds``, writing a chunk every 50 ms."""
+    count = int(payload["seconds"] / 0.05)
+    for i in range(count):
+        await side.append(f"t{i}")
+        await trio.sleep(0.05)
+    return {"chunks": count}

@@ -237,9 +237,38 @@ async def test_a_token_expiring_mid_connection_is_refused_per_request(autojump_c
                 await trio.sleep(61)
                 with pytest.raises(UnauthorizedError, match="expired"):
                     await runs.retrieve(a.id)
+                # asking for a token with an expired one is unauthorized, not forbidden
+                with pytest.raises(UnauthorizedError, match="expired"):
+                    await auth.create_public_token(scopes=["read:runs"])
             with pytest.raises(UnauthorizedError, match="expired"):
                 async with eng.connect(token):
                     pass
+            async with eng.connect():
+                await done.send(a.id, 1)
+
+
+async def test_an_open_read_and_subscription_end_when_their_token_expires(autojump_clock):
+    with trio.fail_after(7200):
+        async with open_engine(TASKS, api_key=API_KEY) as eng:
+            async with eng.connect():
+                a = await waiter.trigger({})
+                token = await auth.create_public_token(scopes=[f"read:runs:{a.id}"],
+                                                       expiration=60)
+            async with eng.connect(token):
+                started = trio.current_time()
+                with pytest.raises(UnauthorizedError, match="expired"):
+                    async for _ in await streams.read(a.id, "never", timeout_in_seconds=None):
+                        pass
+                assert 60 <= trio.current_time() - started < 61
+            async with eng.connect():
+                token = await auth.create_public_token(scopes=[f"read:runs:{a.id}"],
+                                                       expiration=30)
+            async with eng.connect(token):
+                started = trio.current_time()
+                with pytest.raises(UnauthorizedError, match="expired"):
+                    async for _ in runs.subscribe_to_run(a.id):
+                        pass
+                assert 30 <= trio.current_time() - started < 31
             async with eng.connect():
                 await done.send(a.id, 1)
 

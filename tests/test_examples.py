@@ -29,7 +29,7 @@ EXPECTED = {
         r"app at http://127\.0\.0\.1:\d+",
         r"triggered run_\w+ \(token \S+\.\.\.\)",
         r"stream ended after \d+ words",
-        r"run \{'status': 'COMPLETED', 'output': \{'tokens': \d+, 'stopped': True\}\}",
+        r"run \{'status': 'COMPLETED', 'output': \{'tokens': \d+, 'stopped': True\}, 'attempt': 1\}",
     ],
     "approval_gate": [
         r"run run_\w+ is WAITING",

@@ -6,7 +6,8 @@ import pytest
 
 PUBLIC = {
     "runwire": {
-        "task", "schema_task", "streams", "metadata", "runs", "tasks", "wait", "logger",
+        "task", "schema_task", "streams", "metadata", "runs", "tasks", "wait", "step",
+        "logger",
         "connect", "Client", "Queue", "RetryPolicy", "Run", "RunContext", "RunError",
         "RunHandle", "RunInfo", "RunStatus", "TaskRunResult", "InputResult", "InputStreamDef",
         "Subscription", "StreamDef", "StreamReader", "StreamWriter", "PipeResult",
@@ -28,7 +29,7 @@ PUBLIC = {
     "runwire.engine.store": {
         "Store", "Batch", "ChunkAppend", "RecordAppend", "Waitpoint", "StreamState",
         "StoredRecord", "StoredToken", "RunFilter", "open_store", "MemoryStore", "SqliteStore",
-        "StoreError",
+        "StoreError", "backup_database",
         "StoreConfigError", "StoreUnavailableError", "StoreClosedError", "IndexGapError",
         "NotCompactError", "DurableStream", "StreamWrite",
     },
@@ -36,7 +37,7 @@ PUBLIC = {
         "RunActor", "RunEnv", "RunServices", "QueueSlots", "Reader", "ReadTimeout", "RunRecord",
         "new_run_id", "TRANSITIONS", "InvalidTransition", "check_transition", "InputMailbox",
         "OutputStream", "Producer", "MissingRunProducer", "ExternalAppend", "SendInput",
-        "RunStatistics", "StreamStatistics",
+        "RunStatistics", "StreamStatistics", "Journal", "resume_key",
     },
     "runwire.engine.broker": {"Broker", "BrokerStatistics", "LocalBroker"},
     "runwire.engine.service": {

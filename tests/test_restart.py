@@ -39,7 +39,7 @@ FINISHED = [f"f{i}" for i in range(5)]
 RETRIED = ["a1-0", "a1-1", "a1-2", "a1:got:yes", ct.PARKED, "a2:got:yes", "a2:notes:none"]
 SIDE = [f"s{i}" for i in range(50)]
 EXT = [f"e{i}" for i in range(10)]
-SINK = ["sink attempt 1", "sink attempt 2"]
+SINK = ["sink attempt 1"]  # resumed in its wait: the same attempt, written once
 
 
 class Collector:
@@ -150,12 +150,14 @@ async def check_recovered(scenario: Scenario) -> None:
 
 
 async def finish_sink(scenario: Scenario) -> None:
-    """The sink was WAITING: retried; a re-sent record is deduplicated; then it completes."""
+    """The sink was WAITING: resumed in its wait as the same attempt (a restart is not an
+    attempt); a re-sent record is deduplicated; then it completes."""
     sink_id = scenario.ids["sink"]
+    assert (await runs.retrieve(sink_id)).status is RunStatus.WAITING
     await ct.notes.send(sink_id, {"n": 1}, idempotency_key="note-1")
     await ct.done.send(sink_id, {})
     run = await final(sink_id)
-    assert (run.status, run.attempt, run.output) == (RunStatus.COMPLETED, 2, {"attempt": 2})
+    assert (run.status, run.attempt, run.output) == (RunStatus.COMPLETED, 1, {"attempt": 1})
     assert await read_all(ct.ai, sink_id) == SINK
     assert await read_all(ct.ext, sink_id) == EXT
 
@@ -179,18 +181,43 @@ async def check_store(path: Path, scenario: Scenario) -> None:
 # --- (a) in process --------------------------------------------------------------------------
 
 
+async def check_handed_back(eng: Any, scenario: Scenario) -> None:
+    """After a graceful stop every live run was resumed as the same attempt; the replay of
+    each wrote nothing a second time (its own puts are dropped until it catches up)."""
+    ids = scenario.ids
+    run = await runs.retrieve(ids["finished"])
+    assert (run.status, run.output, run.attempt) == (RunStatus.COMPLETED, {"n": 5}, 1)
+    replayed = {"retried": 5, "fragile": 1, "hog": 1}  # chunks each re-puts to ai
+    for name, count in replayed.items():
+        run = await runs.retrieve(ids[name])
+        assert (run.status, run.attempt) == (RunStatus.EXECUTING, 1), name
+        actor = eng.broker.owner(ids[name])
+        while actor.journal.writes.get("ai", 0) < count:  # the replay has caught up
+            await trio.sleep(0.01)
+    assert (await runs.retrieve(ids["waiting"])).status is RunStatus.QUEUED  # behind hog
+    for name in replayed:
+        await runs.cancel(ids[name])
+        assert (await runs.retrieve(ids[name])).status is RunStatus.CANCELED
+        assert await read_all(ct.ai, ids[name]) == scenario.seen[name], name
+    assert await read_all(ct.side, ids["fragile"]) == SIDE
+    run = await final(ids["waiting"])  # the hog's slot is free: it runs, as attempt 1
+    assert (run.status, run.attempt, run.output) == (RunStatus.COMPLETED, 1, {"attempt": 1})
+
+
 @bounded(30)
-async def test_restart_in_process(tmp_path: Path) -> None:
+async def test_graceful_stop_in_process_hands_every_run_back(tmp_path: Path) -> None:
+    """Leaving ``open_engine``'s block is a graceful stop (grace period 0): every live run
+    is handed back and the next engine resumes it as the same attempt (rule 4); the crash
+    rules (2, 3, 5) are what the ``kill -9`` test below checks."""
     url = f"sqlite:///{tmp_path / 'runs.db'}"
     async with serve(TASKS, store=url) as eng, trio.open_nursery() as readers:
         scenario = await park_everything(readers)
         sink_id = scenario.ids["sink"]
         assert await eng.append(sink_id, "ext", "prod-1", 0, EXT[:4]) == 4
         readers.cancel_scope.cancel()  # in-process clients die with their engine
-    # Leaving the block cancelled every parked run mid-run; none was marked finished.
 
     async with serve(TASKS, store=url) as eng:
-        await check_recovered(scenario)
+        await check_handed_back(eng, scenario)
         # the producer retries its whole batch after the restart: cut to what is new
         assert await eng.append(sink_id, "ext", "prod-1", 0, EXT[:6]) == 6
         assert await eng.append(sink_id, "ext", "prod-1", 6, EXT[6:]) == 10
@@ -231,7 +258,7 @@ async def test_restart_without_a_task_and_with_an_unreadable_run(
         # the unreadable run did not keep the others from recovering
         await ct.done.send(sink_id, {})
         run = await final(sink_id)
-        assert (run.status, run.attempt, run.output) == (RunStatus.COMPLETED, 2, {"attempt": 2})
+        assert (run.status, run.attempt, run.output) == (RunStatus.COMPLETED, 1, {"attempt": 1})
     assert f"could not recover run {UNREADABLE['id']}; it is left as stored" in caplog.text
 
     store = SqliteStore(str(path))
@@ -257,11 +284,12 @@ class EngineProcess:
         self._ready = trio.Event()
 
     @classmethod
-    async def spawn(cls, nursery: trio.Nursery, db: Path, port: int) -> EngineProcess:
+    async def spawn(cls, nursery: trio.Nursery, db: Path, port: int,
+                    *extra: str) -> EngineProcess:
         """Start the process (its output is read in ``nursery``); see :meth:`ready`."""
         command = [sys.executable, "-m", "runwire.engine", "serve", "--tasks", "tests.crash_tasks",
                    "--store", f"sqlite:///{db}", "--port", str(port), "--api-key", API_KEY,
-                   "--drain-timeout", "1", "--log-level", "WARNING"]
+                   "--drain-timeout", "1", "--log-level", "WARNING", *extra]
         process = await trio.lowlevel.open_process(
             command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -306,20 +334,23 @@ class EngineProcess:
         self.process.kill()  # SIGKILL: no cleanup of any kind
         assert await self.process.wait() == -signal.SIGKILL
 
-    async def stop(self) -> None:
-        self.process.send_signal(signal.SIGINT)
+    async def stop(self, signum: int = signal.SIGINT) -> float:
+        """Stop it with ``signum``; it must exit 0. Returns how long it took (seconds)."""
+        began = trio.current_time()
+        self.process.send_signal(signum)
         assert await self.process.wait() == 0, self.output
         assert "stopped" in self.lines, self.output
+        return trio.current_time() - began
 
 
 @contextlib.asynccontextmanager
-async def engine_processes() -> AsyncIterator[Callable[[Path, int], Awaitable[EngineProcess]]]:
+async def engine_processes() -> AsyncIterator[Callable[..., Awaitable[EngineProcess]]]:
     """Start engines with the function it yields; whatever still runs at the end is killed."""
     started: list[EngineProcess] = []
     async with trio.open_nursery() as nursery:
 
-        async def start(db: Path, port: int) -> EngineProcess:
-            engine = await EngineProcess.spawn(nursery, db, port)
+        async def start(db: Path, port: int, *extra: str) -> EngineProcess:
+            engine = await EngineProcess.spawn(nursery, db, port, *extra)
             started.append(engine)
             await engine.ready()
             return engine

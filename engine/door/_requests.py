@@ -11,8 +11,10 @@ HTTP status). So every door has the same auth, limits and errors.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
+
+import trio
 
 from runwire import (
     BadFrameError, ForbiddenError, RateLimitedError, RunwireError, UnauthorizedError,
@@ -58,11 +60,28 @@ class Caller:
 
     # --- checks ------------------------------------------------------------------------------
 
+    def expiry_scope(self) -> trio.CancelScope:
+        """A cancel scope that ends what it holds when the caller's token expires (never for
+        a credential without expiry): an open read or subscription must not outlive it."""
+        expires = self.grant.expires_at
+        if expires is None:
+            return trio.CancelScope()
+        left = expires - self.door.auth.clock()
+        return trio.CancelScope(deadline=trio.current_time() + left)
+
+    def expired(self) -> bool:
+        """Whether the caller's token has expired by now."""
+        return self.grant.expired(self.door.auth.clock())
+
+    def check_unexpired(self) -> None:
+        """Raises: UnauthorizedError: the caller's token has expired."""
+        if self.expired():
+            raise UnauthorizedError("the access token has expired; reconnect with a new one")
+
     async def allow(self, action: str, resource: str, ident: str) -> None:
         """Raises: UnauthorizedError (expired), ForbiddenError (not in the grant's scopes)."""
         grant = self.grant
-        if grant.expired(self.door.auth.clock()):
-            raise UnauthorizedError("the access token has expired; reconnect with a new one")
+        self.check_unexpired()
         if grant.allows(action, resource, ident):
             return
         task_id = None  # only a read of a run can be allowed by its task's scope
@@ -127,7 +146,7 @@ class Caller:
         record = await self.service.trigger(task_id, payload, options)
         return record, self.service.run_token(record.id)
 
-    async def subscribe(self, run_id: str) -> AsyncIterator[dict[str, Any]]:
+    async def subscribe(self, run_id: str) -> AsyncGenerator[dict[str, Any], None]:
         """The run's record on every change, ending with the final one."""
         await self.allow("read", "runs", run_id)
         async for snapshot in self.service.subscribe(run_id):
@@ -186,7 +205,14 @@ class Caller:
         return (await self.service.get_waitpoint(token_id)).to_wire(self.service.clock())
 
     def create_token(self, scopes: Any, expires_in: Any) -> tuple[str, float]:
-        """A public access token and its expiry; only the API key may make one."""
+        """A public access token and its expiry; only the API key may make one.
+
+        Raises:
+            UnauthorizedError: the caller's own token has expired (before any scope check:
+                an expired credential is unauthorized, whatever it could once do).
+            ForbiddenError: the caller is not the API key.
+        """
+        self.check_unexpired()
         if not self.grant.admin:
             raise ForbiddenError("only the engine's API key may create access tokens")
         return self.service.issue_token(scopes, expires_in)

@@ -41,6 +41,7 @@ goes out on that connection.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -241,27 +242,31 @@ class Session:
         push = self._pusher(frame, reader)
         reader.stream.add_pusher(push)
         try:
-            while True:
-                try:
-                    batch = await reader.next_batch(frame.timeout_s)
-                except ReadTimeout:
-                    await self._emit(End(re=frame.id, reason="timeout", next=reader.next))
-                    return
-                if batch is None:
-                    await self._emit(End(re=frame.id, reason="complete", next=reader.next))
-                    return
-                start = reader.next - len(batch)  # (pushes may have moved it while it waited)
-                await self._emit(Chunks(re=frame.id, stream=frame.stream, start=start,
-                                        items=batch))  # stored JSON bytes, joined by the codec
+            with self.caller.expiry_scope():  # a read ends when its token does
+                while True:
+                    try:
+                        batch = await reader.next_batch(frame.timeout_s)
+                    except ReadTimeout:
+                        await self._emit(End(re=frame.id, reason="timeout", next=reader.next))
+                        return
+                    if batch is None:
+                        await self._emit(End(re=frame.id, reason="complete", next=reader.next))
+                        return
+                    start = reader.next - len(batch)  # (pushes may have moved it meanwhile)
+                    await self._emit(Chunks(re=frame.id, stream=frame.stream, start=start,
+                                            items=batch))  # stored JSON bytes, joined by codec
         finally:
             reader.stream.remove_pusher(push)
+        raise UnauthorizedError(f"the access token has expired; the read ended at index "
+                                f"{reader.next} (read again from there with a new token)")
 
     def _pusher(self, frame: Read, reader: Reader) -> Callable[[], None]:
         """The read's pusher: new chunks straight from the commit cycle ("Live pushes")."""
         scope = self._requests[frame.id]  # the read runs as a request
 
         def push() -> None:
-            if not reader.waiting or self._ending or scope.cancel_called:
+            if not reader.waiting or self._ending or scope.cancel_called or \
+                    self.caller.expired():
                 return
             items = reader.tail()
             if not items:
@@ -293,9 +298,14 @@ class Session:
         await self._emit(Triggered(re=frame.id, run=record.id, token=token))
 
     async def _subscribe(self, frame: Subscribe) -> None:
-        async for snapshot in self.caller.subscribe(frame.run):
-            await self._emit(RunInfo(re=frame.id, run=snapshot))
-        await self._emit(End(re=frame.id, reason="complete"))
+        with self.caller.expiry_scope():  # a subscription ends when its token does
+            async with contextlib.aclosing(self.caller.subscribe(frame.run)) as snapshots:
+                async for snapshot in snapshots:
+                    await self._emit(RunInfo(re=frame.id, run=snapshot))
+            await self._emit(End(re=frame.id, reason="complete"))
+            return
+        raise UnauthorizedError("the access token has expired; the subscription ended "
+                                "(subscribe again with a new token)")
 
     async def _retrieve(self, frame: Retrieve) -> None:
         await self._emit(RunInfo(re=frame.id, run=await self.caller.retrieve(frame.run)))

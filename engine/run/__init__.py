@@ -9,6 +9,8 @@ from ._actor import RunActor as RunActor
 from ._actor import RunStatistics as RunStatistics
 from ._actor import SendInput as SendInput
 from ._env import QueueSlots as QueueSlots
+from ._journal import Journal as Journal
+from ._journal import resume_key as resume_key
 from ._env import RunEnv as RunEnv
 from ._env import RunServices as RunServices
 from ._reader import Reader as Reader

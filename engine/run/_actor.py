@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -41,6 +42,7 @@ from .._limits import Limits
 from ..store import Batch, ChunkAppend, RecordAppend, StoredRecord, StreamState, Waitpoint
 from ._backend import RunBackend
 from ._env import QueueSlots, RunEnv
+from ._journal import Journal, resume_key
 from ._records import RunRecord
 from ._streams import (
     InputMailbox, Mailbox, OutputStream, Producer, StreamStatistics, _Handler,
@@ -104,6 +106,23 @@ class SaveWaitpoint:
     key: str
     data: bytes
     expires_at: float | None
+    reply: _Reply = attrs.field(factory=_Reply)
+
+
+@attrs.define
+class SaveJournal:
+    """Journal entries (``_journal``): stored with everything the run's producers put
+    before them, in the same batch or an earlier one."""
+
+    entries: dict[str, bytes]
+    reply: _Reply = attrs.field(factory=_Reply)
+
+
+@attrs.define
+class HandBack:
+    """A graceful stop: store what is buffered and where to resume, end nothing."""
+
+    entries: dict[str, bytes]
     reply: _Reply = attrs.field(factory=_Reply)
 
 
@@ -294,6 +313,14 @@ class RunActor:
         self._handler_scopes: list[trio.CancelScope] | None = None  # made on first use
         #: what ``runwire.runtime`` finds while this run's task executes
         self.backend = RunBackend(self, env.services)
+        #: the durable-execution journal of the current attempt (``_journal``)
+        self.journal = Journal(record.attempt)
+        self._resumed: Journal | None = None  # recovery's journal, for the first attempt
+        self._replay_waiting = False  # resumed in a wait: WAITING, no slot, until it is reached
+        self._handing_back = False
+        self._attempts_done = False
+        #: set once the actor has ended (finished, crashed or handed back)
+        self.ended = trio.Event()
 
     @property
     def id(self) -> str:
@@ -320,22 +347,28 @@ class RunActor:
                              streams={k: s.statistics() for k, s in self.streams.items()},
                              queued_chunks=self.mailbox.queued_chunks())
 
-    def producer(self, key: str) -> Producer:
+    def producer(self, key: str, own: bool = False) -> Producer:
         """A new writer of stream ``key`` inside the engine (a pipe, a writer, an append).
+
+        ``own``: the run's own task writes it (its puts are counted for the journal, and
+        dropped while a replay re-puts what was stored before a restart).
 
         Raises:
             RunFinishedError: the run's streams are closed.
         """
         self.check_writable()
-        return Producer(self, key)
+        return Producer(self, key, own)
 
     def restore(self, streams: dict[str, StreamState], seqs: dict[tuple[str, str], int],
-                records: dict[str, list[StoredRecord]]) -> None:
+                records: dict[str, list[StoredRecord]],
+                point: dict[str, Any] | None = None) -> None:
         """Continue from what the store kept of the run (recovery), before :meth:`run`.
 
         Output streams go on at their stored length; producers' sequence numbers and the
         input streams' idempotency keys are kept; records already received are counted but
-        not delivered again.
+        not delivered again. With a resume ``point`` (``_journal``) the same attempt is
+        replayed: records its waits had not consumed yet are delivered again, and a run
+        suspended in a wait stays ``WAITING`` without a queue slot until it is back there.
         """
         for key, state in streams.items():
             self.streams[key] = OutputStream(key, length=state.length, nbytes=state.nbytes,
@@ -344,6 +377,18 @@ class RunActor:
         for key, stored in records.items():
             self.input(key).restore(len(stored), {r.idempotency_key: r.index for r in stored
                                                   if r.idempotency_key})
+        if point is not None:
+            writes = point.get("writes") or {}
+            self._resumed = Journal(self.record.attempt, base=writes, replaying=True,
+                                    frontier=point.get("wait"))
+            unconsumed = point.get("inputs") or {}
+            for key, stored in records.items():
+                start = unconsumed.get(key)
+                if isinstance(start, int):
+                    box = self.input(key)
+                    for rec in stored[start:]:
+                        box.deliver(orjson.loads(rec.data))
+            self._replay_waiting = point.get("wait") is not None
         self.touch()
 
     def check_writable(self) -> None:
@@ -420,6 +465,7 @@ class RunActor:
             self._writable = self._accepting = False
             self.mailbox.close(RunFinishedError(f"run {self.id} has finished"))
             self.env.on_done(self)
+            self.ended.set()
 
     async def _live(self) -> None:
         outcome: Outcome | None = None
@@ -428,16 +474,26 @@ class RunActor:
             self._handlers_open = True
             with self._run_scope:
                 outcome = await self._attempts()
+            self._attempts_done = True
             self._handlers_open = False
             for scope in self._handler_scopes or ():
                 scope.cancel()
-            if outcome is None:
+            # a graceful stop ended the attempt (not one that had returned meanwhile)
+            self._handing_back = self._handing_back and outcome is None
+            if self._handing_back:  # its producers stop where they are
+                producers.cancel_scope.cancel()
+            elif outcome is None:
                 outcome = Outcome(RunStatus.CANCELED if self._cancel_requested
                                   else RunStatus.TIMED_OUT)
-            if outcome.status in (RunStatus.CANCELED, RunStatus.TIMED_OUT):
+            if outcome is None:
+                pass
+            elif outcome.status in (RunStatus.CANCELED, RunStatus.TIMED_OUT):
                 producers.cancel_scope.cancel()
             else:
                 producers.cancel_scope.deadline = trio.current_time() + self.env.drain_timeout
+        if self._handing_back:
+            await self._hand_back()
+            return
         if outcome is None:  # runs.cancel cancelled the producers' nursery, body and all
             outcome = Outcome(RunStatus.CANCELED)
         outcome = self._unobserved_failure(outcome)
@@ -459,7 +515,12 @@ class RunActor:
     async def _attempts(self) -> Outcome:
         policy = self.task.retry if self.task else None
         while True:
-            await self._acquire_slot()
+            if self._resumed is not None and self._resumed.attempt == self.record.attempt:
+                self.journal, self._resumed = self._resumed, None
+            else:
+                self.journal = Journal(self.record.attempt)
+            if not self._replay_waiting:  # a replay back into its wait needs no slot
+                await self._acquire_slot()
             outcome = await self._attempt()
             if outcome.status is not RunStatus.FAILED or policy is None or \
                     self.record.attempt >= policy.max_attempts:
@@ -665,6 +726,16 @@ class RunActor:
             stage.batch.waitpoints.append(Waitpoint(self.id, message.key, message.data,
                                                     message.expires_at))
             stage.after.append(reply.set)
+        elif isinstance(message, SaveJournal):
+            stage.batch.waitpoints.extend(Waitpoint(self.id, key, data, None)
+                                          for key, data in message.entries.items())
+            stage.after.append(reply.set)
+        elif isinstance(message, HandBack):
+            self._accepting = False  # sends now go to the next engine
+            stage.batch.waitpoints.extend(Waitpoint(self.id, key, data, None)
+                                          for key, data in message.entries.items())
+            self._run_dirty = True  # its status as it is: not final
+            stage.after.append(reply.set)
         elif isinstance(message, Finish):
             self._stage_finish(stage, message)
         else:  # pragma: no cover - a bug
@@ -773,14 +844,146 @@ class RunActor:
 
     async def wait_input(self, key: str, timeout: float | None, ikey: str | None,
                          ttl: float | None) -> Any:
-        """``wait()``: suspended until the next record (or the stored one for ``ikey``)."""
+        """``wait()``: suspended until the next record (or the stored one for ``ikey``).
+
+        Durable (``_journal``): the wait is journaled with its absolute deadline before the
+        run suspends, so a restarted engine resumes the run in it; a replayed wait that had
+        completed returns the record it got.
+        """
+        point = f"~i{key}:{ikey}" if key.startswith("~") else f"{key}:{ikey}"
         if ikey is not None:
-            stored = await self.env.store.waitpoint(self.id, f"{key}:{ikey}", self.env.clock())
+            stored = await self.env.store.waitpoint(self.id, point, self.env.clock())
             if stored is not None:
                 return orjson.loads(stored)
-        async with self.suspended():
-            value = await self.input(key).next_record(timeout)
+        box = self.input(key)
+        value = await self._durable_wait(
+            self.journal.next_key("wait", key), timeout,
+            box.take_pending, box.next_record)
         if ikey is not None and value is not TIMED_OUT:
             expires = None if ttl is None else self.env.clock() + ttl
-            await self.submit(SaveWaitpoint(f"{key}:{ikey}", json_bytes(value), expires))
+            await self.submit(SaveWaitpoint(point, json_bytes(value), expires))
         return value
+
+    async def sleep(self, seconds: float) -> None:
+        """``wait.for_``: suspended for ``seconds``, durably (the deadline is journaled)."""
+        async def asleep(timeout: float | None) -> Any:
+            await trio.sleep(timeout if timeout is not None else math.inf)
+            return TIMED_OUT
+
+        await self._durable_wait(self.journal.next_key("sleep", ""), seconds,
+                                 lambda: TIMED_OUT, asleep)
+
+    async def _durable_wait(self, jkey: str, timeout: float | None,
+                            ready: Callable[[], Any],
+                            wait: Callable[[float | None], Awaitable[Any]]) -> Any:
+        """Suspend until ``wait(remaining)`` returns, journaled under ``jkey``.
+
+        ``ready()`` is what is there without waiting (``TIMED_OUT`` if nothing is).
+        """
+        journal = self.journal
+        stored = await self._journal_read(jkey)
+        if stored is not None and "deadline" not in stored:  # replayed: it completed
+            await trio.lowlevel.checkpoint()
+            return TIMED_OUT if stored.get("timed_out") else stored.get("value")
+        if stored is not None:  # the wait the run was suspended in: replay ends here
+            deadline = stored["deadline"]
+            journal.end_replay()
+            self._replay_waiting = False
+        else:
+            await self._end_replay()
+            value = ready()
+            if value is not TIMED_OUT:
+                await self._journal_write({jkey: {"value": value}})
+                return value
+            deadline = None if timeout is None else self.env.clock() + timeout
+            await self._journal_write({
+                jkey: {"deadline": deadline},
+                resume_key(journal.attempt): self._resume_point(jkey, handback=False)})
+        journal.pending = jkey
+        remaining = None if deadline is None else max(0.0, deadline - self.env.clock())
+        async with self.suspended():
+            value = await wait(remaining)
+        journal.pending = None
+        result = {"timed_out": True} if value is TIMED_OUT else {"value": value}
+        await self._journal_write({jkey: result})
+        return value
+
+    async def step(self, name: str, fn: Callable[[], Awaitable[Any]]) -> Any:
+        """``runwire.step``: ``fn()``'s result, journaled; a replay returns the stored one."""
+        key = self.journal.next_key("step", name)
+        stored = await self._journal_read(key)
+        if stored is not None:
+            self.journal.skip(stored.get("writes") or {})
+            return stored.get("value")
+        await self._end_replay()
+        before = dict(self.journal.writes)
+        value = await fn()
+        try:  # the value a replay would get, so both ways return the same
+            encoded = json_bytes(value)
+        except TypeError as exc:
+            raise TypeError(f"step {name!r} returned a value that is not JSON: {exc}") from None
+        limit = self.env.limits.max_record_bytes
+        if len(encoded) > limit:
+            raise PayloadTooLargeError(f"step {name!r} returned {len(encoded)} bytes of JSON, "
+                                       f"over the {limit}-byte limit")
+        value = orjson.loads(encoded)
+        writes = {k: n - before.get(k, 0) for k, n in self.journal.writes.items()
+                  if n != before.get(k, 0)}
+        await self._journal_write({key: {"value": value, "writes": writes}})
+        return value
+
+    # --- the journal (``_journal``) ------------------------------------------------------------
+
+    async def _journal_read(self, key: str) -> Any:
+        """The stored entry ``key`` while replaying; ``None`` otherwise (or if there is none)."""
+        if not self.journal.replaying:
+            return None
+        raw = await self.env.store.waitpoint(self.id, key, -math.inf)
+        return None if raw is None else orjson.loads(raw)
+
+    async def _journal_write(self, entries: dict[str, Any]) -> None:
+        await self.submit(SaveJournal({k: json_bytes(v) for k, v in entries.items()}))
+
+    async def _end_replay(self) -> None:
+        """A durable call the journal does not know: the run executes for real from here."""
+        if self.journal.replaying:
+            self.journal.end_replay()
+        if self._replay_waiting:  # it had not got back to its wait: it needs its slot now
+            self._replay_waiting = False
+            await self._acquire_slot()
+
+    def _resume_point(self, wait: str | None, handback: bool) -> dict[str, Any]:
+        """Where the current attempt resumes after a restart (``_journal``)."""
+        journal = self.journal
+        writes = dict(journal.writes)
+        for key, count in journal.base.items():  # stopped again before the replay caught up
+            writes[key] = max(count, writes.get(key, 0))
+        return {"wait": wait, "handback": handback, "writes": writes,
+                "inputs": {key: box.unconsumed() for key, box in self.inputs.items()}}
+
+    # --- a graceful stop -----------------------------------------------------------------------
+
+    def hand_back(self) -> None:
+        """A graceful stop: end the task where it is, without a final status; what is live
+        is stored so the next engine resumes the same attempt (``_journal``)."""
+        if self.finished.is_set() or self._handing_back:
+            return
+        if self._attempts_done:  # it is finishing: it ends with its true status
+            if self._producers is not None:
+                self._producers.cancel_scope.cancel()  # its drain is cut short
+            return
+        self._handing_back = True
+        self._run_scope.cancel()
+        if self._reacquiring is not None:
+            self._reacquiring.cancel()
+
+    async def _hand_back(self) -> None:
+        self._release_slot()
+        self._writable = False
+        journal = self.journal
+        point = self._resume_point(journal.pending, handback=True)
+        if journal.replaying and point["wait"] is None:
+            point["wait"] = journal.frontier
+        await self.submit(HandBack({resume_key(journal.attempt): json_bytes(point)}))
+        log.info("run %s handed back (attempt %d, %s)", self.id, journal.attempt,
+                 self.record.status.value)

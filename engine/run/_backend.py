@@ -78,6 +78,8 @@ class RunBackend:
         return target
 
     def open_producer(self, run_id: str, key: str) -> ProducerSink:
+        if run_id == self.actor.id:  # its own stream: counted for the journal
+            return self.actor.producer(key, own=True)
         return self.services.open_producer(run_id, key)
 
     def spawn_producer(self, fn: Callable[[], Awaitable[None]]) -> Completion:
@@ -180,8 +182,10 @@ class RunBackend:
         return dict(self.actor.record.metadata)
 
     async def suspend_for(self, seconds: float) -> None:
-        async with self.actor.suspended():
-            await trio.sleep(seconds)
+        await self.actor.sleep(seconds)
+
+    async def step(self, name: str, fn: Callable[[], Awaitable[Any]]) -> Any:
+        return await self.actor.step(name, fn)
 
     async def legacy_stream(self, key: str, source: Any) -> AsyncIterator[Any]:
         return streams.pipe(key, source).stream

@@ -142,9 +142,11 @@ class Producer:
         key: the stream key.
     """
 
-    def __init__(self, actor: RunActor, key: str) -> None:
+    def __init__(self, actor: RunActor, key: str, own: bool = False) -> None:
         self.actor = actor
         self.key = key
+        #: written by the run's own task: counted for its journal (``_journal``)
+        self.own = own
         self._high_water = actor.env.limits.producer_buffer
         self.buffer: list[Any] = []
         self.error: BaseException | None = None
@@ -157,6 +159,8 @@ class Producer:
         if self.error is not None:
             raise self.error
         self.actor.check_writable()
+        if self.own and self.actor.journal.drop(self.key, 1):
+            return  # a replay puts it again: it was stored before the restart
         self.buffer.append(item)
         self._put += 1
         self.actor.mailbox.mark_dirty(self)
@@ -172,6 +176,8 @@ class Producer:
         if self.error is not None:
             raise self.error
         self.actor.check_writable()
+        if self.own:
+            items = items[self.actor.journal.drop(self.key, len(items)):]
         self.buffer.extend(items)
         self._put += len(items)
         self.actor.mailbox.mark_dirty(self)
@@ -371,6 +377,10 @@ class InputMailbox:
         if handler in self._handlers:
             self._handlers.remove(handler)
         handler.scope.cancel()
+
+    def unconsumed(self) -> int:
+        """The index of the oldest record no listener has taken yet."""
+        return self.count - (len(self._pending) if self._pending else 0)
 
     def take_pending(self) -> Any:
         """The oldest kept record, or ``TIMED_OUT`` if none is kept."""

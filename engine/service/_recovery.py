@@ -20,7 +20,17 @@ Finished runs are not touched: their status, output and streams stay as they wer
      again, to ``once``/``wait``/``on`` handlers alike (``peek()`` starts at ``None``);
    * ``wait(idempotency_key=...)`` returns the record stored for that key (until its TTL);
    * payload, tags, metadata, parent and root are kept.
-4. **No attempts left.** It becomes ``CRASHED`` with error type ``EngineRestart``, and
+4. **Resumable.** Its journal (``engine/run/_journal.py``) says it can go on as the same
+   attempt: it was suspended in a durable wait (input ``wait()``, ``wait.for_``) that had
+   not completed, or a graceful stop handed it back. Then it is *resumed*, whatever its
+   retry policy: the attempt number stays, the task is replayed from the top (stored steps
+   and completed waits return their stored results, chunks it had written are not written
+   again), a run that was waiting stays ``WAITING`` without a queue slot until the replay is
+   back in its wait, which keeps its absolute deadline; input records its waits had not
+   taken yet are delivered again. (This rule comes before rule 3: a restart is never an
+   attempt.) A handed-back run is marked so that only one restart resumes it this way: if
+   the engine crashes again before the run reaches a new wait, rule 3 or 5 applies.
+5. **No attempts left.** It becomes ``CRASHED`` with error type ``EngineRestart``, and
    every one of its streams (each stored stream and each key in ``run.streams``) is ended,
    so readers finish.
 """
@@ -28,12 +38,16 @@ Finished runs are not touched: their status, output and streams stay as they wer
 from __future__ import annotations
 
 import logging
+import math
 from typing import TYPE_CHECKING, Any
 
-from runwire import RunStatus, Task
+import orjson
 
-from ..run import RunActor, RunRecord
-from ..store import Batch
+from runwire import RunStatus, Task
+from runwire.transport import json_bytes
+
+from ..run import RunActor, RunRecord, resume_key
+from ..store import Batch, Waitpoint
 
 if TYPE_CHECKING:
     from ._service import RunService
@@ -58,6 +72,8 @@ async def _recover_one(service: RunService, raw: dict[str, Any]) -> None:
                                       "engine")
     elif record.status is RunStatus.QUEUED and record.started_at is None:
         await _resume(service, record, task, next_attempt=False)
+    elif (point := await _resume_point(service, record)) is not None:
+        await _resume(service, record, task, next_attempt=False, point=point)
     elif record.attempt < task.retry.max_attempts:
         await _resume(service, record, task, next_attempt=True)
     else:
@@ -65,8 +81,29 @@ async def _recover_one(service: RunService, raw: dict[str, Any]) -> None:
                                       "no retries left")
 
 
+async def _resume_point(service: RunService, record: RunRecord) -> dict[str, Any] | None:
+    """Where the run's journal says its attempt can be resumed (rule 4), or ``None``."""
+    store = service.store
+    raw = await store.waitpoint(record.id, resume_key(record.attempt), -math.inf)
+    point = orjson.loads(raw) if raw is not None else None
+    if not isinstance(point, dict):
+        return None
+    wait = point.get("wait")
+    if isinstance(wait, str):
+        entry = await store.waitpoint(record.id, wait, -math.inf)
+        if entry is not None and "deadline" in orjson.loads(entry):
+            return point  # suspended in a wait that has not completed
+    if point.get("handback") is True:
+        # once: a crash before it reaches a new wait is a crash (rule 3 or 5)
+        again = {**point, "handback": False}
+        await store.commit(Batch(waitpoints=[Waitpoint(
+            record.id, resume_key(record.attempt), json_bytes(again), None)]))
+        return point
+    return None
+
+
 async def _resume(service: RunService, record: RunRecord, task: Task[Any, Any], *,
-                  next_attempt: bool) -> None:
+                  next_attempt: bool, point: dict[str, Any] | None = None) -> None:
     """Start an actor for the run again, on top of what the store kept of it."""
     store = service.store
     states = await store.streams(record.id)
@@ -74,12 +111,17 @@ async def _resume(service: RunService, record: RunRecord, task: Task[Any, Any], 
     records = await store.records(record.id)
     if next_attempt:
         record.attempt += 1
-    if record.status is not RunStatus.QUEUED:
+    waiting = point is not None and point.get("wait") is not None
+    if waiting:
+        if record.status is not RunStatus.WAITING:
+            record.set_status(RunStatus.WAITING, service.clock())
+    elif record.status is not RunStatus.QUEUED:
         record.set_status(RunStatus.QUEUED, service.clock())
-    log.info("recovering run %s: attempt %d", record.id, record.attempt)
+    log.info("recovering run %s: attempt %d%s", record.id, record.attempt,
+             " (resumed)" if point is not None else "")
 
     def restore(actor: RunActor) -> None:
-        actor.restore(states, seqs, records)
+        actor.restore(states, seqs, records, point)
 
     await service.start_actor(record, task, restore)
 

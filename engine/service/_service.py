@@ -41,6 +41,9 @@ from ._recovery import recover
 
 log = logging.getLogger("runwire.engine")
 
+#: Seconds a graceful stop waits for the live runs to be handed back (each is one commit).
+HAND_BACK_TIMEOUT = 10.0
+
 
 @attrs.frozen
 class ServiceStatistics:
@@ -93,6 +96,11 @@ class RunService:
         #: waitpoint token id -> set when it is completed (runs waiting in for_token)
         self._token_waiters: dict[str, trio.Event] = {}
         self._nursery: trio.Nursery | None = None
+        #: a graceful stop has begun: new runs are stored but not started (the next engine
+        #: starts them)
+        self.stopping = False
+        self._grace: trio.CancelScope | None = None
+        self._hurried = False
 
     def statistics(self) -> ServiceStatistics:
         return ServiceStatistics(live_runs=self.broker.statistics().live_runs,
@@ -129,6 +137,33 @@ class RunService:
         self.broker.attach(actor)
         await self._nursery.start(actor.run)
         return actor
+
+    async def stop(self, grace_period: float) -> int:
+        """A graceful stop: no new run starts; executing runs get ``grace_period`` seconds
+        to finish (waiting runs need none: their waits are durable); then every run still
+        live is handed back to the store, so the next engine resumes it as the same
+        attempt. Returns how many runs were handed back.
+        """
+        self.stopping = True
+        with trio.move_on_after(0 if self._hurried else grace_period) as self._grace:
+            while any(not actor.finished.is_set() and actor.record.status is not RunStatus.WAITING
+                      for actor in self.broker.actors()):
+                await trio.sleep(0.05)
+        live = [actor for actor in self.broker.actors() if not actor.finished.is_set()]
+        for actor in live:
+            actor.hand_back()
+        with trio.move_on_after(HAND_BACK_TIMEOUT):  # each one is one store commit
+            for actor in live:
+                await actor.ended.wait()
+        if live:
+            log.info("graceful stop: %d live runs handed back", len(live))
+        return len(live)
+
+    def hurry(self) -> None:
+        """End the grace period of a graceful stop under way now."""
+        self.stopping = self._hurried = True
+        if self._grace is not None:
+            self._grace.cancel()
 
     async def sweep(self) -> int:
         """Delete runs that finished more than ``retention`` seconds ago; how many."""
@@ -178,7 +213,8 @@ class RunService:
             # it would stay QUEUED forever, and a retry with its key would get that dead run
             with trio.CancelScope(shield=True):
                 await self.store.commit(Batch(runs=[record.to_store()]))
-                await self.start_actor(record, task)
+                if not self.stopping:  # else stored QUEUED: the next engine starts it
+                    await self.start_actor(record, task)
             log.info("run %s triggered (task %s%s)", record.id, task_id,
                      f", parent {record.parent_id}" if record.parent_id else "")
             return record

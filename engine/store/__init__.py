@@ -23,3 +23,4 @@ from ._errors import StoreError as StoreError
 from ._errors import StoreUnavailableError as StoreUnavailableError
 from ._memory import MemoryStore as MemoryStore
 from ._sqlite import SqliteStore as SqliteStore
+from ._sqlite import backup_database as backup_database

@@ -120,6 +120,13 @@ INLINE_BYTES = 256 * 1024
 #: Start a background WAL checkpoint once about this many pages were written since the
 #: last one (SQLite's own automatic checkpoint uses the same figure).
 CHECKPOINT_PAGES = 1000
+#: The WAL's bound. A ``PASSIVE`` checkpoint never waits, so under a continuous writer it
+#: never catches up with the WAL's end and SQLite never starts the WAL over: it grew to
+#: 900 MB in 4 minutes. Once a checkpoint finds the WAL bigger than this, the next group
+#: commit is followed by a ``TRUNCATE`` checkpoint on the writer, in a worker thread,
+#: while the store's write turn is held (no write of ours contends; readers' transactions
+#: are short). ``journal_size_limit`` trims what a restarted WAL leaves behind.
+WAL_LIMIT_BYTES = 16 * 1024 * 1024
 #: Streams whose end (sid, length, size) the writer remembers (see "Where streams end").
 END_CACHE_STREAMS = 1024
 _PAGE_SIZE = 4096
@@ -258,6 +265,44 @@ _DELETE_RUN_DATA = (
 )
 
 
+def backup_database(url: str, dest: str) -> int:
+    """Copy the SQLite store at ``url`` (``sqlite:///path``) to the new file ``dest``,
+    consistently, while an engine keeps writing to it (``VACUUM INTO``: one read
+    transaction, compacted; ``runwire backup``).
+
+    Returns the copy's size in bytes. The copy is checked with ``PRAGMA quick_check``.
+
+    Raises:
+        StoreConfigError: ``source`` does not exist or is not a runwire database, or
+            ``dest`` exists already.
+        StoreUnavailableError: SQLite failed (disk full, permissions, ...).
+    """
+    source, _ = parse_sqlite_url(url)
+    if source == ":memory:" or not os.path.isfile(source):
+        raise StoreConfigError(f"no SQLite database at {source!r}")
+    if os.path.exists(dest):
+        raise StoreConfigError(f"{dest!r} exists; a backup is written to a new file")
+    conn = sqlite3.connect(source, isolation_level=None)
+    try:
+        conn.execute("PRAGMA busy_timeout = 10000")
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+        if "runs" not in tables:
+            raise StoreConfigError(f"{source!r} is not a runwire database")
+        conn.execute("VACUUM INTO ?", (dest,))
+    except sqlite3.Error as exc:
+        raise StoreUnavailableError(f"backup of {source!r} failed: {exc}") from exc
+    finally:
+        conn.close()
+    copy = sqlite3.connect(dest)
+    try:
+        verdict = copy.execute("PRAGMA quick_check").fetchone()[0]
+    finally:
+        copy.close()
+    if verdict != "ok":
+        raise StoreUnavailableError(f"the backup {dest!r} failed its check: {verdict}")
+    return os.path.getsize(dest)
+
+
 def parse_sqlite_url(url: str) -> tuple[str, dict[str, str]]:
     """Split ``sqlite:///path?opt=value`` into the file path and its options.
 
@@ -343,8 +388,15 @@ class SqliteStore(Store):
 
     scheme = "sqlite"
 
-    def __init__(self, path: str, *, synchronous: str = "NORMAL") -> None:
+    def __init__(self, path: str, *, synchronous: str = "NORMAL",
+                 wal_limit_bytes: int = WAL_LIMIT_BYTES) -> None:
         self.path = path
+        #: the WAL is truncated once a checkpoint finds it bigger (see ``WAL_LIMIT_BYTES``)
+        self.wal_limit_bytes = wal_limit_bytes
+        self._truncate_due = False
+        #: TRUNCATE checkpoints done, and the biggest WAL a checkpoint found (bytes)
+        self.wal_truncations = 0
+        self.wal_peak_bytes = 0
         self.synchronous = synchronous.upper()
         self._memory = path == ":memory:"
         #: a file under synchronous=NORMAL: small groups are written on the trio thread and
@@ -403,6 +455,7 @@ class SqliteStore(Store):
             if not self._memory:
                 if self._background_checkpoints:  # instead of SQLite's in-commit ones
                     opened[0].execute("PRAGMA wal_autocheckpoint = 0")
+                opened[0].execute(f"PRAGMA journal_size_limit = {int(self.wal_limit_bytes)}")
                 # the reader: catch-up reads scan pages in order and rarely come back, and
                 # the OS page cache holds the file anyway; a bigger cache only filled up
                 # when a reader fell behind (docs/performance.md, "Figures behind the code")
@@ -511,6 +564,22 @@ class SqliteStore(Store):
             for entry in taken:
                 entry.done.set()
         self._written(group)
+        if self._truncate_due:  # still holding the write turn: see WAL_LIMIT_BYTES
+            self._truncate_due = False
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(self._truncate_wal, limiter=self._write_limiter)
+
+    def _truncate_wal(self) -> None:
+        """Checkpoint the whole WAL and truncate it (writer connection, worker thread)."""
+        try:
+            busy, _, _ = self._writing().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except (sqlite3.Error, StoreError) as exc:
+            log.warning("SQLite WAL truncation of %r failed: %r", self.path, exc)
+            return
+        if busy:  # a reader held an old snapshot past the busy timeout: the next one tries
+            log.warning("SQLite WAL of %r not truncated: a reader held it", self.path)
+        else:
+            self.wal_truncations += 1
 
     def _written(self, group: list[_Pending]) -> None:
         """Count the pages written; start a background checkpoint once there are enough."""
@@ -547,6 +616,13 @@ class SqliteStore(Store):
         if self._checkpointer is None:
             self._checkpointer = self._connect(cache_kib=256)
         self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        try:
+            size = os.path.getsize(self.path + "-wal")
+        except OSError:
+            return
+        self.wal_peak_bytes = max(self.wal_peak_bytes, size)
+        if size > self.wal_limit_bytes:
+            self._truncate_due = True  # (a plain flag: read on the trio thread later)
 
     def _writing(self) -> sqlite3.Connection:
         if self._writer is None:  # closed between the call and its turn in the thread
