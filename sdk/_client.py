@@ -3,7 +3,8 @@
 Theory of operation: :class:`Client` keeps one connection (a :class:`_Link`) up. One task
 reads frames and routes each by ``re`` to the :class:`_Inbox` of the request that asked for
 it; while a consumer waits on an empty inbox it takes that task's place and receives itself,
-so its own frame reaches it without a task switch (:class:`_Receiver`). Routing never waits:
+so its own frame reaches it without a task switch (:class:`_Receiver`; under trio only, and
+under asyncio the task yields after routing each frame instead). Routing never waits:
 an inbox is bounded by its own policy, so a slow consumer of one request cannot stall the
 others (a reader whose loop body awaits ``send`` on the same client would otherwise
 deadlock). A read whose consumer falls behind *pauses*: the client cancels it on the engine,
@@ -226,8 +227,9 @@ class _Receiver:
     it stood aside, after routing whatever it had already got.
     """
 
-    def __init__(self, conn: ClientConnection) -> None:
+    def __init__(self, conn: ClientConnection, leads: bool = True) -> None:
         self.conn = conn
+        self.leads = leads  # consumers may lead (else the serve task always receives)
         self.leader: _Inbox | None = None
         self.error: Exception | None = None  # what a leader's receive raised, for serve
         self.closed = False
@@ -247,6 +249,8 @@ class _Receiver:
             self._aside.set()
             await self._back.wait()
             return None
+        if not self.leads:  # nobody cancels this receive: no scope to pay for
+            return await self.conn.receive()
         with anyio.CancelScope() as self._scope:
             try:
                 return await self.conn.receive()
@@ -286,9 +290,10 @@ class _Receiver:
 class _Link:
     """One connection, the nursery of its helper tasks, and whether it is gone."""
 
-    def __init__(self, conn: ClientConnection, nursery: anyio.abc.TaskGroup) -> None:
+    def __init__(self, conn: ClientConnection, nursery: anyio.abc.TaskGroup,
+                 leads: bool = True) -> None:
         self.conn = conn
-        self.receiver = _Receiver(conn)
+        self.receiver = _Receiver(conn, leads)
         self.nursery = nursery
         self.gone = anyio.Event()
         self.answered = False
@@ -434,7 +439,7 @@ class Client:
         except BaseException:
             nursery.cancel_scope.cancel()
             raise
-        return _Link(conn, nursery)
+        return _Link(conn, nursery, self._leads)
 
     async def _greet(self, conn: ClientConnection) -> None:
         try:
@@ -459,6 +464,10 @@ class Client:
                 frame = await receiver.serve_receive()
                 if frame is not None:
                     self._route(link, frame)
+                    if not self._leads:
+                        # let a consumer this frame woke take it before the next one is
+                        # received: else a fast engine fills its inbox and pauses the read
+                        await anyio.lowlevel.checkpoint()
         except TransportError as exc:
             if not self._closing:
                 log.info("connection lost (%s); reconnecting", exc)
