@@ -89,17 +89,20 @@ N_CHUNKS = 20_000
 
 
 def test_a_producer_and_a_reader_survive_cuts(backend):
-    """A producer outside the run pipes 20,000 chunks in through a link cut at random about
-    every 20-100 ms; a reader on the same client gets each exactly once, in order."""
+    """A producer outside the run pipes 20,000 chunks in through a link cut once in every
+    stretch of 2,000 chunks; a reader on the same client gets each exactly once, in
+    order. (The cuts are made by the source, not by the proxy's random cutter: that one may
+    cut the first connection in its handshake on a busy machine, and a first connection is
+    not retried.)"""
     with EngineThread([sink], start_timeout=TIME_LIMIT) as engine, \
-            ProxyThread(engine.port, seed=21, max_cuts=12).running() as proxy:
+            (proxy_thread := ProxyThread(engine.port, seed=21)).running() as proxy:
         got: list[int] = []
 
         async def source() -> AsyncIterator[int]:
             for i in range(N_CHUNKS):
                 if i % 2000 == 1000:  # a cut lands in every stretch of the transfer
-                    while proxy.cuts < i // 2000 + 1:
-                        await anyio.sleep(0.005)
+                    while not await anyio.to_thread.run_sync(proxy_thread.call, proxy.cut_all):
+                        await anyio.sleep(0.005)  # reconnecting (the producer buffers ahead)
                 yield i
 
         async def body() -> None:
@@ -119,7 +122,9 @@ def test_a_producer_and_a_reader_survive_cuts(backend):
 
         run(backend, body)
         assert got == list(range(N_CHUNKS))
-        assert proxy.cuts >= 10
+        # a cut can land on a link already cut whose pumps have not ended yet, so not every
+        # cut costs a connection; the read went across several either way
+        assert proxy.accepted >= 3
 
 
 def test_a_read_resumes_across_an_engine_restart(backend, tmp_path):
