@@ -307,6 +307,9 @@ async def _open_engine(tasks: Iterable[Task[Any, Any]], *, store: str | Store,
     if api_key is None:
         api_key = generate_api_key()
         log.warning("no API key given; generated one for this engine: %s", api_key)
+    if not isinstance(store, (str, Store)):
+        raise TypeError(f"store must be a URL such as 'memory://' or 'sqlite:///runwire.db', "
+                        f"or a Store, not {type(store).__name__}")
     backing = open_store(store) if isinstance(store, str) else store
     serving = host is not None or port is not None
     kind = ServingEngine if serving else Engine

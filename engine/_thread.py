@@ -37,6 +37,7 @@ from runwire import Client, Task, connect
 from ._engine import ServingEngine, open_engine
 from ._limits import Limits
 from .service import generate_api_key
+from .store import Store
 
 
 class EngineThread:
@@ -51,6 +52,10 @@ class EngineThread:
         drain_timeout: seconds a finishing run's producers may take to drain.
         limits: the engine's limits.
         start_timeout: seconds :meth:`start` waits for the engine to listen.
+
+    Raises:
+        TypeError: an item of ``tasks`` is not a :class:`~runwire.Task`, or ``store`` is
+            neither a URL nor a ``Store`` (a malformed URL is refused by :meth:`start`).
     """
 
     def __init__(self, tasks: Iterable[Task[Any, Any]] = (), *, store: Any = "memory",
@@ -59,6 +64,12 @@ class EngineThread:
                  grace_period: float = 0.0, start_timeout: float = 30.0) -> None:
         self.api_key = api_key if api_key is not None else generate_api_key()
         self._tasks = list(tasks)
+        for task in self._tasks:  # here, not in the engine's thread at start()
+            if not isinstance(task, Task):
+                raise TypeError(f"tasks must be Task objects made with @task, not {task!r}")
+        if not isinstance(store, (str, Store)):
+            raise TypeError(f"store must be a URL such as 'sqlite:///runs.db', or a Store, "
+                            f"not {type(store).__name__}")
         self._options: dict[str, Any] = {"store": store, "host": host, "port": port,
                                          "drain_timeout": drain_timeout, "limits": limits,
                                          "grace_period": grace_period}
@@ -144,8 +155,16 @@ class EngineThread:
             self._ready.set()
             await self._stop.wait()
 
-    def connect(self, **options: Any) -> contextlib.AbstractAsyncContextManager[Client]:
-        """A client of this engine (``runwire.connect(url, api_key=...)``); asyncio or trio."""
+    def connect(self, access_token: str | None = None,
+                **options: Any) -> contextlib.AbstractAsyncContextManager[Client]:
+        """A client of this engine, asyncio or trio: ``runwire.connect(url, api_key=...)``,
+        or with ``access_token`` a client with only that token's rights.
+
+        Raises:
+            RuntimeError: the engine thread is not running.
+        """
+        if access_token is not None:
+            return connect(self.url, access_token=access_token, **options)
         return connect(self.url, api_key=self.api_key, **options)
 
     # an ``async with`` for lifespans: start and stop without blocking the event loop

@@ -36,6 +36,8 @@ class RunSubscription:
     def __init__(self, run_id: str, client: Backend | None = None) -> None:
         if not isinstance(run_id, str) or not run_id:
             raise TypeError("run_id must be a non-empty string")
+        if client is not None:
+            current_backend(client)  # a wrong client is refused here, not at the first snapshot
         self.run_id = run_id
         self.client = client
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
+import threading
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, Union, cast, overload
 
@@ -187,7 +189,8 @@ async def run_asyncio(fn: Callable[..., Awaitable[Output]], *args: Any) -> Outpu
 
     For asyncio-only libraries (aiohttp, ``asyncio.sleep`` ...): the coroutine runs on an
     event loop of its own in a worker thread, and its result (or exception) comes back.
-    Cancelling the caller cancels the asyncio task. Values cross threads: pass and return
+    Cancelling the caller cancels the asyncio task (``asyncio.CancelledError`` inside
+    ``fn``); cancelled before that loop is up, ``fn`` is never called. Values cross threads: pass and return
     plain data, not objects bound to either loop.
 
     Raises:
@@ -196,22 +199,34 @@ async def run_asyncio(fn: Callable[..., Awaitable[Output]], *args: Any) -> Outpu
     """
     if not callable(fn):
         raise TypeError(f"run_asyncio needs an async function, not {type(fn).__name__}")
-    started: dict[str, Any] = {}
+    # the caller may be cancelled before the worker's loop is up: the lock orders that with
+    # the loop's start, so fn then never runs (an abandoned thread would run it unseen)
+    lock = threading.Lock()
+    state: dict[str, Any] = {"cancelled": False}
 
     async def main() -> Output:
-        started["loop"], started["task"] = asyncio.get_running_loop(), asyncio.current_task()
+        with lock:
+            if state["cancelled"]:
+                raise asyncio.CancelledError
+            state["loop"], state["task"] = asyncio.get_running_loop(), asyncio.current_task()
         coro = fn(*args)
         if not inspect.isawaitable(coro):
             raise TypeError(f"run_asyncio needs an async function; {fn!r} returned "
                             f"{type(coro).__name__}")
         return await coro
 
+    def worker() -> Output:
+        return asyncio.run(main())  # main() made here: never an un-awaited coroutine
+
     try:
-        return await anyio.to_thread.run_sync(asyncio.run, main(), abandon_on_cancel=True)
+        return await anyio.to_thread.run_sync(worker, abandon_on_cancel=True)
     except anyio.get_cancelled_exc_class():
-        loop, task = started.get("loop"), started.get("task")
+        with lock:
+            state["cancelled"] = True
+            loop, task = state.get("loop"), state.get("task")
         if loop is not None and task is not None:
-            loop.call_soon_threadsafe(task.cancel)
+            with contextlib.suppress(RuntimeError):  # the loop closed: fn is over anyway
+                loop.call_soon_threadsafe(task.cancel)
         raise
 
 

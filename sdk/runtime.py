@@ -186,7 +186,7 @@ def current_backend(client: Backend | None = None) -> Backend:
         OutsideRunError: neither a run nor a ``connect()`` is active here.
     """
     if client is not None:
-        if not callable(getattr(client, "open_producer", None)):
+        if isinstance(client, type) or not callable(getattr(client, "open_producer", None)):
             raise TypeError(f"client must be a runwire Client (from connect(...)), "
                             f"not {type(client).__name__}")
         return client

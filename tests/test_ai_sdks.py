@@ -4,8 +4,11 @@ loopback (issue 15, part 3), and asyncio-only code inside a task."""
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 
 import pytest
+import trio
 from anthropic import AsyncAnthropic
 from openai import AsyncOpenAI
 
@@ -238,6 +241,67 @@ async def test_run_asyncio_refuses_a_non_async_function():
         await run_asyncio(lambda: 1)
     with pytest.raises(TypeError, match="async function"):
         await run_asyncio(42)
+    with pytest.raises(TypeError, match="async function.*returned int"):
+        await run_asyncio(len, "abc")  # callable, but not a coroutine function
+    with pytest.raises(TypeError, match="async function.*returned generator"):
+        await run_asyncio(lambda: (yield))
+
+
+@bounded(20)
+async def test_run_asyncio_gives_back_what_the_coroutine_raised():
+    class Custom(Exception):
+        pass
+
+    async def fails(n):
+        await asyncio.sleep(0)
+        raise Custom(f"failed with {n}")
+
+    with pytest.raises(Custom, match="failed with 7"):
+        await run_asyncio(fails, 7)
+    assert await run_asyncio(asyncio.sleep, 0, "after") == "after"  # still usable
+
+
+@bounded(20)
+async def test_cancelling_run_asyncio_cancels_the_coroutine():
+    started, cancelled = threading.Event(), threading.Event()
+
+    async def waits():
+        started.set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    with trio.move_on_after(5) as scope:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run_asyncio, waits)
+            await trio.to_thread.run_sync(started.wait, 5)
+            nursery.cancel_scope.cancel()
+    assert not scope.cancelled_caught
+    assert await trio.to_thread.run_sync(cancelled.wait, 5)
+
+
+@bounded(30)
+async def test_a_cancel_before_the_loop_is_up_never_starts_the_coroutine():
+    """However early the cancel lands, the coroutine is either cancelled or never runs: no
+    thread is left running it unseen."""
+    for attempt in range(40):
+        started, cancelled = threading.Event(), threading.Event()
+
+        async def waits():
+            started.set()
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+
+        with trio.move_on_after(attempt * 0.0001):
+            await run_asyncio(waits)
+        await trio.to_thread.run_sync(lambda: time.sleep(0.05))  # the worker thread's turn
+        if started.is_set():
+            assert await trio.to_thread.run_sync(cancelled.wait, 5), attempt
 
 
 def test_the_error_is_a_runwire_error():

@@ -250,12 +250,49 @@ def test_an_explicit_client_needs_no_context(engine, backend):
     run(backend, body)
 
 
-def test_a_wrong_client_argument(engine, backend):
+#: Every client-side call that takes ``client=``, with valid arguments otherwise.
+CLIENT_CALLS: dict[str, Callable[[Any], Awaitable[Any]]] = {
+    "Task.trigger": lambda c: echo.trigger(1, client=c),
+    "Task.trigger_and_wait": lambda c: echo.trigger_and_wait(1, client=c),
+    "Task.batch_trigger_and_wait": lambda c: echo.batch_trigger_and_wait([1], client=c),
+    "tasks.trigger": lambda c: tasks.trigger("echo", 1, client=c),
+    "tasks.trigger_and_wait": lambda c: tasks.trigger_and_wait("echo", 1, client=c),
+    "tasks.batch_trigger_and_wait": lambda c: tasks.batch_trigger_and_wait("echo", [1],
+                                                                          client=c),
+    "StreamDef.read": lambda c: ai.read("run_x", client=c),
+    "streams.read": lambda c: streams.read("run_x", "ai", client=c),
+    "StreamDef.append": lambda c: ai.append("x", target="run_x", client=c),
+    "streams.append": lambda c: streams.append("ai", "x", target="run_x", client=c),
+    "StreamDef.pipe": lambda c: _now(lambda: ai.pipe(["x"], target="run_x", client=c)),
+    "streams.pipe": lambda c: _now(lambda: streams.pipe("ai", ["x"], target="run_x",
+                                                        client=c)),
+    "StreamDef.writer": lambda c: _now(lambda: ai.writer(print, target="run_x", client=c)),
+    "streams.writer": lambda c: _now(lambda: streams.writer("ai", execute=print,
+                                                            target="run_x", client=c)),
+    "InputStream.send": lambda c: stop.send("run_x", "s", client=c),
+    "runs.retrieve": lambda c: runs.retrieve("run_x", client=c),
+    "runs.cancel": lambda c: runs.cancel("run_x", client=c),
+    "runs.subscribe_to_run": lambda c: _now(lambda: runs.subscribe_to_run("run_x", client=c)),
+    "auth.create_public_token": lambda c: auth.create_public_token(scopes=["read:runs"],
+                                                                   client=c),
+}
+
+
+async def _now(fn: Callable[[], Any]) -> Any:
+    return fn()
+
+
+@pytest.mark.parametrize("call", sorted(CLIENT_CALLS))
+@pytest.mark.parametrize("wrong", ["not a client", 42, object(), Client])
+def test_a_wrong_client_argument(engine, backend, call, wrong):
+    """Refused at the call with a TypeError naming what is expected; a connected client in
+    the same context is not used instead, and nothing reaches the engine."""
     async def body():
-        with pytest.raises(TypeError, match="runwire Client"):
-            await echo.trigger(1, client="not a client")
-        with pytest.raises(TypeError, match="runwire Client"):
-            await ai.read("run_x", client=object())
+        async with engine.connect() as client:
+            before = client.statistics()
+            with pytest.raises(TypeError, match="client must be a runwire Client"):
+                await CLIENT_CALLS[call](wrong)
+            assert client.statistics() == before
 
     run(backend, body)
 

@@ -1118,13 +1118,18 @@ def _lock_file(path: str) -> int | None:
     """Take an exclusive advisory lock on ``path`` (POSIX); the fd holds it.
 
     Raises:
-        OSError: another process (or another store in this one) holds the lock.
+        StoreUnavailableError: another process (or another store in this one) holds the
+            lock, or the file cannot be created (no such folder, no permission).
     """
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows: no advisory lock
         return None
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:  # no such folder, no permission ...: the store, not its lock
+        raise StoreUnavailableError(exc.errno, f"the SQLite store {path[:-5]!r} cannot be "
+                                    f"opened: {exc.strerror} (lock file {path!r})") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
