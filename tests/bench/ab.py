@@ -1,9 +1,12 @@
-"""``python -m tests.bench.ab REV [--only NAME ...] [--rounds N] [--quick]``: a same-run A/B.
+"""``python -m tests.bench.ab REV [--b REV] [--only NAME ...] [--rounds N] [--quick]``: a
+same-run A/B.
 
-Runs the benchmark suite of revision ``REV`` (A) and of this checkout (B) in turns, A B B A
-A B ..., so drift on a shared machine hits both alike, and prints for every figure both have
-the median over the rounds of each side's medians and the ratio B/A. Each side runs its own
-``tests/bench`` against its own code: ``REV`` is checked out into a temporary git worktree,
+Runs the benchmark suite of revision ``REV`` (A) and of this checkout (B; or of the revision
+``--b`` names) in turns, A B B A A B ..., so drift on a shared machine hits both alike, and
+prints for every figure both have the median over the rounds of each side's medians and the
+ratio B/A. Each side runs its own ``tests/bench`` against its own code: ``REV`` (and ``--b``'s
+revision, so the checkout may change while it runs) is checked out into a temporary git
+worktree,
 and a ``runwire/`` tree of symlinks into each side's ``sdk/``, ``engine/`` and
 ``transport/`` comes first on ``PYTHONPATH``, so neither side imports the other's code
 through the editable install (a revision from before the move to one ``runwire`` package
@@ -67,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.bench.ab", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("rev", help="the revision to compare this checkout with (side A)")
+    parser.add_argument("--b", metavar="REV", help="side B: this revision (default: this "
+                        "checkout, as it is)")
     parser.add_argument("--only", action="append", default=[], metavar="NAME",
                         help="benchmark to run (repeatable); default: throughput and latency")
     parser.add_argument("--rounds", type=int, default=2, help="turns per side (default 2)")
@@ -78,11 +83,13 @@ def main(argv: list[str] | None = None) -> int:
     bench_args += ["--quick"] if args.quick else []
     bench_args += ["--smoke"] if args.smoke else []
     work = Path(tempfile.mkdtemp(prefix="runwire-ab-"))
-    old = work / "a"
-    subprocess.run(["git", "worktree", "add", "--detach", str(old), args.rev], cwd=REPO,
-                   check=True, capture_output=True)
+    old, new = work / "a", work / "b"
+    trees = [(old, args.rev)] + ([(new, args.b)] if args.b else [])
     try:
-        sides = {"A": old, "B": REPO}
+        for tree, rev in trees:
+            subprocess.run(["git", "worktree", "add", "--detach", str(tree), rev], cwd=REPO,
+                           check=True, capture_output=True)
+        sides = {"A": old, "B": new if args.b else REPO}
         packages = {}
         for side, tree in sides.items():
             packages[side] = work / f"pkg-{side}"
@@ -93,17 +100,18 @@ def main(argv: list[str] | None = None) -> int:
             for side in ("AB" if turn % 2 == 0 else "BA"):
                 out = work / f"{side}-{turn}.json"
                 results[side].append(_run(side, sides[side], packages[side], bench_args, out))
-        _print(args.rev, _medians(results["A"]), _medians(results["B"]), args.json)
+        _print(args.rev, args.b, _medians(results["A"]), _medians(results["B"]), args.json)
     finally:
-        subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=REPO,
-                       capture_output=True)
+        for tree, _ in trees:
+            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=REPO,
+                           capture_output=True)
         shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
-def _print(rev: str, a: dict[str, tuple[float, str, bool]],
+def _print(rev: str, rev_b: str | None, a: dict[str, tuple[float, str, bool]],
            b: dict[str, tuple[float, str, bool]], path: str | None) -> None:
-    print(f"\n== A/B: A = {rev}, B = this checkout; medians over rounds ==")
+    print(f"\n== A/B: A = {rev}, B = {rev_b or 'this checkout'}; medians over rounds ==")
     rows = {}
     for name in sorted(set(a) & set(b)):
         (va, unit, higher), (vb, _, _) = a[name], b[name]
@@ -114,7 +122,8 @@ def _print(rev: str, a: dict[str, tuple[float, str, bool]],
         rows[name] = {"A": va, "B": vb, "unit": unit, "higher_is_better": higher,
                       "ratio": ratio}
     if path:
-        Path(path).write_text(json.dumps({"A": rev, "figures": rows}, indent=1))
+        Path(path).write_text(json.dumps({"A": rev, "B": rev_b or "this checkout",
+                                          "figures": rows}, indent=1))
 
 
 if __name__ == "__main__":
