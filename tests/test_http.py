@@ -445,3 +445,56 @@ async def test_durable_streams_client_reads_a_run_stream(live):
                 [node, str(HERE / "read_run_stream.mjs"), url, made["public_access_token"],
                  live], capture_stdout=True, capture_stderr=True)
         assert orjson.loads(done.stdout) == ["hello", "world", "bye"], done.stderr
+
+
+@pytest.mark.parametrize("store", ["memory", "sqlite"])
+@bounded(30)
+async def test_reads_of_the_newest_items_from_memory_match_the_store(store, tmp_path):
+    """A stream's newest items are kept in memory for live readers (``_dstreams._Live``,
+    bounded by count and bytes); reads that start there, before it and across where it
+    begins all give what was written."""
+    url = "memory://" if store == "memory" else f"sqlite:///{tmp_path / 'r.db'}"
+
+    async def read_from(client: httpx.AsyncClient, path: str, offset: str) -> bytes:
+        got = b""
+        while True:
+            r = await client.get(path, headers=AUTH, params={"offset": offset})
+            assert r.status_code == 200, r.text
+            got += r.content if "json" not in r.headers["content-type"] else (
+                b"," if got and r.content != b"[]" else b"") + r.content[1:-1]
+            offset = r.headers["stream-next-offset"]
+            if r.headers.get("stream-up-to-date") == "true":
+                return got
+
+    def at(i: int) -> str:
+        return f"0000000000000000_{i:016d}"
+
+    async with http(store=url) as (eng, client):
+        # JSON: 1,100 items in one append (more than the 1,024 kept), then one more
+        await client.put("/v1/stream/j", headers={**AUTH, "content-type": "application/json"})
+        r = await client.post("/v1/stream/j", headers={**AUTH, "content-type":
+                              "application/json"}, content=orjson.dumps(list(range(1100))))
+        assert r.status_code == 204
+        await client.post("/v1/stream/j", headers={**AUTH, "content-type": "application/json"},
+                          content=b"[1100]")
+        for start in (0, 50, 75, 76, 77, 1090, 1100, 1101):
+            got = await read_from(client, "/v1/stream/j", at(start))
+            assert orjson.loads(b"[" + got + b"]") == list(range(start, 1101)), start
+        # bytes: three 600 KB appends (more than the 1 MiB kept)
+        await client.put("/v1/stream/t", headers={**AUTH, "content-type": "text/plain"})
+        parts = [bytes([ord("a") + i]) * 600_000 for i in range(3)]
+        for part in parts:
+            await client.post("/v1/stream/t", headers={**AUTH, "content-type": "text/plain"},
+                              content=part)
+        whole = b"".join(parts)
+        for start in (0, 599_999, 600_005, 1_199_990, 1_200_000, 1_300_000, 1_800_000):
+            assert await read_from(client, "/v1/stream/t", at(start)) == whole[start:], start
+        # a live SSE reader at the tail gets the next append from memory
+        async with client.stream("GET", "/v1/stream/j", headers=AUTH,
+                                 params={"offset": at(1101), "live": "sse"}) as r:
+            await client.post("/v1/stream/j", headers={**AUTH, "content-type":
+                              "application/json"}, content=b"[1101]")
+            async for line in r.aiter_lines():
+                if line.startswith("data:["):
+                    assert orjson.loads(line[5:]) == [1101]
+                    break

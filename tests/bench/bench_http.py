@@ -21,12 +21,19 @@ Three workloads, every client in a process of its own:
   the first item's stamp to the last item's arrival; latency: stamp to arrival. Target:
   runwire at least 2x the reference's throughput at a p99 no worse.
 
+* **HTTP layer** (why h11, docs/architecture.md): the door's own ``HttpConnection``
+  (``engine/door/_http.py``, h11) and hypercorn's trio worker with an ASGI app, each answering
+  the same small JSON to ``GET /ping`` on trio; one client sends sequential keep-alive
+  requests. Requests per second and server CPU per request; no target. Skipped when hypercorn
+  (a dev extra) is not installed.
+
 The HTTP clients are h11 on trio sockets (:class:`H11Client`), the same for both servers, so
 the client costs the same on either side.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import time
@@ -47,6 +54,7 @@ from ._harness import (
     Report,
     Worker,
     emit,
+    read_commands,
     serving,
     spawn,
     spawn_engine,
@@ -66,14 +74,16 @@ class Params:
     latency_chunks: int = 5_000
     rate: float = 1_000.0
     appends: int = 10_000
+    pings: int = 10_000
     repeat: int = 5
     #: runwire's stores in the append workload (the reference keeps its streams in memory)
     stores: tuple[str, ...] = ("memory", "sqlite")
 
 
 FULL = Params()
-QUICK = Params(chunks=50_000, latency_chunks=2_000, appends=3_000, repeat=3)
-SMOKE = Params(chunks=2_000, latency_chunks=100, appends=100, repeat=1, stores=("memory",))
+QUICK = Params(chunks=50_000, latency_chunks=2_000, appends=3_000, pings=3_000, repeat=3)
+SMOKE = Params(chunks=2_000, latency_chunks=100, appends=100, pings=100, repeat=1,
+               stores=("memory",))
 
 
 # --- an HTTP/1.1 client on h11 ---------------------------------------------------------------
@@ -289,6 +299,66 @@ async def _ds_writer(args: dict[str, Any]) -> dict[str, Any]:
     return {"appends": args["n"], "seconds": seconds, "rate": args["n"] / seconds}
 
 
+PING = b'{"ok":true}'
+
+
+async def _layer_server(args: dict[str, Any]) -> None:
+    """``GET /ping`` on the door's h11 ``HttpConnection`` or on hypercorn (ASGI), on trio."""
+    async with trio.open_nursery() as nursery:
+        if args["kind"] == "h11":
+            from runwire.engine.door._http import Exchange, HttpConnection
+
+            async def ping(exchange: Exchange) -> None:
+                await exchange.respond(200, [("content-type", "application/json")], PING)
+
+            async def connection(stream: trio.SocketStream) -> None:
+                await HttpConnection(stream, ping, max_body=1 << 20, read_timeout=30).serve()
+
+            listeners = await nursery.start(functools.partial(
+                trio.serve_tcp, connection, 0, host="127.0.0.1"))
+            url = f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+        else:
+            from hypercorn.config import Config
+            from hypercorn.trio import serve
+
+            async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+                if scope["type"] == "lifespan":
+                    while (message := await receive())["type"] != "lifespan.shutdown":
+                        await send({"type": "lifespan.startup.complete"})
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+                await send({"type": "http.response.start", "status": 200,
+                            "headers": [(b"content-type", b"application/json"),
+                                        (b"content-length", str(len(PING)).encode())]})
+                await send({"type": "http.response.body", "body": PING})
+
+            config = Config()
+            config.bind = ["127.0.0.1:0"]
+            config.accesslog = config.errorlog = None
+            bound = await nursery.start(lambda task_status: serve(
+                app, config, task_status=task_status))
+            url = bound[0]
+        emit("READY", {"url": url})
+        while await trio.to_thread.run_sync(read_commands, abandon_on_cancel=True) != "stop":
+            pass
+        emit("RESULT")
+        nursery.cancel_scope.cancel()
+
+
+async def _pinger(args: dict[str, Any]) -> dict[str, Any]:
+    client = H11Client(args["url"])
+    for _ in range(100):  # warm up
+        await client.request("GET", "/ping", [])
+    emit("WARM")
+    t0 = time.perf_counter()
+    for _ in range(args["n"]):
+        status, _, body = await client.request("GET", "/ping", [])
+        if status != 200 or body != PING:
+            raise AssertionError(f"ping: {status} {body[:100]!r}")
+    seconds = time.perf_counter() - t0
+    return {"requests": args["n"], "seconds": seconds, "rate": args["n"] / seconds}
+
+
 def _reference() -> None:
     """Become the reference server (``exec``: the harness measures its process as is)."""
     node = shutil.which("node")
@@ -299,9 +369,11 @@ def _reference() -> None:
 
 def worker(role: str, args: dict[str, Any]) -> None:
     roles = {"sse-read": _sse_reader, "sse-latency": _sse_latency, "ds-read": _ds_reader,
-             "ds-write": _ds_writer}
+             "ds-write": _ds_writer, "ping": _pinger}
     if role == "reference":
         _reference()
+    elif role == "layer":
+        trio.run(_layer_server, args)
     else:
         trio_worker(role, roles[role])(role, args)
 
@@ -315,6 +387,14 @@ def reference_missing() -> str | None:
         return "node is not on PATH"
     if not (CONFORMANCE / "node_modules" / "@durable-streams" / "server").exists():
         return "tests/conformance/node_modules is not installed (npm ci --prefix tests/conformance)"
+    return None
+
+
+def hypercorn_missing() -> str | None:
+    try:
+        import hypercorn.trio  # noqa: F401
+    except ImportError as exc:
+        return f"hypercorn is not installed ({exc}; pip install -e '.[dev]')"
     return None
 
 
@@ -333,6 +413,13 @@ def run(params: Params = FULL) -> Report:
         report.notes.append(f"reference server skipped: {missing}")
     else:
         servers["reference"] = spawn(__name__, "reference")
+    layers = ["h11"]
+    if missing := hypercorn_missing():
+        report.notes.append(f"the HTTP layer comparison skipped: {missing}")
+    else:
+        layers.append("hypercorn")
+    for kind in layers:
+        servers[kind] = spawn(__name__, "layer", kind=kind)
     samples: dict[str, list[dict[str, Any]]] = {}
     with serving(servers) as urls:
 
@@ -377,6 +464,9 @@ def run(params: Params = FULL) -> Report:
                 append_and_read(f"runwire {store}", store, _http(urls[store]), rep)
             if "reference" in urls:
                 append_and_read("reference", "reference", urls["reference"], rep)
+            for kind in layers:
+                measure(f"GET /ping on {kind}", kind, __name__, "ping", warm=True,
+                        url=urls[kind], n=params.pings)
     _summarise(report, samples, params)
     return report
 
@@ -417,6 +507,13 @@ def _summarise(report: Report, samples: dict[str, list[dict[str, Any]]],
         report.ratio(f"append+read runwire {store} vs reference: p99",
                      f"append+read runwire {store}: p99", "append+read reference: p99", 1.0,
                      at_least=False)
+    for kind in ("h11", "hypercorn"):
+        if results := samples.get(f"GET /ping on {kind}"):
+            report.add(f"GET /ping on {kind}: requests/s", "requests/s",
+                       [r["rate"] for r in results])
+            report.add(f"GET /ping on {kind}: server CPU/request", "us",
+                       [r["server_cpu_s"] / r["requests"] * 1e6 for r in results],
+                       higher_is_better=False)
     report.notes.append(
         f"read: {params.chunks} chunks; live: {params.latency_chunks} chunks at "
         f"{params.rate:g}/s; append+read: {params.appends} one-item appends, one request at a "
