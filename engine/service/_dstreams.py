@@ -121,19 +121,21 @@ class ReadResult:
     closed: bool  # closed and this read reached its end
 
 
-#: A stream's newest items kept in memory for live readers: at most this many ...
-RECENT_ITEMS = 1024
-#: ... and about this many bytes.
-RECENT_BYTES = 1024 * 1024
+#: A stream's newest items kept in memory while live readers wait on it: at most this
+#: many ...
+RECENT_ITEMS = 256
+#: ... and about this many bytes (so at most about ``max_connections`` x 64 KiB in all).
+RECENT_BYTES = 64 * 1024
 
 
 class _Live:
     """A stream in memory: its metadata, its writers' lock, the event its readers wait on,
-    and its newest items (``recent``: ``(start, data)`` in order, complete from position
-    ``recent_from`` to the tail), so a live reader at the tail is answered without a store
-    read per append (one thread hop each on SQLite)."""
+    and, while readers wait, its newest items (``recent``: ``(start, data)`` in order,
+    complete from position ``recent_from`` to the tail), so a live reader at the tail is
+    answered without a store read per append (one thread hop each on SQLite)."""
 
-    __slots__ = ("changed", "lock", "meta", "recent", "recent_bytes", "recent_from")
+    __slots__ = ("changed", "lock", "meta", "recent", "recent_bytes", "recent_from",
+                 "waiting")
 
     def __init__(self, meta: DurableStream) -> None:
         self.meta = meta
@@ -142,13 +144,20 @@ class _Live:
         self.recent: list[tuple[int, bytes]] = []
         self.recent_bytes = 0
         self.recent_from = meta.tail  # what was written before this is in the store only
+        self.waiting = 0  # readers in DurableStreams.wait
 
     def notify(self) -> None:
         self.changed.set()
         self.changed = trio.Event()
 
     def remember(self, placed: list[tuple[int, bytes]]) -> None:
-        """Keep newly stored items (and forget the oldest beyond the bounds)."""
+        """Keep newly stored items (and forget the oldest beyond the bounds); with no
+        reader waiting, keep none (a stream nobody tails costs no memory for them)."""
+        if not self.waiting:
+            self.recent.clear()
+            self.recent_bytes = 0
+            self.recent_from = self.meta.tail
+            return
         self.recent.extend(placed)
         self.recent_bytes += sum(len(data) for _, data in placed)
         drop = 0
@@ -506,9 +515,13 @@ class DurableStreams:
     async def wait(self, live: _Live, position: int, timeout: float) -> bool:
         """Wait until the stream holds more than ``position``, is closed or gone; whether it
         changed within ``timeout``."""
-        with trio.move_on_after(timeout):
-            while live.meta.tail <= position and not live.meta.closed and not live.meta.deleted \
-                    and self._streams.get(live.meta.path) is live:
-                await live.changed.wait()
-            return True
-        return False
+        live.waiting += 1
+        try:
+            with trio.move_on_after(timeout):
+                while live.meta.tail <= position and not live.meta.closed \
+                        and not live.meta.deleted and self._streams.get(live.meta.path) is live:
+                    await live.changed.wait()
+                return True
+            return False
+        finally:
+            live.waiting -= 1
