@@ -39,8 +39,9 @@ class EngineStatistics:
     """What an engine holds now (for tests and operators).
 
     Attributes:
-        connections: open client connections (websocket and in-process).
-        open_requests: requests under way on them (reads and subscriptions included).
+        connections: open client connections (websocket, HTTP and in-process).
+        open_requests: requests under way on them (reads and subscriptions included; an HTTP
+            request counts from its head to the end of its answer, an SSE response included).
         live_runs: runs executing or waiting on this engine.
         tasks: registered tasks.
     """

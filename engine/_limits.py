@@ -47,6 +47,7 @@ class Limits:
     max_token_lifetime: float = 30 * DAY
     max_key_chars: int = 256
     max_http_body: int = 16 * MiB  # an HTTP request body (413 beyond)
+    http_read_timeout: float = 30.0  # a request's head or body stalled this long: 408, closed
     long_poll_timeout: float = 10.0  # a long-poll read answers 204 after this long
     sse_interval: float = 60.0  # an SSE response is closed after this long; clients resume
     max_durable_streams: int = 100_000  # free-standing durable streams on one engine

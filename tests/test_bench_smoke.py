@@ -36,7 +36,7 @@ def test_benchmark_runs_and_reports_numbers(name: str) -> None:
 
 def test_every_benchmark_is_found() -> None:
     assert {"throughput", "latency", "fanout", "many_runs", "long_stream",
-            "trigger"} <= set(BENCHMARKS)
+            "trigger", "http"} <= set(BENCHMARKS)
 
 
 @pytest.mark.slow
@@ -73,18 +73,19 @@ def test_the_store_benchmark_runs_and_reports_numbers() -> None:
 
 
 @pytest.mark.slow
-def test_the_ab_tool_compares_a_revision_with_this_checkout() -> None:
-    """``python -m tests.bench.ab REV``: both sides run and every figure gets a ratio."""
+def test_the_ab_tool_compares_two_revisions() -> None:
+    """``python -m tests.bench.ab REV --b REV``: both sides run, each from a worktree of its
+    own, and every figure gets a ratio (without ``--b``, side B is this checkout as it is)."""
     done = subprocess.run(
-        [sys.executable, "-m", "tests.bench.ab", "HEAD", "--smoke", "--rounds", "1",
-         "--only", "throughput"], cwd=REPO, capture_output=True, text=True, timeout=300,
+        [sys.executable, "-m", "tests.bench.ab", "HEAD", "--b", "HEAD", "--smoke", "--rounds",
+         "1", "--only", "throughput"], cwd=REPO, capture_output=True, text=True, timeout=300,
         check=False)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "#### A:" in done.stdout and "#### B:" in done.stdout, done.stdout[-3000:]
     rows = [line for line in done.stdout.splitlines() if " B/A " in line]
     assert any("throughput: memory pipe: chunks/s" in row for row in rows), rows
-    side_a = re.search(r"#### A: .* \(in (\S+)\)", done.stdout)
-    assert side_a is not None, done.stdout[-3000:]
+    sides = re.findall(r"#### [AB]: .* \(in (\S+)\)", done.stdout)
+    assert len(sides) == 2 and str(REPO) not in sides, done.stdout[-3000:]
     worktrees = subprocess.run(["git", "worktree", "list"], cwd=REPO, capture_output=True,
                                text=True, check=True).stdout
-    assert side_a.group(1) not in worktrees, worktrees  # cleaned up
+    assert not any(side in worktrees for side in sides), worktrees  # cleaned up

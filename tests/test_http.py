@@ -495,3 +495,59 @@ async def test_durable_streams_client_reads_a_run_stream(live):
                 [node, str(HERE / "read_run_stream.mjs"), url, made["public_access_token"],
                  live], capture_stdout=True, capture_stderr=True)
         assert orjson.loads(done.stdout) == ["hello", "world", "bye"], done.stderr
+
+
+@pytest.mark.parametrize("store", ["memory", "sqlite"])
+@bounded(30)
+async def test_reads_of_the_newest_items_from_memory_match_the_store(store, tmp_path):
+    """While a live reader waits on a stream, its newest items are kept in memory
+    (``_dstreams._Live``, at most 256 items or about 64 KiB); reads that start there, before
+    it and across where it begins all give what was written."""
+    url = "memory://" if store == "memory" else f"sqlite:///{tmp_path / 'r.db'}"
+
+    async def read_from(client: httpx.AsyncClient, path: str, offset: str) -> bytes:
+        got = b""
+        while True:
+            r = await client.get(path, headers=AUTH, params={"offset": offset})
+            assert r.status_code == 200, r.text
+            got += r.content if "json" not in r.headers["content-type"] else (
+                b"," if got and r.content != b"[]" else b"") + r.content[1:-1]
+            offset = r.headers["stream-next-offset"]
+            if r.headers.get("stream-up-to-date") == "true":
+                return got
+
+    def at(i: int) -> str:
+        return f"0000000000000000_{i:016d}"
+
+    async def tailed(client: httpx.AsyncClient, path: str, ctype: str,
+                     bodies: list[bytes]) -> None:
+        """Append each body while a live SSE reader waits at the tail."""
+        async with client.stream("GET", path, headers=AUTH,
+                                 params={"offset": "now", "live": "sse"}) as r:
+            lines = r.aiter_lines()
+            async for line in lines:  # the first control event: the reader is at the tail
+                if line.startswith("data:{"):
+                    break
+            for body in bodies:
+                p = await client.post(path, headers={**AUTH, "content-type": ctype},
+                                      content=body)
+                assert p.status_code == 204
+                async for line in lines:  # its data, then its control event
+                    if line.startswith("data:{"):
+                        break
+
+    async with http(store=url) as (eng, client):
+        # JSON: 1,100 items in one append (more than the 256 kept), then one more
+        await client.put("/v1/stream/j", headers={**AUTH, "content-type": "application/json"})
+        await tailed(client, "/v1/stream/j", "application/json",
+                     [orjson.dumps(list(range(1100))), b"[1100]"])
+        for start in (0, 50, 843, 844, 845, 846, 1090, 1100, 1101):
+            got = await read_from(client, "/v1/stream/j", at(start))
+            assert orjson.loads(b"[" + got + b"]") == list(range(start, 1101)), start
+        # bytes: three 60 KB appends (more than the 64 KiB kept)
+        await client.put("/v1/stream/t", headers={**AUTH, "content-type": "text/plain"})
+        parts = [bytes([ord("a") + i]) * 60_000 for i in range(3)]
+        await tailed(client, "/v1/stream/t", "text/plain", parts)
+        whole = b"".join(parts)
+        for start in (0, 59_999, 60_005, 119_990, 120_000, 130_000, 180_000):
+            assert await read_from(client, "/v1/stream/t", at(start)) == whole[start:], start

@@ -65,6 +65,10 @@ class HttpError(Exception):
         self.body = body  # False: an empty body (the protocol's bare 409s, HEAD)
 
 
+class _Stalled(Exception):
+    """A request stopped arriving for ``read_timeout`` seconds."""
+
+
 class Request:
     """One HTTP request: method, path (percent-decoded), query, headers, body."""
 
@@ -111,6 +115,40 @@ class Exchange:
         self.request = request
         self.started = False
         self.finished = False
+        #: the handler runs in it; cancelled when the client leaves while it is watched
+        self.scope = trio.CancelScope()
+        self.peer_gone = False
+        self._watch: tuple[trio.CancelScope, trio.Event] | None = None
+
+    def watch(self) -> None:
+        """Notice the client leaving from now on (before a long wait or a streamed answer):
+        the handler is cancelled and the connection closed, instead of waiting for its next
+        write (an SSE response idle for a minute, a long-poll) to find out."""
+        if self._watch is None:
+            self._watch = (trio.CancelScope(), trio.Event())
+            self.conn.nursery.start_soon(self._watch_peer, *self._watch)
+
+    async def _watch_peer(self, scope: trio.CancelScope, done: trio.Event) -> None:
+        try:
+            with scope:
+                try:
+                    data = await self.conn.stream.receive_some(RECEIVE_BYTES)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    data = b""
+                if data:  # the next request, early: h11 keeps it for the next cycle
+                    self.conn.h11.receive_data(bytes(data))
+                else:
+                    self.peer_gone = True
+                    self.scope.cancel()
+        finally:
+            done.set()
+
+    async def unwatch(self) -> None:
+        """Stop watching (the answer is done); returns once the socket is free to read."""
+        if self._watch is not None:
+            scope, done = self._watch
+            scope.cancel()
+            await done.wait()
 
     async def respond(self, status: int, headers: Iterable[tuple[str, str]] = (),
                       body: bytes = b"") -> None:
@@ -133,6 +171,7 @@ class Exchange:
     async def start(self, status: int, headers: Iterable[tuple[str, str]] = ()) -> None:
         """Start a streamed response (chunked); :meth:`write` its parts."""
         self.started = True
+        self.watch()
         await self.conn.send(h11.Response(status_code=status, reason=reason(status),
                                           headers=self.conn.head(status, headers)))
 
@@ -163,10 +202,13 @@ def error_body(code: str, message: str) -> bytes:
 class HttpConnection:
     """One HTTP/1.1 connection on a stream, serving requests until either side closes it."""
 
-    def __init__(self, stream: trio.abc.Stream, handler: Handler, *, max_body: int) -> None:
+    def __init__(self, stream: trio.abc.Stream, handler: Handler, *, max_body: int,
+                 read_timeout: float) -> None:
         self.stream = stream
         self.handler = handler
         self.max_body = max_body
+        self.read_timeout = read_timeout
+        self.nursery: trio.Nursery  # while serve() runs
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
 
     def head(self, status: int, headers: Iterable[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
@@ -178,33 +220,66 @@ class HttpConnection:
         data = b"".join(self.h11.send(event) or b"" for event in events)
         await self.stream.send_all(data)
 
-    async def _next_event(self) -> Any:
+    async def _next_event(self, first_wait: float | None = None) -> Any:
+        """The next h11 event. The first read waits ``first_wait`` seconds if given (the
+        idle time between requests: ``None`` on timeout), every other one ``read_timeout``.
+
+        Raises:
+            _Stalled: a read after the first brought nothing for ``read_timeout`` seconds.
+        """
+        wait = first_wait
         while True:
             event = self.h11.next_event()
             if event is not h11.NEED_DATA:
                 return event
             if self.h11.they_are_waiting_for_100_continue:
                 await self.send(h11.InformationalResponse(status_code=100, headers=[]))
-            data = await self.stream.receive_some(RECEIVE_BYTES)
+            data = None
+            with trio.move_on_after(self.read_timeout if wait is None else wait):
+                data = await self.stream.receive_some(RECEIVE_BYTES)
+            if data is None:
+                if wait is not None:
+                    return None  # idle between requests
+                raise _Stalled
+            wait = None
             self.h11.receive_data(bytes(data))
 
     async def serve(self) -> None:
         """Serve requests until the connection closes; never raises for the peer's doing."""
+        async with trio.open_nursery() as self.nursery:  # for Exchange.watch
+            try:
+                while await self._serve_one():
+                    self.h11.start_next_cycle()
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+            except h11.RemoteProtocolError as exc:  # malformed HTTP: answer it if we can
+                await self._refuse(exc.error_status_hint, "bad_request", str(exc))
+                await self._linger()
+            except _Stalled:
+                await self._refuse(408, "timeout", f"the request stopped arriving for "
+                                                   f"{self.read_timeout:g} s")
+            finally:
+                await self._close()
+
+    async def refuse(self, status: int, code: str, message: str,
+                     headers: Iterable[tuple[str, str]] = ()) -> None:
+        """Answer whatever request comes with this error, then close (the connection limit:
+        the answer goes out at once, the request is read and dropped while we linger)."""
         try:
-            while await self._serve_one():
-                self.h11.start_next_cycle()
+            await self._refuse(status, code, message, headers)
+            await self._linger()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
-        except h11.RemoteProtocolError as exc:  # malformed HTTP: answer it if we still can
-            await self._refuse(exc.error_status_hint, "bad_request", str(exc))
-            await self._linger()
         finally:
-            with trio.move_on_after(1) as scope:
-                scope.shield = True
-                try:
-                    await self.stream.aclose()
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    pass
+            await self._close()
+
+    async def _close(self) -> None:
+        with trio.move_on_after(1) as scope:
+            scope.shield = True
+            try:
+                await self.stream.aclose()
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
 
     async def _linger(self) -> None:
         """Read (and drop) what the client still sends, briefly, before closing: closing
@@ -217,25 +292,23 @@ class HttpConnection:
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return
 
-    async def _refuse(self, status: int, code: str, message: str) -> None:
+    async def _refuse(self, status: int, code: str, message: str,
+                      headers: Iterable[tuple[str, str]] = ()) -> None:
         if self.h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return
         try:
             body = error_body(code, message)
             await self.send(h11.Response(status_code=status, reason=reason(status), headers=self.head(status, [
-                ("content-type", "application/json"), ("content-length", str(len(body))),
-                ("connection", "close")])), h11.Data(data=body), h11.EndOfMessage())
+                *headers, ("content-type", "application/json"),
+                ("content-length", str(len(body))), ("connection", "close")])),
+                h11.Data(data=body), h11.EndOfMessage())
         except (h11.LocalProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
             pass
 
     async def _serve_one(self) -> bool:
-        event: Any = None
-        with trio.move_on_after(IDLE_TIMEOUT) as idle:
-            event = await self._next_event()
-        if idle.cancelled_caught:
-            return False  # idle too long: close it
-        if isinstance(event, h11.ConnectionClosed):
-            return False
+        event = await self._next_event(IDLE_TIMEOUT)
+        if event is None or isinstance(event, h11.ConnectionClosed):
+            return False  # idle too long, or the client left
         assert isinstance(event, h11.Request), event
         length = _content_length(event.headers)
         if length is not None and length > self.max_body:
@@ -264,6 +337,15 @@ class HttpConnection:
         return self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE
 
     async def _handle(self, exchange: Exchange) -> None:
+        try:
+            with exchange.scope:
+                await self._answer(exchange)
+        finally:
+            await exchange.unwatch()
+        if exchange.peer_gone:
+            raise trio.ClosedResourceError("the client left")
+
+    async def _answer(self, exchange: Exchange) -> None:
         try:
             await self.handler(exchange)
         except HttpError as exc:

@@ -88,6 +88,7 @@ async def serve_read(exchange: Exchange, source: ReadSource, *, clock: float,
     if now and live is None:
         result = ReadResult([], start, True, source.closed())
     if not result.pieces and live == "long-poll" and not result.closed:
+        exchange.watch()  # a client that gives up on the wait frees it at once
         if await source.wait(start, long_poll_timeout):
             result = await source.read(start)
     headers = [("content-type", source.content_type),

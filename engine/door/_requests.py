@@ -35,9 +35,9 @@ class Door:
         self.auth = auth
         self.limits = limits
         self.rates = RateLimiter()
-        #: open connections over every door (websocket and in-process)
+        #: open connections over every door (websocket, HTTP and in-process)
         self.connections = 0
-        #: requests under way on them
+        #: requests under way on them (an HTTP request from its head to its answer's end)
         self.open_requests = 0
 
     def authenticate(self, credential: Any) -> Caller:

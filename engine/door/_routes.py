@@ -12,6 +12,7 @@ needs, since it sends no credentials).
 
 from __future__ import annotations
 
+import base64
 import re
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -73,6 +74,13 @@ class HttpDoor:
         self.limits = door.limits
 
     async def __call__(self, exchange: Exchange) -> None:
+        self.door.open_requests += 1  # Engine.statistics() counts both doors' requests
+        try:
+            await self._route(exchange)
+        finally:
+            self.door.open_requests -= 1
+
+    async def _route(self, exchange: Exchange) -> None:
         request = exchange.request
         try:
             if request.method == "OPTIONS":
@@ -246,29 +254,43 @@ class HttpDoor:
     async def _events(self, exchange: Exchange, caller: Caller, run_id: str) -> None:
         """One SSE response: the run's record on every change and every stream's chunks
         (event ``chunks``: ``{"stream", "offset", "items"}``), ending when the run is finished
-        and every stream has ended (event ``end``)."""
+        and every stream has ended (event ``end``).
+
+        Every event's ``id`` is where the response stands after it (:func:`events_id`): a
+        client that reconnects with ``Last-Event-ID`` gets the run's record again, then only
+        the chunks after that point, and no ``stream_end`` it already had.
+        """
         await caller.allow("read", "runs", run_id)
         await caller.retrieve(run_id)  # 404 before the response starts
+        resume = parse_events_id(exchange.request.header("last-event-id"))
         await exchange.start(200, [("content-type", "text/event-stream"),
                                    ("cache-control", "no-cache")])
         lock = trio.Lock()
+        positions, ended = dict(resume[0]), set(resume[1])
 
         async def emit(event: str, data: Any) -> None:
             async with lock:
-                await exchange.write(b"event: " + event.encode() + b"\ndata:"
+                if event == "chunks":
+                    positions[data["stream"]] = data["next"]
+                    data = {k: v for k, v in data.items() if k != "next"}
+                elif event == "stream_end":
+                    ended.add(data["stream"])
+                await exchange.write(b"event: " + event.encode() + b"\nid: "
+                                     + events_id(positions, ended) + b"\ndata:"
                                      + orjson.dumps(data) + b"\n\n")
 
         async def follow(key: str) -> None:
-            reader = await caller.open_read(run_id, key, 0, None)
+            reader = await caller.open_read(run_id, key, positions.get(key, 0), None)
             while (batch := await reader.next_batch(None)) is not None:
                 start = reader.next - len(batch)
                 await emit("chunks", {"stream": key, "offset": format_offset(start),
-                                      "items": orjson.Fragment(b"[" + b",".join(batch) + b"]")})
+                                      "items": orjson.Fragment(b"[" + b",".join(batch) + b"]"),
+                                      "next": reader.next})
             await emit("stream_end", {"stream": key, "offset": format_offset(reader.next)})
 
         with trio.move_on_after(self.limits.sse_interval):
             async with trio.open_nursery() as nursery:
-                followed: set[str] = set()
+                followed = set(ended)
                 async for snapshot in caller.subscribe(run_id):
                     await emit("run", snapshot)
                     for key in snapshot.get("streams") or []:
@@ -460,6 +482,36 @@ class FreeStreamSource:
 
     async def wait(self, position: int, timeout: float) -> bool:
         return await self.streams.wait(self.live, position, timeout)
+
+
+def events_id(positions: dict[str, int], ended: set[str]) -> bytes:
+    """An events response's position: each stream's next chunk index and the streams that
+    have ended, as base64url JSON ``{"o": {key: next}, "e": [key, ...]}`` (an SSE ``id``
+    may hold no newline; keys may hold anything else)."""
+    return base64.urlsafe_b64encode(orjson.dumps(
+        {"o": positions, "e": sorted(ended)})).rstrip(b"=")
+
+
+def parse_events_id(text: str | None) -> tuple[dict[str, int], set[str]]:
+    """What :func:`events_id` made (nothing: the start).
+
+    Raises:
+        HttpError: 400, it is not one.
+    """
+    if text is None or not text.strip():
+        return {}, set()
+    try:
+        raw = text.strip()
+        value = orjson.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+        positions, ended = value["o"], value["e"]
+        if (isinstance(positions, dict) and isinstance(ended, list)
+                and all(isinstance(k, str) and type(v) is int and 0 <= v <= MAX_SAFE
+                        for k, v in positions.items())
+                and all(isinstance(k, str) for k in ended)):
+            return positions, set(ended)
+    except (ValueError, TypeError, KeyError, orjson.JSONDecodeError):
+        pass
+    raise HttpError(400, "bad_request", "Last-Event-ID is not an id this engine sent")
 
 
 def _is_true(value: str | None) -> bool:

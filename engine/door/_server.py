@@ -12,7 +12,9 @@ What it bounds before a session exists: a websocket message may be at most
 ``max_message_bytes`` (larger ones close the connection with 1009; trio-websocket checks while
 it reads, so no more than the limit is ever buffered); at ``max_connections`` open sessions,
 new websockets are refused with HTTP 503 before they are accepted (the session checks again,
-exactly, after accepting). HTTP connections count against ``max_connections`` too.
+exactly, after accepting). HTTP connections count against ``max_connections`` too; one over
+it is answered ``503`` with ``Retry-After`` (code ``rate_limited``, as the websocket's refusal)
+and closed.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ PATH = "/v1"
 MAX_PEEK = 8192
 #: Seconds between peeks while a request line is arriving in pieces.
 PEEK_PAUSE = 0.002
+#: Seconds an HTTP client refused at ``max_connections`` is told to wait (``Retry-After``).
+BUSY_RETRY_AFTER = 1
 #: trio-websocket's defaults, kept.
 WS_DISCONNECT_TIMEOUT = 60.0
 
@@ -108,12 +112,18 @@ class EngineServer:
 
     async def _http(self, stream: trio.SocketStream) -> None:
         door = self.door
-        if self.http is None or door.connections >= door.limits.max_connections:
+        if self.http is None:
             await _close(stream)
+            return
+        conn = HttpConnection(stream, self.http, max_body=door.limits.max_http_body,
+                              read_timeout=door.limits.http_read_timeout)
+        if door.connections >= door.limits.max_connections:
+            await conn.refuse(503, "rate_limited", "too many connections; try again later",
+                              [("retry-after", str(BUSY_RETRY_AFTER))])
             return
         door.connections += 1
         try:
-            await HttpConnection(stream, self.http, max_body=door.limits.max_http_body).serve()
+            await conn.serve()
         finally:
             door.connections -= 1
 

@@ -18,6 +18,7 @@ HTTP's, so its statuses are its vocabulary.
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
 import random
 import re
 from collections.abc import Iterable
@@ -120,17 +121,85 @@ class ReadResult:
     closed: bool  # closed and this read reached its end
 
 
+#: A stream's newest items kept in memory while live readers wait on it: at most this
+#: many ...
+RECENT_ITEMS = 256
+#: ... and about this many bytes (so at most about ``max_connections`` x 64 KiB in all).
+RECENT_BYTES = 64 * 1024
+
+
 class _Live:
-    __slots__ = ("changed", "lock", "meta")
+    """A stream in memory: its metadata, its writers' lock, the event its readers wait on,
+    and, while readers wait, its newest items (``recent``: ``(start, data)`` in order,
+    complete from position ``recent_from`` to the tail), so a live reader at the tail is
+    answered without a store read per append (one thread hop each on SQLite)."""
+
+    __slots__ = ("changed", "lock", "meta", "recent", "recent_bytes", "recent_from",
+                 "waiting")
 
     def __init__(self, meta: DurableStream) -> None:
         self.meta = meta
         self.changed = trio.Event()
         self.lock = trio.Lock()
+        self.recent: list[tuple[int, bytes]] = []
+        self.recent_bytes = 0
+        self.recent_from = meta.tail  # what was written before this is in the store only
+        self.waiting = 0  # readers in DurableStreams.wait
 
     def notify(self) -> None:
         self.changed.set()
         self.changed = trio.Event()
+
+    def remember(self, placed: list[tuple[int, bytes]]) -> None:
+        """Keep newly stored items (and forget the oldest beyond the bounds); with no
+        reader waiting, keep none (a stream nobody tails costs no memory for them)."""
+        if not self.waiting:
+            self.recent.clear()
+            self.recent_bytes = 0
+            self.recent_from = self.meta.tail
+            return
+        self.recent.extend(placed)
+        self.recent_bytes += sum(len(data) for _, data in placed)
+        drop = 0
+        while len(self.recent) - drop > RECENT_ITEMS or (
+                self.recent_bytes > RECENT_BYTES and len(self.recent) - drop > 1):
+            self.recent_bytes -= len(self.recent[drop][1])
+            drop += 1
+        if drop:
+            del self.recent[:drop]
+            self.recent_from = self.recent[0][0]
+
+
+def _pieces(items: list[tuple[int, bytes]], pos: int, end: int, budget: int | None,
+            json: bool) -> tuple[list[bytes], int]:
+    """What ``items`` (``(start, data)``, in order) hold from ``pos`` to ``end``: JSON
+    streams' whole items, other streams' bytes (the first item cut at ``pos``); with a
+    ``budget``, about that many bytes (at least one piece), found by bisection. The pieces,
+    and where they end."""
+    first = max(bisect_right(items, pos, key=_start) - 1, 0) if budget is not None else 0
+    pieces: list[bytes] = []
+    size = 0
+    for index in range(first, len(items)):
+        item_start, data = items[index]
+        if item_start >= end or (budget is not None and pieces and size >= budget):
+            break
+        if json:
+            if pos <= item_start:
+                pieces.append(data)
+                size += len(data)
+                pos = item_start + 1
+        else:
+            skip = max(pos - item_start, 0)
+            piece = data[skip:max(end - item_start, 0)]
+            if piece:
+                pieces.append(piece)
+                size += len(piece)
+                pos = item_start + skip + len(piece)
+    return pieces, pos
+
+
+def _start(item: tuple[int, bytes]) -> int:
+    return item[0]
 
 
 @attrs.frozen
@@ -337,6 +406,7 @@ class DurableStreams:
         write = StreamWrite(new, placed, producer if producer is not None else None)
         await self._commit(Batch(streams=[write]))
         live.meta = new
+        live.remember(placed)
         if producer is not None:
             self._producers[(meta.path, producer[0])] = (producer[1], producer[2])
         live.notify()
@@ -411,7 +481,12 @@ class DurableStreams:
         meta = live.meta
         if start > meta.tail:
             raise StreamError(400, "the offset is beyond the stream's tail")
-        pieces, nxt = await self._collect(meta, start, meta.tail, self.limits.frame_bytes)
+        if start >= live.recent_from:  # the newest items: from memory
+            await trio.lowlevel.checkpoint()
+            pieces, nxt = _pieces(live.recent, start, meta.tail, self.limits.frame_bytes,
+                                  is_json(meta.content_type))
+        else:
+            pieces, nxt = await self._collect(meta, start, meta.tail, self.limits.frame_bytes)
         done = nxt >= meta.tail
         return ReadResult(pieces, nxt, done, done and meta.closed)
 
@@ -432,27 +507,21 @@ class DurableStreams:
                 pos = min(end, meta.fork_offset)  # (a source gone: nothing below the fork)
         if pos >= end:
             return pieces, pos
-        json = is_json(meta.content_type)
-        for item_start, data in await self.store.stream_items(meta.path, pos, end,
-                                                              max(budget, 1)):
-            if json:
-                if pos <= item_start < end:
-                    pieces.append(data)
-                    pos = item_start + 1
-            else:
-                skip = max(pos - item_start, 0)
-                piece = data[skip:max(end - item_start, 0)]
-                if piece:
-                    pieces.append(piece)
-                    pos = item_start + skip + len(piece)
+        got, pos = _pieces(await self.store.stream_items(meta.path, pos, end, max(budget, 1)),
+                           pos, end, None, is_json(meta.content_type))
+        pieces.extend(got)
         return pieces, pos
 
     async def wait(self, live: _Live, position: int, timeout: float) -> bool:
         """Wait until the stream holds more than ``position``, is closed or gone; whether it
         changed within ``timeout``."""
-        with trio.move_on_after(timeout):
-            while live.meta.tail <= position and not live.meta.closed and not live.meta.deleted \
-                    and self._streams.get(live.meta.path) is live:
-                await live.changed.wait()
-            return True
-        return False
+        live.waiting += 1
+        try:
+            with trio.move_on_after(timeout):
+                while live.meta.tail <= position and not live.meta.closed \
+                        and not live.meta.deleted and self._streams.get(live.meta.path) is live:
+                    await live.changed.wait()
+                return True
+            return False
+        finally:
+            live.waiting -= 1

@@ -1,0 +1,524 @@
+"""The HTTP door: SSE against the websocket on the same engine, and durable-stream appends
+against the reference Durable Streams server, each in the same run.
+
+Three workloads, every client in a process of its own:
+
+* **SSE read throughput**: one task pipes short string chunks (``bench_throughput``'s
+  ``bench-pipe``); one reader triggers it and reads the stream to its end, either over the
+  websocket (``runwire.connect`` + ``read``, ``bench_throughput``'s reader) or over HTTP
+  (``POST /v1/api/tasks/bench-pipe/trigger``, then ``GET /v1/runs/{id}/streams/ai-output
+  ?offset=-1&live=sse``). Chunks per second from trigger to the last chunk. Target: SSE at
+  least 0.7x the websocket.
+* **Live latency**: ``bench_latency``'s paced task (1,000 chunks/s, each ``[i, time_ns]``), read
+  over the websocket and over SSE; p99 of the time from the writer's stamp to the reader.
+  Target: SSE's p99 at most 2x the websocket's.
+* **Append and read**: a producer process POSTs appends (one JSON item ``[i, time_ns]`` each,
+  one request at a time on a keep-alive connection) to a free-standing durable stream and
+  closes it; a reader process tails it live with SSE from ``offset=-1``. Against runwire
+  (``/v1/stream/...``, memory and SQLite stores) and the reference ``@durable-streams/server``
+  0.3.7 (pinned in ``tests/conformance/package.json``, started from it with its defaults on
+  loopback by ``tests/conformance/reference_server.mjs``). Throughput: items per second from
+  the first item's stamp to the last item's arrival; latency: stamp to arrival. Target:
+  runwire at least 2x the reference's throughput at a p99 no worse.
+
+* **HTTP layer** (why h11, docs/architecture.md): the door's own ``HttpConnection``
+  (``engine/door/_http.py``, h11) and hypercorn's trio worker with an ASGI app, each answering
+  the same small JSON to ``GET /ping`` on trio; one client sends sequential keep-alive
+  requests. Requests per second and server CPU per request; no target. Skipped when hypercorn
+  (a dev extra) is not installed.
+
+The HTTP clients are h11 on trio sockets (:class:`H11Client`), the same for both servers, so
+the client costs the same on either side.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import attrs
+import h11
+import orjson
+import trio
+
+from ._baselines import chunk, latency_summary
+from ._harness import (
+    API_KEY,
+    REPO,
+    Report,
+    Worker,
+    emit,
+    read_commands,
+    serving,
+    spawn,
+    spawn_engine,
+    store_url,
+    trio_worker,
+    worker_main,
+)
+
+NAME = "http"
+CONFORMANCE = REPO / "tests" / "conformance"
+AUTH = [("authorization", f"Bearer {API_KEY}")]
+
+
+@attrs.frozen
+class Params:
+    chunks: int = 200_000
+    latency_chunks: int = 5_000
+    rate: float = 1_000.0
+    appends: int = 10_000
+    pings: int = 10_000
+    repeat: int = 5
+    #: runwire's stores in the append workload (the reference keeps its streams in memory)
+    stores: tuple[str, ...] = ("memory", "sqlite")
+
+
+FULL = Params()
+QUICK = Params(chunks=50_000, latency_chunks=2_000, appends=3_000, pings=3_000, repeat=3)
+SMOKE = Params(chunks=2_000, latency_chunks=100, appends=100, pings=100, repeat=1,
+               stores=("memory",))
+
+
+# --- an HTTP/1.1 client on h11 ---------------------------------------------------------------
+
+
+class H11Client:
+    """One keep-alive HTTP/1.1 connection: whole requests, or a response read as it comes."""
+
+    def __init__(self, base: str) -> None:
+        parts = urlsplit(base)
+        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
+        self.stream: trio.SocketStream | None = None
+        self.conn = h11.Connection(h11.CLIENT)
+
+    async def _connect(self) -> trio.SocketStream:
+        if self.stream is None:
+            self.stream = await trio.open_tcp_stream(self.host, self.port)
+            self.conn = h11.Connection(h11.CLIENT)
+        return self.stream
+
+    async def aclose(self) -> None:
+        if self.stream is not None:
+            await self.stream.aclose()
+            self.stream = None
+
+    async def _next(self) -> Any:
+        assert self.stream is not None
+        while True:
+            event = self.conn.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            self.conn.receive_data(await self.stream.receive_some(65536))
+
+    async def _send(self, method: str, target: str, headers: list[tuple[str, str]],
+                    body: bytes) -> h11.Response:
+        stream = await self._connect()
+        head = [("host", f"{self.host}:{self.port}"), *headers]
+        if body or method in ("POST", "PUT"):
+            head.append(("content-length", str(len(body))))
+        data = self.conn.send(h11.Request(method=method, target=target, headers=head)) or b""
+        if body:
+            data += self.conn.send(h11.Data(data=body)) or b""
+        data += self.conn.send(h11.EndOfMessage()) or b""
+        await stream.send_all(data)
+        while True:
+            event = await self._next()
+            if isinstance(event, h11.Response):
+                return event
+
+    async def _done(self) -> None:
+        if self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE:
+            self.conn.start_next_cycle()
+        else:
+            await self.aclose()
+
+    async def request(self, method: str, target: str, headers: list[tuple[str, str]],
+                      body: bytes = b"") -> tuple[int, dict[str, str], bytes]:
+        response = await self._send(method, target, headers, body)
+        out = bytearray()
+        while not isinstance(event := await self._next(), h11.EndOfMessage):
+            out += event.data
+        await self._done()
+        return response.status_code, _headers(response), bytes(out)
+
+    async def chunks(self, target: str, headers: list[tuple[str, str]]
+                     ) -> AsyncIterator[bytes]:
+        """``GET target``: the body's parts as they arrive (raises on a status but 200)."""
+        response = await self._send("GET", target, headers, b"")
+        if response.status_code != 200:
+            raise AssertionError(f"GET {target}: {response.status_code}")
+        while not isinstance(event := await self._next(), h11.EndOfMessage):
+            yield bytes(event.data)
+        await self._done()
+
+
+def _headers(response: h11.Response) -> dict[str, str]:
+    return {k.decode(): v.decode() for k, v in response.headers}
+
+
+async def sse_items(client: H11Client, path: str, headers: list[tuple[str, str]]
+                    ) -> AsyncIterator[tuple[int, list[Any]]]:
+    """A JSON durable stream's items, read live with SSE from the start to its close, as
+    ``(arrival time_ns, items of one data event)``; reconnects from the last control
+    event's offset when the server ends a response early (its SSE interval)."""
+    offset = "-1"
+    while True:
+        buffer = b""
+        async for part in client.chunks(f"{path}?offset={offset}&live=sse", headers):
+            buffer += part
+            *events, buffer = buffer.split(b"\n\n")
+            now = time.time_ns()
+            for event in events:
+                kind, data = _sse_event(event)
+                if kind == "data":
+                    yield now, orjson.loads(data)
+                elif kind == "control":
+                    control = orjson.loads(data)
+                    offset = control["streamNextOffset"]
+                    if control.get("streamClosed"):
+                        return
+
+
+def _sse_event(block: bytes) -> tuple[str, bytes]:
+    kind, data = "message", []
+    for line in block.split(b"\n"):
+        name, _, value = line.partition(b":")
+        if name == b"event":
+            kind = value.strip().decode()
+        elif name == b"data":
+            data.append(value[1:] if value.startswith(b" ") else value)
+    return kind, b"\n".join(data)
+
+
+# --- client processes ----------------------------------------------------------------------
+
+
+async def _trigger(client: H11Client, task_id: str, payload: dict[str, Any]) -> str:
+    status, _, body = await client.request(
+        "POST", f"/v1/api/tasks/{task_id}/trigger", [*AUTH, ("content-type",
+                                                              "application/json")],
+        orjson.dumps({"payload": payload}))
+    if status != 201:
+        raise AssertionError(f"trigger: {status} {body[:200]!r}")
+    return str(orjson.loads(body)["id"])
+
+
+async def _sse_read_once(base: str, n: int) -> dict[str, Any]:
+    api, reader = H11Client(base), H11Client(base)
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    run_id = await _trigger(api, "bench-pipe", {"n": n})
+    count, first, last = 0, 0.0, None
+    async for _, items in sse_items(reader, f"/v1/runs/{run_id}/streams/ai-output", AUTH):
+        if not count:
+            first = time.perf_counter()
+        count += len(items)
+        last = items[-1] if items else last
+    seconds = time.perf_counter() - t0
+    await api.aclose()
+    await reader.aclose()
+    if count != n or last != chunk(n - 1):
+        raise AssertionError(f"read {count} chunks, last {last!r}; expected {n}")
+    return {"chunks": count, "seconds": seconds, "rate": count / seconds,
+            "first_chunk_ms": (first - t0) * 1e3, "cpu_s": time.process_time() - cpu0}
+
+
+async def _sse_reader(args: dict[str, Any]) -> dict[str, Any]:
+    await _sse_read_once(args["url"], 100)  # warm up, as the websocket reader does
+    emit("WARM")
+    return await _sse_read_once(args["url"], args["n"])
+
+
+async def _sse_latency(args: dict[str, Any]) -> dict[str, Any]:
+    api, reader = H11Client(args["url"]), H11Client(args["url"])
+    run_id = await _trigger(api, "bench-paced-pipe", {"n": args["n"], "rate": args["rate"]})
+    latencies = [(now - sent) / 1e6
+                 async for now, items in sse_items(reader, f"/v1/runs/{run_id}/streams/stamps",
+                                                   AUTH)
+                 for _, sent in items]
+    if len(latencies) != args["n"]:
+        raise AssertionError(f"read {len(latencies)} chunks of {args['n']}")
+    return latency_summary(latencies)
+
+
+def _stream_target(args: dict[str, Any]) -> tuple[str, list[tuple[str, str]]]:
+    """Where the append workload's stream is on this server, and the credentials it needs."""
+    if args["server"] == "runwire":
+        return f"/v1/stream/{args['path']}", AUTH
+    return f"/{args['path']}", []
+
+
+async def _ds_reader(args: dict[str, Any]) -> dict[str, Any]:
+    """Create the stream, tail it with SSE (``READY`` once connected), until it closes."""
+    target, auth = _stream_target(args)
+    client = H11Client(args["url"])
+    status, _, body = await client.request("PUT", target,
+                                           [*auth, ("content-type", "application/json")])
+    if status != 201:
+        raise AssertionError(f"PUT {target}: {status} {body[:200]!r}")
+    emit("READY")
+    cpu0 = time.process_time()
+    latencies: list[float] = []
+    first_sent = last_at = 0
+    async for now, items in sse_items(client, target, auth):
+        for i, sent in items:
+            if i != len(latencies):
+                raise AssertionError(f"item {i} where {len(latencies)} was due")
+            first_sent = first_sent or sent
+            latencies.append((now - sent) / 1e6)
+        last_at = now
+    count = len(latencies)
+    if count != args["n"]:
+        raise AssertionError(f"read {count} items of {args['n']}")
+    seconds = (last_at - first_sent) / 1e9
+    return {**latency_summary(latencies), "items": count, "seconds": seconds,
+            "rate": count / seconds, "cpu_s": time.process_time() - cpu0}
+
+
+async def _ds_writer(args: dict[str, Any]) -> dict[str, Any]:
+    """POST ``n`` appends of one item each, one at a time, then close the stream."""
+    target, auth = _stream_target(args)
+    client = H11Client(args["url"])
+    headers = [*auth, ("content-type", "application/json")]
+    t0 = time.perf_counter()
+    for i in range(args["n"]):
+        status, _, _ = await client.request(
+            "POST", target, headers, b"[" + orjson.dumps([i, time.time_ns()]) + b"]")
+        if status not in (200, 204):
+            raise AssertionError(f"append {i}: {status}")
+    seconds = time.perf_counter() - t0
+    status, _, _ = await client.request("POST", target, [*auth, ("stream-closed", "true")])
+    if status not in (200, 204):
+        raise AssertionError(f"close: {status}")
+    return {"appends": args["n"], "seconds": seconds, "rate": args["n"] / seconds}
+
+
+PING = b'{"ok":true}'
+
+
+async def _layer_server(args: dict[str, Any]) -> None:
+    """``GET /ping`` on the door's h11 ``HttpConnection`` or on hypercorn (ASGI), on trio."""
+    async with trio.open_nursery() as nursery:
+        if args["kind"] == "h11":
+            from runwire.engine.door._http import Exchange, HttpConnection
+
+            async def ping(exchange: Exchange) -> None:
+                await exchange.respond(200, [("content-type", "application/json")], PING)
+
+            async def connection(stream: trio.SocketStream) -> None:
+                await HttpConnection(stream, ping, max_body=1 << 20, read_timeout=30).serve()
+
+            listeners = await nursery.start(functools.partial(
+                trio.serve_tcp, connection, 0, host="127.0.0.1"))
+            url = f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+        else:
+            from hypercorn.config import Config
+            from hypercorn.trio import serve
+
+            async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+                if scope["type"] == "lifespan":
+                    while (message := await receive())["type"] != "lifespan.shutdown":
+                        await send({"type": "lifespan.startup.complete"})
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+                await send({"type": "http.response.start", "status": 200,
+                            "headers": [(b"content-type", b"application/json"),
+                                        (b"content-length", str(len(PING)).encode())]})
+                await send({"type": "http.response.body", "body": PING})
+
+            config = Config()
+            config.bind = ["127.0.0.1:0"]
+            config.accesslog = config.errorlog = None
+            bound = await nursery.start(lambda task_status: serve(
+                app, config, task_status=task_status))
+            url = bound[0]
+        emit("READY", {"url": url})
+        while await trio.to_thread.run_sync(read_commands, abandon_on_cancel=True) != "stop":
+            pass
+        emit("RESULT")
+        nursery.cancel_scope.cancel()
+
+
+async def _pinger(args: dict[str, Any]) -> dict[str, Any]:
+    client = H11Client(args["url"])
+    for _ in range(100):  # warm up
+        await client.request("GET", "/ping", [])
+    emit("WARM")
+    t0 = time.perf_counter()
+    for _ in range(args["n"]):
+        status, _, body = await client.request("GET", "/ping", [])
+        if status != 200 or body != PING:
+            raise AssertionError(f"ping: {status} {body[:100]!r}")
+    seconds = time.perf_counter() - t0
+    return {"requests": args["n"], "seconds": seconds, "rate": args["n"] / seconds}
+
+
+def _reference() -> None:
+    """Become the reference server (``exec``: the harness measures its process as is)."""
+    node = shutil.which("node")
+    assert node, "node is needed for the reference server"
+    os.chdir(CONFORMANCE)
+    os.execv(node, [node, "reference_server.mjs"])
+
+
+def worker(role: str, args: dict[str, Any]) -> None:
+    roles = {"sse-read": _sse_reader, "sse-latency": _sse_latency, "ds-read": _ds_reader,
+             "ds-write": _ds_writer, "ping": _pinger}
+    if role == "reference":
+        _reference()
+    elif role == "layer":
+        trio.run(_layer_server, args)
+    else:
+        trio_worker(role, roles[role])(role, args)
+
+
+# --- orchestration -------------------------------------------------------------------------
+
+
+def reference_missing() -> str | None:
+    """``None`` if the pinned reference server can be started, else why not."""
+    if shutil.which("node") is None:
+        return "node is not on PATH"
+    if not (CONFORMANCE / "node_modules" / "@durable-streams" / "server").exists():
+        return "tests/conformance/node_modules is not installed (npm ci --prefix tests/conformance)"
+    return None
+
+
+def hypercorn_missing() -> str | None:
+    try:
+        import hypercorn.trio  # noqa: F401
+    except ImportError as exc:
+        return f"hypercorn is not installed ({exc}; pip install -e '.[dev]')"
+    return None
+
+
+def _http(url: str) -> str:
+    return "http://" + url.removeprefix("ws://").removesuffix("/v1")
+
+
+def run(params: Params = FULL) -> Report:
+    report = Report(NAME)
+    engine_tasks = ["tests.bench.bench_throughput", "tests.bench.bench_latency"]
+    servers: dict[str, Worker] = {
+        store: spawn_engine(store=store_url(store), tasks=engine_tasks)
+        for store in dict.fromkeys(("memory", *params.stores))}
+    missing = reference_missing()
+    if missing:
+        report.notes.append(f"reference server skipped: {missing}")
+    else:
+        servers["reference"] = spawn(__name__, "reference")
+    layers = ["h11"]
+    if missing := hypercorn_missing():
+        report.notes.append(f"the HTTP layer comparison skipped: {missing}")
+    else:
+        layers.append("hypercorn")
+    for kind in layers:
+        servers[kind] = spawn(__name__, "layer", kind=kind)
+    samples: dict[str, list[dict[str, Any]]] = {}
+    with serving(servers) as urls:
+
+        def measure(label: str, server: str, module: str, role: str, *, warm: bool = False,
+                    **args: Any) -> None:
+            with spawn(module, role, **args) as client:
+                if warm:  # the engine's CPU for a reader's warm-up is not counted
+                    client.expect("WARM", 600)
+                cpu0 = servers[server].cpu_seconds()
+                result = client.expect("RESULT", 600)
+                client.wait()
+            result["server_cpu_s"] = servers[server].cpu_seconds() - cpu0
+            samples.setdefault(label, []).append(result)
+
+        def append_and_read(label: str, server: str, url: str, rep: int) -> None:
+            args = {"url": url, "server": "runwire" if server != "reference" else server,
+                    "path": f"bench/{server}-{rep}", "n": params.appends}
+            with spawn(__name__, "ds-read", **args) as reader:
+                reader.expect("READY", 60)
+                cpu0 = servers[server].cpu_seconds()
+                with spawn(__name__, "ds-write", **args) as writer:
+                    wrote = writer.expect("RESULT", 600)
+                    writer.wait()
+                result = reader.expect("RESULT", 600)
+                reader.wait()
+            result["server_cpu_s"] = servers[server].cpu_seconds() - cpu0
+            result["append_rate"] = wrote["rate"]
+            samples.setdefault(label, []).append(result)
+
+        memory = _http(urls["memory"])
+        for rep in range(params.repeat):  # interleaved, so drift hits every variant alike
+            measure("websocket read", "memory", "tests.bench.bench_throughput", "read",
+                    warm=True, url=urls["memory"], task="bench-pipe", n=params.chunks)
+            measure("SSE read", "memory", __name__, "sse-read", warm=True, url=memory,
+                    n=params.chunks)
+            measure("websocket live", "memory", "tests.bench.bench_latency", "read",
+                    url=urls["memory"], task="bench-paced-pipe", n=params.latency_chunks,
+                    rate=params.rate)
+            measure("SSE live", "memory", __name__, "sse-latency", url=memory,
+                    n=params.latency_chunks, rate=params.rate)
+            for store in params.stores:
+                append_and_read(f"runwire {store}", store, _http(urls[store]), rep)
+            if "reference" in urls:
+                append_and_read("reference", "reference", urls["reference"], rep)
+            for kind in layers:
+                measure(f"GET /ping on {kind}", kind, __name__, "ping", warm=True,
+                        url=urls[kind], n=params.pings)
+    _summarise(report, samples, params)
+    return report
+
+
+def _summarise(report: Report, samples: dict[str, list[dict[str, Any]]],
+               params: Params) -> None:
+    for label in ("websocket read", "SSE read"):
+        results = samples[label]
+        report.add(f"{label}: chunks/s", "chunks/s", [r["rate"] for r in results])
+        report.add(f"{label}: engine CPU/chunk", "us",
+                   [r["server_cpu_s"] / r["chunks"] * 1e6 for r in results],
+                   higher_is_better=False)
+        report.add(f"{label}: reader CPU/chunk", "us",
+                   [r["cpu_s"] / r["chunks"] * 1e6 for r in results], higher_is_better=False)
+    report.ratio("SSE read vs websocket read", "SSE read: chunks/s",
+                 "websocket read: chunks/s", 0.7)
+    for label in ("websocket live", "SSE live"):
+        for key in ("p50", "p99"):
+            report.add(f"{label}: {key}", "ms", [r[f"{key}_ms"] for r in samples[label]],
+                       higher_is_better=False)
+    report.ratio("SSE live p99 vs websocket live p99", "SSE live: p99", "websocket live: p99",
+                 2.0, at_least=False)
+    variants = [f"runwire {s}" for s in params.stores] + (
+        ["reference"] if "reference" in samples else [])
+    for label in variants:
+        results = samples[label]
+        report.add(f"append+read {label}: items/s", "items/s", [r["rate"] for r in results])
+        report.add(f"append+read {label}: server CPU/append", "us",
+                   [r["server_cpu_s"] / r["items"] * 1e6 for r in results],
+                   higher_is_better=False)
+        for key in ("p50", "p99"):
+            report.add(f"append+read {label}: {key}", "ms", [r[f"{key}_ms"] for r in results],
+                       higher_is_better=False)
+    for store in params.stores:
+        report.ratio(f"append+read runwire {store} vs reference: items/s",
+                     f"append+read runwire {store}: items/s", "append+read reference: items/s",
+                     2.0)
+        report.ratio(f"append+read runwire {store} vs reference: p99",
+                     f"append+read runwire {store}: p99", "append+read reference: p99", 1.0,
+                     at_least=False)
+    for kind in ("h11", "hypercorn"):
+        if results := samples.get(f"GET /ping on {kind}"):
+            report.add(f"GET /ping on {kind}: requests/s", "requests/s",
+                       [r["rate"] for r in results])
+            report.add(f"GET /ping on {kind}: server CPU/request", "us",
+                       [r["server_cpu_s"] / r["requests"] * 1e6 for r in results],
+                       higher_is_better=False)
+    report.notes.append(
+        f"read: {params.chunks} chunks; live: {params.latency_chunks} chunks at "
+        f"{params.rate:g}/s; append+read: {params.appends} one-item appends, one request at a "
+        f"time, read live with SSE; reference: @durable-streams/server 0.3.7, defaults")
+
+
+if __name__ == "__main__":
+    worker_main(worker)
