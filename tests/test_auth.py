@@ -225,13 +225,19 @@ async def test_create_public_token_needs_a_client():
         await auth.create_public_token(scopes=["read:runs"])
 
 
+async def _read_token(eng, run_id: str, seconds: float) -> str:
+    """A public token that may read ``run_id`` for ``seconds``, made with the API key."""
+    async with eng.connect():
+        return await auth.create_public_token(scopes=[f"read:runs:{run_id}"],
+                                              expiration=seconds)
+
+
 async def test_a_token_expiring_mid_connection_is_refused_per_request(autojump_clock):
     with trio.fail_after(7200):
         async with open_engine(TASKS, api_key=API_KEY) as eng:
             async with eng.connect():
                 a = await waiter.trigger({})
-                token = await auth.create_public_token(scopes=[f"read:runs:{a.id}"],
-                                                       expiration=60)
+            token = await _read_token(eng, a.id, 60)
             async with eng.connect(token):
                 await runs.retrieve(a.id)
                 await trio.sleep(61)
@@ -252,17 +258,14 @@ async def test_an_open_read_and_subscription_end_when_their_token_expires(autoju
         async with open_engine(TASKS, api_key=API_KEY) as eng:
             async with eng.connect():
                 a = await waiter.trigger({})
-                token = await auth.create_public_token(scopes=[f"read:runs:{a.id}"],
-                                                       expiration=60)
+            token = await _read_token(eng, a.id, 60)
             async with eng.connect(token):
                 started = trio.current_time()
                 with pytest.raises(UnauthorizedError, match="expired"):
                     async for _ in await streams.read(a.id, "never", timeout_in_seconds=None):
                         pass
                 assert 59.9 <= trio.current_time() - started < 61  # exp is kept to 1 ms
-            async with eng.connect():
-                token = await auth.create_public_token(scopes=[f"read:runs:{a.id}"],
-                                                       expiration=30)
+            token = await _read_token(eng, a.id, 30)
             async with eng.connect(token):
                 started = trio.current_time()
                 with pytest.raises(UnauthorizedError, match="expired"):
