@@ -41,7 +41,7 @@ PUBLIC = {
     },
     "runwire.engine.broker": {"Broker", "BrokerStatistics", "LocalBroker"},
     "runwire.engine.service": {
-        "RunService", "ServiceStatistics", "TriggerOptions", "Auth", "Grant", "fingerprint",
+        "RunService", "TriggerOptions", "Auth", "Grant", "fingerprint",
         "generate_api_key", "DurableStreams", "AppendResult", "ReadResult", "StreamError",
         "cursor_for", "format_offset", "is_json", "media_type", "parse_offset",
     },

@@ -6,7 +6,6 @@ from ._auth import Grant as Grant
 from ._auth import fingerprint as fingerprint
 from ._auth import generate_api_key as generate_api_key
 from ._service import RunService as RunService
-from ._service import ServiceStatistics as ServiceStatistics
 from ._service import TriggerOptions as TriggerOptions
 from ._dstreams import AppendResult as AppendResult
 from ._dstreams import DurableStreams as DurableStreams

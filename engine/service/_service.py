@@ -45,19 +45,6 @@ log = logging.getLogger("runwire.engine")
 HAND_BACK_TIMEOUT = 10.0
 
 
-@attrs.frozen
-class ServiceStatistics:
-    """What the service holds now (for tests and operators).
-
-    Attributes:
-        live_runs: runs executing (or waiting) on this engine.
-        tasks: registered task ids.
-    """
-
-    live_runs: int
-    tasks: int
-
-
 class RunService:
     """Run operations over a store and a broker.
 
@@ -101,10 +88,6 @@ class RunService:
         self.stopping = False
         self._grace: trio.CancelScope | None = None
         self._hurried = False
-
-    def statistics(self) -> ServiceStatistics:
-        return ServiceStatistics(live_runs=self.broker.statistics().live_runs,
-                                 tasks=len(self.tasks))
 
     # --- lifetime ------------------------------------------------------------------------
 
