@@ -31,7 +31,7 @@ import orjson
 import trio
 
 from runwire import (
-    BadFrameError, InvalidPayloadError,
+    BadFrameError, InternalError, InvalidPayloadError,
     PayloadTooLargeError, RunContext, RunFinishedError, RunInfo, RunStatus, StreamTooLargeError,
     Task,
 )
@@ -70,6 +70,9 @@ class _Reply:
     def set(self, value: Any = None, error: BaseException | None = None) -> None:
         self.value, self.error = value, error
         self._event.set()
+
+    def answered(self) -> bool:
+        return self._event.is_set()
 
     async def get(self) -> Any:
         await self._event.wait()
@@ -184,6 +187,11 @@ def _encode_checked(key: str, values: list[Any], used: int,
     return encoded, size, None
 
 
+def _fail_reply(reply: _Reply, exc: BaseException) -> None:
+    if not reply.answered():
+        reply.set(error=exc)
+
+
 class _Suspended:
     """``RunActor.suspended()``: a slotted object, not a generator-based context manager,
     whose frame each suspended run held for as long as it waited."""
@@ -211,6 +219,8 @@ class _Stage:
         self.next_index: dict[str, int] = {}
         self.nbytes: dict[str, int] = {}
         self.taken = 0  # chunks taken from producers
+        #: what to tell everyone waiting on this cycle if its commit fails
+        self.on_failure: list[Callable[[BaseException], None]] = []
 
     def chunks(self, key: str, values: list[Any], producer: str | None = None,
                first_seq: int | None = None) -> tuple[int, BaseException | None]:
@@ -243,6 +253,12 @@ class _Stage:
             actor.record.streams.append(key)
             actor.touch()
         return len(encoded), error
+
+    def fail(self, exc: BaseException) -> None:
+        """The commit failed: every reply and producer waiting on it hears so (nothing of
+        the cycle was stored)."""
+        for tell in self.on_failure:
+            tell(exc)
 
     def apply(self) -> None:
         for key, (items, nbytes) in self.extend.items():
@@ -319,6 +335,8 @@ class RunActor:
         self._replay_waiting = False  # resumed in a wait: WAITING, no slot, until it is reached
         self._handing_back = False
         self._attempts_done = False
+        #: why a commit failed: the run is crashing (``_store_failed``)
+        self._failed: BaseException | None = None
         #: set once the actor has ended (finished, crashed or handed back)
         self.ended = trio.Event()
 
@@ -415,7 +433,7 @@ class RunActor:
             await self._changed.wait()
 
     def set_status(self, status: RunStatus) -> None:
-        if self.record.status is not status:
+        if self.record.status is not status and self._failed is None:
             before = self.record.status
             self.record.set_status(status, self.env.clock())
             self.touch()
@@ -655,7 +673,8 @@ class RunActor:
 
     def _wake_committer(self) -> None:
         """Work arrived: start the commit loop unless it runs (or the actor has not started)."""
-        if not self._committing and self._nursery is not None and self.mailbox.has_work():
+        if not self._committing and self._nursery is not None and self.mailbox.has_work() \
+                and self._failed is None:
             self._committing = True
             self._nursery.start_soon(self._commit_loop)
 
@@ -696,9 +715,29 @@ class RunActor:
         what producers add while this cycle waits for its turn still rides in it.
         """
         stage = _Stage(self)
-        await self.env.store.commit_staged(lambda: self._stage(stage))
+        try:
+            await self.env.store.commit_staged(lambda: self._stage(stage))
+        except Exception as exc:  # the run crashes (``run``); nobody is left waiting
+            self._store_failed(exc)
+            stage.fail(InternalError(f"run {self.id}: the store could not write ({exc}); "
+                                     "this request was not stored"))
+            raise
         stage.apply()
         return stage.taken
+
+    def _store_failed(self, exc: BaseException) -> None:
+        """A commit failed (the store gave up retrying, or refused the batch): the run is
+        ``CRASHED`` from now on, for everyone who looks, and commits nothing more until
+        ``_crash`` stores that."""
+        if self._failed is None:
+            self._failed = exc
+            self._writable = self._accepting = False
+            record = self.record
+            if not record.status.is_final:
+                record.set_status(RunStatus.CRASHED, self.env.clock())
+                record.error = error_dict(exc)
+                log.error("run %s crashed: its state could not be stored (%s)", self.id, exc)
+            self._bump()
 
     def _stage(self, stage: _Stage) -> Batch:
         """Take the mailbox's work and stage it (possibly in another actor's task)."""
@@ -709,7 +748,9 @@ class RunActor:
                 stage.taken += len(items)
                 _, err = stage.chunks(producer.key, items)
                 stage.after.append(functools.partial(producer.settled, len(items), err))
+                stage.on_failure.append(functools.partial(producer.settled, len(items)))
         for message in messages:
+            stage.on_failure.append(functools.partial(_fail_reply, message.reply))
             self._stage_message(stage, message)
         if self._run_dirty:
             self._run_dirty = False
@@ -820,25 +861,39 @@ class RunActor:
         stage.after.append(finished)
 
     async def _crash(self, exc: BaseException) -> None:
-        """Best effort after a crash: mark the run CRASHED, end its streams, tell everyone."""
+        """After a crash: the run is CRASHED, its streams end, everyone is told; then the
+        crash is stored, tried again until the store takes it (a store that failed the run
+        may come back), so the stored run never stays ``EXECUTING`` or ``WAITING``. The
+        actor stays the run's owner meanwhile, so every read sees the true status.
+        """
         self._writable = self._accepting = False
         self._release_slot()
+        self.mailbox.close(RunFinishedError(f"run {self.id} has crashed"))
         record = self.record
         if not record.status.is_final:
             record.set_status(RunStatus.CRASHED, self.env.clock())
             record.error = error_dict(exc)
-        batch = Batch(runs=[record.to_store()],
-                      ended=[(self.id, k) for k in self._stream_keys()])
-        with trio.move_on_after(5) as scope:
-            scope.shield = True
-            try:
-                await self.env.store.commit(batch)
-            except Exception:
-                log.exception("could not store the crash of run %s", self.id)
         for stream in self.streams.values():
             stream.end()
         self.finished.set()
         self._bump()
+        batch = Batch(runs=[record.to_store()],
+                      ended=[(self.id, k) for k in self._stream_keys()])
+        pause = 0.5
+        while True:  # cancelled when the engine stops: recovery then finds it unfinished
+            try:
+                await self.env.store.commit(batch)
+            except trio.ClosedResourceError:
+                log.error("run %s crashed; the store closed before the crash was stored",
+                          self.id)
+                return
+            except Exception as error:  # noqa: BLE001 - the store is still failing
+                log.warning("could not store the crash of run %s yet (%r); trying again",
+                            self.id, error)
+                await trio.sleep(pause)
+                pause = min(pause * 2, 10.0)
+            else:
+                return
 
     # --- input streams, for the run backend --------------------------------------------------
 

@@ -22,7 +22,7 @@ import orjson
 import trio
 
 from runwire import (
-    BadFrameError,
+    BadFrameError, InternalError,
     InvalidPayloadError, NotFoundError, PayloadTooLargeError, RunFinishedError, RunStatus, Task,
     UnknownTaskError, WaitpointTimeoutError,
 )
@@ -310,7 +310,13 @@ class RunService:
         """Snapshots of the run's record on every change, ending with the final one."""
         actor = self.broker.owner(run_id) if isinstance(run_id, str) else None
         if actor is None:
-            yield (await self.get_record(run_id)).to_wire()
+            record = await self.get_record(run_id)
+            if not record.status.is_final:  # stored live, owned by nobody here: say so
+                raise InternalError(
+                    f"run {run_id} is {record.status.value} but not live on this engine "
+                    f"({'it is stopping; ' if self.stopping else ''}the next engine to "
+                    "start resumes it); subscribe again then")
+            yield record.to_wire()
             return
         seen = -1
         while True:
