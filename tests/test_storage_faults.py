@@ -358,6 +358,8 @@ async def test_every_request_of_a_failed_batch_is_answered_and_the_crash_is_stor
         run = await runs.retrieve(run_id)
         assert run.status is RunStatus.CRASHED and run.error is not None
         assert run.error.type == "StoreUnavailableError"
+        with pytest.raises(InternalError, match="the run was not created"):
+            await listener.trigger({})
         store.failing = False
         while (await store.get_run(run_id) or {}).get("status") != "CRASHED":
             await trio.sleep(0.5)  # the crash is stored once the store is back

@@ -35,7 +35,7 @@ from ..run import (
     ExternalAppend, MissingRunProducer, OutputStream, Reader, RunActor, RunEnv, RunRecord,
     SendInput, new_run_id,
 )
-from ..store import Batch, Store, StoredToken
+from ..store import Batch, Store, StoredToken, StoreUnavailableError
 from ._auth import Auth
 from ._recovery import recover
 
@@ -195,7 +195,11 @@ class RunService:
             # a run is stored and started, or neither: cancelled in between (a client gone),
             # it would stay QUEUED forever, and a retry with its key would get that dead run
             with trio.CancelScope(shield=True):
-                await self.store.commit(Batch(runs=[record.to_store()]))
+                try:
+                    await self.store.commit(Batch(runs=[record.to_store()]))
+                except StoreUnavailableError as exc:
+                    raise InternalError(f"the store could not write ({exc}); the run was "
+                                        "not created") from exc
                 if not self.stopping:  # else stored QUEUED: the next engine starts it
                     await self.start_actor(record, task)
             log.info("run %s triggered (task %s%s)", record.id, task_id,
