@@ -37,7 +37,7 @@ from ..run import (
 )
 from ..store import Batch, Store, StoredToken, StoreUnavailableError
 from ._auth import Auth
-from ._recovery import recover
+from ._recovery import Recovery
 
 log = logging.getLogger("runwire.engine")
 
@@ -88,17 +88,26 @@ class RunService:
         self.stopping = False
         self._grace: trio.CancelScope | None = None
         self._hurried = False
+        #: the runs live when the engine last stopped, restored in the background
+        self.recovery = Recovery(self)
+
+    async def _restored(self, run_id: Any) -> None:
+        """A request about ``run_id``: restore it first if recovery has not yet."""
+        if isinstance(run_id, str) and (self.recovery.pending or self.recovery.running):
+            await self.recovery.ensure(run_id)
 
     # --- lifetime ------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
-        """Own the actors' nursery until cancelled; ready once stored runs are recovered."""
+        """Own the actors' nursery until cancelled; ready once the runs to recover are
+        listed (they are restored in the background, ``_recovery``)."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             try:
-                await recover(self)
-                task_status.started()
+                await self.recovery.load()
+                task_status.started()  # serving now; the runs are restored meanwhile
+                nursery.start_soon(self.recovery.run)
                 await trio.sleep_forever()
             finally:
                 self._nursery = None
@@ -219,6 +228,7 @@ class RunService:
         Raises:
             NotFoundError: no such run (or it expired).
         """
+        await self._restored(run_id)
         actor = self.broker.owner(run_id) if isinstance(run_id, str) else None
         if actor is not None:
             return actor.record
@@ -257,6 +267,7 @@ class RunService:
         return RunFinishedError(f"run {run_id} has finished ({record.status.value})")
 
     async def _live_actor(self, run_id: str) -> RunActor:
+        await self._restored(run_id)
         actor = self.broker.owner(run_id) if isinstance(run_id, str) else None
         if actor is None:
             raise await self.missing_run_error(run_id)
@@ -304,6 +315,7 @@ class RunService:
 
     async def wait_finished(self, run_id: str) -> RunRecord:
         """Wait until the run has finished; its final record."""
+        await self._restored(run_id)
         actor = self.broker.owner(run_id)
         if actor is not None:
             await actor.finished.wait()
@@ -312,6 +324,7 @@ class RunService:
 
     async def subscribe(self, run_id: str) -> AsyncIterator[dict[str, Any]]:
         """Snapshots of the run's record on every change, ending with the final one."""
+        await self._restored(run_id)
         actor = self.broker.owner(run_id) if isinstance(run_id, str) else None
         if actor is None:
             record = await self.get_record(run_id)
@@ -337,6 +350,7 @@ class RunService:
         Raises:
             NotFoundError: no such run.
         """
+        await self._restored(run_id)
         actor = self.broker.owner(run_id) if isinstance(run_id, str) else None
         if actor is not None:
             return Reader(self.store, self.limits, run_id, key, start, actor.stream(key))
@@ -387,6 +401,9 @@ class RunService:
             raise BadFrameError(str(exc)) from None
         runs = []
         for raw in raws:
+            if raw["id"] in self.recovery.pending or raw["id"] in self.recovery.running:
+                await self.recovery.ensure(raw["id"])  # its status as recovery makes it
+                raw = await self.store.get_run(raw["id"]) or raw
             actor = self.broker.owner(raw["id"])  # a live run's record is the newest
             runs.append(actor.record.to_wire() if actor is not None
                         else RunRecord.from_wire(raw).to_wire())
