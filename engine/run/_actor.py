@@ -911,7 +911,7 @@ class RunActor:
             if stored is not None:
                 return orjson.loads(stored)
         box = self.input(key)
-        value = await self._durable_wait(
+        value = await self.durable_wait(
             self.journal.next_key("wait", key), timeout,
             box.take_pending, box.next_record)
         if ikey is not None and value is not TIMED_OUT:
@@ -925,10 +925,10 @@ class RunActor:
             await trio.sleep(timeout if timeout is not None else math.inf)
             return TIMED_OUT
 
-        await self._durable_wait(self.journal.next_key("sleep", ""), seconds,
+        await self.durable_wait(self.journal.next_key("sleep", ""), seconds,
                                  lambda: TIMED_OUT, asleep)
 
-    async def _durable_wait(self, jkey: str, timeout: float | None,
+    async def durable_wait(self, jkey: str, timeout: float | None,
                             ready: Callable[[], Any],
                             wait: Callable[[float | None], Awaitable[Any]]) -> Any:
         """Suspend until ``wait(remaining)`` returns, journaled under ``jkey``.
@@ -963,9 +963,15 @@ class RunActor:
         await self._journal_write({jkey: result})
         return value
 
-    async def step(self, name: str, fn: Callable[[], Awaitable[Any]]) -> Any:
-        """``runwire.step``: ``fn()``'s result, journaled; a replay returns the stored one."""
-        key = self.journal.next_key("step", name)
+    async def step(self, name: str, fn: Callable[[], Awaitable[Any]],
+                   kind: str = "step") -> Any:
+        """``runwire.step``: ``fn()``'s result, journaled; a replay returns the stored one.
+
+        ``kind`` keeps the engine's own journaled calls (``trigger``: the ids of the
+        children a run triggered; ``waitpoint``: a token it made) apart from the task's
+        steps.
+        """
+        key = self.journal.next_key(kind, name)
         stored = await self._journal_read(key)
         if stored is not None:
             self.journal.skip(stored.get("writes") or {})
