@@ -1,4 +1,5 @@
-"""Recovery serves at once and restores runs in the background (issue 19, part 7).
+"""Recovery serves at once and restores runs in the background (issue 19, part 7); a send
+to a run handed back by a graceful stop is kept for the next engine.
 
 The engine lists the runs to restore and reports ready; the runs are restored by background
 workers. A request about a run not restored yet restores that run first (ahead of the rest)
@@ -13,9 +14,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 
-from runwire import RunStatus, runs, streams, task
+from runwire import InternalError, NotFoundError, RunStatus, runs, streams, task
 from runwire.engine.store import Batch, SqliteStore, StreamState
 
 from .helpers import bounded, serve
@@ -108,3 +110,35 @@ async def test_a_retrieve_of_a_run_not_restored_yet_waits_for_its_rules(tmp_path
         assert run.status is RunStatus.CRASHED and run.error is not None
         assert run.error.type == "EngineRestart"
         await eng.service.recovery.done.wait()
+
+
+@bounded(60)
+async def test_a_send_to_a_handed_back_run_is_kept_for_the_next_engine(tmp_path: Path) -> None:
+    """During a graceful stop a waiting run is handed back; a send to it then is stored (not
+    'has finished (WAITING)'), deduplicated by its key, and the resumed run gets it."""
+    url = f"sqlite:///{tmp_path / 'handed.db'}"
+    async with serve([asker, done], store=url) as eng:
+        run_id = (await asker.trigger({})).id
+        while (await runs.retrieve(run_id)).status is not RunStatus.WAITING:
+            await trio.sleep(0.01)
+        assert await eng.stop() == 1  # handed back; the engine still answers
+        assert eng.broker.owner(run_id) is None
+        await answer.send(run_id, {"n": 7}, idempotency_key="k1")
+        await answer.send(run_id, {"n": 7}, idempotency_key="k1")  # a retry: the same record
+        assert (await runs.retrieve(run_id)).status is RunStatus.WAITING
+        queued = (await done.trigger({})).id  # stored QUEUED, for the next engine to start
+        with pytest.raises(InternalError, match="not live on this engine"):
+            await answer.send(queued, {"n": 0})
+        with pytest.raises(NotFoundError):
+            await answer.send("run_unknown", {"n": 0})
+    store = SqliteStore(str(tmp_path / "handed.db"))
+    assert [r.index for r in (await store.records(run_id))["answer"]] == [0]
+    await store.aclose()
+    async with serve([asker, done], store=url):
+        run = await runs.retrieve(run_id)
+        while not run.is_finished:
+            await trio.sleep(0.01)
+            run = await runs.retrieve(run_id)
+        assert (run.status, run.output, run.attempt) == (RunStatus.COMPLETED, {"n": 7}, 1)
+        while not (await runs.retrieve(queued)).is_finished:
+            await trio.sleep(0.01)

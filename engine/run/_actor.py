@@ -344,6 +344,11 @@ class RunActor:
     def id(self) -> str:
         return self.record.id
 
+    @property
+    def handing_back(self) -> bool:
+        """A graceful stop is handing the run back (it ends without a final status)."""
+        return self._handing_back
+
     # --- state everyone may look at ------------------------------------------------------
 
     def stream(self, key: str) -> OutputStream:

@@ -26,8 +26,9 @@ begins before every run is restored leaves the rest as stored, for the next engi
    * ``wait(idempotency_key=...)`` returns the record stored for that key (until its TTL);
    * payload, tags, metadata, parent and root are kept.
 4. **Resumable.** Its journal (``engine/run/_journal.py``) says it can go on as the same
-   attempt: it was suspended in a durable wait (input ``wait()``, ``wait.for_``) that had
-   not completed, or a graceful stop handed it back. Then it is *resumed*, whatever its
+   attempt: it was suspended in a durable wait (input ``wait()``, ``wait.for_``,
+   ``wait.for_token``, a ``trigger_and_wait``'s wait for its children) that had not
+   completed, or a graceful stop handed it back. Then it is *resumed*, whatever its
    retry policy: the attempt number stays, the task is replayed from the top (stored steps
    and completed waits return their stored results, chunks it had written are not written
    again), a run that was waiting stays ``WAITING`` without a queue slot until the replay is
@@ -147,9 +148,10 @@ class Recovery:
             done.set()
 
     async def ensure(self, run_id: str) -> None:
-        """Return once ``run_id`` is not waiting to be restored (restoring it now if so)."""
+        """Return once ``run_id`` is not waiting to be restored (restoring it now if so;
+        not once a graceful stop has begun: it stays as stored, for the next engine)."""
         raw = self.pending.get(run_id)
-        if raw is not None:
+        if raw is not None and not self.service.stopping:
             lane = self._lane(raw)
             if lane is None:
                 await self._restore(run_id)

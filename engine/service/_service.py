@@ -33,9 +33,9 @@ from .._limits import Limits
 from ..broker import Broker
 from ..run import (
     ExternalAppend, MissingRunProducer, OutputStream, Reader, RunActor, RunEnv, RunRecord,
-    SendInput, new_run_id,
+    SendInput, new_run_id, resume_key,
 )
-from ..store import Batch, Store, StoredToken, StoreUnavailableError
+from ..store import Batch, RecordAppend, Store, StoredToken, StoreUnavailableError, Waitpoint
 from ._auth import Auth
 from ._recovery import Recovery
 
@@ -90,6 +90,8 @@ class RunService:
         self._hurried = False
         #: the runs live when the engine last stopped, restored in the background
         self.recovery = Recovery(self)
+        #: run id -> held while a send stores a record for a handed-back run
+        self._stored_sends: dict[str, trio.Lock] = {}
 
     async def _restored(self, run_id: Any) -> None:
         """A request about ``run_id``: restore it first if recovery has not yet."""
@@ -259,12 +261,21 @@ class RunService:
         return self.auth.run_token(run_id)
 
     async def missing_run_error(self, run_id: str) -> Exception:
-        """The error for a run that is not live here: finished, or unknown."""
+        """The error for a run that is not live here: finished, unknown, or (during a
+        graceful stop) handed back for the next engine."""
         try:
             record = await self.get_record(run_id)
         except NotFoundError as exc:
             return exc
+        if not record.status.is_final:
+            return self._not_live_error(record)
         return RunFinishedError(f"run {run_id} has finished ({record.status.value})")
+
+    def _not_live_error(self, record: RunRecord) -> InternalError:
+        why = ("the engine is stopping; the next engine to start resumes it" if self.stopping
+               else "it could not be recovered; see the engine log")
+        return InternalError(f"run {record.id} is {record.status.value} but not live on this "
+                             f"engine ({why}); try again then")
 
     async def _live_actor(self, run_id: str) -> RunActor:
         await self._restored(run_id)
@@ -274,10 +285,28 @@ class RunService:
         return actor
 
     async def send_input(self, run_id: str, key: str, data: Any, ikey: str | None) -> int:
-        """Store one input record and deliver it; returns its index."""
+        """Store one input record and deliver it; returns its index.
+
+        A run a graceful stop handed back (not live, not finished, resumable) gets the
+        record stored for the next engine, which delivers it when the run resumes.
+        """
         try:
+            await self._restored(run_id)
+            if isinstance(run_id, str) and self.broker.owner(run_id) is None:
+                stored = await self._send_to_stored(run_id, key, data, ikey)
+                if stored is not None:
+                    return stored
             actor = await self._live_actor(run_id)
-            index: int = await actor.submit(SendInput(key, data, ikey))
+            try:
+                index: int = await actor.submit(SendInput(key, data, ikey))
+            except RunFinishedError:
+                if not actor.handing_back:
+                    raise
+                await actor.ended.wait()  # handed back: stored for the next engine
+                stored = await self._send_to_stored(run_id, key, data, ikey)
+                if stored is None:
+                    raise
+                return stored
             return index
         except RunFinishedError:
             # a retried send whose first attempt was stored (maybe it is what ended the
@@ -286,6 +315,58 @@ class RunService:
             if stored is None:
                 raise
             return stored
+
+    async def _send_to_stored(self, run_id: str, key: str, data: Any,
+                              ikey: str | None) -> int | None:
+        """A record for a run handed back to the store (see :meth:`send_input`): stored with
+        its resume point updated so the resumed run gets it; its index. ``None`` if the run
+        is not such a run (finished, unknown, live again).
+
+        Raises:
+            InternalError: the run is not finished but cannot take it (it never started:
+                its first attempt starts on the next engine, send then).
+            InvalidPayloadError, PayloadTooLargeError: as a live run's send.
+        """
+        lock = self._stored_sends.setdefault(run_id, trio.Lock())
+        try:
+            async with lock:  # one at a time per run: each takes the next index
+                raw = await self.store.get_run(run_id)
+                if raw is None or self.broker.owner(run_id) is not None:
+                    return None
+                record = RunRecord.from_wire(raw)
+                if record.status.is_final:
+                    return None
+                point_key = resume_key(record.attempt)
+                stored_point = await self.store.waitpoint(run_id, point_key, -math.inf)
+                point = orjson.loads(stored_point) if stored_point is not None else None
+                if not isinstance(point, dict):
+                    raise self._not_live_error(record)
+                records = (await self.store.records(run_id)).get(key, [])
+                for rec in records:
+                    if ikey is not None and rec.idempotency_key == ikey:
+                        return rec.index
+                try:
+                    encoded = json_bytes(data)
+                except TypeError as exc:
+                    raise InvalidPayloadError(f"input record for {key!r} is not JSON: "
+                                              f"{exc}") from None
+                if len(encoded) > self.limits.max_record_bytes:
+                    raise PayloadTooLargeError(
+                        f"input record of {len(encoded)} bytes is over the "
+                        f"{self.limits.max_record_bytes}-byte limit")
+                index = len(records)
+                inputs = point.setdefault("inputs", {})
+                if not isinstance(inputs.get(key), int):  # unread from here on
+                    inputs[key] = index
+                await self.store.commit(Batch(
+                    records=[RecordAppend(run_id, key, index, encoded, ikey)],
+                    waitpoints=[Waitpoint(run_id, point_key, json_bytes(point), None)]))
+                log.info("run %s is handed back: input record %s#%d stored for the next "
+                         "engine", run_id, key, index)
+                return index
+        finally:
+            if not lock.statistics().tasks_waiting and not lock.locked():
+                self._stored_sends.pop(run_id, None)
 
     async def _stored_input(self, run_id: str, key: str, ikey: str) -> int | None:
         for record in (await self.store.records(run_id)).get(key, []):
