@@ -994,7 +994,8 @@ class SqliteStore(Store):
         await self._ready()
         async with self._turn:
             with trio.CancelScope(shield=True):  # a transaction in its thread finishes whole
-                return await self._retrying(fn, *args, inline=False)
+                result = await self._retrying(fn, *args, inline=False)
+            return result
 
 
 def _transient(exc: BaseException) -> bool:
