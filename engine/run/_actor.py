@@ -187,11 +187,6 @@ def _encode_checked(key: str, values: list[Any], used: int,
     return encoded, size, None
 
 
-def _fail_reply(reply: _Reply, exc: BaseException) -> None:
-    if not reply.answered():
-        reply.set(error=exc)
-
-
 class _Suspended:
     """``RunActor.suspended()``: a slotted object, not a generator-based context manager,
     whose frame each suspended run held for as long as it waited."""
@@ -219,8 +214,9 @@ class _Stage:
         self.next_index: dict[str, int] = {}
         self.nbytes: dict[str, int] = {}
         self.taken = 0  # chunks taken from producers
-        #: what to tell everyone waiting on this cycle if its commit fails
-        self.on_failure: list[Callable[[BaseException], None]] = []
+        #: who waits on this cycle's commit (told if it fails): messages, producers' takes
+        self.messages: list[Any] = []
+        self.takes: list[tuple[Producer, int]] = []
 
     def chunks(self, key: str, values: list[Any], producer: str | None = None,
                first_seq: int | None = None) -> tuple[int, BaseException | None]:
@@ -257,8 +253,11 @@ class _Stage:
     def fail(self, exc: BaseException) -> None:
         """The commit failed: every reply and producer waiting on it hears so (nothing of
         the cycle was stored)."""
-        for tell in self.on_failure:
-            tell(exc)
+        for producer, count in self.takes:
+            producer.settled(count, exc)
+        for message in self.messages:
+            if not message.reply.answered():
+                message.reply.set(error=exc)
 
     def apply(self) -> None:
         for key, (items, nbytes) in self.extend.items():
@@ -753,9 +752,9 @@ class RunActor:
                 stage.taken += len(items)
                 _, err = stage.chunks(producer.key, items)
                 stage.after.append(functools.partial(producer.settled, len(items), err))
-                stage.on_failure.append(functools.partial(producer.settled, len(items)))
+                stage.takes.append((producer, len(items)))
+        stage.messages = messages
         for message in messages:
-            stage.on_failure.append(functools.partial(_fail_reply, message.reply))
             self._stage_message(stage, message)
         if self._run_dirty:
             self._run_dirty = False
