@@ -586,11 +586,18 @@ class SqliteStore(Store):
             entry.taken = True
         try:
             group = [entry for entry in group if entry.build()]  # staged now: see commit_staged
-            if group:
-                inline = self._memory or (self._background_checkpoints and sum(
-                    entry.nbytes for entry in group) <= INLINE_BYTES)
-                with trio.CancelScope(shield=True):  # taken: the group is written whole
-                    await self._retrying(self._write, group, inline=inline)
+            if group and (self._memory or (self._background_checkpoints and sum(
+                    entry.nbytes for entry in group) <= INLINE_BYTES)):
+                try:  # on the trio thread: see "Threads" in the module docstring
+                    self._write(group)
+                except sqlite3.Error as exc:
+                    if self._memory or not _transient(exc):
+                        raise
+                    with trio.CancelScope(shield=True):  # taken: the group is written whole
+                        await self._retrying(self._write, group, inline=False, failed=exc)
+            elif group:
+                with trio.CancelScope(shield=True):
+                    await self._retrying(self._write, group, inline=False)
         except Exception as exc:  # noqa: BLE001 - whatever broke the write, every waiter hears it
             for entry in group:
                 entry.error = entry.error or exc
@@ -603,7 +610,8 @@ class SqliteStore(Store):
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(self._truncate_wal, limiter=self._write_limiter)
 
-    async def _retrying(self, fn: Callable[..., T], *args: Any, inline: bool) -> T:
+    async def _retrying(self, fn: Callable[..., T], *args: Any, inline: bool,
+                        failed: sqlite3.Error | None = None) -> T:
         """``fn(*args)`` on the writer connection, tried again through transient faults.
 
         The first try runs on the trio thread if ``inline`` (see "Threads"); SQLite never
@@ -612,6 +620,8 @@ class SqliteStore(Store):
         pauses that double from ``RETRY_FIRST_PAUSE`` to ``RETRY_MAX_PAUSE`` (trio sleeps:
         the engine serves reads and other work meanwhile), for ``retry_seconds`` in all.
 
+        ``failed``: the fault a first try (made by the caller) met.
+
         Raises:
             StoreUnavailableError: the fault outlasted ``retry_seconds``.
         """
@@ -619,6 +629,9 @@ class SqliteStore(Store):
         deadline: float | None = None
         while True:
             try:
+                if failed is not None:
+                    exc, failed = failed, None
+                    raise exc
                 if inline or self._memory:
                     return fn(*args)
                 return await trio.to_thread.run_sync(fn, *args, limiter=self._write_limiter)
