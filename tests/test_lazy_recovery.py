@@ -142,3 +142,34 @@ async def test_a_send_to_a_handed_back_run_is_kept_for_the_next_engine(tmp_path:
         assert (run.status, run.output, run.attempt) == (RunStatus.COMPLETED, {"n": 7}, 1)
         while not (await runs.retrieve(queued)).is_finished:
             await trio.sleep(0.01)
+
+
+@bounded(60)
+async def test_a_stop_during_recovery_leaves_every_run_resumable(tmp_path: Path) -> None:
+    """Runs being restored when a graceful stop begins are handed back with the rest; runs
+    not reached stay as stored. The next engine resumes them all as attempt 1."""
+    url = f"sqlite:///{tmp_path / 'midway.db'}"
+    async with serve([asker], store=url):
+        ids = [(await asker.trigger({})).id for _ in range(20)]
+        for run_id in ids:
+            while (await runs.retrieve(run_id)).status is not RunStatus.WAITING:
+                await trio.sleep(0.01)
+    store = HeldStore(str(tmp_path / "midway.db"), held=set(ids[3:]))
+    async with serve([asker], store=store) as eng:
+        recovery = eng.service.recovery
+        while len(recovery.running) < 8:  # workers are stuck in held runs
+            await trio.sleep(0.01)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(eng.stop)
+            await trio.sleep(0.2)
+            store.release.set()  # the runs being restored finish; the stop hands them back
+        assert recovery.pending  # never reached: left as stored
+    async with serve([asker], store=url):
+        for i, run_id in enumerate(ids):
+            run = await runs.retrieve(run_id)
+            assert (run.status, run.attempt) == (RunStatus.WAITING, 1), run_id
+            await answer.send(run_id, {"n": i})
+        for i, run_id in enumerate(ids):
+            while not (run := await runs.retrieve(run_id)).is_finished:
+                await trio.sleep(0.01)
+            assert (run.status, run.output) == (RunStatus.COMPLETED, {"n": i})

@@ -139,6 +139,9 @@ class RunService:
         attempt. Returns how many runs were handed back.
         """
         self.stopping = True
+        # recovery starts no more runs; those it is restoring now are handed back below too
+        while self.recovery.running:
+            await next(iter(self.recovery.running.values())).wait()
         with trio.move_on_after(0 if self._hurried else grace_period) as self._grace:
             while any(not actor.finished.is_set() and actor.record.status is not RunStatus.WAITING
                       for actor in self.broker.actors()):
