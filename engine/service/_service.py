@@ -6,7 +6,8 @@ one method here; so does a task's SDK call made inside a run (through
 table of live runs of its own: the :class:`~runwire.engine.broker.Broker` says which actor
 owns a run, and the :class:`~runwire.engine.store.Store` answers for runs that are not live.
 It owns the nursery its actors run in (:meth:`RunService.run`), and restores the runs that
-were live when the engine last stopped before it reports ready (``_recovery``).
+were live when the engine last stopped, in the background once it reports ready; a request
+about one of them restores it first (``_recovery``).
 """
 
 from __future__ import annotations
