@@ -1,10 +1,10 @@
 """The Engine: composes the store, the broker, the service and the doors, and owns the nursery.
 
 Theory of operation: ``open_engine`` opens one nursery. In it run the service (which owns
-its run actors and recovers stored runs before it reports ready), the retention sweeper, and
-the websocket server when a host or port is given. Requests flow one way through the layers
-(``docs/architecture.md``): door -> service -> run -> store, with the broker beside the store
-saying who owns which live run. This module builds them and wires them together; it holds
+its run actors and recovers stored runs in the background once it reports ready), the
+retention sweeper, and the websocket server when a host or port is given. Requests flow one
+way through the layers (``docs/architecture.md``): door -> service -> run -> store, with the
+broker beside the store saying who owns which live run. This module builds them and wires them together; it holds
 no run state of its own.
 """
 

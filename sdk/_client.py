@@ -84,6 +84,7 @@ from runwire.transport import (
 )
 
 from ._errors import (
+    InternalError,
     OutsideRunError,
     PayloadTooLargeError,
     RunFinishedError,
@@ -803,7 +804,9 @@ class Client:
         last: Run | None = None
         async for run in self.subscribe(run_id):
             last = run
-        assert last is not None and last.is_finished
+        if last is None or not last.is_finished:  # an engine that broke its contract
+            raise InternalError(f"the subscription to run {run_id} ended before the run "
+                                f"finished ({last.status.value if last else 'no snapshot'})")
         return TaskRunResult.from_run(last)
 
     async def retrieve(self, run_id: str) -> Run:

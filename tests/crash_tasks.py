@@ -13,7 +13,7 @@ from typing import Any
 
 import trio
 
-from runwire import Queue, RetryPolicy, step, streams, task
+from runwire import Queue, RetryPolicy, step, streams, task, wait
 
 PARKED = "parked"
 
@@ -124,3 +124,32 @@ async def slow(payload: dict[str, Any]) -> dict[str, Any]:
         await side.append(f"t{i}")
         await trio.sleep(0.05)
     return {"chunks": count}
+
+
+@task(id="durable.child")
+async def child(payload: dict[str, Any]) -> dict[str, Any]:
+    """Waits for approval; its output is who approved."""
+    got = (await approval.wait(timeout="1h")).unwrap()
+    return {"by": got["by"]}
+
+
+@task(id="durable.parent")  # the default retry policy: one attempt
+async def parent(payload: dict[str, Any]) -> dict[str, Any]:
+    """Triggers a child and waits for it (a durable wait); writes around the wait."""
+    await ai.append("parent started")
+    result = await child.trigger_and_wait({"n": 1})
+    await ai.append(f"child approved by {result.unwrap()['by']}")
+    return {"child": result.id, "by": result.unwrap()["by"]}
+
+
+@task(id="durable.token")  # the default retry policy: one attempt
+async def token_waiter(payload: dict[str, Any]) -> dict[str, Any]:
+    """Makes a waitpoint token, says its id on ``ai``, waits for it (a durable wait)."""
+    token = await wait.create_token(timeout=payload.get("timeout", "1h"))
+    await ai.append(token.id)
+    got = await wait.for_token(token)
+    if not got.ok:
+        await ai.append("timed out")
+        return {"token": token.id, "timed_out": True}
+    await ai.append("completed")
+    return {"token": token.id, "data": got.unwrap()}

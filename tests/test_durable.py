@@ -11,6 +11,7 @@ graceful stop gives executing runs their grace period and hands back the rest. I
 from __future__ import annotations
 
 import signal
+import time
 import sys
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,85 @@ async def test_sigterm_during_a_wait_exits_0_at_once_and_the_run_resumes(tmp_pat
             assert (run.status, run.attempt) == (RunStatus.COMPLETED, 1)
             assert run.output == {"draft": "".join(before[:4]), "approved_by": "bo"}
             assert await read_all(ct.ai, run_id) == [*before, "approved by bo"]
+        await second.stop()
+
+
+@unix_only
+@bounded(60)
+async def test_trigger_and_wait_in_a_task_survives_kill_9(tmp_path: Path) -> None:
+    """The parent stays WAITING on the same child across the crash (no second child, no
+    second "parent started"), and completes with the child's output."""
+    db = tmp_path / "durable.db"
+    async with engine_processes() as start:
+        first = await start(db, 0)
+        async with connect(first.url, api_key=API_KEY, reconnect_timeout=20):
+            parent_id = (await ct.parent.trigger({})).id
+            await until_status(parent_id, RunStatus.WAITING)
+            page = await runs.list(task=ct.child.id)
+            while not page.runs or page.runs[0].status is not RunStatus.WAITING:
+                await trio.sleep(0.02)
+                page = await runs.list(task=ct.child.id)
+            [child] = page.runs
+            assert child.parent_id == parent_id
+            await first.kill()
+            second = await start(db, first.port)
+            run = await runs.retrieve(parent_id)  # not CRASHED, not a new attempt
+            assert (run.status, run.attempt) == (RunStatus.WAITING, 1)
+            await ct.approval.send(child.id, {"by": "ada"})
+            run = await final(parent_id)
+            assert run.status is RunStatus.COMPLETED, run.error
+            assert run.output == {"child": child.id, "by": "ada"}
+            assert [r.id for r in (await runs.list(task=ct.child.id)).runs] == [child.id]
+            assert await read_all(ct.ai, parent_id) == ["parent started",
+                                                        "child approved by ada"]
+        await second.stop()
+
+
+@unix_only
+@bounded(60)
+async def test_wait_for_token_survives_kill_9_with_the_same_token(tmp_path: Path) -> None:
+    db = tmp_path / "durable.db"
+    async with engine_processes() as start:
+        first = await start(db, 0)
+        async with connect(first.url, api_key=API_KEY, reconnect_timeout=20):
+            run_id = (await ct.token_waiter.trigger({})).id
+            await until_status(run_id, RunStatus.WAITING)
+            [token_id] = await read_n(run_id, 1)
+            await first.kill()
+            second = await start(db, first.port)
+            run = await runs.retrieve(run_id)
+            assert (run.status, run.attempt) == (RunStatus.WAITING, 1)
+            assert await wait.complete_token(token_id, {"ok": True})
+            run = await final(run_id)
+            assert run.status is RunStatus.COMPLETED, run.error
+            assert run.output == {"token": token_id, "data": {"ok": True}}
+            assert await read_all(ct.ai, run_id) == [token_id, "completed"]  # one token
+        await second.stop()
+
+
+@unix_only
+@bounded(60)
+async def test_a_token_completed_while_the_engine_was_down_is_seen_at_once(
+        tmp_path: Path) -> None:
+    db = tmp_path / "durable.db"
+    async with engine_processes() as start:
+        first = await start(db, 0)
+        async with connect(first.url, api_key=API_KEY, reconnect_timeout=20):
+            run_id = (await ct.token_waiter.trigger({})).id
+            await until_status(run_id, RunStatus.WAITING)
+            [token_id] = await read_n(run_id, 1)
+            await first.kill()
+        # completed in the file while no engine runs (as another engine's HTTP door would)
+        from runwire.engine.store import SqliteStore
+        store = SqliteStore(str(db))
+        _, completed = await store.complete_token(token_id, b'{"late":true}', time.time())
+        await store.aclose()
+        assert completed
+        second = await start(db, first.port)
+        async with connect(second.url, api_key=API_KEY, reconnect_timeout=20):
+            run = await final(run_id)
+            assert (run.status, run.attempt) == (RunStatus.COMPLETED, 1), run.error
+            assert run.output == {"token": token_id, "data": {"late": True}}
         await second.stop()
 
 

@@ -50,7 +50,7 @@ PUBLIC = {
     "runwire.transport": {
         "encode", "decode", "unstructure", "Protocol", "Role", "State", "Connection",
         "MemoryPipe", "connect_websocket", "memory_connection_pair", "AsyncioConnection",
-        "connect_websocket_asyncio", "memory_pipe_pair",
+        "connect_websocket_asyncio", "memory_pipe_pair", "wrap_server_stream",
         "TransportError", "LocalProtocolError", "RemoteProtocolError", "ConnectionBroken",
         "ConnectionClosed", "FRAME_TYPES", "CLIENT_FRAMES", "ENGINE_FRAMES", "PROTOCOL_VERSION",
         "Frame", "Hello", "Welcome", "Read", "Chunks", "End", "Append", "Send", "Ack",

@@ -17,6 +17,7 @@ from ._connection import MemoryPipe as MemoryPipe
 from ._connection import connect_websocket as connect_websocket
 from ._connection import memory_connection_pair as memory_connection_pair
 from ._connection import memory_pipe_pair as memory_pipe_pair
+from ._connection import wrap_server_stream as wrap_server_stream
 from ._errors import ConnectionBroken as ConnectionBroken
 from ._errors import ConnectionClosed as ConnectionClosed
 from ._errors import LocalProtocolError as LocalProtocolError

@@ -34,10 +34,12 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Awaitable, Callable
+from typing import Any
 from typing import Protocol as TypingProtocol
 
 import trio
 import trio_websocket
+from wsproto import ConnectionType, WSConnection
 from wsproto.connection import ConnectionState
 from wsproto.events import TextMessage
 
@@ -318,6 +320,33 @@ class _DirectWrite:
             await self.stream.send_all(rest)
         finally:
             self.baton.release()
+
+
+class _ServerWebSocket(trio_websocket.WebSocketConnection):
+    """trio-websocket's connection, closing with a close frame when a frame is malformed.
+
+    wsproto reports a frame it cannot parse (a text message that is not UTF-8: 1007, a
+    protocol error: 1002) as a ``CloseConnection`` event while the connection is still
+    open; trio-websocket then drops the TCP connection without a close frame, so the peer
+    sees 1006. Here the close frame with wsproto's code is sent first (RFC 6455, 7.1.7:
+    "_Fail the WebSocket Connection_" sends a close frame with a status code).
+    """
+
+    async def _handle_close_connection_event(self, event: Any) -> None:
+        if self._wsproto.state is ConnectionState.OPEN:  # not the peer's close: ours
+            with contextlib.suppress(Exception):  # the peer may be gone already
+                await self._send(event)
+        await super()._handle_close_connection_event(event)
+
+
+async def wrap_server_stream(nursery: trio.Nursery, stream: trio.abc.Stream, *,
+                             max_message_size: int) -> trio_websocket.WebSocketRequest:
+    """trio-websocket's ``wrap_server_stream`` with :class:`_ServerWebSocket` (it relies on
+    the private ``_reader_task`` and ``_get_request``, as that function does)."""
+    connection = _ServerWebSocket(stream, WSConnection(ConnectionType.SERVER),
+                                  max_message_size=max_message_size)
+    nursery.start_soon(connection._reader_task)
+    return await connection._get_request()
 
 
 def _broken(exc: trio_websocket.ConnectionClosed) -> ConnectionBroken:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from collections.abc import Callable
 from typing import Protocol
 
 import orjson
@@ -65,9 +66,28 @@ def _offset(source: ReadSource, text: str | None) -> tuple[int, bool]:
         raise HttpError(400, "bad_request", exc.message) from None
 
 
+#: What an SSE response that ends because its token expired sends last.
+EXPIRED_EVENT = (b'event: error\ndata:{"code":"unauthorized","message":"the access token has '
+                 b'expired; read again from the last offset with a new token"}\n\n')
+
+
+def _no_expiry() -> trio.CancelScope:
+    return trio.CancelScope()
+
+
+def _expired() -> HttpError:
+    return HttpError(401, "unauthorized", "the access token expired while the read waited; "
+                     "read again with a new token", [("www-authenticate", "Bearer")])
+
+
 async def serve_read(exchange: Exchange, source: ReadSource, *, clock: float,
-                     long_poll_timeout: float, sse_interval: float) -> None:
-    """Answer a ``GET`` of ``source`` (``clock``: wall-clock seconds now, for cursors)."""
+                     long_poll_timeout: float, sse_interval: float,
+                     expiry: Callable[[], trio.CancelScope] = _no_expiry) -> None:
+    """Answer a ``GET`` of ``source`` (``clock``: wall-clock seconds now, for cursors).
+
+    ``expiry`` makes a scope that is cancelled when the reader's token expires: a long-poll
+    waiting then is answered ``401``; an SSE response sends :data:`EXPIRED_EVENT` and ends.
+    """
     request = exchange.request
     text = request.param("offset")
     live = request.param("live")
@@ -82,14 +102,21 @@ async def serve_read(exchange: Exchange, source: ReadSource, *, clock: float,
     if start > source.tail():
         raise HttpError(400, "bad_request", "the offset is beyond the stream's tail")
     if live == "sse":
-        await _sse(exchange, source, start, cursor, clock, sse_interval)
+        with expiry() as scope:
+            await _sse(exchange, source, start, cursor, clock, sse_interval)
+        if scope.cancelled_caught:  # the token expired: say so, then end the response
+            await exchange.write(EXPIRED_EVENT)
         return
     result = await source.read(start)
     if now and live is None:
         result = ReadResult([], start, True, source.closed())
     if not result.pieces and live == "long-poll" and not result.closed:
         exchange.watch()  # a client that gives up on the wait frees it at once
-        if await source.wait(start, long_poll_timeout):
+        with expiry() as scope:
+            arrived = await source.wait(start, long_poll_timeout)
+        if scope.cancelled_caught:
+            raise _expired()
+        if arrived:
             result = await source.read(start)
     headers = [("content-type", source.content_type),
                ("stream-next-offset", format_offset(result.next))]

@@ -249,7 +249,7 @@ class HttpDoor:
             return
         await serve_read(exchange, source, clock=self.clock(),
                          long_poll_timeout=self.limits.long_poll_timeout,
-                         sse_interval=self.limits.sse_interval)
+                         sse_interval=self.limits.sse_interval, expiry=caller.expiry_scope)
 
     async def _events(self, exchange: Exchange, caller: Caller, run_id: str) -> None:
         """One SSE response: the run's record on every change and every stream's chunks
@@ -288,16 +288,20 @@ class HttpDoor:
                                       "next": reader.next})
             await emit("stream_end", {"stream": key, "offset": format_offset(reader.next)})
 
-        with trio.move_on_after(self.limits.sse_interval):
-            async with trio.open_nursery() as nursery:
-                followed = set(ended)
-                async for snapshot in caller.subscribe(run_id):
-                    await emit("run", snapshot)
-                    for key in snapshot.get("streams") or []:
-                        if key not in followed:
-                            followed.add(key)
-                            nursery.start_soon(follow, key)
-            await emit("end", {"id": run_id})
+        with caller.expiry_scope() as expiry:  # the response ends when its token does
+            with trio.move_on_after(self.limits.sse_interval):
+                async with trio.open_nursery() as nursery:
+                    followed = set(ended)
+                    async for snapshot in caller.subscribe(run_id):
+                        await emit("run", snapshot)
+                        for key in snapshot.get("streams") or []:
+                            if key not in followed:
+                                followed.add(key)
+                                nursery.start_soon(follow, key)
+                await emit("end", {"id": run_id})
+        if expiry.cancelled_caught:
+            await emit("error", {"code": "unauthorized", "message": "the access token has "
+                                 "expired; reconnect with a new token and Last-Event-ID"})
 
     # --- free-standing durable streams -----------------------------------------------------
 

@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 import trio
 import trio_websocket
 
-from runwire.transport import Connection, Role
+from runwire.transport import Connection, Role, wrap_server_stream
 
 from ._http import HttpConnection
 from ._requests import Door
@@ -133,7 +133,7 @@ class EngineServer:
             request = None
             with trio.move_on_after(limits.handshake_timeout):
                 try:
-                    request = await trio_websocket.wrap_server_stream(
+                    request = await wrap_server_stream(  # malformed frames: a close frame
                         nursery, stream, max_message_size=limits.max_message_bytes)
                 except trio_websocket.ConnectionClosed:
                     request = None

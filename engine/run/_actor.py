@@ -31,7 +31,7 @@ import orjson
 import trio
 
 from runwire import (
-    BadFrameError, InvalidPayloadError,
+    BadFrameError, InternalError, InvalidPayloadError,
     PayloadTooLargeError, RunContext, RunFinishedError, RunInfo, RunStatus, StreamTooLargeError,
     Task,
 )
@@ -70,6 +70,9 @@ class _Reply:
     def set(self, value: Any = None, error: BaseException | None = None) -> None:
         self.value, self.error = value, error
         self._event.set()
+
+    def answered(self) -> bool:
+        return self._event.is_set()
 
     async def get(self) -> Any:
         await self._event.wait()
@@ -211,6 +214,9 @@ class _Stage:
         self.next_index: dict[str, int] = {}
         self.nbytes: dict[str, int] = {}
         self.taken = 0  # chunks taken from producers
+        #: who waits on this cycle's commit (told if it fails): messages, producers' takes
+        self.messages: list[Any] = []
+        self.takes: list[tuple[Producer, int]] = []
 
     def chunks(self, key: str, values: list[Any], producer: str | None = None,
                first_seq: int | None = None) -> tuple[int, BaseException | None]:
@@ -243,6 +249,15 @@ class _Stage:
             actor.record.streams.append(key)
             actor.touch()
         return len(encoded), error
+
+    def fail(self, exc: BaseException) -> None:
+        """The commit failed: every reply and producer waiting on it hears so (nothing of
+        the cycle was stored)."""
+        for producer, count in self.takes:
+            producer.settled(count, exc)
+        for message in self.messages:
+            if not message.reply.answered():
+                message.reply.set(error=exc)
 
     def apply(self) -> None:
         for key, (items, nbytes) in self.extend.items():
@@ -319,12 +334,19 @@ class RunActor:
         self._replay_waiting = False  # resumed in a wait: WAITING, no slot, until it is reached
         self._handing_back = False
         self._attempts_done = False
+        #: why a commit failed: the run is crashing (``_store_failed``)
+        self._failed: BaseException | None = None
         #: set once the actor has ended (finished, crashed or handed back)
         self.ended = trio.Event()
 
     @property
     def id(self) -> str:
         return self.record.id
+
+    @property
+    def handing_back(self) -> bool:
+        """A graceful stop is handing the run back (it ends without a final status)."""
+        return self._handing_back
 
     # --- state everyone may look at ------------------------------------------------------
 
@@ -415,7 +437,7 @@ class RunActor:
             await self._changed.wait()
 
     def set_status(self, status: RunStatus) -> None:
-        if self.record.status is not status:
+        if self.record.status is not status and self._failed is None:
             before = self.record.status
             self.record.set_status(status, self.env.clock())
             self.touch()
@@ -655,7 +677,8 @@ class RunActor:
 
     def _wake_committer(self) -> None:
         """Work arrived: start the commit loop unless it runs (or the actor has not started)."""
-        if not self._committing and self._nursery is not None and self.mailbox.has_work():
+        if not self._committing and self._nursery is not None and self.mailbox.has_work() \
+                and self._failed is None:
             self._committing = True
             self._nursery.start_soon(self._commit_loop)
 
@@ -696,9 +719,29 @@ class RunActor:
         what producers add while this cycle waits for its turn still rides in it.
         """
         stage = _Stage(self)
-        await self.env.store.commit_staged(lambda: self._stage(stage))
+        try:
+            await self.env.store.commit_staged(lambda: self._stage(stage))
+        except Exception as exc:  # the run crashes (``run``); nobody is left waiting
+            self._store_failed(exc)
+            stage.fail(InternalError(f"run {self.id}: the store could not write ({exc}); "
+                                     "this request was not stored"))
+            raise
         stage.apply()
         return stage.taken
+
+    def _store_failed(self, exc: BaseException) -> None:
+        """A commit failed (the store gave up retrying, or refused the batch): the run is
+        ``CRASHED`` from now on, for everyone who looks, and commits nothing more until
+        ``_crash`` stores that."""
+        if self._failed is None:
+            self._failed = exc
+            self._writable = self._accepting = False
+            record = self.record
+            if not record.status.is_final:
+                record.set_status(RunStatus.CRASHED, self.env.clock())
+                record.error = error_dict(exc)
+                log.error("run %s crashed: its state could not be stored (%s)", self.id, exc)
+            self._bump()
 
     def _stage(self, stage: _Stage) -> Batch:
         """Take the mailbox's work and stage it (possibly in another actor's task)."""
@@ -709,6 +752,8 @@ class RunActor:
                 stage.taken += len(items)
                 _, err = stage.chunks(producer.key, items)
                 stage.after.append(functools.partial(producer.settled, len(items), err))
+                stage.takes.append((producer, len(items)))
+        stage.messages = messages
         for message in messages:
             self._stage_message(stage, message)
         if self._run_dirty:
@@ -820,25 +865,39 @@ class RunActor:
         stage.after.append(finished)
 
     async def _crash(self, exc: BaseException) -> None:
-        """Best effort after a crash: mark the run CRASHED, end its streams, tell everyone."""
+        """After a crash: the run is CRASHED, its streams end, everyone is told; then the
+        crash is stored, tried again until the store takes it (a store that failed the run
+        may come back), so the stored run never stays ``EXECUTING`` or ``WAITING``. The
+        actor stays the run's owner meanwhile, so every read sees the true status.
+        """
         self._writable = self._accepting = False
         self._release_slot()
+        self.mailbox.close(RunFinishedError(f"run {self.id} has crashed"))
         record = self.record
         if not record.status.is_final:
             record.set_status(RunStatus.CRASHED, self.env.clock())
             record.error = error_dict(exc)
-        batch = Batch(runs=[record.to_store()],
-                      ended=[(self.id, k) for k in self._stream_keys()])
-        with trio.move_on_after(5) as scope:
-            scope.shield = True
-            try:
-                await self.env.store.commit(batch)
-            except Exception:
-                log.exception("could not store the crash of run %s", self.id)
         for stream in self.streams.values():
             stream.end()
         self.finished.set()
         self._bump()
+        batch = Batch(runs=[record.to_store()],
+                      ended=[(self.id, k) for k in self._stream_keys()])
+        pause = 0.5
+        while True:  # cancelled when the engine stops: recovery then finds it unfinished
+            try:
+                await self.env.store.commit(batch)
+            except trio.ClosedResourceError:
+                log.error("run %s crashed; the store closed before the crash was stored",
+                          self.id)
+                return
+            except Exception as error:  # noqa: BLE001 - the store is still failing
+                log.warning("could not store the crash of run %s yet (%r); trying again",
+                            self.id, error)
+                await trio.sleep(pause)
+                pause = min(pause * 2, 10.0)
+            else:
+                return
 
     # --- input streams, for the run backend --------------------------------------------------
 
@@ -856,7 +915,7 @@ class RunActor:
             if stored is not None:
                 return orjson.loads(stored)
         box = self.input(key)
-        value = await self._durable_wait(
+        value = await self.durable_wait(
             self.journal.next_key("wait", key), timeout,
             box.take_pending, box.next_record)
         if ikey is not None and value is not TIMED_OUT:
@@ -870,10 +929,10 @@ class RunActor:
             await trio.sleep(timeout if timeout is not None else math.inf)
             return TIMED_OUT
 
-        await self._durable_wait(self.journal.next_key("sleep", ""), seconds,
+        await self.durable_wait(self.journal.next_key("sleep", ""), seconds,
                                  lambda: TIMED_OUT, asleep)
 
-    async def _durable_wait(self, jkey: str, timeout: float | None,
+    async def durable_wait(self, jkey: str, timeout: float | None,
                             ready: Callable[[], Any],
                             wait: Callable[[float | None], Awaitable[Any]]) -> Any:
         """Suspend until ``wait(remaining)`` returns, journaled under ``jkey``.
@@ -908,9 +967,15 @@ class RunActor:
         await self._journal_write({jkey: result})
         return value
 
-    async def step(self, name: str, fn: Callable[[], Awaitable[Any]]) -> Any:
-        """``runwire.step``: ``fn()``'s result, journaled; a replay returns the stored one."""
-        key = self.journal.next_key("step", name)
+    async def step(self, name: str, fn: Callable[[], Awaitable[Any]],
+                   kind: str = "step") -> Any:
+        """``runwire.step``: ``fn()``'s result, journaled; a replay returns the stored one.
+
+        ``kind`` keeps the engine's own journaled calls (``trigger``: the ids of the
+        children a run triggered; ``waitpoint``: a token it made) apart from the task's
+        steps.
+        """
+        key = self.journal.next_key(kind, name)
         stored = await self._journal_read(key)
         if stored is not None:
             self.journal.skip(stored.get("writes") or {})

@@ -9,7 +9,7 @@ import orjson
 import trio
 
 from runwire import Run, RunContext, RunHandle, TaskRunResult, streams
-from runwire.runtime import Completion, ProducerSink
+from runwire.runtime import TIMED_OUT, Completion, ProducerSink
 
 if TYPE_CHECKING:
     from ._actor import RunActor
@@ -105,9 +105,20 @@ class RunBackend:
 
     # --- tasks and runs ----------------------------------------------------------------------
 
+    async def _trigger_children(self, task_id: str,
+                                items: list[tuple[Any, dict[str, Any]]]) -> list[str]:
+        """Trigger a child per item, journaled (``_journal``): a replay gets the same
+        children back instead of triggering new ones."""
+        async def trigger_all() -> list[str]:
+            return [(await self.services.trigger(task_id, p, o, parent=self.actor)).id
+                    for p, o in items]
+
+        ids: list[str] = await self.actor.step(task_id, trigger_all, kind="trigger")
+        return ids
+
     async def trigger(self, task_id: str, payload: Any, options: dict[str, Any]) -> RunHandle:
-        record = await self.services.trigger(task_id, payload, options, parent=self.actor)
-        return RunHandle(id=record.id, public_access_token=self.services.run_token(record.id))
+        [run_id] = await self._trigger_children(task_id, [(payload, options)])
+        return RunHandle(id=run_id, public_access_token=self.services.run_token(run_id))
 
     async def trigger_and_wait(self, task_id: str, payload: Any,
                                options: dict[str, Any]) -> TaskRunResult[Any]:
@@ -115,11 +126,18 @@ class RunBackend:
 
     async def batch_trigger_and_wait(self, task_id: str, items: list[tuple[Any, dict[str, Any]]],
                                      ) -> list[TaskRunResult[Any]]:
-        records = [await self.services.trigger(task_id, p, o, parent=self.actor)
-                   for p, o in items]
-        async with self.actor.suspended():  # a parent waiting on children leaves its slot
-            results = [await self.services.wait_finished(r.id) for r in records]
-        return [TaskRunResult.from_run(Run.from_wire(r.to_wire())) for r in results]
+        """Trigger the children, then a durable wait for them all (the parent is
+        ``WAITING`` without its queue slot; a restart resumes it in the wait, with the same
+        children)."""
+        actor = self.actor
+        ids = await self._trigger_children(task_id, items)
+
+        async def finished(_: float | None) -> list[dict[str, Any]]:
+            return [(await self.services.wait_finished(i)).to_wire() for i in ids]
+
+        runs: list[dict[str, Any]] = await actor.durable_wait(
+            actor.journal.next_key("children", task_id), None, lambda: TIMED_OUT, finished)
+        return [TaskRunResult.from_run(Run.from_wire(run)) for run in runs]
 
     async def retrieve(self, run_id: str) -> Run:
         record = await self.services.get_record(run_id)
@@ -138,11 +156,17 @@ class RunBackend:
 
     async def create_waitpoint(self, timeout: float | None, idempotency_key: str | None,
                                tags: list[str]) -> dict[str, Any]:
-        """A token owned by this run (deleted with it by retention)."""
-        token = await self.services.create_waitpoint(
-            timeout=timeout, idempotency_key=idempotency_key, tags=tags, run_id=self.actor.id)
-        return {**token.to_wire(self.actor.env.clock()),
-                "public_access_token": self.services.waitpoint_token(token)}
+        """A token owned by this run (deleted with it by retention); journaled, so a replay
+        gets the same token back (and waits for the one the approver was given)."""
+        async def make() -> dict[str, Any]:
+            token = await self.services.create_waitpoint(
+                timeout=timeout, idempotency_key=idempotency_key, tags=tags,
+                run_id=self.actor.id)
+            return {**token.to_wire(self.actor.env.clock()),
+                    "public_access_token": self.services.waitpoint_token(token)}
+
+        made: dict[str, Any] = await self.actor.step("token", make, kind="waitpoint")
+        return made
 
     async def complete_waitpoint(self, token_id: str, data: Any) -> tuple[dict[str, Any], bool]:
         token, completed = await self.services.complete_waitpoint(token_id, data)
@@ -153,13 +177,22 @@ class RunBackend:
         return token.to_wire(self.actor.env.clock())
 
     async def wait_waitpoint(self, token_id: str) -> Any:
-        """``wait.for_token``: suspended (``WAITING``, no queue slot) until the token is
-        completed (its data) or times out (``TIMED_OUT``)."""
+        """``wait.for_token``: a durable wait (``_journal``), suspended (``WAITING``, no
+        queue slot) until the token is completed (its data) or times out (``TIMED_OUT``).
+        A restart resumes the run in it; the token's own expiry is its deadline."""
+        actor = self.actor
         token = await self.services.get_waitpoint(token_id)  # NotFoundError before suspending
-        if token.status == "COMPLETED" or token.timed_out(self.actor.env.clock()):
-            return await self.services.wait_waitpoint(token_id)  # at once
-        async with self.actor.suspended():
+        completed = token.status == "COMPLETED"
+        data = orjson.loads(token.data) if completed and token.data is not None else None
+
+        def ready() -> Any:
+            return data if completed else TIMED_OUT  # (timed out: the wait answers at once)
+
+        async def wait(_: float | None) -> Any:
             return await self.services.wait_waitpoint(token_id)
+
+        return await actor.durable_wait(actor.journal.next_key("token", token_id), None,
+                                        ready, wait)
 
     async def create_token(self, scopes: list[str], expires_in: float) -> str:
         """A public access token; a task acts with the engine's authority."""

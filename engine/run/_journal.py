@@ -9,7 +9,11 @@ keys starting with ``~`` that no ``wait(idempotency_key=...)`` can make):
 
 * ``~A:step:NAME#I``: the result of the I-th ``step(NAME, ...)`` of attempt A, and how many
   chunks it wrote to each of the run's own streams;
-* ``~A:wait:KEY#I`` (input ``wait()`` on stream KEY) and ``~A:sleep:#I`` (``wait.for_``):
+* ``~A:trigger:TASK#I`` and ``~A:waitpoint:token#I``: like a step, the ids of the children
+  a ``trigger``/``trigger_and_wait`` made, and the token a ``wait.create_token`` made;
+* ``~A:wait:KEY#I`` (input ``wait()`` on stream KEY), ``~A:sleep:#I`` (``wait.for_``),
+  ``~A:token:ID#I`` (``wait.for_token``) and ``~A:children:TASK#I`` (the wait of a
+  ``trigger_and_wait`` for its children):
   first ``{"deadline": ...}`` (*pending*: the run is suspended in it; the deadline is
   absolute, wall-clock seconds), then ``{"value": ...}`` or ``{"timed_out": true}``;
 * ``~A:resume``: where attempt A can be resumed from: the pending wait it is suspended in

@@ -1,8 +1,13 @@
 """What happens to runs that were live when the engine stopped (crash, ``kill -9``, restart).
 
-Theory of operation: at startup, before it serves anyone, the engine reads every stored run
-whose status is not final (``QUEUED``, ``EXECUTING``, ``WAITING``) and applies these rules.
-Finished runs are not touched: their status, output and streams stay as they were.
+Theory of operation: at startup the engine reads the list of stored runs whose status is not
+final (``QUEUED``, ``EXECUTING``, ``WAITING``: one query) and starts serving at once; the
+runs are then restored in the background, several at a time (:class:`Recovery`), each by
+these rules. A request about a run that is not restored yet (retrieve, send, read,
+subscribe, cancel, a page of ``runs.list``) restores that run first, ahead of the rest, and
+then is served as usual, so nobody sees a run before its rules were applied. Finished runs
+are not touched: their status, output and streams stay as they were. A graceful stop that
+begins before every run is restored leaves the rest as stored, for the next engine.
 
 1. **Unknown task.** Its task is not registered on this engine: it becomes ``CRASHED``
    (error type ``EngineRestart``) and every one of its streams is ended.
@@ -21,8 +26,9 @@ Finished runs are not touched: their status, output and streams stay as they wer
    * ``wait(idempotency_key=...)`` returns the record stored for that key (until its TTL);
    * payload, tags, metadata, parent and root are kept.
 4. **Resumable.** Its journal (``engine/run/_journal.py``) says it can go on as the same
-   attempt: it was suspended in a durable wait (input ``wait()``, ``wait.for_``) that had
-   not completed, or a graceful stop handed it back. Then it is *resumed*, whatever its
+   attempt: it was suspended in a durable wait (input ``wait()``, ``wait.for_``,
+   ``wait.for_token``, a ``trigger_and_wait``'s wait for its children) that had not
+   completed, or a graceful stop handed it back. Then it is *resumed*, whatever its
    retry policy: the attempt number stays, the task is replayed from the top (stored steps
    and completed waits return their stored results, chunks it had written are not written
    again), a run that was waiting stays ``WAITING`` without a queue slot until the replay is
@@ -42,6 +48,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 import orjson
+import trio
 
 from runwire import RunStatus, Task
 from runwire.transport import json_bytes
@@ -55,13 +62,106 @@ if TYPE_CHECKING:
 log = logging.getLogger("runwire.engine")
 
 
-async def recover(service: RunService) -> None:
-    """Apply the module's rules to every stored run that is not finished."""
-    for raw in await service.store.unfinished_runs():
+#: Runs restored at once in the background (each mostly waits for store reads).
+RECOVERY_WORKERS = 8
+
+
+class Recovery:
+    """The stored runs that were live when the engine stopped, restored in the background;
+    :meth:`ensure` restores one at once when a request needs it.
+
+    Runs of a queue with a concurrency limit are restored in the order the store lists
+    them, one after the other (a *lane* per queue): they take the queue's slots in that
+    order, as they did before the restart. A request for one of them restores the runs
+    ahead of it in its lane first. Every other run is restored by any of the workers.
+    """
+
+    def __init__(self, service: RunService) -> None:
+        self.service = service
+        #: run id -> stored record, not restored yet (in the order the store lists them)
+        self.pending: dict[str, dict[str, Any]] = {}
+        #: queue name (``None``: no limited queue) -> its pending runs, in order
+        self.lanes: dict[str | None, dict[str, dict[str, Any]]] = {None: {}}
+        self._lane_locks: dict[str, trio.Lock] = {}
+        #: run id -> set once its restoring ends
+        self.running: dict[str, trio.Event] = {}
+        self.restored = 0
+        #: set once every run listed at startup is restored (or the engine began stopping)
+        self.done = trio.Event()
+
+    def _lane(self, raw: dict[str, Any]) -> str | None:
+        task = self.service.tasks.get(raw.get("task_id"))  # type: ignore[arg-type]
+        queue = task.queue if task is not None else None
+        if queue is None or queue.concurrency_limit is None:
+            return None
+        return queue.name
+
+    async def load(self) -> int:
+        """List the runs to restore (one store query); how many."""
+        for raw in await self.service.store.unfinished_runs():
+            if isinstance(raw.get("id"), str):
+                self.pending[raw["id"]] = raw
+                lane = self._lane(raw)
+                if lane is not None and lane not in self._lane_locks:
+                    self._lane_locks[lane] = trio.Lock()
+                self.lanes.setdefault(lane, {})[raw["id"]] = raw
+        return len(self.pending)
+
+    async def run(self, workers: int = RECOVERY_WORKERS) -> None:
+        """Restore every listed run: ``workers`` at a time, and each queue's lane in order."""
+        total = len(self.pending)
+        began = trio.current_time()
         try:
-            await _recover_one(service, raw)
-        except Exception:  # one unreadable run must not keep the engine from starting
-            log.exception("could not recover run %s; it is left as stored", raw.get("id"))
+            async with trio.open_nursery() as nursery:
+                for _ in range(workers):
+                    nursery.start_soon(self._worker, None)
+                for lane in self._lane_locks:
+                    nursery.start_soon(self._worker, lane)
+        finally:
+            self.done.set()
+        if total:
+            log.info("recovery: %d runs restored in %.2fs", self.restored,
+                     trio.current_time() - began)
+
+    async def _worker(self, lane: str | None) -> None:
+        runs = self.lanes[lane]
+        while runs and not self.service.stopping:
+            if lane is None:
+                await self._restore(next(iter(runs)))
+            else:
+                async with self._lane_locks[lane]:
+                    if runs:
+                        await self._restore(next(iter(runs)))
+
+    async def _restore(self, run_id: str) -> None:
+        raw = self.pending.pop(run_id)
+        self.lanes[self._lane(raw)].pop(run_id, None)
+        done = self.running[run_id] = trio.Event()
+        try:
+            with trio.CancelScope(shield=True):  # begun, a run is restored whole
+                await _recover_one(self.service, raw)
+            self.restored += 1
+        except Exception:  # one unreadable run must not keep the others from recovering
+            log.exception("could not recover run %s; it is left as stored", run_id)
+        finally:
+            del self.running[run_id]
+            done.set()
+
+    async def ensure(self, run_id: str) -> None:
+        """Return once ``run_id`` is not waiting to be restored (restoring it now if so;
+        not once a graceful stop has begun: it stays as stored, for the next engine)."""
+        raw = self.pending.get(run_id)
+        if raw is not None and not self.service.stopping:
+            lane = self._lane(raw)
+            if lane is None:
+                await self._restore(run_id)
+            else:  # the runs ahead of it in its queue first
+                async with self._lane_locks[lane]:
+                    runs = self.lanes[lane]
+                    while run_id in runs:
+                        await self._restore(next(iter(runs)))
+        if (done := self.running.get(run_id)) is not None:
+            await done.wait()
 
 
 async def _recover_one(service: RunService, raw: dict[str, Any]) -> None:

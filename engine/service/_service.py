@@ -6,7 +6,8 @@ one method here; so does a task's SDK call made inside a run (through
 table of live runs of its own: the :class:`~runwire.engine.broker.Broker` says which actor
 owns a run, and the :class:`~runwire.engine.store.Store` answers for runs that are not live.
 It owns the nursery its actors run in (:meth:`RunService.run`), and restores the runs that
-were live when the engine last stopped before it reports ready (``_recovery``).
+were live when the engine last stopped, in the background once it reports ready; a request
+about one of them restores it first (``_recovery``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import orjson
 import trio
 
 from runwire import (
-    BadFrameError,
+    BadFrameError, InternalError,
     InvalidPayloadError, NotFoundError, PayloadTooLargeError, RunFinishedError, RunStatus, Task,
     UnknownTaskError, WaitpointTimeoutError,
 )
@@ -33,11 +34,11 @@ from .._limits import Limits
 from ..broker import Broker
 from ..run import (
     ExternalAppend, MissingRunProducer, OutputStream, Reader, RunActor, RunEnv, RunRecord,
-    SendInput, new_run_id,
+    SendInput, new_run_id, resume_key,
 )
-from ..store import Batch, Store, StoredToken
+from ..store import Batch, RecordAppend, Store, StoredToken, StoreUnavailableError, Waitpoint
 from ._auth import Auth
-from ._recovery import recover
+from ._recovery import Recovery
 
 log = logging.getLogger("runwire.engine")
 
@@ -88,17 +89,28 @@ class RunService:
         self.stopping = False
         self._grace: trio.CancelScope | None = None
         self._hurried = False
+        #: the runs live when the engine last stopped, restored in the background
+        self.recovery = Recovery(self)
+        #: run id -> held while a send stores a record for a handed-back run
+        self._stored_sends: dict[str, trio.Lock] = {}
+
+    async def _restored(self, run_id: Any) -> None:
+        """A request about ``run_id``: restore it first if recovery has not yet."""
+        if isinstance(run_id, str) and (self.recovery.pending or self.recovery.running):
+            await self.recovery.ensure(run_id)
 
     # --- lifetime ------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
-        """Own the actors' nursery until cancelled; ready once stored runs are recovered."""
+        """Own the actors' nursery until cancelled; ready once the runs to recover are
+        listed (they are restored in the background, ``_recovery``)."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             try:
-                await recover(self)
-                task_status.started()
+                await self.recovery.load()
+                task_status.started()  # serving now; the runs are restored meanwhile
+                nursery.start_soon(self.recovery.run)
                 await trio.sleep_forever()
             finally:
                 self._nursery = None
@@ -128,6 +140,9 @@ class RunService:
         attempt. Returns how many runs were handed back.
         """
         self.stopping = True
+        # recovery starts no more runs; those it is restoring now are handed back below too
+        while self.recovery.running:
+            await next(iter(self.recovery.running.values())).wait()
         with trio.move_on_after(0 if self._hurried else grace_period) as self._grace:
             while any(not actor.finished.is_set() and actor.record.status is not RunStatus.WAITING
                       for actor in self.broker.actors()):
@@ -195,7 +210,11 @@ class RunService:
             # a run is stored and started, or neither: cancelled in between (a client gone),
             # it would stay QUEUED forever, and a retry with its key would get that dead run
             with trio.CancelScope(shield=True):
-                await self.store.commit(Batch(runs=[record.to_store()]))
+                try:
+                    await self.store.commit(Batch(runs=[record.to_store()]))
+                except StoreUnavailableError as exc:
+                    raise InternalError(f"the store could not write ({exc}); the run was "
+                                        "not created") from exc
                 if not self.stopping:  # else stored QUEUED: the next engine starts it
                     await self.start_actor(record, task)
             log.info("run %s triggered (task %s%s)", record.id, task_id,
@@ -215,6 +234,7 @@ class RunService:
         Raises:
             NotFoundError: no such run (or it expired).
         """
+        await self._restored(run_id)
         actor = self.broker.owner(run_id) if isinstance(run_id, str) else None
         if actor is not None:
             return actor.record
@@ -245,24 +265,52 @@ class RunService:
         return self.auth.run_token(run_id)
 
     async def missing_run_error(self, run_id: str) -> Exception:
-        """The error for a run that is not live here: finished, or unknown."""
+        """The error for a run that is not live here: finished, unknown, or (during a
+        graceful stop) handed back for the next engine."""
         try:
             record = await self.get_record(run_id)
         except NotFoundError as exc:
             return exc
+        if not record.status.is_final:
+            return self._not_live_error(record)
         return RunFinishedError(f"run {run_id} has finished ({record.status.value})")
 
+    def _not_live_error(self, record: RunRecord) -> InternalError:
+        why = ("the engine is stopping; the next engine to start resumes it" if self.stopping
+               else "it could not be recovered; see the engine log")
+        return InternalError(f"run {record.id} is {record.status.value} but not live on this "
+                             f"engine ({why}); try again then")
+
     async def _live_actor(self, run_id: str) -> RunActor:
+        await self._restored(run_id)
         actor = self.broker.owner(run_id) if isinstance(run_id, str) else None
         if actor is None:
             raise await self.missing_run_error(run_id)
         return actor
 
     async def send_input(self, run_id: str, key: str, data: Any, ikey: str | None) -> int:
-        """Store one input record and deliver it; returns its index."""
+        """Store one input record and deliver it; returns its index.
+
+        A run a graceful stop handed back (not live, not finished, resumable) gets the
+        record stored for the next engine, which delivers it when the run resumes.
+        """
         try:
+            await self._restored(run_id)
+            if isinstance(run_id, str) and self.broker.owner(run_id) is None:
+                stored = await self._send_to_stored(run_id, key, data, ikey)
+                if stored is not None:
+                    return stored
             actor = await self._live_actor(run_id)
-            index: int = await actor.submit(SendInput(key, data, ikey))
+            try:
+                index: int = await actor.submit(SendInput(key, data, ikey))
+            except RunFinishedError:
+                if not actor.handing_back:
+                    raise
+                await actor.ended.wait()  # handed back: stored for the next engine
+                stored = await self._send_to_stored(run_id, key, data, ikey)
+                if stored is None:
+                    raise
+                return stored
             return index
         except RunFinishedError:
             # a retried send whose first attempt was stored (maybe it is what ended the
@@ -271,6 +319,58 @@ class RunService:
             if stored is None:
                 raise
             return stored
+
+    async def _send_to_stored(self, run_id: str, key: str, data: Any,
+                              ikey: str | None) -> int | None:
+        """A record for a run handed back to the store (see :meth:`send_input`): stored with
+        its resume point updated so the resumed run gets it; its index. ``None`` if the run
+        is not such a run (finished, unknown, live again).
+
+        Raises:
+            InternalError: the run is not finished but cannot take it (it never started:
+                its first attempt starts on the next engine, send then).
+            InvalidPayloadError, PayloadTooLargeError: as a live run's send.
+        """
+        lock = self._stored_sends.setdefault(run_id, trio.Lock())
+        try:
+            async with lock:  # one at a time per run: each takes the next index
+                raw = await self.store.get_run(run_id)
+                if raw is None or self.broker.owner(run_id) is not None:
+                    return None
+                record = RunRecord.from_wire(raw)
+                if record.status.is_final:
+                    return None
+                point_key = resume_key(record.attempt)
+                stored_point = await self.store.waitpoint(run_id, point_key, -math.inf)
+                point = orjson.loads(stored_point) if stored_point is not None else None
+                if not isinstance(point, dict):
+                    raise self._not_live_error(record)
+                records = (await self.store.records(run_id)).get(key, [])
+                for rec in records:
+                    if ikey is not None and rec.idempotency_key == ikey:
+                        return rec.index
+                try:
+                    encoded = json_bytes(data)
+                except TypeError as exc:
+                    raise InvalidPayloadError(f"input record for {key!r} is not JSON: "
+                                              f"{exc}") from None
+                if len(encoded) > self.limits.max_record_bytes:
+                    raise PayloadTooLargeError(
+                        f"input record of {len(encoded)} bytes is over the "
+                        f"{self.limits.max_record_bytes}-byte limit")
+                index = len(records)
+                inputs = point.setdefault("inputs", {})
+                if not isinstance(inputs.get(key), int):  # unread from here on
+                    inputs[key] = index
+                await self.store.commit(Batch(
+                    records=[RecordAppend(run_id, key, index, encoded, ikey)],
+                    waitpoints=[Waitpoint(run_id, point_key, json_bytes(point), None)]))
+                log.info("run %s is handed back: input record %s#%d stored for the next "
+                         "engine", run_id, key, index)
+                return index
+        finally:
+            if not lock.statistics().tasks_waiting and not lock.locked():
+                self._stored_sends.pop(run_id, None)
 
     async def _stored_input(self, run_id: str, key: str, ikey: str) -> int | None:
         for record in (await self.store.records(run_id)).get(key, []):
@@ -300,6 +400,7 @@ class RunService:
 
     async def wait_finished(self, run_id: str) -> RunRecord:
         """Wait until the run has finished; its final record."""
+        await self._restored(run_id)
         actor = self.broker.owner(run_id)
         if actor is not None:
             await actor.finished.wait()
@@ -308,9 +409,16 @@ class RunService:
 
     async def subscribe(self, run_id: str) -> AsyncIterator[dict[str, Any]]:
         """Snapshots of the run's record on every change, ending with the final one."""
+        await self._restored(run_id)
         actor = self.broker.owner(run_id) if isinstance(run_id, str) else None
         if actor is None:
-            yield (await self.get_record(run_id)).to_wire()
+            record = await self.get_record(run_id)
+            if not record.status.is_final:  # stored live, owned by nobody here: say so
+                raise InternalError(
+                    f"run {run_id} is {record.status.value} but not live on this engine "
+                    f"({'it is stopping; ' if self.stopping else ''}the next engine to "
+                    "start resumes it); subscribe again then")
+            yield record.to_wire()
             return
         seen = -1
         while True:
@@ -327,6 +435,7 @@ class RunService:
         Raises:
             NotFoundError: no such run.
         """
+        await self._restored(run_id)
         actor = self.broker.owner(run_id) if isinstance(run_id, str) else None
         if actor is not None:
             return Reader(self.store, self.limits, run_id, key, start, actor.stream(key))
@@ -377,6 +486,9 @@ class RunService:
             raise BadFrameError(str(exc)) from None
         runs = []
         for raw in raws:
+            if raw["id"] in self.recovery.pending or raw["id"] in self.recovery.running:
+                await self.recovery.ensure(raw["id"])  # its status as recovery makes it
+                raw = await self.store.get_run(raw["id"]) or raw
             actor = self.broker.owner(raw["id"])  # a live run's record is the newest
             runs.append(actor.record.to_wire() if actor is not None
                         else RunRecord.from_wire(raw).to_wire())

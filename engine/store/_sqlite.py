@@ -33,6 +33,13 @@ Theory of operation.
 * **Cancellation.** A caller cancelled before its batch was taken removes it: nothing is
   written. Once taken, the write finishes (inline it cannot be interrupted; in a thread it
   is shielded, one transaction is short) and the caller then sees the cancellation.
+* **Faults.** The writer's busy timeout is 0: SQLite never waits on the trio thread. A
+  write that meets a transient fault (``SQLITE_BUSY``/``LOCKED``: another process holds the
+  write lock; ``FULL``; ``READONLY``; ``IOERR``; ``CANTOPEN``) is rolled back and tried
+  again in a worker thread after a trio sleep (20 ms doubling to 1 s), for up to
+  ``retry_seconds``; then every caller of the group gets :class:`StoreUnavailableError`.
+  Such a fault is the store's, not a batch's: it never counts as one batch's refusal. The
+  retention sweep and the direct writes (waitpoint tokens) are retried the same way.
 * **Indices.** The actor assigns chunk indices; the store checks that each append starts at
   the stream's stored length and refuses a gap or an overlap, like the memory store.
 * **Durability.** ``synchronous=NORMAL`` by default: a committed batch survives a killed
@@ -80,6 +87,7 @@ import collections
 import contextlib
 import errno
 import logging
+import math
 import os
 import sqlite3
 import sys
@@ -127,6 +135,16 @@ CHECKPOINT_PAGES = 1000
 #: while the store's write turn is held (no write of ours contends; readers' transactions
 #: are short). ``journal_size_limit`` trims what a restarted WAL leaves behind.
 WAL_LIMIT_BYTES = 16 * 1024 * 1024
+#: How long a write that meets a transient fault (the write lock held by another process,
+#: a full disk, a file made read-only, an I/O error) is retried before its callers get
+#: :class:`StoreUnavailableError` (``?retry=SECONDS`` in the URL); see "Faults".
+RETRY_SECONDS = 30.0
+#: The first pause between two tries of a failed write; it doubles up to ``RETRY_MAX_PAUSE``.
+RETRY_FIRST_PAUSE = 0.02
+RETRY_MAX_PAUSE = 1.0
+#: SQLite's primary result codes of faults that may go away: BUSY, LOCKED, READONLY, IOERR,
+#: FULL, CANTOPEN.
+_TRANSIENT_CODES = frozenset({5, 6, 8, 10, 13, 14})
 #: Streams whose end (sid, length, size) the writer remembers (see "Where streams end").
 END_CACHE_STREAMS = 1024
 _PAGE_SIZE = 4096
@@ -323,13 +341,21 @@ def parse_sqlite_url(url: str) -> tuple[str, dict[str, str]]:
     if not path:
         raise StoreConfigError(f"sqlite URL {url!r} has no file path, e.g. sqlite:///runwire.db")
     options = {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
-    unknown = set(options) - {"synchronous"}
+    unknown = set(options) - {"synchronous", "retry"}
     if unknown:
         raise StoreConfigError(f"unknown sqlite store options {sorted(unknown)} in {url!r}")
     sync = options.get("synchronous", "normal").upper()
     if sync not in ("NORMAL", "FULL"):
         raise StoreConfigError(f"synchronous must be 'normal' or 'full', not {sync.lower()!r}")
     options["synchronous"] = sync
+    if "retry" in options:
+        try:
+            retry = float(options["retry"])
+        except ValueError:
+            retry = math.nan
+        if not 0 <= retry <= 86400:
+            raise StoreConfigError(f"retry must be a number of seconds in [0, 86400], not "
+                                   f"{options['retry']!r}")
     return path, options
 
 
@@ -389,8 +415,14 @@ class SqliteStore(Store):
     scheme = "sqlite"
 
     def __init__(self, path: str, *, synchronous: str = "NORMAL",
-                 wal_limit_bytes: int = WAL_LIMIT_BYTES) -> None:
+                 wal_limit_bytes: int = WAL_LIMIT_BYTES,
+                 retry_seconds: float = RETRY_SECONDS) -> None:
         self.path = path
+        #: how long a write is retried through transient faults (see "Faults")
+        self.retry_seconds = retry_seconds
+        #: transient faults met by writes, and writes that failed after retrying (counters)
+        self.write_faults = 0
+        self.failed_writes = 0
         #: the WAL is truncated once a checkpoint finds it bigger (see ``WAL_LIMIT_BYTES``)
         self.wal_limit_bytes = wal_limit_bytes
         self._truncate_due = False
@@ -425,7 +457,8 @@ class SqliteStore(Store):
             ValueError: see :func:`parse_sqlite_url`.
         """
         path, options = parse_sqlite_url(url)
-        return cls(path, synchronous=options["synchronous"])
+        return cls(path, synchronous=options["synchronous"],
+                   retry_seconds=float(options.get("retry", RETRY_SECONDS)))
 
     # --- opening and closing (in the worker thread) -----------------------------------------
 
@@ -452,6 +485,9 @@ class SqliteStore(Store):
             # small cache does (a 16 MiB one filled up with pages nobody reads again)
             opened.append(self._connect(cache_kib=16384 if self._memory else 2048))
             _migrate(opened[0])
+            # the writer never waits inside SQLite: a held lock fails at once, and the
+            # write is retried with pauses off the trio thread (see "Faults")
+            opened[0].execute("PRAGMA busy_timeout = 0")
             if not self._memory:
                 if self._background_checkpoints:  # instead of SQLite's in-commit ones
                     opened[0].execute("PRAGMA wal_autocheckpoint = 0")
@@ -552,11 +588,16 @@ class SqliteStore(Store):
             group = [entry for entry in group if entry.build()]  # staged now: see commit_staged
             if group and (self._memory or (self._background_checkpoints and sum(
                     entry.nbytes for entry in group) <= INLINE_BYTES)):
-                self._write(group)  # on the trio thread: see "Threads" in the module docstring
+                try:  # on the trio thread: see "Threads" in the module docstring
+                    self._write(group)
+                except sqlite3.Error as exc:
+                    if self._memory or not _transient(exc):
+                        raise
+                    with trio.CancelScope(shield=True):  # taken: the group is written whole
+                        await self._retrying(self._write, group, inline=False, failed=exc)
             elif group:
                 with trio.CancelScope(shield=True):
-                    await trio.to_thread.run_sync(self._write, group,
-                                                  limiter=self._write_limiter)
+                    await self._retrying(self._write, group, inline=False)
         except Exception as exc:  # noqa: BLE001 - whatever broke the write, every waiter hears it
             for entry in group:
                 entry.error = entry.error or exc
@@ -569,10 +610,61 @@ class SqliteStore(Store):
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(self._truncate_wal, limiter=self._write_limiter)
 
+    async def _retrying(self, fn: Callable[..., T], *args: Any, inline: bool,
+                        failed: sqlite3.Error | None = None) -> T:
+        """``fn(*args)`` on the writer connection, tried again through transient faults.
+
+        The first try runs on the trio thread if ``inline`` (see "Threads"); SQLite never
+        waits there (the writer's busy timeout is 0), so a lock held by another process
+        costs the trio thread one failed ``BEGIN``. Later tries run in a worker thread, with
+        pauses that double from ``RETRY_FIRST_PAUSE`` to ``RETRY_MAX_PAUSE`` (trio sleeps:
+        the engine serves reads and other work meanwhile), for ``retry_seconds`` in all.
+
+        ``failed``: the fault a first try (made by the caller) met.
+
+        Raises:
+            StoreUnavailableError: the fault outlasted ``retry_seconds``.
+        """
+        pause = RETRY_FIRST_PAUSE
+        deadline: float | None = None
+        while True:
+            try:
+                if failed is not None:
+                    exc, failed = failed, None
+                    raise exc
+                if inline or self._memory:
+                    return fn(*args)
+                return await trio.to_thread.run_sync(fn, *args, limiter=self._write_limiter)
+            except sqlite3.Error as exc:
+                if self._memory or not _transient(exc) or self._writer is None:
+                    raise
+                self.write_faults += 1
+                now = trio.current_time()
+                if deadline is None:
+                    deadline = now + self.retry_seconds
+                    log.warning("SQLite write to %r failed (%s); retrying for up to %gs",
+                                self.path, exc, self.retry_seconds)
+                if now >= deadline:
+                    self.failed_writes += 1
+                    log.error("SQLite write to %r failed for %gs: %s", self.path,
+                              self.retry_seconds, exc)
+                    raise StoreUnavailableError(
+                        f"the SQLite store {self.path!r} could not write for "
+                        f"{self.retry_seconds:g}s ({exc}); nothing of this request was "
+                        "stored") from exc
+            inline = False
+            await trio.sleep(min(pause, max(0.0, deadline - trio.current_time())))
+            pause = min(pause * 2, RETRY_MAX_PAUSE)
+
     def _truncate_wal(self) -> None:
         """Checkpoint the whole WAL and truncate it (writer connection, worker thread)."""
         try:
-            busy, _, _ = self._writing().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            conn = self._writing()
+            conn.execute("PRAGMA busy_timeout = 5000")  # waits for readers, in its thread
+            try:
+                busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            finally:
+                conn.execute("PRAGMA busy_timeout = 0")
         except (sqlite3.Error, StoreError) as exc:
             log.warning("SQLite WAL truncation of %r failed: %r", self.path, exc)
             return
@@ -640,16 +732,21 @@ class SqliteStore(Store):
                     _apply(conn, group[0].batch, group[0].run_rows,
                            collections.ChainMap(written, self._ends))
                 except _REFUSED as exc:
+                    if _transient(exc):  # the store's fault, not the batch's: try again
+                        raise
                     conn.execute("ROLLBACK")
                     group[0].error = exc
                     return
             else:
                 for entry in group:
+                    entry.error = None  # (from an earlier try of this group)
                     conn.execute("SAVEPOINT batch")
                     ends = collections.ChainMap({}, written, self._ends)
                     try:
                         _apply(conn, entry.batch, entry.run_rows, ends)
                     except _REFUSED as exc:
+                        if _transient(exc):
+                            raise
                         conn.execute("ROLLBACK TO batch")
                         entry.error = exc
                     else:
@@ -658,7 +755,8 @@ class SqliteStore(Store):
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
-                conn.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error):  # a failed disk may refuse it too
+                    conn.execute("ROLLBACK")
             raise
         self._remember(written)
 
@@ -677,11 +775,9 @@ class SqliteStore(Store):
         total = 0
         while True:  # cancellable between steps; a step in its thread always finishes whole
             async with self._turn:  # no commit may write on the writer connection meanwhile
-                if self._memory:  # its one connection is used on the trio thread only
-                    removed = self._delete_some(cutoff)
-                else:
-                    removed = await trio.to_thread.run_sync(self._delete_some, cutoff,
-                                                            limiter=self._write_limiter)
+                # (in a worker thread; on the trio thread for :memory:, its one connection)
+                with trio.CancelScope(shield=True):
+                    removed = await self._retrying(self._delete_some, cutoff, inline=False)
             total += removed
             if removed < DELETE_STEP:
                 return total
@@ -910,11 +1006,16 @@ class SqliteStore(Store):
         commits (like the retention sweep)."""
         await self._ready()
         async with self._turn:
-            if self._memory:
-                return fn(*args)
             with trio.CancelScope(shield=True):  # a transaction in its thread finishes whole
-                result = await trio.to_thread.run_sync(fn, *args, limiter=self._write_limiter)
+                result = await self._retrying(fn, *args, inline=False)
             return result
+
+
+def _transient(exc: BaseException) -> bool:
+    """A fault that may go away (see ``_TRANSIENT_CODES``), not a refusal of the batch."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(exc, sqlite3.Error) and code is not None and \
+        (code & 0xFF) in _TRANSIENT_CODES
 
 
 def _token(row: tuple[Any, ...]) -> StoredToken:
