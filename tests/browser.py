@@ -236,9 +236,24 @@ def app() -> Iterator[AppServer]:
     server.close()
 
 
+_contexts: list[Any] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_pages() -> Iterator[None]:
+    """Each test's pages are closed after it (their reads end with them)."""
+    yield
+    while _contexts:
+        try:
+            _contexts.pop().close()
+        except Exception:  # already closed by the test
+            pass
+
+
 def open_page(browser: Any, *, console: list[str] | None = None) -> Any:
     """A new page in a fresh context; requests that leave loopback are aborted."""
     context = browser.new_context()
+    _contexts.append(context)
     page = context.new_page()
 
     def guard(route: Any) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import trio
 
-from .browser import (API_KEY, AppServer, Engine, app, browser, engine,  # noqa: F401
+from .browser import (_close_pages, API_KEY, AppServer, Engine, app, browser, engine,  # noqa: F401
                       open_page, wait_for)
 from .faultproxy import FaultProxy
 

@@ -11,20 +11,31 @@ import {
 function defineStream(id) {
   return { id };
 }
-function useThrottledRender(throttleInMs) {
-  const [, setTick] = useState(0);
-  const last = useRef(0);
+function useThrottled(initial, take, throttleInMs) {
+  const [state, setState] = useState(initial);
+  const last = useRef(-Infinity);
   const timer = useRef(void 0);
-  useEffect(() => () => clearTimeout(timer.current), []);
-  return useCallback(() => {
+  const taker = useRef(take);
+  taker.current = take;
+  useEffect(() => () => {
+    clearTimeout(timer.current);
+    timer.current = void 0;
+  }, []);
+  const flush = useCallback(() => {
     if (timer.current !== void 0) return;
     const wait = Math.max(0, last.current + throttleInMs - performance.now());
     timer.current = setTimeout(() => {
       timer.current = void 0;
       last.current = performance.now();
-      setTick((n) => n + 1);
+      setState(taker.current());
     }, wait);
   }, [throttleInMs]);
+  const reset = useCallback((value) => {
+    clearTimeout(timer.current);
+    timer.current = void 0;
+    setState(value);
+  }, []);
+  return [state, flush, reset];
 }
 function connection(options) {
   return { accessToken: options.accessToken, baseURL: options.baseURL };
@@ -34,22 +45,22 @@ function useRealtimeStream(defOrRunId, keyOrRunId, options) {
   const key = typeof defOrRunId === "string" ? keyOrRunId : defOrRunId?.id;
   const { accessToken, baseURL, timeoutInSeconds, startIndex } = options;
   const enabled = options.enabled ?? true;
-  const render = useThrottledRender(options.throttleInMs ?? 16);
-  const parts = useRef([]);
-  const shown = useRef({ length: 0, value: [] });
-  const [error, setError] = useState(void 0);
-  const [isComplete, setComplete] = useState(false);
+  const live = useRef({ parts: [], error: void 0, isComplete: false });
+  const [shown, flush, reset] = useThrottled(
+    live.current,
+    () => ({ ...live.current, parts: live.current.parts.slice() }),
+    options.throttleInMs ?? 16
+  );
   const onData = useRef(options.onData);
   onData.current = options.onData;
   const abort = useRef(void 0);
   useEffect(() => {
-    parts.current = [];
-    shown.current = { length: 0, value: [] };
-    setError(void 0);
-    setComplete(false);
+    live.current = { parts: [], error: void 0, isComplete: false };
+    reset(live.current);
     if (!enabled || !runId || !key || !accessToken) return void 0;
     const controller = new AbortController();
     abort.current = controller;
+    const state = live.current;
     (async () => {
       try {
         for await (const batch of readStreamBatches(runId, key, {
@@ -61,39 +72,41 @@ function useRealtimeStream(defOrRunId, keyOrRunId, options) {
         })) {
           for (let i = 0; i < batch.items.length; i++) {
             const chunk = batch.items[i];
-            parts.current.push(chunk);
+            state.parts.push(chunk);
             onData.current?.(chunk, batch.startIndex + i);
           }
-          render();
+          flush();
         }
-        if (!controller.signal.aborted) setComplete(true);
+        if (!controller.signal.aborted) state.isComplete = true;
       } catch (failure) {
-        if (!controller.signal.aborted) setError(failure);
+        if (!controller.signal.aborted) state.error = failure;
       }
+      if (!controller.signal.aborted) flush();
     })();
     return () => controller.abort();
-  }, [runId, key, accessToken, baseURL, timeoutInSeconds, startIndex, enabled, render]);
-  if (shown.current.length !== parts.current.length) {
-    shown.current = { length: parts.current.length, value: parts.current.slice() };
-  }
+  }, [runId, key, accessToken, baseURL, timeoutInSeconds, startIndex, enabled, flush, reset]);
   const stop = useCallback(() => abort.current?.abort(), []);
-  return { parts: shown.current.value, error, isComplete, stop };
+  return { parts: shown.parts, error: shown.error, isComplete: shown.isComplete, stop };
 }
 function useRunEvents(runId, options) {
   const { accessToken, baseURL, withStreams } = options;
   const enabled = options.enabled ?? true;
-  const render = useThrottledRender(options.throttleInMs ?? 16);
-  const state = useRef({ run: void 0, streams: {}, version: 0 });
-  const [error, setError] = useState(void 0);
+  const live = useRef({ run: void 0, streams: {}, error: void 0 });
+  const [shown, flush, reset] = useThrottled(live.current, () => {
+    const streams = {};
+    for (const [key, items] of Object.entries(live.current.streams)) streams[key] = items.slice();
+    return { ...live.current, streams };
+  }, options.throttleInMs ?? 16);
   const abort = useRef(void 0);
   const onComplete = useRef(options.onComplete);
   onComplete.current = options.onComplete;
   useEffect(() => {
-    state.current = { run: void 0, streams: {}, version: 0 };
-    setError(void 0);
+    live.current = { run: void 0, streams: {}, error: void 0 };
+    reset(live.current);
     if (!enabled || !runId || !accessToken) return void 0;
     const controller = new AbortController();
     abort.current = controller;
+    const state = live.current;
     (async () => {
       try {
         for await (const event of subscribeToRunEvents(runId, {
@@ -101,41 +114,38 @@ function useRunEvents(runId, options) {
           baseURL,
           signal: controller.signal
         })) {
-          const current = state.current;
           if (event.type === "run") {
-            current.run = event.run;
+            state.run = event.run;
           } else if (event.type === "chunks" && withStreams) {
-            (current.streams[event.stream] ??= []).push(...event.items);
-          } else if (event.type === "end" && current.run) {
-            onComplete.current?.(current.run);
+            const items = state.streams[event.stream] ??= [];
+            for (const item of event.items) items.push(item);
+          } else if (event.type === "end" && state.run) {
+            onComplete.current?.(state.run);
+            continue;
           } else {
             continue;
           }
-          current.version++;
-          render();
+          flush();
         }
       } catch (failure) {
-        if (!controller.signal.aborted) setError(failure);
+        if (!controller.signal.aborted) {
+          state.error = failure;
+          flush();
+        }
       }
     })();
     return () => controller.abort();
-  }, [runId, accessToken, baseURL, enabled, withStreams, render]);
+  }, [runId, accessToken, baseURL, enabled, withStreams, flush, reset]);
   const stop = useCallback(() => abort.current?.abort(), []);
-  return { state: state.current, error, stop };
+  return { state: shown, stop };
 }
 function useRealtimeRun(runId, options) {
-  const { state, error, stop } = useRunEvents(runId, { ...options, withStreams: false });
-  return { run: state.run, error, stop };
+  const { state, stop } = useRunEvents(runId, { ...options, withStreams: false });
+  return { run: state.run, error: state.error, stop };
 }
 function useRealtimeRunWithStreams(runId, options) {
-  const { state, error, stop } = useRunEvents(runId, { ...options, withStreams: true });
-  const copy = useRef({ version: -1, streams: {} });
-  if (copy.current.version !== state.version) {
-    const streams = {};
-    for (const [key, items] of Object.entries(state.streams)) streams[key] = items.slice();
-    copy.current = { version: state.version, streams };
-  }
-  return { run: state.run, streams: copy.current.streams, error, stop };
+  const { state, stop } = useRunEvents(runId, { ...options, withStreams: true });
+  return { run: state.run, streams: state.streams, error: state.error, stop };
 }
 function useInputStreamSend(runId, key, options) {
   const [isLoading, setLoading] = useState(false);

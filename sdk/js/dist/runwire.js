@@ -2217,15 +2217,15 @@ async function* readStreamBatches(runId, key, options) {
           sseResilience: { logWarnings: false }
         });
         const pending = [];
-        let first = next;
         const iterator = response.jsonStream()[Symbol.asyncIterator]();
         let coming;
         while (true) {
           coming ??= iterator.next();
           const step = pending.length ? await Promise.race([coming, idleTick()]) : await coming;
           if (step === IDLE) {
-            yield { startIndex: first, items: pending.splice(0) };
-            first = next;
+            const items = pending.splice(0);
+            next += items.length;
+            yield { startIndex: next - items.length, items };
             continue;
           }
           coming = void 0;
@@ -2234,9 +2234,12 @@ async function* readStreamBatches(runId, key, options) {
           failures = 0;
           arm();
           pending.push(value);
-          next += 1;
         }
-        if (pending.length) yield { startIndex: first, items: pending.splice(0) };
+        if (pending.length) {
+          const items = pending.splice(0);
+          next += items.length;
+          yield { startIndex: next - items.length, items };
+        }
         if (response.streamClosed) return;
       } catch (error) {
         if (stop.signal.aborted) return;

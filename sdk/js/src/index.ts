@@ -243,17 +243,18 @@ export async function* readStreamBatches<T = unknown>(
           sseResilience: { logWarnings: false },
         });
         // the response yields the chunks from `next` on, in order, across its own
-        // reconnections: each one is the next index
+        // reconnections: each one is the next index. `next` moves only when chunks are
+        // handed out, so a failure drops the ones at hand and reads them again.
         const pending: T[] = [];
-        let first = next;
         const iterator = response.jsonStream()[Symbol.asyncIterator]();
         let coming: Promise<IteratorResult<T>> | undefined;
         while (true) {
           coming ??= iterator.next();
           const step = pending.length ? await Promise.race([coming, idleTick()]) : await coming;
           if (step === IDLE) {  // nothing more at hand: hand out what came together
-            yield { startIndex: first, items: pending.splice(0) };
-            first = next;
+            const items = pending.splice(0);
+            next += items.length;
+            yield { startIndex: next - items.length, items };
             continue;
           }
           coming = undefined;
@@ -262,9 +263,12 @@ export async function* readStreamBatches<T = unknown>(
           failures = 0;
           arm();
           pending.push(value);
-          next += 1;
         }
-        if (pending.length) yield { startIndex: first, items: pending.splice(0) };
+        if (pending.length) {
+          const items = pending.splice(0);
+          next += items.length;
+          yield { startIndex: next - items.length, items };
+        }
         if (response.streamClosed) return;
       } catch (error) {
         if (stop.signal.aborted) return;

@@ -53,21 +53,38 @@ export interface RealtimeStreamResult<T> {
   stop: () => void;
 }
 
-/** Collects values and re-renders at most once per `throttleInMs`. */
-function useThrottledRender(throttleInMs: number): () => void {
-  const [, setTick] = useState(0);
-  const last = useRef(0);
+/**
+ * State that changes at most once per `throttleInMs`: `flush()` asks for the next snapshot
+ * (`take()`), which is taken `throttleInMs` after the previous one at the earliest, and
+ * rendered. Everything a hook shows comes from the snapshots, so a render is never more
+ * recent than its snapshot and renders are at least `throttleInMs` apart.
+ */
+function useThrottled<S>(initial: S, take: () => S, throttleInMs: number):
+    [S, () => void, (state: S) => void] {
+  const [state, setState] = useState<S>(initial);
+  const last = useRef(-Infinity);
   const timer = useRef<ReturnType<typeof setTimeout> | undefined>(undefined);
-  useEffect(() => () => clearTimeout(timer.current), []);
-  return useCallback(() => {
+  const taker = useRef(take);
+  taker.current = take;
+  useEffect(() => () => {
+    clearTimeout(timer.current);
+    timer.current = undefined;
+  }, []);
+  const flush = useCallback(() => {
     if (timer.current !== undefined) return;
     const wait = Math.max(0, last.current + throttleInMs - performance.now());
     timer.current = setTimeout(() => {
       timer.current = undefined;
       last.current = performance.now();
-      setTick((n) => n + 1);
+      setState(taker.current());
     }, wait);
   }, [throttleInMs]);
+  const reset = useCallback((value: S) => {
+    clearTimeout(timer.current);
+    timer.current = undefined;
+    setState(value);
+  }, []);
+  return [state, flush, reset];
 }
 
 function connection(options: RealtimeOptions): ConnectionOptions {
@@ -86,23 +103,21 @@ export function useRealtimeStream<T = unknown>(
   const key = typeof defOrRunId === "string" ? keyOrRunId : defOrRunId?.id;
   const { accessToken, baseURL, timeoutInSeconds, startIndex } = options;
   const enabled = options.enabled ?? true;
-  const render = useThrottledRender(options.throttleInMs ?? 16);
-  const parts = useRef<T[]>([]);
-  const shown = useRef<{ length: number; value: T[] }>({ length: 0, value: [] });
-  const [error, setError] = useState<Error | undefined>(undefined);
-  const [isComplete, setComplete] = useState(false);
+  const live = useRef<StreamState<T>>({ parts: [], error: undefined, isComplete: false });
+  const [shown, flush, reset] = useThrottled<StreamState<T>>(
+    live.current, () => ({ ...live.current, parts: live.current.parts.slice() }),
+    options.throttleInMs ?? 16);
   const onData = useRef(options.onData);
   onData.current = options.onData;
   const abort = useRef<AbortController | undefined>(undefined);
 
   useEffect(() => {
-    parts.current = [];
-    shown.current = { length: 0, value: [] };
-    setError(undefined);
-    setComplete(false);
+    live.current = { parts: [], error: undefined, isComplete: false };
+    reset(live.current);
     if (!enabled || !runId || !key || !accessToken) return undefined;
     const controller = new AbortController();
     abort.current = controller;
+    const state = live.current;
     (async () => {
       try {
         for await (const batch of readStreamBatches<T>(runId, key, {
@@ -110,24 +125,28 @@ export function useRealtimeStream<T = unknown>(
         })) {
           for (let i = 0; i < batch.items.length; i++) {
             const chunk = batch.items[i] as T;
-            parts.current.push(chunk);
+            state.parts.push(chunk);
             onData.current?.(chunk, batch.startIndex + i);
           }
-          render();
+          flush();
         }
-        if (!controller.signal.aborted) setComplete(true);
+        if (!controller.signal.aborted) state.isComplete = true;
       } catch (failure) {
-        if (!controller.signal.aborted) setError(failure as Error);
+        if (!controller.signal.aborted) state.error = failure as Error;
       }
+      if (!controller.signal.aborted) flush();
     })();
     return () => controller.abort();
-  }, [runId, key, accessToken, baseURL, timeoutInSeconds, startIndex, enabled, render]);
+  }, [runId, key, accessToken, baseURL, timeoutInSeconds, startIndex, enabled, flush, reset]);
 
-  if (shown.current.length !== parts.current.length) {
-    shown.current = { length: parts.current.length, value: parts.current.slice() };
-  }
   const stop = useCallback(() => abort.current?.abort(), []);
-  return { parts: shown.current.value, error, isComplete, stop };
+  return { parts: shown.parts, error: shown.error, isComplete: shown.isComplete, stop };
+}
+
+interface StreamState<T> {
+  parts: T[];
+  error: Error | undefined;
+  isComplete: boolean;
 }
 
 export interface RealtimeRunResult {
@@ -144,75 +163,76 @@ export interface RealtimeRunWithStreamsResult<S extends Record<string, unknown[]
 interface RunState {
   run: Run | undefined;
   streams: Record<string, unknown[]>;
-  version: number;
+  error: Error | undefined;
 }
 
 function useRunEvents(runId: string | undefined, options: RealtimeOptions & {
   withStreams: boolean; onComplete?: (run: Run) => void;
-}): { state: RunState; error: Error | undefined; stop: () => void } {
+}): { state: RunState; stop: () => void } {
   const { accessToken, baseURL, withStreams } = options;
   const enabled = options.enabled ?? true;
-  const render = useThrottledRender(options.throttleInMs ?? 16);
-  const state = useRef<RunState>({ run: undefined, streams: {}, version: 0 });
-  const [error, setError] = useState<Error | undefined>(undefined);
+  const live = useRef<RunState>({ run: undefined, streams: {}, error: undefined });
+  const [shown, flush, reset] = useThrottled<RunState>(live.current, () => {
+    const streams: Record<string, unknown[]> = {};
+    for (const [key, items] of Object.entries(live.current.streams)) streams[key] = items.slice();
+    return { ...live.current, streams };
+  }, options.throttleInMs ?? 16);
   const abort = useRef<AbortController | undefined>(undefined);
   const onComplete = useRef(options.onComplete);
   onComplete.current = options.onComplete;
 
   useEffect(() => {
-    state.current = { run: undefined, streams: {}, version: 0 };
-    setError(undefined);
+    live.current = { run: undefined, streams: {}, error: undefined };
+    reset(live.current);
     if (!enabled || !runId || !accessToken) return undefined;
     const controller = new AbortController();
     abort.current = controller;
+    const state = live.current;
     (async () => {
       try {
         for await (const event of subscribeToRunEvents(runId, {
           accessToken, baseURL, signal: controller.signal,
         })) {
-          const current = state.current;
           if (event.type === "run") {
-            current.run = event.run;
+            state.run = event.run;
           } else if (event.type === "chunks" && withStreams) {
-            (current.streams[event.stream] ??= []).push(...event.items);
-          } else if (event.type === "end" && current.run) {
-            onComplete.current?.(current.run);
+            const items = (state.streams[event.stream] ??= []);
+            for (const item of event.items) items.push(item);
+          } else if (event.type === "end" && state.run) {
+            onComplete.current?.(state.run);
+            continue;
           } else {
             continue;
           }
-          current.version++;
-          render();
+          flush();
         }
       } catch (failure) {
-        if (!controller.signal.aborted) setError(failure as Error);
+        if (!controller.signal.aborted) {
+          state.error = failure as Error;
+          flush();
+        }
       }
     })();
     return () => controller.abort();
-  }, [runId, accessToken, baseURL, enabled, withStreams, render]);
+  }, [runId, accessToken, baseURL, enabled, withStreams, flush, reset]);
   const stop = useCallback(() => abort.current?.abort(), []);
-  return { state: state.current, error, stop };
+  return { state: shown, stop };
 }
 
 /** A run, live (its status, output, metadata ... on every change). */
 export function useRealtimeRun(runId: string | undefined, options: RealtimeOptions & {
   onComplete?: (run: Run) => void;
 }): RealtimeRunResult {
-  const { state, error, stop } = useRunEvents(runId, { ...options, withStreams: false });
-  return { run: state.run, error, stop };
+  const { state, stop } = useRunEvents(runId, { ...options, withStreams: false });
+  return { run: state.run, error: state.error, stop };
 }
 
 /** A run and every one of its streams, live. */
 export function useRealtimeRunWithStreams<S extends Record<string, unknown[]> = Record<string, unknown[]>>(
   runId: string | undefined, options: RealtimeOptions & { onComplete?: (run: Run) => void },
 ): RealtimeRunWithStreamsResult<S> {
-  const { state, error, stop } = useRunEvents(runId, { ...options, withStreams: true });
-  const copy = useRef<{ version: number; streams: Partial<S> }>({ version: -1, streams: {} });
-  if (copy.current.version !== state.version) {
-    const streams: Record<string, unknown[]> = {};
-    for (const [key, items] of Object.entries(state.streams)) streams[key] = items.slice();
-    copy.current = { version: state.version, streams: streams as Partial<S> };
-  }
-  return { run: state.run, streams: copy.current.streams, error, stop };
+  const { state, stop } = useRunEvents(runId, { ...options, withStreams: true });
+  return { run: state.run, streams: state.streams as Partial<S>, error: state.error, stop };
 }
 
 export interface InputStreamSendResult<T> {
