@@ -4,17 +4,17 @@
 // types (tsc). tests/test_js_build.py runs it and checks the committed dist/ is what it makes.
 import { execFileSync } from "node:child_process";
 import { rmSync, readFileSync } from "node:fs";
-import { dirname, join } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { build } from "esbuild";
 
 const here = dirname(fileURLToPath(import.meta.url));
-const out = join(here, process.argv[2] ?? "dist");
+const out = resolve(here, process.argv[2] ?? "dist");
 const version = JSON.parse(readFileSync(join(here, "package.json"), "utf8")).version;
 const banner = { js: `// @runwire/client ${version} (built by sdk/js/build.mjs; do not edit)` };
 const common = {
   bundle: true, format: "esm", platform: "browser", target: "es2022", legalComments: "inline",
-  logLevel: "warning", banner, charset: "utf8",
+  logLevel: "warning", banner, charset: "utf8", absWorkingDir: here,
 };
 
 rmSync(out, { recursive: true, force: true });
