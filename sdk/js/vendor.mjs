@@ -2,7 +2,8 @@
 // that map the bare specifiers with an import map (the browser tests, examples/react_chat):
 //   node vendor.mjs OUTDIR  ->  OUTDIR/react.js, OUTDIR/react-dom-client.js
 // React's npm packages are CommonJS; react.js bundles React and ReactDOM's client together
-// (one copy of React) and re-exports their names, react-dom-client.js re-exports from it.
+// (one copy of React) and re-exports their names; react-dom-client.js re-exports createRoot
+// from "react" (that bundle, through the import map).
 // Not part of the published package (package.json "files" has dist/ only).
 import { mkdirSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
@@ -34,5 +35,6 @@ await build({
   define: { "process.env.NODE_ENV": JSON.stringify(production ? "production" : "development") },
   outfile: join(out, "react.js"), logLevel: "warning",
 });
+// from the bare "react", so that it is the one copy the page's import map names
 writeFileSync(join(out, "react-dom-client.js"),
-              `export { ${domNames.join(", ")} } from "./react.js";\n`);
+              `export { ${domNames.join(", ")} } from "react";\n`);
