@@ -86,11 +86,10 @@ def test_use_realtime_stream_shows_every_part_throttled(browser, engine, app, ve
     renders = page.evaluate("window.renders")
     times = [t for t, n in renders if n > 0]
     gaps = [b - a for a, b in zip(times, times[1:])]
-    # at most one render per throttle interval: the hook's snapshots are >= 50 ms apart; a
-    # render follows its snapshot after a few ms of scheduling, hence the 10% slack per gap,
-    # and in all no more renders than intervals
-    assert gaps and min(gaps) >= 45, gaps
-    assert len(times) <= (times[-1] - times[0]) / 50 + 2, (len(times), times[-1] - times[0])
+    # at most one render per throttle interval: the next snapshot is taken >= 50 ms after the
+    # previous one was committed, so renders showing new parts are >= 50 ms apart
+    assert gaps and min(gaps) >= 49.5, gaps  # performance.now() is coarsened to 0.1 ms
+    assert len(times) <= (times[-1] - times[0]) / 50 + 1, (len(times), times[-1] - times[0])
     assert len(times) >= 5  # it did render while streaming, not only at the end
     assert not page.console or all("error" not in m.lower() for m in page.console), page.console
 
@@ -132,7 +131,8 @@ def test_a_page_closed_mid_stream_leaves_nothing_behind(browser, engine, app, ve
     before = 0
     page = hooks_page(browser, engine, app, vendor, run=run_id, token=token)
     wait_for(lambda: int(page.text_content("#count") or 0) > 3, what="some parts")
-    assert engine.open_requests() > before
+    # (between two of the reader's requests the count may be 0 for a moment)
+    wait_for(lambda: engine.open_requests() > before, what="the page's open read")
     page.context.close()
     wait_for(lambda: engine.open_requests() == before, timeout=10,
              what="the engine to free the page's requests")

@@ -1,7 +1,7 @@
 // @runwire/client 0.1.0 (built by sdk/js/build.mjs; do not edit)
 
 // src/react.ts
-import { useCallback, useEffect, useRef, useState } from "react";
+import { useCallback, useEffect, useLayoutEffect, useRef, useState } from "react";
 import {
   RunwireError,
   readStreamBatches,
@@ -15,24 +15,41 @@ function useThrottled(initial, take, throttleInMs) {
   const [state, setState] = useState(initial);
   const last = useRef(-Infinity);
   const timer = useRef(void 0);
+  const committing = useRef(false);
+  const wanted = useRef(false);
   const taker = useRef(take);
   taker.current = take;
+  const schedule = useCallback(() => {
+    const wait = Math.max(0, last.current + throttleInMs - performance.now());
+    timer.current = setTimeout(() => {
+      timer.current = void 0;
+      committing.current = true;
+      setState(taker.current());
+    }, wait);
+  }, [throttleInMs]);
+  useLayoutEffect(() => {
+    last.current = performance.now();
+    committing.current = false;
+    if (wanted.current && timer.current === void 0) {
+      wanted.current = false;
+      schedule();
+    }
+  }, [state, schedule]);
   useEffect(() => () => {
     clearTimeout(timer.current);
     timer.current = void 0;
   }, []);
   const flush = useCallback(() => {
-    if (timer.current !== void 0) return;
-    const wait = Math.max(0, last.current + throttleInMs - performance.now());
-    timer.current = setTimeout(() => {
-      timer.current = void 0;
-      last.current = performance.now();
-      setState(taker.current());
-    }, wait);
-  }, [throttleInMs]);
+    if (timer.current !== void 0 || committing.current) {
+      wanted.current = true;
+      return;
+    }
+    schedule();
+  }, [schedule]);
   const reset = useCallback((value) => {
     clearTimeout(timer.current);
     timer.current = void 0;
+    wanted.current = false;
     setState(value);
   }, []);
   return [state, flush, reset];

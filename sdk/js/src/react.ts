@@ -7,7 +7,7 @@
  * come; `onData` is called for every chunk as it arrives.
  */
 
-import { useCallback, useEffect, useRef, useState } from "react";
+import { useCallback, useEffect, useLayoutEffect, useRef, useState } from "react";
 import {
   RunwireError, readStreamBatches, sendInput, subscribeToRunEvents,
 } from "./index";
@@ -55,33 +55,50 @@ export interface RealtimeStreamResult<T> {
 
 /**
  * State that changes at most once per `throttleInMs`: `flush()` asks for the next snapshot
- * (`take()`), which is taken `throttleInMs` after the previous one at the earliest, and
- * rendered. Everything a hook shows comes from the snapshots, so a render is never more
- * recent than its snapshot and renders are at least `throttleInMs` apart.
+ * (`take()`), taken no sooner than `throttleInMs` after the previous snapshot was committed
+ * to the DOM, and rendered. Everything a hook shows comes from the snapshots, so renders that
+ * show new data are at least `throttleInMs` apart, however late React runs them.
  */
 function useThrottled<S>(initial: S, take: () => S, throttleInMs: number):
     [S, () => void, (state: S) => void] {
   const [state, setState] = useState<S>(initial);
-  const last = useRef(-Infinity);
+  const last = useRef(-Infinity);  // when the last snapshot was committed
   const timer = useRef<ReturnType<typeof setTimeout> | undefined>(undefined);
+  const committing = useRef(false);  // a snapshot is set but not yet on screen
+  const wanted = useRef(false);  // new data came meanwhile
   const taker = useRef(take);
   taker.current = take;
+  const schedule = useCallback(() => {
+    const wait = Math.max(0, last.current + throttleInMs - performance.now());
+    timer.current = setTimeout(() => {
+      timer.current = undefined;
+      committing.current = true;
+      setState(taker.current());
+    }, wait);
+  }, [throttleInMs]);
+  useLayoutEffect(() => {
+    last.current = performance.now();  // this snapshot is on screen: the interval starts
+    committing.current = false;
+    if (wanted.current && timer.current === undefined) {
+      wanted.current = false;
+      schedule();
+    }
+  }, [state, schedule]);
   useEffect(() => () => {
     clearTimeout(timer.current);
     timer.current = undefined;
   }, []);
   const flush = useCallback(() => {
-    if (timer.current !== undefined) return;
-    const wait = Math.max(0, last.current + throttleInMs - performance.now());
-    timer.current = setTimeout(() => {
-      timer.current = undefined;
-      last.current = performance.now();
-      setState(taker.current());
-    }, wait);
-  }, [throttleInMs]);
+    if (timer.current !== undefined || committing.current) {
+      wanted.current = true;
+      return;
+    }
+    schedule();
+  }, [schedule]);
   const reset = useCallback((value: S) => {
     clearTimeout(timer.current);
     timer.current = undefined;
+    wanted.current = false;
     setState(value);
   }, []);
   return [state, flush, reset];
