@@ -88,7 +88,7 @@ def test_use_realtime_stream_shows_every_part_throttled(browser, engine, app, ve
     gaps = [b - a for a, b in zip(times, times[1:])]
     # at most one render per throttle interval: the next snapshot is taken >= 50 ms after the
     # previous one was committed, so renders showing new parts are >= 50 ms apart
-    assert gaps and min(gaps) >= 49.5, gaps  # performance.now() is coarsened to 0.1 ms
+    assert gaps and min(gaps) >= 49.8, gaps  # performance.now() is coarsened to 0.1 ms
     assert len(times) <= (times[-1] - times[0]) / 50 + 1, (len(times), times[-1] - times[0])
     assert len(times) >= 5  # it did render while streaming, not only at the end
     assert not page.console or all("error" not in m.lower() for m in page.console), page.console

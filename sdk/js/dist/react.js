@@ -20,7 +20,7 @@ function useThrottled(initial, take, throttleInMs) {
   const taker = useRef(take);
   taker.current = take;
   const schedule = useCallback(() => {
-    const wait = Math.max(0, last.current + throttleInMs - performance.now());
+    const wait = Math.max(0, Math.ceil(last.current + throttleInMs - performance.now()));
     timer.current = setTimeout(() => {
       timer.current = void 0;
       committing.current = true;

@@ -69,7 +69,8 @@ function useThrottled<S>(initial: S, take: () => S, throttleInMs: number):
   const taker = useRef(take);
   taker.current = take;
   const schedule = useCallback(() => {
-    const wait = Math.max(0, last.current + throttleInMs - performance.now());
+    // whole ms, rounded up: browsers truncate a fractional delay
+    const wait = Math.max(0, Math.ceil(last.current + throttleInMs - performance.now()));
     timer.current = setTimeout(() => {
       timer.current = undefined;
       committing.current = true;
