@@ -284,6 +284,9 @@ def vendor_files(vendor: Path) -> dict[str, Path | str]:
 
 
 def wait_for(check: Callable[[], Any], timeout: float = 20, what: str = "condition") -> Any:
+    """Poll ``check`` until it is true. While a page is open it waits with the page's
+    ``wait_for_timeout``, which keeps Playwright's event loop turning: the pages' requests
+    pass through a route handler in this process, which a plain ``time.sleep`` would stall."""
     import time
 
     deadline = time.monotonic() + timeout
@@ -293,4 +296,8 @@ def wait_for(check: Callable[[], Any], timeout: float = 20, what: str = "conditi
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+        pages = [page for context in _contexts for page in context.pages if not page.is_closed()]
+        if pages:
+            pages[-1].wait_for_timeout(50)
+        else:
+            time.sleep(0.05)

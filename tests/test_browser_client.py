@@ -170,7 +170,7 @@ def test_a_bad_token_is_a_clear_error_without_retrying(browser, engine, app, bad
         assert error is not None, call
         assert error["name"] == "RunwireError" and error["status"] == 401, error
         assert "wrong or expired" in error["message"], error
-    time.sleep(0.5)
+    page.wait_for_timeout(1000)  # (a plain sleep would hold back Playwright's events)
     assert len(requests) == 2, requests  # one request each: no retry loop
 
 
@@ -192,7 +192,7 @@ def test_unknown_run_is_404_and_an_unwritten_key_is_empty_until_chunks_come(brow
           return "ended";
         })();
     }""", [run_id, token])
-    time.sleep(0.5)
+    page.wait_for_timeout(500)
     assert page.evaluate("window.later") == []
     engine.send(run_id, "go", 1)
     engine.wait_finished(run_id)
@@ -255,3 +255,30 @@ def proxy_thread(target: int) -> Iterator[tuple[FaultProxy, int, Any]]:
     finally:
         trio.from_thread.run_sync(box["stop"].cancel, trio_token=box["token"])
         thread.join(10)
+
+
+def test_timeout_and_abort_end_a_read_quietly(browser, engine, app):
+    run_id, token = engine.trigger("waiter", None)  # writes one chunk, then waits
+    page = client_page(browser, engine, app)
+    result = page.evaluate("""async ([runId, token]) => {
+        const started = performance.now();
+        const got = [];
+        for await (const c of rw.readStream(runId, "data", {accessToken: token,
+              baseURL: window.base, timeoutInSeconds: 0.5})) got.push(c);
+        return {got: got.length, ms: performance.now() - started};
+    }""", [run_id, token])
+    assert result["got"] == 1 and result["ms"] >= 500  # ended 0.5 s after the last chunk
+    page.evaluate("""([runId, token]) => {
+        window.controller = new AbortController();
+        window.aborted = (async () => {
+          for await (const c of rw.readStream(runId, "data", {accessToken: token,
+                baseURL: window.base, signal: window.controller.signal})) {}
+          return "ended";
+        })();
+    }""", [run_id, token])
+    wait_for(lambda: engine.open_requests() > 0, what="the read")
+    page.evaluate("window.controller.abort()")
+    assert page.evaluate("window.aborted") == "ended"
+    wait_for(lambda: engine.open_requests() == 0, timeout=10, what="the engine to free it")
+    engine.send(run_id, "go", 1)
+    engine.wait_finished(run_id)

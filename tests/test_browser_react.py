@@ -5,7 +5,6 @@ mid-stream leaving nothing behind on the engine."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from .browser import (_close_pages, AppServer, Engine, app, browser, engine, import_map,  # noqa: F401
@@ -119,7 +118,7 @@ def test_a_wrong_token_shows_in_the_hooks_error_without_a_retry_loop(browser, en
     page.wait_for_selector("#error", timeout=20_000)
     message = page.text_content("#error") or ""
     assert "wrong or expired" in message and "401" not in message or "unauthorized" in message
-    time.sleep(1.0)
+    page.wait_for_timeout(1000)  # (a plain sleep would hold back Playwright's events)
     assert len(requests) == 1, requests
     assert page.text_content("#count") == "0"
 

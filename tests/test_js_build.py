@@ -94,3 +94,13 @@ def test_bad_requests_for_files(base: str) -> None:
         head = http.head("/v1/js/react.js")
         assert head.status_code == 200 and not head.content
         assert int(head.headers["content-length"]) == len((JS / "dist/react.js").read_bytes())
+
+
+def test_npm_pack_publishes_the_build_and_types_only() -> None:
+    npm = shutil.which("npm")
+    assert npm, "npm is needed"
+    done = subprocess.run([npm, "pack", "--dry-run", "--json"], cwd=JS, capture_output=True,
+                          text=True, timeout=120, check=True)
+    files = sorted(f["path"] for f in json.loads(done.stdout)[0]["files"])
+    assert files == ["README.md", "dist/index.d.ts", "dist/react.d.ts", "dist/react.js",
+                     "dist/runwire.js", "package.json"]

@@ -11,9 +11,9 @@ const KEY = "runwire.apiKey";
 const main = document.getElementById("main");
 const where = document.getElementById("where");
 const logout = document.getElementById("logout");
-const FINISHED = new Set(["COMPLETED", "FAILED", "CANCELED", "CRASHED", "SYSTEM_FAILURE",
-                          "TIMED_OUT", "EXPIRED"]);
-const STATUSES = ["QUEUED", "DELAYED", "EXECUTING", "WAITING", ...FINISHED];
+// runwire.RunStatus; the last five are final
+const FINISHED = new Set(["COMPLETED", "FAILED", "CANCELED", "CRASHED", "TIMED_OUT"]);
+const STATUSES = ["QUEUED", "EXECUTING", "WAITING", ...FINISHED];
 /** What the current view started; stopped when the view changes. */
 let viewAbort = new AbortController();
 
