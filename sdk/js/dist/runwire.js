@@ -2219,10 +2219,13 @@ async function* readStreamBatches(runId, key, options) {
         const pending = [];
         const iterator = response.jsonStream()[Symbol.asyncIterator]();
         let coming;
+        let tick;
         while (true) {
           coming ??= iterator.next();
-          const step = pending.length ? await Promise.race([coming, idleTick()]) : await coming;
+          if (pending.length) tick ??= idleTick();
+          const step = pending.length ? await Promise.race([coming, tick]) : await coming;
           if (step === IDLE) {
+            tick = void 0;
             const items = pending.splice(0);
             next += items.length;
             yield { startIndex: next - items.length, items };

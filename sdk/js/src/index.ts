@@ -248,10 +248,13 @@ export async function* readStreamBatches<T = unknown>(
         const pending: T[] = [];
         const iterator = response.jsonStream()[Symbol.asyncIterator]();
         let coming: Promise<IteratorResult<T>> | undefined;
+        let tick: Promise<typeof IDLE> | undefined;  // one per batch, not one per chunk
         while (true) {
           coming ??= iterator.next();
-          const step = pending.length ? await Promise.race([coming, idleTick()]) : await coming;
+          if (pending.length) tick ??= idleTick();
+          const step = pending.length ? await Promise.race([coming, tick!]) : await coming;
           if (step === IDLE) {  // nothing more at hand: hand out what came together
+            tick = undefined;
             const items = pending.splice(0);
             next += items.length;
             yield { startIndex: next - items.length, items };
