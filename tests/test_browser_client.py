@@ -282,3 +282,37 @@ def test_timeout_and_abort_end_a_read_quietly(browser, engine, app):
     wait_for(lambda: engine.open_requests() == 0, timeout=10, what="the engine to free it")
     engine.send(run_id, "go", 1)
     engine.wait_finished(run_id)
+
+
+def test_reads_go_on_across_the_engines_sse_interval(browser, app):
+    """The engine closes an SSE response every ``Limits.sse_interval`` (here 0.5 s): the
+    stream reader (the durable-streams client) and the run subscription (Last-Event-ID) go
+    on from where they were, nothing lost or repeated, over a 3 s stream."""
+    from runwire.engine import EngineThread, Limits
+
+    from .browser import TASKS
+
+    with EngineThread(TASKS, api_key=API_KEY, limits=Limits(sse_interval=0.5)) as thread:
+        short = Engine(thread)
+        run_id, token = short.trigger("tokens", {"n": 300, "delay": 0.01})
+        page = client_page(browser, short, app)
+        requests: list[str] = []
+        page.on("request", lambda r: requests.append(r.url) if "/v1/runs/" in r.url else None)
+        got = page.evaluate("""async ([runId, token]) => {
+            const opts = {accessToken: token, baseURL: window.base};
+            const [stream, parts] = await Promise.all([
+              (async () => { const got = []; for await (const c of rw.readStream(runId, "ai",
+                                                                                  opts)) got.push(c);
+                             return got; })(),
+              (async () => { const got = []; for await (const p of rw.subscribeToRun(runId, opts))
+                               if (p.type === "ai") got.push([p.index, p.chunk]);
+                             return got; })(),
+            ]);
+            return {stream, parts};
+        }""", [run_id, token])
+        short.http.close()
+    expected = [f"token-{i} " for i in range(300)]
+    assert got["stream"] == expected
+    assert got["parts"] == [[i, t] for i, t in enumerate(expected)]
+    assert sum("/streams/ai" in u for u in requests) >= 4  # it did reconnect
+    assert sum("/events" in u for u in requests) >= 4
