@@ -163,3 +163,18 @@ def test_a_100000_chunk_stream_is_drawn_windowed(browser, engine):
     # the page still answers: a click on the list link navigates at once
     page.click("a[href='#/runs']")
     page.wait_for_selector("#runs tr[data-run]")
+
+
+def test_an_unknown_run_and_a_key_that_stopped_working(browser, engine):
+    page = logged_in(browser, engine)
+    page.goto(f"{engine.url}/dashboard#/run/run_nope")
+    page.wait_for_selector("#run-error .error")
+    assert "not found" in (page.text_content("#run-error") or "")
+    # a key that no longer works (another engine's, a rotated one): back to the login form,
+    # with the reason, and the key is forgotten
+    page.evaluate("sessionStorage.setItem('runwire.apiKey', 'rotated-key')")
+    page.goto(f"{engine.url}/dashboard#/runs")
+    page.reload()
+    page.wait_for_selector("#login-error .error")
+    assert "wrong or expired" in (page.text_content("#login-error") or "")
+    assert page.evaluate("sessionStorage.getItem('runwire.apiKey')") is None
