@@ -90,6 +90,16 @@ def test_wheel_ships_marker_subpackages_and_license(names: set[str]) -> None:
     assert [n for n in names if n.split("/")[0].endswith(".dist-info") and n.endswith("/LICENSE")]
 
 
+def test_wheel_ships_the_browser_files(names: set[str]) -> None:
+    """The engine serves them at /v1/js/ and /dashboard (engine/door/_static.py)."""
+    for name in ["js/dist/runwire.js", "js/dist/react.js", "js/dist/index.d.ts",
+                 "js/dist/react.d.ts", "js/dashboard/index.html", "js/dashboard/dashboard.js",
+                 "js/dashboard/dashboard.css"]:
+        assert f"runwire/{name}" in names, name
+    assert not [n for n in names if "node_modules" in n or n.endswith(".ts") and
+                not n.endswith(".d.ts")]
+
+
 def test_wheel_ships_every_module_of_the_checkout(names: set[str]) -> None:
     expected = {
         f"{module.replace('.', '/')}{'/__init__' if file.name == '__init__.py' else ''}.py": file

@@ -28,6 +28,7 @@ from ..service import DurableStreams, ReadResult, StreamError, format_offset, pa
 from ._http import Exchange, HttpError
 from ._reads import serve_read
 from ._requests import Caller, Door
+from ._static import is_static, serve_static
 
 #: A RunwireError's wire code -> its HTTP status.
 STATUS = {
@@ -93,6 +94,8 @@ class HttpDoor:
                 await self._api(exchange, path[len("/v1/api/"):].split("/"))
             elif path.startswith("/v1/runs/"):
                 await self._run_route(exchange, path[len("/v1/runs/"):].split("/"))
+            elif is_static(path):  # the browser's modules and the dashboard (no credential)
+                await serve_static(exchange)
             else:
                 raise HttpError(404, "not_found", f"no route {request.raw_path[:200]!r}; see "
                                                   f"docs/http.md")
