@@ -169,6 +169,7 @@ class Engine:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             self._trio0 = trio.current_time()
+            await self.store.open()
             await self.streams.load()
             await nursery.start(self.service.run)
             nursery.start_soon(self._sweep_loop, name="sweep_loop")

@@ -1,4 +1,4 @@
-"""Stores: where runs, stream logs, input logs and waitpoints are kept (memory, SQLite).
+"""Stores: where runs, stream logs, input logs and waitpoints are kept (memory, SQLite, Redis).
 
 The lowest layer of the engine: it imports nothing of the engine above it.
 """
@@ -20,6 +20,7 @@ from ._errors import NotCompactError as NotCompactError
 from ._errors import StoreClosedError as StoreClosedError
 from ._errors import StoreConfigError as StoreConfigError
 from ._errors import StoreError as StoreError
+from ._errors import StoreFullError as StoreFullError
 from ._errors import StoreUnavailableError as StoreUnavailableError
 from ._memory import MemoryStore as MemoryStore
 from ._sqlite import SqliteStore as SqliteStore

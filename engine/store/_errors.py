@@ -18,6 +18,11 @@ class StoreUnavailableError(StoreError, OSError):
     another engine holds, a schema written by a newer runwire."""
 
 
+class StoreFullError(StoreUnavailableError):
+    """The store refused a write for lack of space (a Redis at ``maxmemory``): nothing of
+    the write was stored, and what was stored before is intact."""
+
+
 class StoreClosedError(StoreError, trio.ClosedResourceError):
     """The store was closed (``aclose``) and takes no more calls."""
 

@@ -1,0 +1,151 @@
+"""The Redis store (``redis://host:port/db``) on a real redis-server: an engine on it, the
+startup checks (unreachable, wrong database, eviction on), Redis out of memory, Redis gone
+and back. The store contract itself runs on Redis in ``test_store_contract.py``."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from runwire import streams, task
+from runwire.engine import open_engine
+from runwire.engine.store import (
+    Batch, ChunkAppend, StoreConfigError, StoreFullError, StoreUnavailableError, open_store,
+)
+
+from .helpers import API_KEY, bounded, final, serve
+from .redisserver import RedisServer, free_port, redis_url, require_redis
+
+ai = streams.define(id="ai", type=str)
+answer = streams.input(id="answer", type=str)
+
+
+@task(id="redis.stream")
+async def stream_task(payload: dict[str, Any]) -> str:
+    await ai.pipe(f"c{i}" for i in range(payload["n"])).wait_until_complete()
+    got = (await answer.wait(timeout="1h")).unwrap()
+    return got
+
+
+@bounded(30)
+async def test_an_engine_on_redis_runs_streams_and_inputs_and_a_new_engine_reads_them() -> None:
+    url = redis_url()
+    async with serve([stream_task], store=url):
+        run = await stream_task.trigger({"n": 300})
+        seen = []
+        async for chunk in await ai.read(run.id):
+            seen.append(chunk)
+            if len(seen) == 300:
+                break
+        assert seen == [f"c{i}" for i in range(300)]
+        await answer.send(run.id, "yes")
+        assert (await final(run.id)).output == "yes"
+    async with serve([stream_task], store=url):
+        from runwire import runs
+
+        stored = await runs.retrieve(run.id)
+        assert stored.status.value == "COMPLETED" and stored.output == "yes"
+        assert await (await ai.read(run.id)).collect() == [f"c{i}" for i in range(300)]
+
+
+@bounded(20)
+async def test_unreachable_redis_is_a_clear_error_at_startup() -> None:
+    require_redis()
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    with pytest.raises(StoreUnavailableError, match="unreachable"):
+        async with open_engine([], store=url, api_key=API_KEY):
+            pass
+
+
+@bounded(20)
+async def test_a_database_redis_does_not_have_is_a_clear_error() -> None:
+    url = redis_url().replace("/0?", "/99?")
+    with pytest.raises(StoreConfigError, match="no database 99"):
+        async with open_engine([], store=url, api_key=API_KEY):
+            pass
+
+
+def test_bad_redis_urls() -> None:
+    for bad in ("redis://", "redis://host/x", "redis://host/0?foo=1", "redis://host:99999/0"):
+        with pytest.raises(StoreConfigError):
+            open_store(bad)
+
+
+@pytest.fixture(scope="module")
+def lru_redis() -> Any:
+    server = RedisServer("--maxmemory", "64mb", "--maxmemory-policy", "allkeys-lru")
+    yield server
+    server.kill()
+
+
+@bounded(20)
+async def test_redis_that_evicts_is_refused(lru_redis: RedisServer) -> None:
+    with pytest.raises(StoreConfigError, match="noeviction"):
+        async with open_engine([], store=lru_redis.url, api_key=API_KEY):
+            pass
+
+
+def test_cli_says_what_is_wrong_without_a_traceback(lru_redis: RedisServer) -> None:
+    for url, words in ((f"redis://127.0.0.1:{free_port()}/0", "unreachable"),
+                       (lru_redis.url, "maxmemory-policy allkeys-lru")):
+        done = subprocess.run(
+            [sys.executable, "-m", "runwire.engine", "serve", "--store", url, "--port", "0",
+             "--api-key", API_KEY], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2, done.stderr
+        assert words in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+@bounded(30)
+async def test_redis_out_of_memory_refuses_whole_batches_and_keeps_what_it_acked() -> None:
+    server = RedisServer("--maxmemory", "3mb", "--maxmemory-policy", "noeviction")
+    store = open_store(server.url)
+    try:
+        acked: list[bytes] = []
+        item = b'"' + b"x" * 20_000 + b'"'
+        with pytest.raises(StoreFullError, match="out of memory"):
+            for _ in range(1000):
+                batch = [item] * 5
+                await store.commit(Batch(chunks=[ChunkAppend("r1", "s", len(acked), batch,
+                                                             len(item) * 5)]))
+                acked.extend(batch)
+        assert 0 < len(acked) < 5000
+        assert (await store.streams("r1"))["s"].length == len(acked)  # nothing half-written
+        assert await store.read_chunks("r1", "s", 0, 10_000) == acked
+        server.command("CONFIG", "SET", "maxmemory", "0")  # the operator adds memory
+        await store.commit(Batch(chunks=[ChunkAppend("r1", "s", len(acked), [b"1"], 1)]))
+        assert (await store.streams("r1"))["s"].length == len(acked) + 1
+    finally:
+        await store.aclose()
+        server.kill()
+
+
+@bounded(40)
+async def test_redis_gone_is_a_clear_error_and_the_store_reconnects_when_it_is_back(
+        tmp_path: Path) -> None:
+    server = RedisServer("--appendonly", "yes", "--appendfsync", "always", directory=tmp_path)
+    store = open_store(server.url)
+    try:
+        await store.commit(Batch(chunks=[ChunkAppend("r1", "s", 0, [b"1", b"2"], 2)]))
+        server.kill()
+        with pytest.raises(StoreUnavailableError, match="unreachable|failed"):
+            await store.read_chunks("r1", "s", 0, 10)
+        with pytest.raises(StoreUnavailableError):
+            await store.commit(Batch(chunks=[ChunkAppend("r1", "s", 2, [b"3"], 1)]))
+        server.start()  # same port, same directory: the AOF brings the data back
+        for _ in range(100):
+            try:
+                got = await store.read_chunks("r1", "s", 0, 10)
+                break
+            except StoreUnavailableError:
+                await trio.sleep(0.1)
+        assert got == [b"1", b"2"]
+        await store.commit(Batch(chunks=[ChunkAppend("r1", "s", 2, [b"3"], 1)]))
+        assert await store.read_chunks("r1", "s", 0, 10) == [b"1", b"2", b"3"]
+    finally:
+        await store.aclose()
+        server.kill()
