@@ -56,12 +56,35 @@ log = logging.getLogger("runwire.engine")
 
 
 async def recover(service: RunService) -> None:
-    """Apply the module's rules to every stored run that is not finished."""
+    """Apply the module's rules to every stored run that is not finished and that no other
+    engine holds (engines sharing a Redis store each claim a run before recovering it)."""
     for raw in await service.store.unfinished_runs():
         try:
-            await _recover_one(service, raw)
+            if await service.broker.claim(raw["id"]):
+                await _recover_one(service, raw)
         except Exception:  # one unreadable run must not keep the engine from starting
             log.exception("could not recover run %s; it is left as stored", raw.get("id"))
+
+
+async def take_over(service: RunService, run_id: str) -> bool:
+    """Recover one run whose engine died (its lease expired), if this engine claims it
+    first; whether it did. The same rules as a restart: a new attempt, or a durable wait
+    resumed where it waited."""
+    if not await service.broker.claim(run_id):
+        return False
+    try:
+        raw = await service.store.get_run(run_id)
+        if raw is None or RunRecord.from_wire(raw).status.is_final:
+            await service.broker.release(run_id)  # finished just before the claim
+            return False
+        log.warning("taking over run %s: the engine that executed it stopped renewing its "
+                    "lease", run_id)
+        await _recover_one(service, raw)
+        return True
+    except Exception:
+        log.exception("could not take over run %s; another engine may try", run_id)
+        await service.broker.release(run_id)
+        return False
 
 
 async def _recover_one(service: RunService, raw: dict[str, Any]) -> None:

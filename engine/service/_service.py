@@ -21,6 +21,7 @@ import attrs
 import orjson
 import trio
 
+import runwire
 from runwire import (
     BadFrameError,
     InvalidPayloadError, NotFoundError, PayloadTooLargeError, RunFinishedError, RunStatus, Task,
@@ -30,19 +31,22 @@ from runwire.runtime import TIMED_OUT, ProducerSink
 from runwire.transport import json_bytes
 
 from .._limits import Limits
-from ..broker import Broker
+from ..broker import Broker, NotLiveError, RemoteError
 from ..run import (
     ExternalAppend, MissingRunProducer, OutputStream, Reader, RunActor, RunEnv, RunRecord,
     SendInput, new_run_id,
 )
 from ..store import Batch, Store, StoredToken
 from ._auth import Auth
-from ._recovery import recover
+from ._recovery import recover, take_over
 
 log = logging.getLogger("runwire.engine")
 
 #: Seconds a graceful stop waits for the live runs to be handed back (each is one commit).
 HAND_BACK_TIMEOUT = 10.0
+#: Seconds between looks at a run another engine executes, besides the broker's wake-ups
+#: (a safety net for a lost pub/sub message; see ``broker/_redis.py``).
+REMOTE_REFRESH = 2.0
 
 
 class RunService:
@@ -97,11 +101,74 @@ class RunService:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             try:
+                await nursery.start(self.broker.run, self.handle_routed)
                 await recover(self)
+                if self.broker.shared:
+                    nursery.start_soon(self._takeover_loop)
                 task_status.started()
                 await trio.sleep_forever()
             finally:
                 self._nursery = None
+
+    async def _takeover_loop(self) -> None:
+        """Take over the runs of engines that died (their leases expired)."""
+        while True:
+            await trio.sleep(self.broker.lease_ttl / 2)
+            if self.stopping:
+                return
+            try:
+                for run_id in await self.broker.orphans():
+                    await take_over(self, run_id)
+            except Exception:  # Redis away: the next round tries again
+                log.exception("could not look for runs to take over")
+
+    async def handle_routed(self, request: dict[str, Any]) -> Any:
+        """A request another engine routed here, for a run this engine executes."""
+        op, run_id = request.get("op"), request["run_id"]
+        if op == "token":
+            self._token_completed(str(request["token_id"]))
+            return None
+        actor = self.broker.owner(run_id)
+        if actor is None:
+            raise await self.missing_run_error(run_id)
+        if op == "send":
+            return await actor.submit(SendInput(request["key"], request["data"],
+                                                request["ikey"]))
+        if op == "append":
+            return await actor.submit(ExternalAppend(request["key"], request["producer"],
+                                                     request["seq"], request["items"]))
+        if op == "cancel":
+            actor.cancel()
+            await actor.finished.wait()
+            return None
+        raise BadFrameError(f"unknown routed request {op!r}")
+
+    async def _routed(self, run_id: str, request: dict[str, Any]) -> Any:
+        """Send a request for a run this engine does not execute to the engine that does.
+        A run whose engine died is waited for until another engine takes it over.
+
+        Raises:
+            NotFoundError, RunFinishedError; what the owner raised, as the same error.
+        """
+        if not self.broker.shared:
+            raise await self.missing_run_error(run_id)
+        with trio.move_on_after(self.broker.lease_ttl * 3):
+            while True:
+                try:
+                    return await self.broker.route(run_id, request)
+                except NotLiveError:
+                    record = await self.get_record(run_id)  # NotFoundError
+                    if record.status.is_final or self.stopping:
+                        raise RunFinishedError(f"run {run_id} has finished "
+                                               f"({record.status.value})") from None
+                except RemoteError as exc:
+                    kind = getattr(runwire, exc.kind, None)
+                    if isinstance(kind, type) and issubclass(kind, runwire.RunwireError):
+                        raise kind(str(exc)) from None
+                    raise
+                await trio.sleep(0.2)  # between the old engine's lease and the new one's
+        raise RunFinishedError(f"run {run_id} is not executing on any engine (its engine "
+                               f"stopped and no engine has taken it over)")
 
     async def start_actor(self, record: RunRecord, task: Task[Any, Any],
                           restore: Callable[[RunActor], None] | None = None) -> RunActor:
@@ -195,8 +262,10 @@ class RunService:
             # a run is stored and started, or neither: cancelled in between (a client gone),
             # it would stay QUEUED forever, and a retry with its key would get that dead run
             with trio.CancelScope(shield=True):
+                # the lease first: no other engine may take the stored run over
+                mine = not self.stopping and await self.broker.claim(record.id)
                 await self.store.commit(Batch(runs=[record.to_store()]))
-                if not self.stopping:  # else stored QUEUED: the next engine starts it
+                if mine:  # else stored QUEUED: another (or the next) engine starts it
                     await self.start_actor(record, task)
             log.info("run %s triggered (task %s%s)", record.id, task_id,
                      f", parent {record.parent_id}" if record.parent_id else "")
@@ -252,16 +321,14 @@ class RunService:
             return exc
         return RunFinishedError(f"run {run_id} has finished ({record.status.value})")
 
-    async def _live_actor(self, run_id: str) -> RunActor:
-        actor = self.broker.owner(run_id) if isinstance(run_id, str) else None
-        if actor is None:
-            raise await self.missing_run_error(run_id)
-        return actor
-
     async def send_input(self, run_id: str, key: str, data: Any, ikey: str | None) -> int:
         """Store one input record and deliver it; returns its index."""
         try:
-            actor = await self._live_actor(run_id)
+            actor = self.broker.owner(run_id) if isinstance(run_id, str) else None
+            if actor is None:
+                routed: int = await self._routed(run_id, {"op": "send", "key": key,
+                                                          "data": data, "ikey": ikey})
+                return routed
             index: int = await actor.submit(SendInput(key, data, ikey))
             return index
         except RunFinishedError:
@@ -281,7 +348,12 @@ class RunService:
     async def append(self, run_id: str, key: str, producer: str, seq: int,
                      items: list[Any]) -> int:
         """Append a client producer's batch; returns the producer's next sequence number."""
-        actor = await self._live_actor(run_id)
+        actor = self.broker.owner(run_id) if isinstance(run_id, str) else None
+        if actor is None:
+            routed: int = await self._routed(run_id, {"op": "append", "key": key,
+                                                      "producer": producer, "seq": seq,
+                                                      "items": items})
+            return routed
         nxt: int = await actor.submit(ExternalAppend(key, producer, seq, items))
         return nxt
 
@@ -294,7 +366,10 @@ class RunService:
 
     async def cancel_run(self, run_id: str) -> None:
         """Cancel a live run; a finished run answers ``run_finished``."""
-        actor = await self._live_actor(run_id)
+        actor = self.broker.owner(run_id) if isinstance(run_id, str) else None
+        if actor is None:
+            await self._routed(run_id, {"op": "cancel"})
+            return
         actor.cancel()
         await actor.finished.wait()
 
@@ -304,13 +379,29 @@ class RunService:
         if actor is not None:
             await actor.finished.wait()
             return actor.record
-        return await self.get_record(run_id)
+        record = await self.get_record(run_id)
+        if record.status.is_final or not self.broker.shared:
+            return record
+        async with self.broker.watch(run_id) as watch:  # executing on another engine
+            while True:
+                seen = watch.version
+                record = await self.get_record(run_id)
+                if record.status.is_final:
+                    return record
+                if self.broker.owner(run_id) is not None:  # taken over by this engine
+                    return await self.wait_finished(run_id)
+                await watch.wait_change(seen, REMOTE_REFRESH)
 
     async def subscribe(self, run_id: str) -> AsyncIterator[dict[str, Any]]:
         """Snapshots of the run's record on every change, ending with the final one."""
         actor = self.broker.owner(run_id) if isinstance(run_id, str) else None
         if actor is None:
-            yield (await self.get_record(run_id)).to_wire()
+            record = await self.get_record(run_id)
+            if record.status.is_final or not self.broker.shared:
+                yield record.to_wire()
+                return
+            async for snapshot in self._subscribe_remote(run_id):
+                yield snapshot
             return
         seen = -1
         while True:
@@ -320,6 +411,20 @@ class RunService:
             yield actor.record.to_wire()
             if final:
                 return
+
+    async def _subscribe_remote(self, run_id: str) -> AsyncIterator[dict[str, Any]]:
+        """Snapshots of a run another engine executes, as its record is stored."""
+        last: dict[str, Any] | None = None
+        async with self.broker.watch(run_id) as watch:
+            while True:
+                seen = watch.version
+                wire = (await self.get_record(run_id)).to_wire()
+                if wire != last:
+                    last = wire
+                    yield wire
+                if RunStatus(wire["status"]).is_final:
+                    return
+                await watch.wait_change(seen, REMOTE_REFRESH)
 
     async def open_reader(self, run_id: str, key: str, start: int) -> Reader:
         """A reader of stream ``key`` of ``run_id`` from index ``start``.
@@ -336,6 +441,8 @@ class RunService:
                               nbytes=state.nbytes if state else 0,
                               ended=record.status.is_final or bool(state and state.ended),
                               tail_limit=0)
+        if not stream.ended and self.broker.shared:  # executing on another engine
+            stream = await self.broker.follow(run_id, key, stream)
         return Reader(self.store, self.limits, run_id, key, start, stream)
 
 
@@ -450,10 +557,19 @@ class RunService:
                                         f"longer be completed")
         if completed:
             log.info("waitpoint %s completed", token_id)
-            event = self._token_waiters.pop(token_id, None)
-            if event is not None:
-                event.set()
+            self._token_completed(token_id)
+            if (self.broker.shared and token.run_id is not None
+                    and self.broker.owner(token.run_id) is None):
+                try:  # the run waiting for it executes on another engine
+                    await self.broker.route(token.run_id, {"op": "token", "token_id": token_id})
+                except Exception as exc:  # it looks again by itself (REMOTE_REFRESH)
+                    log.info("could not tell run %s's engine: %r", token.run_id, exc)
         return token, completed
+
+    def _token_completed(self, token_id: str) -> None:
+        event = self._token_waiters.pop(token_id, None)
+        if event is not None:
+            event.set()
 
     async def wait_waitpoint(self, token_id: str) -> Any:
         """The data ``token_id`` is completed with, once it is; ``TIMED_OUT`` if it times
@@ -477,6 +593,8 @@ class RunService:
                 self._forget_waiter(token_id, event)
                 return TIMED_OUT
             wait = math.inf if token.expires_at is None else token.expires_at - now
+            if self.broker.shared:  # completed on another engine, and its word was lost
+                wait = min(wait, REMOTE_REFRESH)
             with trio.move_on_after(wait):
                 await event.wait()
 

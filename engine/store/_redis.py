@@ -62,13 +62,16 @@ class RedisAddress:
     password: str | None = None
     username: str | None = None
     prefix: str = "rw:"
+    #: seconds an engine's hold on a run lasts without renewal (the broker's leases)
+    lease_ttl: float = 10.0
 
     def __str__(self) -> str:
         return f"redis://{self.host}:{self.port}/{self.db}"
 
 
 def parse_redis_url(url: str) -> RedisAddress:
-    """``redis://[[user]:password@]host[:port][/db][?prefix=NAME]`` (port 6379, db 0).
+    """``redis://[[user]:password@]host[:port][/db][?prefix=NAME&lease_ttl=SECONDS]`` (port
+    6379, db 0, prefix ``rw``, leases of 10 s).
 
     Raises:
         StoreConfigError: not such a URL.
@@ -84,15 +87,34 @@ def parse_redis_url(url: str) -> RedisAddress:
     if not path.isdigit() or len(path) > 5:
         raise StoreConfigError(f"the database of {url!r} must be a number such as /0, "
                                f"not {path!r}")
-    prefix = "rw:"
-    if parts.query:
-        key, _, value = parts.query.partition("=")
-        if key != "prefix" or not value or "&" in value:
-            raise StoreConfigError(f"unknown option in {url!r}: only ?prefix=NAME is known")
-        prefix = unquote(value) + ":"
+    prefix, lease = "rw:", 10.0
+    for option in parts.query.split("&") if parts.query else ():
+        key, _, value = option.partition("=")
+        if key == "prefix" and value:
+            prefix = unquote(value) + ":"
+        elif key == "lease_ttl":
+            try:
+                lease = float(value)
+            except ValueError:
+                lease = math.nan
+            if not 0.5 <= lease <= 3600:
+                raise StoreConfigError(f"lease_ttl in {url!r} must be seconds in 0.5-3600")
+        else:
+            raise StoreConfigError(f"unknown option {option!r} in {url!r}: the options are "
+                                   f"prefix=NAME and lease_ttl=SECONDS")
     return RedisAddress(parts.hostname, port, int(path),
                         unquote(parts.password) if parts.password else None,
-                        unquote(parts.username) if parts.username else None, prefix)
+                        unquote(parts.username) if parts.username else None, prefix, lease)
+
+
+async def load_scripts(client: coredis.Redis[bytes], sources: dict[str, str]) -> dict[str, Any]:
+    """Register Lua scripts and load them into Redis now (``SCRIPT LOAD``), so the first
+    call of each is an ``EVALSHA`` that finds it."""
+    scripts = {}
+    for name, source in sources.items():
+        scripts[name] = client.register_script(source)
+        await client.script_load(source)
+    return scripts
 
 
 def _leaf(exc: BaseException) -> BaseException:
@@ -197,9 +219,10 @@ class RedisStore(Store):
             with redis_errors(self.address):
                 async with client:
                     await self._check(client)
-                    self._scripts = {name: client.register_script(getattr(lua, name))
-                                     for name in ("COMMIT", "RUN_STATE", "TOKEN_CREATE",
-                                                  "TOKEN_COMPLETE", "DELETE_FINISHED")}
+                    self._scripts = await load_scripts(client, {
+                        name: getattr(lua, name) for name in (
+                            "COMMIT", "RUN_STATE", "TOKEN_CREATE", "TOKEN_COMPLETE",
+                            "DELETE_FINISHED")})
                     self._client = client
                     ready.set()
                     await self._stop.wait()
