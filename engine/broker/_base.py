@@ -48,16 +48,28 @@ class RemoteError(Exception):
 
 
 class RunWatch:
-    """Changes of a run that another engine executes: ``version`` goes up on each."""
+    """Changes of a run that another engine executes: ``version`` goes up on each, and
+    ``records`` holds the newest records as they were stored, in order, each with the
+    version it came with (a subscription yields them so it misses no status)."""
+
+    #: records kept for subscriptions that fall behind
+    KEEP = 64
 
     def __init__(self) -> None:
         self.version = 0
+        self.records: list[tuple[int, dict[str, Any]]] = []
         self._changed = trio.Event()
 
-    def poke(self) -> None:
+    def poke(self, record: dict[str, Any] | None = None) -> None:
         self.version += 1
+        if record is not None:
+            self.records.append((self.version, record))
+            del self.records[:-self.KEEP]
         self._changed.set()
         self._changed = trio.Event()
+
+    def records_after(self, version: int) -> list[dict[str, Any]]:
+        return [record for seen, record in self.records if seen > version]
 
     async def wait_change(self, seen: int, timeout: float) -> None:
         """Return once ``version`` is past ``seen``, or after ``timeout`` seconds."""

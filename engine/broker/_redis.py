@@ -26,7 +26,6 @@ Theory of operation (keys under the store's prefix ``P``):
 from __future__ import annotations
 
 import logging
-import math
 import uuid
 import weakref
 from collections.abc import AsyncIterator
@@ -224,6 +223,9 @@ class RedisBroker(LocalBroker):
             try:
                 client = await self.store.client()
                 async with client.pubsub(ignore_subscribe_messages=True) as pubsub:
+                    # a channel of its own first: coredis ends the iteration of a pubsub
+                    # with no subscription, and followers come and go
+                    await pubsub.subscribe(f"{self.prefix}engine:{self.engine_id}")
                     self._pubsub = pubsub
                     for run_id in list(self._followers):
                         await pubsub.subscribe(self._channel(run_id))
@@ -236,6 +238,9 @@ class RedisBroker(LocalBroker):
                                   else str(channel))[len(self.prefix) + 2:]
                         follower = self._followers.get(run_id)
                         if follower is not None:
+                            data = message["data"]
+                            if isinstance(data, bytes) and data.startswith(b"{"):
+                                follower.watch.poke(orjson.loads(data))
                             follower.poked.set()
             except Exception as exc:  # Redis away: followers fall back on their looks
                 log.warning("engine pub/sub connection: %r; reconnecting", exc)
@@ -287,31 +292,46 @@ class RedisBroker(LocalBroker):
     # --- routing -------------------------------------------------------------------------
 
     async def route(self, run_id: str, request: dict[str, Any]) -> Any:
-        engine = await self.owner_engine(run_id)
-        if engine is None:
-            raise NotLiveError(run_id)
+        """Send ``request`` to the lease holder's inbox and wait for its answer. If the
+        holder changes meanwhile (it died: its lease expired and maybe another engine took
+        the run), the request goes to the new holder: requests are idempotent (sends carry
+        an idempotency key, appends a producer sequence number)."""
+        timeout = ROUTE_TIMEOUT.get(str(request.get("op")), DEFAULT_ROUTE_TIMEOUT)
+        deadline = trio.current_time() + timeout
+        while True:
+            engine = await self.owner_engine(run_id)
+            if engine is None:
+                raise NotLiveError(run_id)
+            got = await self._ask(engine, run_id, request, deadline)
+            if got is not None:
+                reply = orjson.loads(got)
+                if "error" in reply:
+                    raise RemoteError(*reply["error"])
+                return reply["ok"]
+            if trio.current_time() >= deadline:
+                raise StoreUnavailableError(f"the engine executing run {run_id} did not "
+                                            f"answer within {timeout:g} s")
+
+    async def _ask(self, engine: str, run_id: str, request: dict[str, Any],
+                   deadline: float) -> bytes | None:
+        """The answer of ``engine``; ``None`` if it lost the run first (or time ran out)."""
         reply_id = uuid.uuid4().hex
         message = orjson.dumps({**request, "run_id": run_id, "reply": reply_id})
-        timeout = ROUTE_TIMEOUT.get(str(request.get("op")), DEFAULT_ROUTE_TIMEOUT)
         client = await self.store.client()
         inbox = f"{self.prefix}inbox:{engine}"
         self.routed += 1
         with redis_errors(self.store.address):
             await client.rpush(inbox, [message])
-            await client.expire(inbox, int(timeout) + 60)  # an inbox nobody reads goes away
-            got = None
-            deadline = trio.current_time() + timeout
-            while got is None and trio.current_time() < deadline:
-                got = await client.blpop([f"{self.prefix}reply:{reply_id}"],
-                                         timeout=min(5, max(1, math.ceil(
-                                             deadline - trio.current_time()))))
-        if got is None:
-            raise StoreUnavailableError(f"the engine executing run {run_id} did not answer "
-                                        f"within {timeout:g} s")
-        reply = orjson.loads(got[1])
-        if "error" in reply:
-            raise RemoteError(*reply["error"])
-        return reply["ok"]
+            await client.expire(inbox, int(self.lease_ttl * 3) + 60)  # nobody reads: gone
+        while trio.current_time() < deadline:
+            wait = max(0.1, min(self.lease_ttl / 2, deadline - trio.current_time()))
+            with redis_errors(self.store.address):
+                got = await client.blpop([f"{self.prefix}reply:{reply_id}"], timeout=wait)
+            if got is not None:
+                return bytes(got[1])
+            if await self.owner_engine(run_id) != engine:
+                return None
+        return None
 
     # --- following -----------------------------------------------------------------------
 

@@ -152,23 +152,26 @@ class RunService:
         """
         if not self.broker.shared:
             raise await self.missing_run_error(run_id)
-        with trio.move_on_after(self.broker.lease_ttl * 3):
-            while True:
-                try:
-                    return await self.broker.route(run_id, request)
-                except NotLiveError:
-                    record = await self.get_record(run_id)  # NotFoundError
-                    if record.status.is_final or self.stopping:
-                        raise RunFinishedError(f"run {run_id} has finished "
-                                               f"({record.status.value})") from None
-                except RemoteError as exc:
-                    kind = getattr(runwire, exc.kind, None)
-                    if isinstance(kind, type) and issubclass(kind, runwire.RunwireError):
-                        raise kind(str(exc)) from None
-                    raise
-                await trio.sleep(0.2)  # between the old engine's lease and the new one's
-        raise RunFinishedError(f"run {run_id} is not executing on any engine (its engine "
-                               f"stopped and no engine has taken it over)")
+        # only the wait for an owner is bounded, not the owner's answer
+        deadline = trio.current_time() + self.broker.lease_ttl * 3
+        while True:
+            try:
+                return await self.broker.route(run_id, request)
+            except NotLiveError:
+                record = await self.get_record(run_id)  # NotFoundError
+                if record.status.is_final or self.stopping:
+                    raise RunFinishedError(f"run {run_id} has finished "
+                                           f"({record.status.value})") from None
+                if trio.current_time() > deadline:
+                    raise RunFinishedError(
+                        f"run {run_id} is not executing on any engine (its engine stopped "
+                        f"and no engine has taken it over)") from None
+            except RemoteError as exc:
+                kind = getattr(runwire, exc.kind, None)
+                if isinstance(kind, type) and issubclass(kind, runwire.RunwireError):
+                    raise kind(str(exc)) from None
+                raise
+            await trio.sleep(0.2)  # between the old engine's lease and the new one's
 
     async def start_actor(self, record: RunRecord, task: Task[Any, Any],
                           restore: Callable[[RunActor], None] | None = None) -> RunActor:
@@ -416,15 +419,23 @@ class RunService:
         """Snapshots of a run another engine executes, as its record is stored."""
         last: dict[str, Any] | None = None
         async with self.broker.watch(run_id) as watch:
+            seen = watch.version
+            stored = [await self.store.get_run(run_id)]
             while True:
-                seen = watch.version
-                wire = (await self.get_record(run_id)).to_wire()
-                if wire != last:
-                    last = wire
-                    yield wire
-                if RunStatus(wire["status"]).is_final:
-                    return
+                for raw in stored:  # as each commit stored it, in order
+                    if raw is None:
+                        raise NotFoundError(f"no run with id {run_id!r}")
+                    wire = RunRecord.from_wire(raw).to_wire()
+                    if wire != last:
+                        last = wire
+                        yield wire
+                    if RunStatus(wire["status"]).is_final:
+                        return
                 await watch.wait_change(seen, REMOTE_REFRESH)
+                stored = list(watch.records_after(seen))
+                if watch.version == seen:  # no word for a while: look for ourselves
+                    stored = [await self.store.get_run(run_id)]
+                seen = watch.version
 
     async def open_reader(self, run_id: str, key: str, start: int) -> Reader:
         """A reader of stream ``key`` of ``run_id`` from index ``start``.

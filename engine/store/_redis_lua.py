@@ -22,8 +22,9 @@ Keys (``P`` is the prefix, ``{r}`` a run id in braces):
 * ``P ds``: hash durable stream path -> metadata JSON; ``P dsi:PATH``: a Redis Stream of its
   items, entry id ``start-1``; ``P dsp:PATH``: hash producer -> ``epoch seq``.
 
-A commit publishes on ``P w:RUN`` for each run whose streams or record it changed: other
-engines' readers wake on it (``runwire.engine.broker``).
+A commit publishes on ``P w:RUN`` for each run whose streams or record it changed (the run's
+record as stored when the batch wrote it, else ``1``): other engines' readers and
+subscriptions wake on it (``runwire.engine.broker``).
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ while i <= n do
     if ARGV[i+7] == '1' then
       redis.call('HSET', P .. 'runkeys', ARGV[i+6] .. '\n' .. ARGV[i+8], id)
     end
-    touched[id] = true
+    touched[id] = body
     i = i + 9
   elseif op == 'C' then
     local run, key = ARGV[i+1], ARGV[i+2]
@@ -92,7 +93,7 @@ while i <= n do
     if ARGV[i+6] == '1' then
       redis.call('HSET', P .. 'seq:{' .. run .. '}', key .. '\0' .. ARGV[i+7], ARGV[i+8])
     end
-    touched[run] = true
+    touched[run] = touched[run] or '1'
     i = i + 9 + cnt
   elseif op == 'I' then
     redis.call('RPUSH', P .. 'rec:{' .. ARGV[i+1] .. '}', ARGV[i+2])
@@ -102,7 +103,7 @@ while i <= n do
     i = i + 4
   elseif op == 'E' then
     redis.call('HSET', P .. 'st:{' .. ARGV[i+1] .. '}', 'e:' .. ARGV[i+2], '1')
-    touched[ARGV[i+1]] = true
+    touched[ARGV[i+1]] = touched[ARGV[i+1]] or '1'
     i = i + 3
   elseif op == 'D' then
     local path = ARGV[i+1]
@@ -123,8 +124,8 @@ while i <= n do
     i = k + 3
   end
 end
-for run, _ in pairs(touched) do
-  redis.call('PUBLISH', P .. 'w:' .. run, '1')
+for run, message in pairs(touched) do
+  redis.call('PUBLISH', P .. 'w:' .. run, message)
 end
 return 'OK'
 """
