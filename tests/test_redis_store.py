@@ -149,3 +149,35 @@ async def test_redis_gone_is_a_clear_error_and_the_store_reconnects_when_it_is_b
     finally:
         await store.aclose()
         server.kill()
+
+
+@bounded(60)
+async def test_an_engine_rides_out_a_redis_restart(tmp_path: Path) -> None:
+    server = RedisServer("--appendonly", "yes", "--appendfsync", "always", directory=tmp_path)
+    url = server.url + "?lease_ttl=1"
+    try:
+        async with serve([stream_task], store=url) as eng:
+            first = await stream_task.trigger({"n": 3})
+            with trio.fail_after(10):
+                while (await eng.get_record(first.id)).status.value != "WAITING":
+                    await trio.sleep(0.05)
+            server.kill()
+            from runwire import RunwireError
+            with pytest.raises(RunwireError) as refused:  # the engine lives on
+                await stream_task.trigger({"n": 1})
+            print("while Redis is down:", repr(refused.value))
+            server.start()
+            with trio.fail_after(20):
+                while True:
+                    try:
+                        second = await stream_task.trigger({"n": 2})
+                        break
+                    except RunwireError:
+                        await trio.sleep(0.2)
+            await answer.send(first.id, "one")
+            await answer.send(second.id, "two")
+            assert (await final(first.id)).output == "one"
+            assert (await final(second.id)).output == "two"
+            assert await (await ai.read(first.id)).collect() == ["c0", "c1", "c2"]
+    finally:
+        server.kill()

@@ -22,6 +22,7 @@ from ._errors import StoreConfigError as StoreConfigError
 from ._errors import StoreError as StoreError
 from ._errors import StoreFullError as StoreFullError
 from ._errors import StoreUnavailableError as StoreUnavailableError
+from ._errors import client_message as client_message
 from ._memory import MemoryStore as MemoryStore
 from ._sqlite import SqliteStore as SqliteStore
 from ._sqlite import backup_database as backup_database

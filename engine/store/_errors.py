@@ -34,3 +34,13 @@ class IndexGapError(StoreError):
 
 class NotCompactError(StoreError, ValueError):
     """A chunk that is not compact JSON (it holds a raw newline byte); the batch is refused."""
+
+
+def client_message(exc: BaseException) -> str | None:
+    """What a client is told of a store failure (no addresses), or ``None`` if ``exc`` is
+    not one."""
+    if isinstance(exc, StoreFullError):
+        return "the engine's store is full (out of memory); this request was not stored"
+    if isinstance(exc, StoreUnavailableError):
+        return "the engine's store cannot be reached now; try again"
+    return None
