@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import trio
 
-from runwire import streams, task
+from runwire import Queue, streams, task
 from runwire.engine import open_engine
 from runwire.engine.store import (
     Batch, ChunkAppend, StoreConfigError, StoreFullError, StoreUnavailableError, open_store,
@@ -181,3 +181,36 @@ async def test_an_engine_rides_out_a_redis_restart(tmp_path: Path) -> None:
             assert await (await ai.read(first.id)).collect() == ["c0", "c1", "c2"]
     finally:
         server.kill()
+
+
+solo = Queue("redis-solo", concurrency_limit=1)
+
+
+HOLD: dict[str, trio.Event] = {}
+
+
+@task(id="redis.queued", queue=solo)
+async def queued(payload: dict[str, Any]) -> str:
+    if payload.get("hold"):  # executing, holding the queue's slot (a wait() would free it)
+        await HOLD["go"].wait()
+    return str(payload.get("name"))
+
+
+@bounded(40)
+async def test_a_queue_limit_holds_across_engines() -> None:
+    url = redis_url() + "&lease_ttl=1"
+    HOLD["go"] = trio.Event()
+    async with open_engine([queued], store=url, api_key=API_KEY) as a, \
+            open_engine([queued], store=url, api_key=API_KEY) as b:
+        hog = await a.trigger("redis.queued", {"hold": True, "name": "hog"})
+        with trio.fail_after(10):
+            while (await a.get_record(hog.id)).status.value != "EXECUTING":
+                await trio.sleep(0.05)
+        behind = await b.trigger("redis.queued", {"name": "behind"})
+        await trio.sleep(1.5)  # longer than a lease: renewed, the slot stays taken
+        assert (await b.get_record(behind.id)).status.value == "QUEUED"
+        assert a.broker.statistics().queues["redis-solo"] == (1, 1)
+        HOLD["go"].set()
+        assert (await a.wait_finished(hog.id)).output == "hog"
+        with trio.fail_after(10):
+            assert (await b.wait_finished(behind.id)).output == "behind"

@@ -19,8 +19,10 @@ Theory of operation (keys under the store's prefix ``P``):
   (one round trip) and wakes its readers, who read the new chunks from the store. Pub/sub
   loses messages while a connection is down, so a follower also looks every
   ``REFRESH`` seconds: a safety net, not the wake-up.
-* **Queue slots** stay per engine for now (``LocalBroker``'s semaphores; see
-  docs/operations.md).
+* **Queue slots.** A task queue's concurrency limit holds across engines: its slots are a
+  sorted set ``P slots:NAME`` of holders with their expiry (renewed with the leases, so a
+  dead engine's slots come free after the TTL). A run that finds no free slot waits for a
+  release, published on ``P slots:NAME``, looking again every ``SLOT_LOOK`` seconds.
 """
 
 from __future__ import annotations
@@ -38,7 +40,9 @@ import trio
 from ..run import OutputStream, RunActor
 from ..store import StoreError, StoreUnavailableError
 from ..store._redis import RedisStore, decode_streams, load_scripts, redis_errors
-from ._base import LocalBroker, NotLiveError, RemoteError, RequestHandler, RunWatch
+from ._base import (
+    BrokerStatistics, LocalBroker, NotLiveError, RemoteError, RequestHandler, RunWatch,
+)
 
 log = logging.getLogger("runwire.engine")
 
@@ -47,6 +51,33 @@ REFRESH = 2.0
 #: Seconds a routed request waits for the owner's answer (a cancel waits for the run's end).
 ROUTE_TIMEOUT = {"cancel": 120.0}
 DEFAULT_ROUTE_TIMEOUT = 30.0
+
+#: Seconds between a queued run's looks for a free slot besides release notices.
+SLOT_LOOK = 1.0
+
+_ACQUIRE = r"""#!lua flags=no-cluster
+local key, limit, holder, ttl = ARGV[1] .. 'slots:' .. ARGV[2], tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+if redis.call('ZCARD', key) >= limit then return 0 end
+redis.call('ZADD', key, now + ttl, holder)
+return 1
+"""
+
+_SLOTS_RENEW = r"""#!lua flags=no-cluster,allow-oom
+local key, ttl = ARGV[1] .. 'slots:' .. ARGV[2], tonumber(ARGV[3])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+for i = 4, #ARGV do redis.call('ZADD', key, 'XX', now + ttl, ARGV[i]) end
+return 1
+"""
+
+_SLOT_RELEASE = r"""#!lua flags=no-cluster,allow-oom
+redis.call('ZREM', ARGV[1] .. 'slots:' .. ARGV[2], ARGV[3])
+redis.call('PUBLISH', ARGV[1] .. 'slots:' .. ARGV[2], '1')
+return 1
+"""
 
 _CLAIM = r"""#!lua flags=no-cluster
 return redis.call('SET', ARGV[1] .. 'lease:{' .. ARGV[2] .. '}', ARGV[3], 'NX', 'PX', ARGV[4])
@@ -126,6 +157,7 @@ class RedisBroker(LocalBroker):
         self.lease_ttl = store.address.lease_ttl
         self._followers: dict[str, _Follower] = {}
         self._held: set[str] = set()  # leases this engine holds
+        self._slots: dict[str, RedisQueueSlots] = {}
         self._nursery: trio.Nursery | None = None
         self._pubsub: Any = None
         self._scripts: dict[str, Any] = {}
@@ -141,7 +173,9 @@ class RedisBroker(LocalBroker):
             with redis_errors(self.store.address):
                 self._scripts = await load_scripts(client, {
                     "claim": _CLAIM, "renew": _RENEW, "release": _RELEASE,
-                    "orphans": _ORPHANS, "owner": _OWNER, "follow": _FOLLOW})
+                    "orphans": _ORPHANS, "owner": _OWNER, "follow": _FOLLOW,
+                    "acquire": _ACQUIRE, "slots_renew": _SLOTS_RENEW,
+                    "slot_release": _SLOT_RELEASE})
             self._scripts_for = client
         with redis_errors(self.store.address):
             return await self._scripts[name](args=[self.prefix, *args])
@@ -166,7 +200,21 @@ class RedisBroker(LocalBroker):
                 for run_id in sorted(self._held):
                     await self.release(run_id)
 
+    def queue_slots(self, name: str, limit: int) -> RedisQueueSlots:
+        slots = self._slots.get(name)
+        if slots is None:
+            slots = self._slots[name] = RedisQueueSlots(self, name, limit)
+        return slots
+
+    def statistics(self) -> BrokerStatistics:
+        return BrokerStatistics(live_runs=len(self._actors), queues={
+            name: (slots.limit, len(slots.held)) for name, slots in self._slots.items()})
+
     async def _renew(self) -> None:
+        ttl = int(self.lease_ttl * 1000)
+        for name, slots in list(self._slots.items()):
+            if slots.held:
+                await self._script("slots_renew", name, ttl, *slots.held)
         ids = sorted(self._held)
         lost = await self._script("renew", self.engine_id, int(self.lease_ttl * 1000), *ids)
         for raw in lost or ():
@@ -226,6 +274,8 @@ class RedisBroker(LocalBroker):
                     # a channel of its own first: coredis ends the iteration of a pubsub
                     # with no subscription, and followers come and go
                     await pubsub.subscribe(f"{self.prefix}engine:{self.engine_id}")
+                    for slots in list(self._slots.values()):
+                        await pubsub.subscribe(slots.channel)
                     self._pubsub = pubsub
                     for run_id in list(self._followers):
                         await pubsub.subscribe(self._channel(run_id))
@@ -234,9 +284,14 @@ class RedisBroker(LocalBroker):
                         started = True
                     async for message in pubsub:
                         channel = message["channel"]
-                        run_id = (channel.decode() if isinstance(channel, bytes)
-                                  else str(channel))[len(self.prefix) + 2:]
-                        follower = self._followers.get(run_id)
+                        tail = (channel.decode() if isinstance(channel, bytes)
+                                else str(channel))[len(self.prefix):]
+                        if tail.startswith("slots:"):
+                            freed = self._slots.get(tail[6:])
+                            if freed is not None:
+                                freed.freed()
+                            continue
+                        follower = self._followers.get(tail[2:])
                         if follower is not None:
                             data = message["data"]
                             if isinstance(data, bytes) and data.startswith(b"{"):
@@ -255,6 +310,13 @@ class RedisBroker(LocalBroker):
 
     def _channel(self, run_id: str) -> str:
         return f"{self.prefix}w:{run_id}"
+
+    async def _listen_for_slots(self, slots: RedisQueueSlots) -> None:
+        if self._pubsub is not None:
+            try:
+                await self._pubsub.subscribe(slots.channel)
+            except Exception as exc:  # its looks still find free slots
+                log.warning("could not subscribe to queue %s: %r", slots.name, exc)
 
     # --- leases --------------------------------------------------------------------------
 
@@ -403,3 +465,52 @@ class RedisBroker(LocalBroker):
         follower.final = final
         follower.watch.poke()
 
+
+
+class RedisQueueSlots:
+    """A task queue's concurrency slots, shared by every engine on the Redis store (a
+    :class:`~runwire.engine.run.QueueSlots`)."""
+
+    def __init__(self, broker: RedisBroker, name: str, limit: int) -> None:
+        self.broker = broker
+        self.name = name
+        self.limit = limit
+        self.channel = f"{broker.prefix}slots:{name}"
+        self.held: list[str] = []
+        self._freed = trio.Event()
+        self._listening = False
+
+    def acquire_nowait(self) -> None:
+        """Always ``WouldBlock``: a slot is taken in Redis, which needs a round trip."""
+        raise trio.WouldBlock
+
+    async def acquire(self) -> None:
+        if not self._listening:
+            self._listening = True
+            await self.broker._listen_for_slots(self)
+        holder = f"{self.broker.engine_id}:{uuid.uuid4().hex[:12]}"
+        while True:
+            self._freed = trio.Event()
+            if await self.broker._script("acquire", self.name, self.limit, holder,
+                                         int(self.broker.lease_ttl * 1000)):
+                self.held.append(holder)
+                return
+            with trio.move_on_after(SLOT_LOOK):
+                await self._freed.wait()
+
+    def release(self) -> None:
+        if not self.held:
+            return
+        holder = self.held.pop()
+        nursery = self.broker._nursery
+        if nursery is not None:  # else it expires with the TTL
+            nursery.start_soon(self._release, holder)
+
+    async def _release(self, holder: str) -> None:
+        try:
+            await self.broker._script("slot_release", self.name, holder)
+        except StoreError as exc:
+            log.warning("could not release a slot of queue %s: %s", self.name, exc)
+
+    def freed(self) -> None:
+        self._freed.set()
