@@ -214,3 +214,23 @@ async def test_a_queue_limit_holds_across_engines() -> None:
         assert (await a.wait_finished(hog.id)).output == "hog"
         with trio.fail_after(10):
             assert (await b.wait_finished(behind.id)).output == "behind"
+
+
+@bounded(30)
+async def test_an_engine_that_lost_a_lease_abandons_the_run_without_a_word() -> None:
+    from .redisserver import shared_redis
+
+    HOLD["go"] = trio.Event()
+    url = redis_url("lost") + "&lease_ttl=1"
+    async with open_engine([queued], store=url, api_key=API_KEY) as eng:
+        run = await eng.trigger("redis.queued", {"hold": True, "name": "x"})
+        with trio.fail_after(10):
+            while (await eng.get_record(run.id)).status.value != "EXECUTING":
+                await trio.sleep(0.05)
+        # another engine took the run while this one could not renew (Redis away)
+        assert shared_redis().command("SET", f"lost:lease:{{{run.id}}}", "other") == b"+OK\r\n"
+        with trio.fail_after(10):
+            while eng.statistics().live_runs:
+                await trio.sleep(0.05)
+        stored = await eng.store.get_run(run.id)
+        assert stored is not None and stored["status"] == "EXECUTING"  # left to the other

@@ -159,6 +159,7 @@ class RedisBroker(LocalBroker):
         self._held: set[str] = set()  # leases this engine holds
         self._slots: dict[str, RedisQueueSlots] = {}
         self._nursery: trio.Nursery | None = None
+        self._handler: RequestHandler | None = None
         self._pubsub: Any = None
         self._scripts: dict[str, Any] = {}
         self._scripts_for: Any = None
@@ -188,6 +189,7 @@ class RedisBroker(LocalBroker):
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                self._handler = handler
                 await self._renew()
                 nursery.start_soon(self._heartbeat_loop)
                 nursery.start_soon(self._inbox_loop, handler)
@@ -220,12 +222,11 @@ class RedisBroker(LocalBroker):
         for raw in lost or ():
             run_id = raw.decode() if isinstance(raw, bytes) else str(raw)
             log.error("run %s: its lease was taken by another engine while this one could "
-                      "not renew it (Redis away longer than the lease); it is cancelled "
-                      "here", run_id)
+                      "not renew it (Redis away longer than the lease); it is abandoned "
+                      "here, the other engine goes on with it", run_id)
             self._held.discard(run_id)
-            actor = self._actors.get(run_id)
-            if actor is not None:
-                actor.cancel()
+            if self._handler is not None:
+                await self._handler({"op": "abandon", "run_id": run_id})
 
     async def _heartbeat_loop(self) -> None:
         while True:

@@ -87,6 +87,8 @@ class RunService:
         #: waitpoint token id -> set when it is completed (runs waiting in for_token)
         self._token_waiters: dict[str, trio.Event] = {}
         self._nursery: trio.Nursery | None = None
+        #: run id -> the scope that ends its actor without a word (another engine owns it)
+        self._abandon: dict[str, trio.CancelScope] = {}
         #: a graceful stop has begun: new runs are stored but not started (the next engine
         #: starts them)
         self.stopping = False
@@ -127,6 +129,11 @@ class RunService:
         op, run_id = request.get("op"), request["run_id"]
         if op == "token":
             self._token_completed(str(request["token_id"]))
+            return None
+        if op == "abandon":  # from this engine's broker: another engine holds the run now
+            scope = self._abandon.get(run_id)
+            if scope is not None:
+                scope.cancel()  # as if this engine stopped: nothing more is written
             return None
         actor = self.broker.owner(run_id)
         if actor is None:
@@ -188,8 +195,21 @@ class RunService:
         if restore is not None:
             restore(actor)
         self.broker.attach(actor)
-        await self._nursery.start(actor.run)
+        if self.broker.shared:  # it may have to be abandoned (its lease lost)
+            await self._nursery.start(self._run_abandonable, actor)
+        else:
+            await self._nursery.start(actor.run)
         return actor
+
+    async def _run_abandonable(self, actor: RunActor, *,
+                               task_status: trio.TaskStatus[Any]) -> None:
+        with trio.CancelScope() as scope:
+            self._abandon[actor.id] = scope
+            try:
+                await actor.run(task_status=task_status)
+            finally:
+                if self._abandon.get(actor.id) is scope:
+                    del self._abandon[actor.id]
 
     async def stop(self, grace_period: float) -> int:
         """A graceful stop: no new run starts; executing runs get ``grace_period`` seconds
