@@ -234,3 +234,27 @@ async def test_an_engine_that_lost_a_lease_abandons_the_run_without_a_word() -> 
                 await trio.sleep(0.05)
         stored = await eng.store.get_run(run.id)
         assert stored is not None and stored["status"] == "EXECUTING"  # left to the other
+
+
+@bounded(30)
+async def test_one_idempotency_key_makes_one_run_across_engines() -> None:
+    HOLD["go"] = trio.Event()
+    url = redis_url()
+    async with open_engine([queued], store=url, api_key=API_KEY) as a, \
+            open_engine([queued], store=url, api_key=API_KEY) as b:
+        got: list[str] = []
+
+        async def trigger(eng: Any) -> None:
+            run = await eng.trigger("redis.queued", {"hold": True, "name": "k"},
+                                    {"idempotency_key": "once"})
+            got.append(run.id)
+
+        for _ in range(3):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(trigger, a)
+                nursery.start_soon(trigger, b)
+        assert len(set(got)) == 1, got
+        assert a.statistics().live_runs + b.statistics().live_runs == 1
+        listed, _ = await a.service.list_runs(task="redis.queued")
+        assert [r["id"] for r in listed] == got[:1]
+        HOLD["go"].set()

@@ -36,7 +36,7 @@ from ..run import (
     ExternalAppend, MissingRunProducer, OutputStream, Reader, RunActor, RunEnv, RunRecord,
     SendInput, new_run_id,
 )
-from ..store import Batch, Store, StoredToken
+from ..store import Batch, DuplicateRunError, Store, StoredToken
 from ._auth import Auth
 from ._recovery import recover, take_over
 
@@ -287,7 +287,12 @@ class RunService:
             with trio.CancelScope(shield=True):
                 # the lease first: no other engine may take the stored run over
                 mine = not self.stopping and await self.broker.claim(record.id)
-                await self.store.commit(Batch(runs=[record.to_store()]))
+                try:
+                    await self.store.commit(Batch(runs=[record.to_store()]))
+                except DuplicateRunError as exc:  # another engine's trigger with the key won
+                    if mine:
+                        await self.broker.release(record.id)
+                    return await self.get_record(exc.run_id)
                 if mine:  # else stored QUEUED: another (or the next) engine starts it
                     await self.start_actor(record, task)
             log.info("run %s triggered (task %s%s)", record.id, task_id,

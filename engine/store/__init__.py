@@ -15,6 +15,7 @@ from ._base import StreamState as StreamState
 from ._base import StreamWrite as StreamWrite
 from ._base import Waitpoint as Waitpoint
 from ._open import open_store as open_store
+from ._errors import DuplicateRunError as DuplicateRunError
 from ._errors import IndexGapError as IndexGapError
 from ._errors import NotCompactError as NotCompactError
 from ._errors import StoreClosedError as StoreClosedError

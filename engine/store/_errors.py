@@ -32,6 +32,15 @@ class IndexGapError(StoreError):
     stored twice. Only a bug in the writer causes it; the batch is refused whole."""
 
 
+class DuplicateRunError(StoreError):
+    """A new run's (task, idempotency key) is already another run's: a store shared by
+    many engines refuses the batch whole; ``run_id`` is the run that has the key."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"the idempotency key belongs to run {run_id}")
+        self.run_id = run_id
+
+
 class NotCompactError(StoreError, ValueError):
     """A chunk that is not compact JSON (it holds a raw newline byte); the batch is refused."""
 

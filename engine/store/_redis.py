@@ -37,8 +37,8 @@ from ._base import (
     encode_cursor, RunFilter,
 )
 from ._errors import (
-    IndexGapError, StoreClosedError, StoreConfigError, StoreError, StoreFullError,
-    StoreUnavailableError,
+    DuplicateRunError, IndexGapError, StoreClosedError, StoreConfigError, StoreError,
+    StoreFullError, StoreUnavailableError,
 )
 from . import _redis_lua as lua
 
@@ -142,6 +142,8 @@ def redis_errors(address: RedisAddress) -> Iterator[None]:
         text = str(exc)
         if text.startswith("GAP "):
             raise IndexGapError(text[4:]) from None
+        if text.startswith("DUPKEY "):
+            raise DuplicateRunError(text[7:]) from None
         if text.startswith("OOM") or "maxmemory" in text:
             raise StoreFullError(f"Redis at {address} is out of memory (maxmemory reached; "
                                  f"nothing of this write was stored): {text}") from None

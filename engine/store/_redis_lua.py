@@ -53,7 +53,12 @@ while i <= n do
     end
     lens[where] = have + cnt
     i = i + 9 + cnt
-  elseif op == 'R' then i = i + 9
+  elseif op == 'R' then
+    if ARGV[i+7] == '1' then  -- a trigger's idempotency key, taken by another engine's run?
+      local have = redis.call('HGET', P .. 'runkeys', ARGV[i+6] .. '\n' .. ARGV[i+8])
+      if have and have ~= ARGV[i+1] then return redis.error_reply('DUPKEY ' .. have) end
+    end
+    i = i + 9
   elseif op == 'I' then i = i + 3
   elseif op == 'W' then i = i + 4
   elseif op == 'E' then i = i + 3
