@@ -258,3 +258,18 @@ async def test_one_idempotency_key_makes_one_run_across_engines() -> None:
         listed, _ = await a.service.list_runs(task="redis.queued")
         assert [r["id"] for r in listed] == got[:1]
         HOLD["go"].set()
+
+
+@bounded(20)
+async def test_a_chunk_with_a_raw_newline_is_refused_whole() -> None:
+    from runwire.engine.store import NotCompactError
+
+    store = open_store(redis_url())
+    try:
+        with pytest.raises(NotCompactError):
+            await store.commit(Batch(runs=[{"id": "r1", "task_id": "t", "status": "QUEUED",
+                                            "created_at": 1.0}],
+                                     chunks=[ChunkAppend("r1", "s", 0, [b"1", b'"a\nb"'], 7)]))
+        assert await store.get_run("r1") is None and await store.streams("r1") == {}
+    finally:
+        await store.aclose()

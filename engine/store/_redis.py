@@ -37,7 +37,7 @@ from ._base import (
     encode_cursor, RunFilter,
 )
 from ._errors import (
-    DuplicateRunError, IndexGapError, StoreClosedError, StoreConfigError, StoreError,
+    DuplicateRunError, IndexGapError, NotCompactError, StoreClosedError, StoreConfigError, StoreError,
     StoreFullError, StoreUnavailableError,
 )
 from . import _redis_lua as lua
@@ -223,7 +223,7 @@ class RedisStore(Store):
                     await self._check(client)
                     self._scripts = await load_scripts(client, {
                         name: getattr(lua, name) for name in (
-                            "COMMIT", "RUN_STATE", "TOKEN_CREATE", "TOKEN_COMPLETE",
+                            "COMMIT", "READ", "RUN_STATE", "TOKEN_CREATE", "TOKEN_COMPLETE",
                             "DELETE_FINISHED")})
                     self._client = client
                     ready.set()
@@ -375,12 +375,15 @@ class RedisStore(Store):
         if limit <= 0:
             await trio.lowlevel.checkpoint()
             return []
-        client = await self.client()
-        self.round_trips += 1
-        with redis_errors(self.address):
-            entries = await client.xrange(self._k("s:{", run_id, "}", key), f"{start}-1", "+",
-                                          count=limit)
-        return [_bytes(e.field_values[b"d"]) for e in entries]
+        flat = await self._run("READ", ["s:{" + run_id + "}" + key, start, limit])
+        found: list[bytes] = []
+        for at, data in zip(flat[::2], flat[1::2]):
+            chunks = _bytes(data).split(b"\n")
+            skip = start - int(at) if not found else 0
+            found.extend(chunks[skip:] if skip > 0 else chunks)
+            if len(found) >= limit:
+                break
+        return found[:limit]
 
     async def streams(self, run_id: str) -> dict[str, StreamState]:
         client = await self.client()
@@ -510,9 +513,11 @@ def encode_batch(batch: Batch) -> list[bytes | str | int]:
                  _flag(ikey), ikey or ""]
     for app in batch.chunks:
         has = app.producer is not None and app.next_seq is not None
+        pages = paginate(app.start, app.items)
         args += ["C", app.run_id, app.key, app.start, len(app.items), app.nbytes,
-                 "1" if has else "0", app.producer or "", app.next_seq or 0]
-        args.extend(app.items)
+                 "1" if has else "0", app.producer or "", app.next_seq or 0, len(pages)]
+        for page in pages:
+            args.extend(page)
     for rec in batch.records:
         args += ["I", rec.run_id, orjson.dumps([rec.key, rec.index, rec.idempotency_key,
                                                 rec.data.decode()])]
@@ -532,6 +537,35 @@ def encode_batch(batch: Batch) -> list[bytes | str | int]:
             pid, epoch, seq = write.producer
             args += ["1", pid, f"{epoch} {seq}"]
     return args
+
+
+#: A page (one stream entry) holds at most this many chunks, and more only than one chunk
+#: when they fit in PAGE_BYTES: a read of a frame never fetches much more than the frame.
+PAGE_CHUNKS = 512
+PAGE_BYTES = 256 * 1024
+
+
+def paginate(start: int, items: list[bytes]) -> list[tuple[int, int, bytes]]:
+    """``(first index, count, chunks joined by newlines)`` per page of an append.
+
+    Raises:
+        NotCompactError: a chunk holds a raw newline byte.
+    """
+    pages: list[tuple[int, int, bytes]] = []
+    begin = 0
+    while begin < len(items):
+        end, size = begin, 0
+        while end < len(items) and end - begin < PAGE_CHUNKS and (
+                end == begin or size + len(items[end]) <= PAGE_BYTES):
+            size += len(items[end]) + 1
+            end += 1
+        data = b"\n".join(items[begin:end])
+        if data.count(b"\n") != end - begin - 1:
+            raise NotCompactError("a chunk holds a raw newline byte: chunks must be "
+                                  "compact JSON")
+        pages.append((start + begin, end - begin, data))
+        begin = end
+    return pages
 
 
 def _pairs(flat: list[bytes]) -> dict[bytes, bytes]:

@@ -10,8 +10,10 @@ Keys (``P`` is the prefix, ``{r}`` a run id in braces):
   ``P runs``: zset of run ids by ``created_at``; ``P unfinished``: set of run ids whose
   stored status is not final; ``P finished``: zset of run ids by ``finished_at``;
   ``P runkeys``: hash ``task id \\n idempotency key`` -> run id.
-* ``P s:{r}KEY``: a Redis Stream per output stream; chunk ``i`` is entry ``i-1`` with field
-  ``d``, so the entry id *is* the chunk index and a read from index ``i`` is ``XRANGE i-1``.
+* ``P s:{r}KEY``: a Redis Stream per output stream, one entry per *page* of chunks: the entry
+  id ``i-1`` is the index of its first chunk, field ``n`` how many it holds, ``d`` the chunks
+  joined by ``\n`` (compact JSON never holds a raw newline). A read from index ``i`` starts
+  at the last entry whose id is at most ``i-1`` (``READ``).
 * ``P st:{r}``: hash of ``n:KEY`` (length), ``b:KEY`` (bytes), ``e:KEY`` (ended).
 * ``P seq:{r}``: hash ``KEY \\0 producer`` -> next expected sequence number.
 * ``P rec:{r}``: list of input records ``[key, index, idempotency key, data]`` (JSON).
@@ -52,7 +54,7 @@ while i <= n do
         ': store has ' .. have .. ', batch starts at ' .. start)
     end
     lens[where] = have + cnt
-    i = i + 9 + cnt
+    i = i + 10 + 3 * tonumber(ARGV[i+9])
   elseif op == 'R' then
     if ARGV[i+7] == '1' then  -- a trigger's idempotency key, taken by another engine's run?
       local have = redis.call('HGET', P .. 'runkeys', ARGV[i+6] .. '\n' .. ARGV[i+8])
@@ -89,8 +91,10 @@ while i <= n do
     local run, key = ARGV[i+1], ARGV[i+2]
     local start, cnt = tonumber(ARGV[i+3]), tonumber(ARGV[i+4])
     local skey = P .. 's:{' .. run .. '}' .. key
-    for j = 0, cnt - 1 do
-      redis.call('XADD', skey, string.format('%d-1', start + j), 'd', ARGV[i+9+j])
+    local pages = tonumber(ARGV[i+9])
+    for j = 0, pages - 1 do
+      local k = i + 10 + 3 * j
+      redis.call('XADD', skey, ARGV[k] .. '-1', 'n', ARGV[k+1], 'd', ARGV[k+2])
     end
     local st = P .. 'st:{' .. run .. '}'
     redis.call('HINCRBY', st, 'n:' .. key, cnt)
@@ -99,7 +103,7 @@ while i <= n do
       redis.call('HSET', P .. 'seq:{' .. run .. '}', key .. '\0' .. ARGV[i+7], ARGV[i+8])
     end
     touched[run] = touched[run] or '1'
-    i = i + 9 + cnt
+    i = i + 10 + 3 * pages
   elseif op == 'I' then
     redis.call('RPUSH', P .. 'rec:{' .. ARGV[i+1] .. '}', ARGV[i+2])
     i = i + 3
@@ -133,6 +137,32 @@ for run, message in pairs(touched) do
   redis.call('PUBLISH', P .. 'w:' .. run, message)
 end
 return 'OK'
+"""
+
+#: The pages holding chunks ``start .. start+limit-1`` of a stream: ``start, data`` pairs of
+#: each page, from the one holding ``start``.
+READ = r"""#!lua flags=no-writes,no-cluster
+local key, start, limit = ARGV[1] .. ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local first = redis.call('XREVRANGE', key, ARGV[3] .. '-1', '-', 'COUNT', 1)
+local from = '-'
+if #first > 0 then from = first[1][1] end
+local out = {}
+while true do
+  local entries = redis.call('XRANGE', key, from, '+', 'COUNT', 8)
+  if #entries == 0 then return out end
+  for _, e in ipairs(entries) do
+    local at = tonumber(string.match(e[1], '^(%d+)'))
+    local f = e[2]
+    local n, data = tonumber(f[2]), f[4]
+    if f[1] ~= 'n' then n, data = tonumber(f[4]), f[2] end
+    if at + n > start then
+      out[#out + 1] = at
+      out[#out + 1] = data
+      if at + n >= start + limit then return out end
+    end
+  end
+  from = '(' .. entries[#entries][1]
+end
 """
 
 #: A run's streams, producer sequence numbers and input records in one round trip.
