@@ -135,21 +135,27 @@ def _one_engine(report: Report, params: Params, redis_url: str) -> None:
     servers = {name: spawn_engine(store=url, tasks=[THROUGHPUT]) for name, url in stores.items()}
     rates: dict[str, list[float]] = {}
     per_commit: list[float] = []
+    redis_cpu: list[float] = []
+    engine_cpu: dict[str, list[float]] = {}
     chunks_per_commit: list[float] = []
     with serving(servers) as urls:
         for _ in range(params.repeat):
             for name in stores:
                 before = redis_counters(redis_url)  # the warm-up's 100 chunks count too
+                cpu0 = servers[name].cpu_seconds()
                 with spawn(THROUGHPUT, "read", url=urls[name], task="bench-pipe",
                            n=params.chunks) as client:
                     client.expect("WARM", 600)
                     result = client.expect("RESULT", 600)
                     client.wait()
                     counts = _delta(before, redis_counters(redis_url))
+                engine_cpu.setdefault(name, []).append(
+                    (servers[name].cpu_seconds() - cpu0) / (params.chunks + 100) * 1e6)
                 rates.setdefault(name, []).append(result["rate"])
                 if name == "redis" and counts["commits"]:
                     per_commit.append(counts["round_trips"] / counts["commits"])
                     chunks_per_commit.append((params.chunks + 100) / counts["commits"])
+                    redis_cpu.append(counts["cpu"] / (params.chunks + 100) * 1e6)
     for name, samples in rates.items():
         report.add(f"one engine, {name} pipe: chunks/s", "chunks/s", samples)
     if "sqlite" in rates:
@@ -158,6 +164,11 @@ def _one_engine(report: Report, params: Params, redis_url: str) -> None:
     report.add("redis: round trips per commit cycle (client commands / commits)", "trips",
                per_commit, higher_is_better=False)
     report.add("redis: chunks per commit cycle", "chunks", chunks_per_commit)
+    for name, samples in engine_cpu.items():
+        report.add(f"one engine, {name} pipe: engine CPU/chunk written and read", "us",
+                   samples, higher_is_better=False)
+    report.add("one engine, redis pipe: Redis CPU/chunk written", "us", redis_cpu,
+               higher_is_better=False)
 
 
 def _two_engines(report: Report, params: Params, redis_url: str) -> None:
