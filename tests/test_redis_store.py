@@ -273,3 +273,32 @@ async def test_a_chunk_with_a_raw_newline_is_refused_whole() -> None:
         assert await store.get_run("r1") is None and await store.streams("r1") == {}
     finally:
         await store.aclose()
+
+
+@task(id="redis.token")
+async def token_task(payload: dict[str, Any]) -> Any:
+    from runwire import metadata, wait
+
+    token = await wait.create_token(timeout="1h")
+    metadata.set("token", token.id)
+    return (await wait.for_token(token)).output
+
+
+@bounded(30)
+async def test_a_token_completed_on_one_engine_wakes_the_run_on_another() -> None:
+    url = redis_url()
+    async with open_engine([token_task], store=url, api_key=API_KEY) as a, \
+            open_engine([token_task], store=url, api_key=API_KEY) as b:
+        run = await a.trigger("redis.token", {})
+        with trio.fail_after(10):
+            while True:
+                record = await b.get_record(run.id)  # as stored: B does not execute it
+                if record.status.value == "WAITING" and "token" in record.metadata:
+                    break
+                await trio.sleep(0.05)
+        routed, served = b.broker.routed, a.broker.served
+        token, completed = await b.service.complete_waitpoint(record.metadata["token"],
+                                                              {"ok": 1})
+        assert completed and token.status == "COMPLETED"
+        assert (b.broker.routed, a.broker.served) == (routed + 1, served + 1)  # A was told
+        assert (await b.wait_finished(run.id)).output == {"ok": 1}
