@@ -19,12 +19,12 @@ from typing import Any
 import pytest
 import trio
 
-from runwire import RunStatus, connect, runs
+from runwire import InternalError, RunFinishedError, RunStatus, connect, runs
 
 from . import redis_tasks as rt
 from .faultproxy import open_fault_proxy
 from .helpers import API_KEY, bounded
-from .redisserver import redis_url
+from .redisserver import RedisServer, redis_url
 
 REPO = Path(__file__).resolve().parents[1]
 #: Short leases so a killed engine's runs are taken over within seconds.
@@ -67,9 +67,9 @@ class Node:
 
 
 @contextlib.asynccontextmanager
-async def cluster(count: int) -> AsyncIterator[tuple[str, list[Node]]]:
+async def cluster(count: int, base: str | None = None) -> AsyncIterator[tuple[str, list[Node]]]:
     """``count`` engines on one Redis store (a fresh key prefix), started in parallel."""
-    url = redis_url() + f"&lease_ttl={LEASE}"
+    url = (base or redis_url()) + f"&lease_ttl={LEASE}"
     nodes: list[Node] = []
     async with trio.open_nursery() as nursery:
         for _ in range(count):
@@ -233,3 +233,38 @@ async def test_an_engine_killed_mid_stream_and_a_producer_that_moves_to_another_
         assert ext_seen == ext_items
         assert await read_all(rt.ext, sink.id, on_b) == ext_items
         nursery.cancel_scope.cancel()
+
+
+@bounded(50)
+async def test_engines_ride_out_a_redis_restart(tmp_path: Path) -> None:
+    server = RedisServer("--appendonly", "yes", "--appendfsync", "always", directory=tmp_path)
+    try:
+        async with cluster(2, server.url + "?prefix=restart") as (_, (a, b)), \
+                connect(a.url, api_key=API_KEY) as on_a, \
+                connect(b.url, api_key=API_KEY) as on_b:
+            chat = await rt.chat.trigger({"n": 3}, client=on_a)
+            with trio.fail_after(15):
+                while (await runs.retrieve(chat.id, client=on_b)).status \
+                        is not RunStatus.WAITING:
+                    await trio.sleep(0.05)
+            server.kill()
+            with pytest.raises(InternalError, match="store cannot be reached"):
+                await runs.retrieve(chat.id, client=on_b)
+            await trio.sleep(LEASE)  # longer than a lease: the renewals fail meanwhile
+            server.start()  # same port and directory: the AOF brings everything back
+            with trio.fail_after(20):  # the engines reconnect by themselves
+                while True:
+                    try:
+                        await rt.answer.send(chat.id, "after", client=on_b)  # routed to A
+                        break
+                    except (InternalError, RunFinishedError):
+                        await trio.sleep(0.2)
+            with trio.fail_after(15):
+                assert await read_all(rt.ai, chat.id, on_b) == ["c0", "c1", "c2", "got after"]
+            run = await runs.retrieve(chat.id, client=on_b)
+            assert run.status is RunStatus.COMPLETED and run.output == "after"
+            # A kept it, or B took it over (A's lease expired with Redis away) and resumed
+            # its durable wait: the same attempt either way
+            assert run.attempt == 1
+    finally:
+        server.kill()
