@@ -302,3 +302,23 @@ async def test_a_token_completed_on_one_engine_wakes_the_run_on_another() -> Non
         assert completed and token.status == "COMPLETED"
         assert (b.broker.routed, a.broker.served) == (routed + 1, served + 1)  # A was told
         assert (await b.wait_finished(run.id)).output == {"ok": 1}
+
+
+@bounded(30)
+async def test_a_graceful_stop_hands_runs_to_another_engine_as_the_same_attempt() -> None:
+    url = redis_url() + "&lease_ttl=1"
+    async with open_engine([stream_task], store=url, api_key=API_KEY) as b:
+        async with open_engine([stream_task], store=url, api_key=API_KEY) as a:
+            run = await a.trigger("redis.stream", {"n": 2})
+            with trio.fail_after(10):
+                while (await b.get_record(run.id)).status.value != "WAITING":
+                    await trio.sleep(0.05)
+        # A stopped: its lease went with it, and B resumes the run in its wait
+        with trio.fail_after(10):
+            while b.run_statistics(run.id) is None:
+                await trio.sleep(0.05)
+        await b.send_input(run.id, "answer", "to B")
+        done = await b.wait_finished(run.id)
+        assert done.output == "to B" and done.attempt == 1
+        # the replay on B did not write A's chunks again
+        assert await b.store.read_chunks(run.id, "ai", 0, 10) == [b'"c0"', b'"c1"']
