@@ -71,9 +71,17 @@ async def test_a_database_redis_does_not_have_is_a_clear_error() -> None:
 
 
 def test_bad_redis_urls() -> None:
-    for bad in ("redis://", "redis://host/x", "redis://host/0?foo=1", "redis://host:99999/0"):
+    for bad in ("redis://", "redis://host/x", "redis://host/0?foo=1", "redis://host:99999/0",
+                "redis://host/0?lease_ttl=0.1", "redis://host/0?lease_ttl=x",
+                "redis://host/0?prefix=", "redis://host/-1", "rediss://host/0"):
         with pytest.raises(StoreConfigError):
             open_store(bad)
+    from runwire.engine.store._redis import parse_redis_url
+
+    got = parse_redis_url("redis://u:p%40ss@h:7000/3?prefix=app&lease_ttl=2.5")
+    assert (got.host, got.port, got.db, got.username, got.password, got.prefix,
+            got.lease_ttl) == ("h", 7000, 3, "u", "p@ss", "app:", 2.5)
+    assert str(got) == "redis://h:7000/3"  # the password is never shown
 
 
 @pytest.fixture(scope="module")
