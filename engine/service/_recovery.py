@@ -59,11 +59,15 @@ async def recover(service: RunService) -> None:
     """Apply the module's rules to every stored run that is not finished and that no other
     engine holds (engines sharing a Redis store each claim a run before recovering it)."""
     for raw in await service.store.unfinished_runs():
+        claimed = False
         try:
-            if await service.broker.claim(raw["id"]):
+            claimed = await service.broker.claim(raw["id"])
+            if claimed:
                 await _recover_one(service, raw)
         except Exception:  # one unreadable run must not keep the engine from starting
             log.exception("could not recover run %s; it is left as stored", raw.get("id"))
+            if claimed and service.broker.owner(raw["id"]) is None:
+                await service.broker.release(raw["id"])  # not held by an engine that failed it
 
 
 async def take_over(service: RunService, run_id: str) -> bool:
