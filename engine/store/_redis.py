@@ -172,8 +172,6 @@ class RedisStore(Store):
         self._error: BaseException | None = None
         self._closed = False
         self._scripts: dict[str, Any] = {}
-        self.round_trips = 0  #: commits and reads sent (for benchmarks)
-        self.commits = 0
 
     @classmethod
     def from_url(cls, url: str) -> RedisStore:
@@ -223,7 +221,7 @@ class RedisStore(Store):
                     await self._check(client)
                     self._scripts = await load_scripts(client, {
                         name: getattr(lua, name) for name in (
-                            "COMMIT", "READ", "RUN_STATE", "TOKEN_CREATE", "TOKEN_COMPLETE",
+                            "COMMIT", "READ", "TOKEN_CREATE", "TOKEN_COMPLETE",
                             "DELETE_FINISHED")})
                     self._client = client
                     ready.set()
@@ -275,7 +273,6 @@ class RedisStore(Store):
 
     async def _run(self, name: str, args: Sequence[Any]) -> Any:
         client = await self.client()
-        self.round_trips += 1
         with redis_errors(self.address):
             return await self._scripts[name](args=[self.prefix, *args])
 
@@ -287,7 +284,6 @@ class RedisStore(Store):
             await trio.lowlevel.checkpoint()
             return
         await self._run("COMMIT", args)
-        self.commits += 1
 
     # --- runs ----------------------------------------------------------------------------
 
@@ -390,13 +386,6 @@ class RedisStore(Store):
         with redis_errors(self.address):
             fields = await client.hgetall(self._k("st:{", run_id, "}"))
         return decode_streams(fields)
-
-    async def run_state(self, run_id: str) -> tuple[dict[str, StreamState],
-                                                    dict[tuple[str, str], int],
-                                                    dict[str, list[StoredRecord]]]:
-        """:meth:`streams`, :meth:`producer_seqs` and :meth:`records` in one round trip."""
-        st, seqs, recs = await self._run("RUN_STATE", [run_id])
-        return (decode_streams(_pairs(st)), decode_seqs(_pairs(seqs)), decode_records(recs))
 
     async def producer_seqs(self, run_id: str) -> dict[tuple[str, str], int]:
         client = await self.client()
@@ -566,10 +555,6 @@ def paginate(start: int, items: list[bytes]) -> list[tuple[int, int, bytes]]:
         pages.append((start + begin, end - begin, data))
         begin = end
     return pages
-
-
-def _pairs(flat: list[bytes]) -> dict[bytes, bytes]:
-    return dict(zip(flat[::2], flat[1::2]))
 
 
 def decode_streams(fields: dict[bytes, bytes]) -> dict[str, StreamState]:

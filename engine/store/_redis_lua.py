@@ -165,14 +165,6 @@ while true do
 end
 """
 
-#: A run's streams, producer sequence numbers and input records in one round trip.
-RUN_STATE = r"""#!lua flags=no-writes,no-cluster
-local P, run = ARGV[1], ARGV[2]
-return {redis.call('HGETALL', P .. 'st:{' .. run .. '}'),
-        redis.call('HGETALL', P .. 'seq:{' .. run .. '}'),
-        redis.call('LRANGE', P .. 'rec:{' .. run .. '}', 0, -1)}
-"""
-
 #: A new token, unless its idempotency key already made one: then that token's id.
 TOKEN_CREATE = r"""#!lua flags=no-cluster
 local P, id, base, ikey, run, expires = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
