@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import trio
 
@@ -330,3 +331,29 @@ async def test_a_graceful_stop_hands_runs_to_another_engine_as_the_same_attempt(
         assert done.output == "to B" and done.attempt == 1
         # the replay on B did not write A's chunks again
         assert await b.store.read_chunks(run.id, "ai", 0, 10) == [b'"c0"', b'"c1"']
+
+
+@bounded(20)
+async def test_a_durable_stream_write_from_stale_metadata_is_refused_whole() -> None:
+    from runwire.engine.store import DurableStream, IndexGapError, StreamWrite
+
+    store = open_store(redis_url())
+    try:
+        meta = DurableStream(path="p", content_type="text/plain", created_at=1.0,
+                             accessed_at=1.0, tail=2, nbytes=2)
+        await store.commit(Batch(streams=[StreamWrite(meta, [(0, b"ab")])]))
+        # another engine, with the stream as it was before that write, appends
+        stale = attrs.evolve(meta, tail=1, nbytes=1)
+        with pytest.raises(IndexGapError, match="another engine"):
+            await store.commit(Batch(streams=[StreamWrite(stale, [(0, b"x")])]))
+        # or creates it again over the first one
+        again = attrs.evolve(meta, created_at=5.0, tail=0, nbytes=0)
+        with pytest.raises(IndexGapError):
+            await store.commit(Batch(streams=[StreamWrite(again)]))
+        assert await store.stream_items("p", 0, 10, 100) == [(0, b"ab")]
+        assert [s.tail for s in await store.durable_streams()] == [2]
+        # dropped and made again in one batch is no conflict
+        await store.commit(Batch(dropped_streams=["p"], streams=[StreamWrite(again)]))
+        assert [s.created_at for s in await store.durable_streams()] == [5.0]
+    finally:
+        await store.aclose()

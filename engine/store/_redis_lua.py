@@ -38,6 +38,7 @@ COMMIT = r"""#!lua flags=no-cluster
 local P = ARGV[1]
 local n = #ARGV
 local lens = {}
+local dropped = {}
 local i = 2
 while i <= n do
   local op = ARGV[i]
@@ -64,8 +65,23 @@ while i <= n do
   elseif op == 'I' then i = i + 3
   elseif op == 'W' then i = i + 4
   elseif op == 'E' then i = i + 3
-  elseif op == 'D' then i = i + 2
-  elseif op == 'S' then i = i + 4 + 2 * tonumber(ARGV[i+3]) + 3
+  elseif op == 'D' then
+    dropped[ARGV[i+1]] = true
+    i = i + 2
+  elseif op == 'S' then
+    -- a durable stream written from metadata another engine has changed since (engines
+    -- keep it in memory): refused whole, never half-applied over the other engine's items
+    local path, cnt = ARGV[i+1], tonumber(ARGV[i+3])
+    local old = not dropped[path] and redis.call('HGET', P .. 'ds', path)
+    if old then
+      local was, now = cjson.decode(old), cjson.decode(ARGV[i+2])
+      if was['created_at'] ~= now['created_at'] or now['tail'] < was['tail']
+          or (cnt > 0 and tonumber(ARGV[i+4]) < was['tail']) then
+        return redis.error_reply('GAP durable stream ' .. path .. ' was changed by ' ..
+          'another engine (stored tail ' .. was['tail'] .. ')')
+      end
+    end
+    i = i + 4 + 2 * cnt + 3
   else return redis.error_reply('ERR runwire: unknown batch operation ' .. tostring(op)) end
 end
 local touched = {}
