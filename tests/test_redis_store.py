@@ -357,3 +357,27 @@ async def test_a_durable_stream_write_from_stale_metadata_is_refused_whole() -> 
         assert [s.created_at for s in await store.durable_streams()] == [5.0]
     finally:
         await store.aclose()
+
+
+@task(id="redis.feeder")
+async def feeder(payload: dict[str, Any]) -> str:
+    """Pipes into a stream of another run (``target=``), wherever that run executes."""
+    await ai.pipe((f"f{i}" for i in range(payload["n"])),
+                  target=payload["run"]).wait_until_complete()
+    return "fed"
+
+
+@bounded(30)
+async def test_a_task_writes_into_a_run_executing_on_another_engine() -> None:
+    url = redis_url()
+    async with open_engine([stream_task, feeder], store=url, api_key=API_KEY) as a, \
+            open_engine([stream_task, feeder], store=url, api_key=API_KEY) as b:
+        target = await b.trigger("redis.stream", {"n": 0})  # executes on B
+        fed = await a.trigger("redis.feeder", {"n": 600, "run": target.id})  # on A
+        assert (await a.wait_finished(fed.id)).output == "fed"
+        assert await a.store.read_chunks(target.id, "ai", 0, 1000) == [
+            f'"f{i}"'.encode() for i in range(600)]
+        await a.send_input(target.id, "answer", "done")
+        assert (await a.wait_finished(target.id)).output == "done"
+        missing = await a.trigger("redis.feeder", {"n": 1, "run": "run_nope"})
+        assert (await a.wait_finished(missing.id)).status.value == "FAILED"

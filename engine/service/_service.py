@@ -389,6 +389,8 @@ class RunService:
         """A producer inside the engine for stream ``key`` of ``run_id`` (``target=``)."""
         actor = self.broker.owner(run_id)
         if actor is None:
+            if self.broker.shared:  # it may execute on another engine
+                return RoutedProducer(self, run_id, key)
             return MissingRunProducer(lambda: self.missing_run_error(run_id))
         return actor.producer(key)
 
@@ -668,3 +670,49 @@ class TriggerOptions:
         if not isinstance(meta, dict):
             raise InvalidPayloadError("options.metadata must be an object")
         return cls(tuple(tags), key, meta)
+
+
+class RoutedProducer:
+    """A producer inside this engine for a stream of a run that executes on another engine
+    (``target=``): its chunks go there as numbered batches (:meth:`RunService.append`, routed),
+    so a batch sent again after a failure is deduplicated like a client producer's."""
+
+    #: chunks buffered before a put sends them
+    BATCH = 256
+
+    def __init__(self, service: RunService, run_id: str, key: str) -> None:
+        self._service = service
+        self._run_id = run_id
+        self._key = key
+        self._producer = "routed-" + uuid.uuid4().hex[:16]
+        self._seq = 0
+        self._buffer: list[Any] = []
+        self._lock = trio.Lock()
+
+    def put_nowait(self, item: Any) -> None:
+        self._buffer.append(item)
+
+    async def put(self, item: Any) -> None:
+        self._buffer.append(item)
+        await self._send_if_full()
+
+    async def put_many(self, items: list[Any]) -> None:
+        self._buffer.extend(items)
+        await self._send_if_full()
+
+    async def _send_if_full(self) -> None:
+        if len(self._buffer) >= self.BATCH:
+            await self.flush()
+        else:
+            await trio.lowlevel.checkpoint()
+
+    async def flush(self) -> None:
+        async with self._lock:
+            while self._buffer:
+                batch = self._buffer[:self._service.limits.frame_items]
+                self._seq = await self._service.append(self._run_id, self._key,
+                                                       self._producer, self._seq, batch)
+                del self._buffer[:len(batch)]
+
+    def close(self) -> None:
+        pass  # what is buffered goes with the next flush; the run ends the stream
