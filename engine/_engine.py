@@ -25,7 +25,7 @@ from runwire.runtime import collapse_exception_groups, open_client
 from runwire.transport import Connection, memory_connection_pair
 
 from ._limits import Limits
-from .broker import LocalBroker
+from .broker import open_broker
 from .door import Door, EngineServer, HttpDoor, Session
 from .run import RunRecord, RunStatistics
 from .service import Auth, DurableStreams, RunService, generate_api_key
@@ -71,7 +71,7 @@ class Engine:
         self._wall0 = time.time()
         self._trio0 = 0.0
         self.auth = Auth(api_key, clock=self.clock)
-        self.broker = LocalBroker()
+        self.broker = open_broker(store)
         self.service = RunService(tasks, store, self.broker, self.auth, self.limits, self.clock,
                                   drain_timeout=drain_timeout)
         self.door = Door(self.service, self.auth, self.limits)
@@ -169,6 +169,7 @@ class Engine:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             self._trio0 = trio.current_time()
+            await self.store.open()
             await self.streams.load()
             await nursery.start(self.service.run)
             nursery.start_soon(self._sweep_loop, name="sweep_loop")

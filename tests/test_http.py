@@ -368,9 +368,12 @@ async def test_durable_streams_need_the_api_key_unless_anonymous():
         assert (await client.put("/v1/stream/a")).status_code == 201
 
 
-@pytest.mark.parametrize("store", ["memory://", "sqlite:///:memory:"])
+@pytest.mark.parametrize("store", ["memory://", "sqlite:///:memory:", "redis"])
 @bounded(20)
 async def test_durable_stream_lifecycle(store):
+    if store == "redis":
+        from .redisserver import redis_url
+        store = redis_url()
     async with http(anonymous_streams=True, store=store,
                     limits=Limits(long_poll_timeout=0.2)) as (_, client):
         ct = {"content-type": "application/json"}
@@ -497,13 +500,16 @@ async def test_durable_streams_client_reads_a_run_stream(live):
         assert orjson.loads(done.stdout) == ["hello", "world", "bye"], done.stderr
 
 
-@pytest.mark.parametrize("store", ["memory", "sqlite"])
+@pytest.mark.parametrize("store", ["memory", "sqlite", "redis"])
 @bounded(30)
 async def test_reads_of_the_newest_items_from_memory_match_the_store(store, tmp_path):
     """While a live reader waits on a stream, its newest items are kept in memory
     (``_dstreams._Live``, at most 256 items or about 64 KiB); reads that start there, before
     it and across where it begins all give what was written."""
     url = "memory://" if store == "memory" else f"sqlite:///{tmp_path / 'r.db'}"
+    if store == "redis":
+        from .redisserver import redis_url
+        url = redis_url()
 
     async def read_from(client: httpx.AsyncClient, path: str, offset: str) -> bytes:
         got = b""

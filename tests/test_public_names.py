@@ -31,7 +31,8 @@ PUBLIC = {
         "StoredRecord", "StoredToken", "RunFilter", "open_store", "MemoryStore", "SqliteStore",
         "StoreError", "backup_database",
         "StoreConfigError", "StoreUnavailableError", "StoreClosedError", "IndexGapError",
-        "NotCompactError", "DurableStream", "StreamWrite",
+        "NotCompactError", "DurableStream", "StreamWrite", "StoreFullError", "client_message",
+        "DuplicateRunError",
     },
     "runwire.engine.run": {
         "RunActor", "RunEnv", "RunServices", "QueueSlots", "Reader", "ReadTimeout", "RunRecord",
@@ -39,7 +40,8 @@ PUBLIC = {
         "OutputStream", "Producer", "MissingRunProducer", "ExternalAppend", "SendInput",
         "RunStatistics", "StreamStatistics", "Journal", "resume_key",
     },
-    "runwire.engine.broker": {"Broker", "BrokerStatistics", "LocalBroker"},
+    "runwire.engine.broker": {"Broker", "BrokerStatistics", "LocalBroker", "NotLiveError",
+                              "RemoteError", "RequestHandler", "RunWatch", "open_broker"},
     "runwire.engine.service": {
         "RunService", "TriggerOptions", "Auth", "Grant", "fingerprint",
         "generate_api_key", "DurableStreams", "AppendResult", "ReadResult", "StreamError",

@@ -8,6 +8,7 @@ cancellation) are tested at the end.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -32,6 +33,7 @@ from runwire.engine.store import (
 )
 
 from .helpers import bounded, count_groups
+from .redisserver import redis_url
 
 TIME_LIMIT = 10.0
 
@@ -45,6 +47,9 @@ class StoreKind:
 STORES = {
     "memory": StoreKind(lambda tmp: MemoryStore(), durable=False),
     "sqlite": StoreKind(lambda tmp: open_store(f"sqlite:///{tmp / 'contract.db'}"), durable=True),
+    # its own key prefix per test directory: an empty store, the same one when reopened
+    "redis": StoreKind(lambda tmp: open_store(redis_url("c" + hashlib.sha1(
+        str(tmp).encode()).hexdigest()[:16])), durable=True),
 }
 
 

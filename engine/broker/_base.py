@@ -9,19 +9,73 @@ A task queue's concurrency limit is a :class:`~runwire.engine.run.QueueSlots` th
 gives out, one per queue name, so the limit holds for every run that draws from it.
 
 Readers are woken by the owner's output streams (``OutputStream.extend``): in one process
-that is the whole story. A broker shared by many engines (Redis) must also carry those
-wake-ups and route sends and cancels to the owning engine; :class:`LocalBroker` is the one
-implementation today.
+that is the whole story. A broker shared by many engines (:attr:`Broker.shared`, the Redis
+one in ``_redis``) also says which *engine* owns a run that is not live here: the service
+then sends the request there (:meth:`Broker.route`), follows the run's streams and record
+through the broker (:meth:`Broker.follow`, :meth:`Broker.watch`), claims a run before it
+executes it (:meth:`Broker.claim`: a lease the engine keeps renewing) and takes over runs
+whose engine died (:meth:`Broker.orphans`).
 """
 
 from __future__ import annotations
 
 import abc
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
 
 import attrs
 import trio
 
-from ..run import QueueSlots, RunActor
+from ..run import OutputStream, QueueSlots, RunActor
+
+#: What an engine does with a request another engine routed to it (``Broker.route``): the
+#: service's handler, given the request's fields; it returns the answer or raises.
+RequestHandler = Callable[[dict[str, Any]], Awaitable[Any]]
+
+
+class NotLiveError(Exception):
+    """No engine owns the run (it is finished, unknown, or waiting to be taken over)."""
+
+
+class RemoteError(Exception):
+    """What another engine's handler raised for a routed request: ``kind`` is the error's
+    type name (the service raises the public error of that name again)."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class RunWatch:
+    """Changes of a run that another engine executes: ``version`` goes up on each, and
+    ``records`` holds the newest records as they were stored, in order, each with the
+    version it came with (a subscription yields them so it misses no status)."""
+
+    #: records kept for subscriptions that fall behind
+    KEEP = 64
+
+    def __init__(self) -> None:
+        self.version = 0
+        self.records: list[tuple[int, dict[str, Any]]] = []
+        self._changed = trio.Event()
+
+    def poke(self, record: dict[str, Any] | None = None) -> None:
+        self.version += 1
+        if record is not None:
+            self.records.append((self.version, record))
+            del self.records[:-self.KEEP]
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def records_after(self, version: int) -> list[dict[str, Any]]:
+        return [record for seen, record in self.records if seen > version]
+
+    async def wait_change(self, seen: int, timeout: float) -> None:
+        """Return once ``version`` is past ``seen``, or after ``timeout`` seconds."""
+        with trio.move_on_after(timeout):
+            while self.version == seen:
+                await self._changed.wait()
 
 
 @attrs.frozen
@@ -63,6 +117,51 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     def statistics(self) -> BrokerStatistics:
         """Counts for tests and operators."""
+
+    #: Other engines share the runs (the methods below do something).
+    shared: bool = False
+    #: Seconds a claim lasts without renewal (an engine that died loses its runs then).
+    lease_ttl: float = 10.0
+
+    async def run(self, handler: RequestHandler, *,
+                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve requests routed here with ``handler`` until cancelled (shared brokers)."""
+        task_status.started()
+
+    async def claim(self, run_id: str) -> bool:
+        """Take the run for this engine; ``False`` if another engine holds it."""
+        await trio.lowlevel.checkpoint()
+        return True
+
+    async def release(self, run_id: str) -> None:
+        """Give up a claim this engine holds without an actor (a run found finished)."""
+        await trio.lowlevel.checkpoint()
+
+    async def orphans(self) -> list[str]:
+        """Unfinished runs that no engine holds (their engine died): to take over."""
+        await trio.lowlevel.checkpoint()
+        return []
+
+    async def route(self, run_id: str, request: dict[str, Any]) -> Any:
+        """Send ``request`` to the engine that owns ``run_id``; its answer.
+
+        Raises:
+            NotLiveError: no engine owns the run.
+            Exception: what the owner's handler raised.
+        """
+        raise NotLiveError(run_id)
+
+    async def follow(self, run_id: str, key: str, stream: OutputStream) -> OutputStream:
+        """The stream of a run another engine executes, kept up to date here (``stream``
+        has its stored state); a one-engine broker has no such run and returns it as is."""
+        await trio.lowlevel.checkpoint()
+        return stream
+
+    @asynccontextmanager
+    async def watch(self, run_id: str) -> AsyncIterator[RunWatch]:
+        """Be told when a run another engine executes changes."""
+        await trio.lowlevel.checkpoint()
+        yield RunWatch()
 
 
 class LocalBroker(Broker):

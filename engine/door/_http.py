@@ -28,6 +28,8 @@ import h11
 import orjson
 import trio
 
+from ..store import client_message
+
 log = logging.getLogger("runwire.engine")
 
 #: Bytes read from the socket at a time.
@@ -360,13 +362,13 @@ class HttpConnection:
             return
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             raise
-        except Exception:  # a bug must answer 500 on this request, never end the engine
+        except Exception as exc:  # a bug must answer 500 on this request, never end the engine
             log.exception("HTTP %s %s failed", exchange.request.method,
                           exchange.request.raw_path[:200])
             if not exchange.started:
                 await exchange.respond(500, [("content-type", "application/json")],
-                                       error_body("internal", "internal error; see the "
-                                                  "engine log"))
+                                       error_body("internal", client_message(exc) or
+                                                  "internal error; see the engine log"))
             return
         if exchange.started and not exchange.finished:
             await exchange.end()

@@ -58,6 +58,7 @@ from runwire.transport import (
 )
 
 from ..run import Reader, ReadTimeout
+from ..store import client_message
 from ._requests import Caller, Door
 
 log = logging.getLogger("runwire.engine")
@@ -217,10 +218,10 @@ class Session:
                     await self._emit(Error(re=rid, code=exc.code, message=exc.message))
                 except (ConnectionBroken, ConnectionClosed):
                     raise
-                except Exception:
+                except Exception as exc:
                     log.exception("request %r failed", type(frame).__name__)
-                    await self._emit(Error(re=rid, code="internal",
-                                           message="internal error; see the engine log"))
+                    await self._emit(Error(re=rid, code="internal", message=client_message(
+                        exc) or "internal error; see the engine log"))
             if scope.cancelled_caught:
                 await self._emit(End(re=rid, reason="canceled"))
         except (ConnectionBroken, ConnectionClosed):

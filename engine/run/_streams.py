@@ -112,6 +112,20 @@ class OutputStream:
     def remove_pusher(self, push: Callable[[], None]) -> None:
         self._pushers = tuple(p for p in self._pushers if p is not push)
 
+    def follow(self, length: int, nbytes: int, ended: bool) -> None:
+        """A stream another engine writes: the store holds it up to ``length`` (this
+        engine keeps no tail of it, so readers read those chunks from the store)."""
+        changed = False
+        if length > self.length:
+            self.length, self.nbytes = length, nbytes
+            self._tail.clear()
+            self._tail_start = length
+            changed = True
+        if ended and not self.ended:
+            self.ended = changed = True
+        if changed:
+            self._wake()
+
     def end(self) -> None:
         """No chunk will ever follow; readers finish once they have read to ``length``."""
         self.ended = True

@@ -137,12 +137,20 @@ class Recovery:
         raw = self.pending.pop(run_id)
         self.lanes[self._lane(raw)].pop(run_id, None)
         done = self.running[run_id] = trio.Event()
+        broker = self.service.broker
+        claimed = False
         try:
             with trio.CancelScope(shield=True):  # begun, a run is restored whole
-                await _recover_one(self.service, raw)
-            self.restored += 1
+                # engines sharing a Redis store each claim a run before recovering it: one
+                # held by another engine is that engine's
+                claimed = await broker.claim(run_id)
+                if claimed:
+                    await _recover_one(self.service, raw)
+                    self.restored += 1
         except Exception:  # one unreadable run must not keep the others from recovering
             log.exception("could not recover run %s; it is left as stored", run_id)
+            if claimed and broker.owner(run_id) is None:
+                await broker.release(run_id)  # not held by an engine that failed it
         finally:
             del self.running[run_id]
             done.set()
@@ -162,6 +170,27 @@ class Recovery:
                         await self._restore(next(iter(runs)))
         if (done := self.running.get(run_id)) is not None:
             await done.wait()
+
+
+async def take_over(service: RunService, run_id: str) -> bool:
+    """Recover one run whose engine died (its lease expired), if this engine claims it
+    first; whether it did. The same rules as a restart: a new attempt, or a durable wait
+    resumed where it waited."""
+    if not await service.broker.claim(run_id):
+        return False
+    try:
+        raw = await service.store.get_run(run_id)
+        if raw is None or RunRecord.from_wire(raw).status.is_final:
+            await service.broker.release(run_id)  # finished just before the claim
+            return False
+        log.warning("taking over run %s: the engine that executed it stopped renewing its "
+                    "lease", run_id)
+        await _recover_one(service, raw)
+        return True
+    except Exception:
+        log.exception("could not take over run %s; another engine may try", run_id)
+        await service.broker.release(run_id)
+        return False
 
 
 async def _recover_one(service: RunService, raw: dict[str, Any]) -> None:

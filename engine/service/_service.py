@@ -22,6 +22,7 @@ import attrs
 import orjson
 import trio
 
+import runwire
 from runwire import (
     BadFrameError, InternalError,
     InvalidPayloadError, NotFoundError, PayloadTooLargeError, RunFinishedError, RunStatus, Task,
@@ -31,19 +32,24 @@ from runwire.runtime import TIMED_OUT, ProducerSink
 from runwire.transport import json_bytes
 
 from .._limits import Limits
-from ..broker import Broker
+from ..broker import Broker, NotLiveError, RemoteError
 from ..run import (
     ExternalAppend, MissingRunProducer, OutputStream, Reader, RunActor, RunEnv, RunRecord,
     SendInput, new_run_id, resume_key,
 )
-from ..store import Batch, RecordAppend, Store, StoredToken, StoreUnavailableError, Waitpoint
+from ..store import (
+    Batch, DuplicateRunError, RecordAppend, Store, StoredToken, StoreUnavailableError, Waitpoint,
+)
 from ._auth import Auth
-from ._recovery import Recovery
+from ._recovery import Recovery, take_over
 
 log = logging.getLogger("runwire.engine")
 
 #: Seconds a graceful stop waits for the live runs to be handed back (each is one commit).
 HAND_BACK_TIMEOUT = 10.0
+#: Seconds between looks at a run another engine executes, besides the broker's wake-ups
+#: (a safety net for a lost pub/sub message; see ``broker/_redis.py``).
+REMOTE_REFRESH = 2.0
 
 
 class RunService:
@@ -84,6 +90,8 @@ class RunService:
         #: waitpoint token id -> set when it is completed (runs waiting in for_token)
         self._token_waiters: dict[str, trio.Event] = {}
         self._nursery: trio.Nursery | None = None
+        #: run id -> the scope that ends its actor without a word (another engine owns it)
+        self._abandon: dict[str, trio.CancelScope] = {}
         #: a graceful stop has begun: new runs are stored but not started (the next engine
         #: starts them)
         self.stopping = False
@@ -108,12 +116,84 @@ class RunService:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             try:
+                await nursery.start(self.broker.run, self.handle_routed)
                 await self.recovery.load()
+                if self.broker.shared:
+                    nursery.start_soon(self._takeover_loop)
                 task_status.started()  # serving now; the runs are restored meanwhile
                 nursery.start_soon(self.recovery.run)
                 await trio.sleep_forever()
             finally:
                 self._nursery = None
+
+    async def _takeover_loop(self) -> None:
+        """Take over the runs of engines that died (their leases expired)."""
+        while True:
+            await trio.sleep(self.broker.lease_ttl / 2)
+            if self.stopping:
+                return
+            try:
+                for run_id in await self.broker.orphans():
+                    await take_over(self, run_id)
+            except Exception:  # Redis away: the next round tries again
+                log.exception("could not look for runs to take over")
+
+    async def handle_routed(self, request: dict[str, Any]) -> Any:
+        """A request another engine routed here, for a run this engine executes."""
+        op, run_id = request.get("op"), request["run_id"]
+        if op == "token":
+            self._token_completed(str(request["token_id"]))
+            return None
+        if op == "abandon":  # from this engine's broker: another engine holds the run now
+            scope = self._abandon.get(run_id)
+            if scope is not None:
+                scope.cancel()  # as if this engine stopped: nothing more is written
+            return None
+        await self._restored(run_id)
+        actor = self.broker.owner(run_id)
+        if actor is None:
+            raise await self.missing_run_error(run_id)
+        if op == "send":
+            return await actor.submit(SendInput(request["key"], request["data"],
+                                                request["ikey"]))
+        if op == "append":
+            return await actor.submit(ExternalAppend(request["key"], request["producer"],
+                                                     request["seq"], request["items"]))
+        if op == "cancel":
+            actor.cancel()
+            await actor.finished.wait()
+            return None
+        raise BadFrameError(f"unknown routed request {op!r}")
+
+    async def _routed(self, run_id: str, request: dict[str, Any]) -> Any:
+        """Send a request for a run this engine does not execute to the engine that does.
+        A run whose engine died is waited for until another engine takes it over.
+
+        Raises:
+            NotFoundError, RunFinishedError; what the owner raised, as the same error.
+        """
+        if not self.broker.shared:
+            raise await self.missing_run_error(run_id)
+        # only the wait for an owner is bounded, not the owner's answer
+        deadline = trio.current_time() + self.broker.lease_ttl * 3
+        while True:
+            try:
+                return await self.broker.route(run_id, request)
+            except NotLiveError:
+                record = await self.get_record(run_id)  # NotFoundError
+                if record.status.is_final or self.stopping:
+                    raise RunFinishedError(f"run {run_id} has finished "
+                                           f"({record.status.value})") from None
+                if trio.current_time() > deadline:
+                    raise RunFinishedError(
+                        f"run {run_id} is not executing on any engine (its engine stopped "
+                        f"and no engine has taken it over)") from None
+            except RemoteError as exc:
+                kind = getattr(runwire, exc.kind, None)
+                if isinstance(kind, type) and issubclass(kind, runwire.RunwireError):
+                    raise kind(str(exc)) from None
+                raise
+            await trio.sleep(0.2)  # between the old engine's lease and the new one's
 
     async def start_actor(self, record: RunRecord, task: Task[Any, Any],
                           restore: Callable[[RunActor], None] | None = None) -> RunActor:
@@ -130,8 +210,21 @@ class RunService:
         if restore is not None:
             restore(actor)
         self.broker.attach(actor)
-        await self._nursery.start(actor.run)
+        if self.broker.shared:  # it may have to be abandoned (its lease lost)
+            await self._nursery.start(self._run_abandonable, actor)
+        else:
+            await self._nursery.start(actor.run)
         return actor
+
+    async def _run_abandonable(self, actor: RunActor, *,
+                               task_status: trio.TaskStatus[Any]) -> None:
+        with trio.CancelScope() as scope:
+            self._abandon[actor.id] = scope
+            try:
+                await actor.run(task_status=task_status)
+            finally:
+                if self._abandon.get(actor.id) is scope:
+                    del self._abandon[actor.id]
 
     async def stop(self, grace_period: float) -> int:
         """A graceful stop: no new run starts; executing runs get ``grace_period`` seconds
@@ -210,12 +303,20 @@ class RunService:
             # a run is stored and started, or neither: cancelled in between (a client gone),
             # it would stay QUEUED forever, and a retry with its key would get that dead run
             with trio.CancelScope(shield=True):
+                # the lease first: no other engine may take the stored run over
+                mine = not self.stopping and await self.broker.claim(record.id)
                 try:
                     await self.store.commit(Batch(runs=[record.to_store()]))
+                except DuplicateRunError as exc:  # another engine's trigger with the key won
+                    if mine:
+                        await self.broker.release(record.id)
+                    return await self.get_record(exc.run_id)
                 except StoreUnavailableError as exc:
+                    if mine:
+                        await self.broker.release(record.id)
                     raise InternalError(f"the store could not write ({exc}); the run was "
                                         "not created") from exc
-                if not self.stopping:  # else stored QUEUED: the next engine starts it
+                if mine:  # else stored QUEUED: another (or the next) engine starts it
                     await self.start_actor(record, task)
             log.info("run %s triggered (task %s%s)", record.id, task_id,
                      f", parent {record.parent_id}" if record.parent_id else "")
@@ -281,12 +382,10 @@ class RunService:
         return InternalError(f"run {record.id} is {record.status.value} but not live on this "
                              f"engine ({why}); try again then")
 
-    async def _live_actor(self, run_id: str) -> RunActor:
+    async def _actor_here(self, run_id: str) -> RunActor | None:
+        """The run's actor if this engine executes it (once restored), else ``None``."""
         await self._restored(run_id)
-        actor = self.broker.owner(run_id) if isinstance(run_id, str) else None
-        if actor is None:
-            raise await self.missing_run_error(run_id)
-        return actor
+        return self.broker.owner(run_id) if isinstance(run_id, str) else None
 
     async def send_input(self, run_id: str, key: str, data: Any, ikey: str | None) -> int:
         """Store one input record and deliver it; returns its index.
@@ -295,18 +394,25 @@ class RunService:
         record stored for the next engine, which delivers it when the run resumes.
         """
         try:
-            await self._restored(run_id)
-            if isinstance(run_id, str) and self.broker.owner(run_id) is None:
+            actor = await self._actor_here(run_id)
+            if actor is None and not self.broker.shared:
                 stored = await self._send_to_stored(run_id, key, data, ikey)
                 if stored is not None:
                     return stored
-            actor = await self._live_actor(run_id)
+            if actor is None:  # on another engine, or the error that says why not
+                routed: int = await self._routed(run_id, {"op": "send", "key": key,
+                                                          "data": data, "ikey": ikey})
+                return routed
             try:
                 index: int = await actor.submit(SendInput(key, data, ikey))
             except RunFinishedError:
                 if not actor.handing_back:
                     raise
                 await actor.ended.wait()  # handed back: stored for the next engine
+                if self.broker.shared:  # another engine resumes it now
+                    routed = await self._routed(run_id, {"op": "send", "key": key,
+                                                         "data": data, "ikey": ikey})
+                    return routed
                 stored = await self._send_to_stored(run_id, key, data, ikey)
                 if stored is None:
                     raise
@@ -381,7 +487,12 @@ class RunService:
     async def append(self, run_id: str, key: str, producer: str, seq: int,
                      items: list[Any]) -> int:
         """Append a client producer's batch; returns the producer's next sequence number."""
-        actor = await self._live_actor(run_id)
+        actor = await self._actor_here(run_id)
+        if actor is None:
+            routed: int = await self._routed(run_id, {"op": "append", "key": key,
+                                                      "producer": producer, "seq": seq,
+                                                      "items": items})
+            return routed
         nxt: int = await actor.submit(ExternalAppend(key, producer, seq, items))
         return nxt
 
@@ -389,12 +500,17 @@ class RunService:
         """A producer inside the engine for stream ``key`` of ``run_id`` (``target=``)."""
         actor = self.broker.owner(run_id)
         if actor is None:
+            if self.broker.shared:  # it may execute on another engine
+                return RoutedProducer(self, run_id, key)
             return MissingRunProducer(lambda: self.missing_run_error(run_id))
         return actor.producer(key)
 
     async def cancel_run(self, run_id: str) -> None:
         """Cancel a live run; a finished run answers ``run_finished``."""
-        actor = await self._live_actor(run_id)
+        actor = await self._actor_here(run_id)
+        if actor is None:
+            await self._routed(run_id, {"op": "cancel"})
+            return
         actor.cancel()
         await actor.finished.wait()
 
@@ -405,7 +521,18 @@ class RunService:
         if actor is not None:
             await actor.finished.wait()
             return actor.record
-        return await self.get_record(run_id)
+        record = await self.get_record(run_id)
+        if record.status.is_final or not self.broker.shared:
+            return record
+        async with self.broker.watch(run_id) as watch:  # executing on another engine
+            while True:
+                seen = watch.version
+                record = await self.get_record(run_id)
+                if record.status.is_final:
+                    return record
+                if self.broker.owner(run_id) is not None:  # taken over by this engine
+                    return await self.wait_finished(run_id)
+                await watch.wait_change(seen, REMOTE_REFRESH)
 
     async def subscribe(self, run_id: str) -> AsyncIterator[dict[str, Any]]:
         """Snapshots of the run's record on every change, ending with the final one."""
@@ -413,12 +540,16 @@ class RunService:
         actor = self.broker.owner(run_id) if isinstance(run_id, str) else None
         if actor is None:
             record = await self.get_record(run_id)
-            if not record.status.is_final:  # stored live, owned by nobody here: say so
+            if record.status.is_final:
+                yield record.to_wire()
+                return
+            if not self.broker.shared:  # stored live, owned by nobody here: say so
                 raise InternalError(
                     f"run {run_id} is {record.status.value} but not live on this engine "
                     f"({'it is stopping; ' if self.stopping else ''}the next engine to "
                     "start resumes it); subscribe again then")
-            yield record.to_wire()
+            async for snapshot in self._subscribe_remote(run_id):
+                yield snapshot
             return
         seen = -1
         while True:
@@ -428,6 +559,28 @@ class RunService:
             yield actor.record.to_wire()
             if final:
                 return
+
+    async def _subscribe_remote(self, run_id: str) -> AsyncIterator[dict[str, Any]]:
+        """Snapshots of a run another engine executes, as its record is stored."""
+        last: dict[str, Any] | None = None
+        async with self.broker.watch(run_id) as watch:
+            seen = watch.version
+            stored = [await self.store.get_run(run_id)]
+            while True:
+                for raw in stored:  # as each commit stored it, in order
+                    if raw is None:
+                        raise NotFoundError(f"no run with id {run_id!r}")
+                    wire = RunRecord.from_wire(raw).to_wire()
+                    if wire != last:
+                        last = wire
+                        yield wire
+                    if RunStatus(wire["status"]).is_final:
+                        return
+                await watch.wait_change(seen, REMOTE_REFRESH)
+                stored = list(watch.records_after(seen))
+                if watch.version == seen:  # no word for a while: look for ourselves
+                    stored = [await self.store.get_run(run_id)]
+                seen = watch.version
 
     async def open_reader(self, run_id: str, key: str, start: int) -> Reader:
         """A reader of stream ``key`` of ``run_id`` from index ``start``.
@@ -445,6 +598,8 @@ class RunService:
                               nbytes=state.nbytes if state else 0,
                               ended=record.status.is_final or bool(state and state.ended),
                               tail_limit=0)
+        if not stream.ended and self.broker.shared:  # executing on another engine
+            stream = await self.broker.follow(run_id, key, stream)
         return Reader(self.store, self.limits, run_id, key, start, stream)
 
 
@@ -562,10 +717,19 @@ class RunService:
                                         f"longer be completed")
         if completed:
             log.info("waitpoint %s completed", token_id)
-            event = self._token_waiters.pop(token_id, None)
-            if event is not None:
-                event.set()
+            self._token_completed(token_id)
+            if (self.broker.shared and token.run_id is not None
+                    and self.broker.owner(token.run_id) is None):
+                try:  # the run waiting for it executes on another engine
+                    await self.broker.route(token.run_id, {"op": "token", "token_id": token_id})
+                except Exception as exc:  # it looks again by itself (REMOTE_REFRESH)
+                    log.info("could not tell run %s's engine: %r", token.run_id, exc)
         return token, completed
+
+    def _token_completed(self, token_id: str) -> None:
+        event = self._token_waiters.pop(token_id, None)
+        if event is not None:
+            event.set()
 
     async def wait_waitpoint(self, token_id: str) -> Any:
         """The data ``token_id`` is completed with, once it is; ``TIMED_OUT`` if it times
@@ -589,6 +753,8 @@ class RunService:
                 self._forget_waiter(token_id, event)
                 return TIMED_OUT
             wait = math.inf if token.expires_at is None else token.expires_at - now
+            if self.broker.shared:  # completed on another engine, and its word was lost
+                wait = min(wait, REMOTE_REFRESH)
             with trio.move_on_after(wait):
                 await event.wait()
 
@@ -626,3 +792,49 @@ class TriggerOptions:
         if not isinstance(meta, dict):
             raise InvalidPayloadError("options.metadata must be an object")
         return cls(tuple(tags), key, meta)
+
+
+class RoutedProducer:
+    """A producer inside this engine for a stream of a run that executes on another engine
+    (``target=``): its chunks go there as numbered batches (:meth:`RunService.append`, routed),
+    so a batch sent again after a failure is deduplicated like a client producer's."""
+
+    #: chunks buffered before a put sends them
+    BATCH = 256
+
+    def __init__(self, service: RunService, run_id: str, key: str) -> None:
+        self._service = service
+        self._run_id = run_id
+        self._key = key
+        self._producer = "routed-" + uuid.uuid4().hex[:16]
+        self._seq = 0
+        self._buffer: list[Any] = []
+        self._lock = trio.Lock()
+
+    def put_nowait(self, item: Any) -> None:
+        self._buffer.append(item)
+
+    async def put(self, item: Any) -> None:
+        self._buffer.append(item)
+        await self._send_if_full()
+
+    async def put_many(self, items: list[Any]) -> None:
+        self._buffer.extend(items)
+        await self._send_if_full()
+
+    async def _send_if_full(self) -> None:
+        if len(self._buffer) >= self.BATCH:
+            await self.flush()
+        else:
+            await trio.lowlevel.checkpoint()
+
+    async def flush(self) -> None:
+        async with self._lock:
+            while self._buffer:
+                batch = self._buffer[:self._service.limits.frame_items]
+                self._seq = await self._service.append(self._run_id, self._key,
+                                                       self._producer, self._seq, batch)
+                del self._buffer[:len(batch)]
+
+    def close(self) -> None:
+        pass  # what is buffered goes with the next flush; the run ends the stream

@@ -212,6 +212,15 @@ class Store(abc.ABC):
     #: The URL scheme this store serves (``memory``, ``sqlite``, ``redis``).
     scheme: str = ""
 
+    async def open(self) -> None:
+        """Connect and check what the store needs, before the engine serves anyone (the
+        engine calls it at startup; a store also opens itself on first use).
+
+        Raises:
+            StoreError: the store cannot work (unreachable, misconfigured).
+        """
+        await trio.lowlevel.checkpoint()
+
     @abc.abstractmethod
     async def commit(self, batch: Batch) -> None:
         """Write a batch atomically; returns once it is durable (as durable as the store is).

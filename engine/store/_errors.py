@@ -18,6 +18,11 @@ class StoreUnavailableError(StoreError, OSError):
     another engine holds, a schema written by a newer runwire."""
 
 
+class StoreFullError(StoreUnavailableError):
+    """The store refused a write for lack of space (a Redis at ``maxmemory``): nothing of
+    the write was stored, and what was stored before is intact."""
+
+
 class StoreClosedError(StoreError, trio.ClosedResourceError):
     """The store was closed (``aclose``) and takes no more calls."""
 
@@ -27,5 +32,24 @@ class IndexGapError(StoreError):
     stored twice. Only a bug in the writer causes it; the batch is refused whole."""
 
 
+class DuplicateRunError(StoreError):
+    """A new run's (task, idempotency key) is already another run's: a store shared by
+    many engines refuses the batch whole; ``run_id`` is the run that has the key."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"the idempotency key belongs to run {run_id}")
+        self.run_id = run_id
+
+
 class NotCompactError(StoreError, ValueError):
     """A chunk that is not compact JSON (it holds a raw newline byte); the batch is refused."""
+
+
+def client_message(exc: BaseException) -> str | None:
+    """What a client is told of a store failure (no addresses), or ``None`` if ``exc`` is
+    not one."""
+    if isinstance(exc, StoreFullError):
+        return "the engine's store is full (out of memory); this request was not stored"
+    if isinstance(exc, StoreUnavailableError):
+        return "the engine's store cannot be reached now; try again"
+    return None

@@ -9,7 +9,7 @@ from ._sqlite import SqliteStore
 
 
 def open_store(url: str) -> Store:
-    """Make the store for a URL: ``memory://``, ``sqlite:///path``.
+    """Make the store for a URL: ``memory://``, ``sqlite:///path``, ``redis://host:port/db``.
 
     Raises:
         StoreConfigError: the URL's scheme is not supported, or the URL is malformed.
@@ -21,4 +21,8 @@ def open_store(url: str) -> Store:
         return MemoryStore()
     if scheme == "sqlite":
         return SqliteStore.from_url(url)
-    raise StoreConfigError(f"unsupported store URL {url!r}: use memory:// or sqlite:///path")
+    if scheme == "redis":
+        from ._redis import RedisStore  # coredis is imported only by engines that use it
+        return RedisStore.from_url(url)
+    raise StoreConfigError(f"unsupported store URL {url!r}: use memory://, sqlite:///path "
+                           f"or redis://host:port/db")
