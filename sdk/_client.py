@@ -27,10 +27,14 @@ If the engine stays unreachable longer than ``reconnect_timeout``, waiting calls
 trying in the background and works again once the engine is back. A refused credential
 (``unauthorized``) on reconnect is final: calls fail with :class:`UnauthorizedError`.
 
-Dead links are noticed (issue 19): a link that received nothing for ``ping_interval`` is
-pinged, and one whose pong does not come within ``ping_timeout`` is dropped and made again
-as if it had broken (a proxy that stops forwarding, a stopped engine, a cable pulled keep
-the socket open but answer nothing). Reads keep their own timer: a read with a
+Dead links are noticed (issue 19): while a request is open, a link that received nothing for
+``ping_interval`` is pinged, and one whose pong does not come within ``ping_timeout`` is
+dropped and made again as if it had broken (a proxy that stops forwarding, a stopped engine,
+a cable pulled keep the socket open but answer nothing). Pongs answered on a link that
+carries nothing else space the next pings out (twice as far each time, up to
+``PING_SPACING_MAX``), and a client with nothing open does not ping at all: the engine
+closes a connection idle for its ``idle_timeout`` (close code 1001), and the client then
+reconnects only when a call needs the link. Reads keep their own timer: a read with a
 ``timeout_in_seconds`` raises :class:`StreamTimeoutError` when no chunk came for that long,
 whatever the link does meanwhile (the engine's timer ends it too, but cannot when the link is
 silent). Single-answer calls (``retrieve``, ``send``, ``trigger`` ...) may have a deadline
@@ -136,6 +140,10 @@ CLOSE_TIMEOUT = 1.0
 #: Seconds without a frame before the client pings, and for the pong (``connect`` options).
 PING_INTERVAL = 3.0
 PING_TIMEOUT = 3.0
+#: Longest pause between pings on a link that carries nothing but pongs, in seconds.
+PING_SPACING_MAX = 60.0
+#: The close code of an engine closing an idle connection (``Limits.idle_timeout``).
+CLOSE_IDLE = 1001
 
 
 class _Signal:
@@ -336,6 +344,7 @@ class _Link:
         self.nursery = nursery
         self.gone = anyio.Event()
         self.answered = False
+        self.closed_idle = False  # the engine closed it for idling (no reconnect until needed)
         self.opened_at = anyio.current_time()
         self._closing = False
         self._closed = anyio.Event()
@@ -451,6 +460,7 @@ class Client:
         self._closing = False
         self._inboxes: dict[int, _Inbox] = {}
         self._next_id = 0
+        self._wanted: _Event | None = None  # set by the next request (keepalive, reconnect)
         self.welcome: Welcome | None = None
 
     def statistics(self) -> ClientStatistics:
@@ -477,6 +487,10 @@ class Client:
             await self._serve(link)
             if self._closing:
                 return
+            if link.closed_idle and not self._inboxes:
+                await self._until_wanted()  # closed for idling: reconnect when a call needs it
+                if self._closing:
+                    return
             link = await self._reconnect(link.healthy)
 
     async def _open_link(self, timeout: float) -> _Link:
@@ -531,7 +545,8 @@ class Client:
                         # received: else a fast engine fills its inbox and pauses the read
                         await anyio.lowlevel.checkpoint()
         except TransportError as exc:
-            if not self._closing:
+            link.closed_idle = getattr(exc, "code", None) == CLOSE_IDLE
+            if not self._closing and not link.closed_idle:
                 log.info("connection lost (%s); reconnecting", exc)
         finally:
             receiver.close()
@@ -539,15 +554,25 @@ class Client:
             await link.close()
 
     async def _keepalive(self, link: _Link, interval: float) -> None:
-        """Ping when the link has been quiet for ``interval``; drop it if the pong is late
-        (the serve task then sees it broken and reconnects)."""
+        """While a request is open, ping when the link has been quiet for ``interval`` (more
+        after pongs with nothing between them); drop the link if the pong is late (the serve
+        task then sees it broken and reconnects)."""
         conn = link.conn
         alive = anyio.current_time()  # the last pong (frames count through received_at)
+        spacing = interval
+        longest = max(interval, PING_SPACING_MAX)
         try:
             while True:
-                quiet = anyio.current_time() - max(conn.received_at, alive)
-                if quiet < interval:
-                    await anyio.sleep(interval - quiet)
+                if not self._inboxes:  # nothing waits on the link: nothing to notice
+                    await self._until_wanted()
+                    spacing = interval
+                    continue
+                if conn.received_at > alive:  # frames came since the last pong
+                    spacing = interval
+                due = max(conn.received_at, alive) + spacing
+                now = anyio.current_time()
+                if now < due:
+                    await anyio.sleep(due - now)
                     continue
                 with anyio.move_on_after(self.ping_timeout) as wait:
                     await conn.ping()
@@ -557,8 +582,21 @@ class Client:
                     await conn.abort()
                     return
                 alive = anyio.current_time()
+                spacing = min(spacing * 2, longest)
         except TransportError:
             return  # broken or closed: the serve task sees it too
+
+    async def _until_wanted(self) -> None:
+        """Wait until a request is registered, or a call waits for a link."""
+        if self._wanted is None:
+            self._wanted = self._new_event()
+        await self._wanted.wait()
+
+    def _want(self) -> None:
+        wanted = self._wanted
+        if wanted is not None:
+            self._wanted = None
+            wanted.set()
 
     def _attach(self, link: _Link) -> None:
         self._link = link
@@ -625,6 +663,7 @@ class Client:
                 return self._link
             if self._closing:
                 raise ConnectionError("the client is closed")
+            self._want()  # (a link closed for idling is made again now)
             if self._fatal is not None:
                 kind, message = self._fatal
                 raise kind(message)
@@ -644,6 +683,8 @@ class Client:
     def _register(self, inbox: _Inbox) -> int:
         self._next_id += 1
         self._inboxes[self._next_id] = inbox
+        if self._wanted is not None:
+            self._want()
         if self._leads:
             inbox.lead = self._lead
         return self._next_id
@@ -748,6 +789,7 @@ class Client:
         """Close the connection gracefully; calls fail afterwards. Safe to call twice."""
         self._closing = True
         self._up.set()
+        self._want()
         if self._link is not None:
             await self._link.close()
 

@@ -12,7 +12,8 @@ temporary folder, stores one 20 MB stream (20,000 chunks of 1,000 characters), t
 
 It prints the engine's RSS (``VmRSS`` of ``/proc/PID/status``) before, and the highest seen
 over ``--settle`` seconds after (``--rounds N``: N times over, with new clients each time, to
-see whether what the last round's clients held was given back). ``docs/security.md`` records the figures. Run it with a
+see whether what the last round's clients held was given back; ``--keep``: the earlier
+rounds' clients stay connected meanwhile, as an attacker's would). ``docs/security.md`` records the figures. Run it with a
 ``PYTHONPATH`` holding another build of ``runwire`` to measure that one (the engine process
 imports whichever ``runwire`` comes first).
 """
@@ -37,6 +38,8 @@ from runwire import streams, task
 API_KEY = "probe-api-key-0123456789"
 CHUNKS = 20_000
 CHUNK = "x" * 1000
+#: Half-sent connections the engine has dropped so far.
+DROPPED = 0
 
 
 @task(id="probe.big")
@@ -110,11 +113,15 @@ async def _half_sent(port: int, nursery: trio.Nursery) -> None:
     body = b'{"type":"send","id":1,"run":"r","stream":"s","data":"' + b"x" * (15 << 20)
 
     async def hold() -> None:
+        global DROPPED
         try:
             await stream.send_all(header + body)
-            await trio.sleep_forever()
+            while await stream.receive_some(65536):  # the engine's close frame, then EOF
+                pass
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
+        DROPPED += 1  # the engine dropped it (or the send failed: it did too)
+        await trio.sleep_forever()  # (--keep: the socket is not given back meanwhile)
 
     nursery.start_soon(hold)
 
@@ -134,23 +141,27 @@ async def main(args: argparse.Namespace) -> None:
                 await trio.sleep(1)
                 before = rss_mb(process.pid)
                 port = int(url.rsplit(":", 1)[1].split("/")[0])
-                for round_ in range(1, args.rounds + 1):
-                    async with trio.open_nursery() as clients:
-                        for _ in range(args.connections):
-                            await _unread_reads(url, handle.id, args.reads, clients)
-                        for _ in range(args.half_sent):
-                            await _half_sent(port, clients)
-                        peak = before
-                        with trio.move_on_after(args.settle):
-                            while True:
-                                peak = max(peak, rss_mb(process.pid))
-                                await trio.sleep(0.1)
-                        after = rss_mb(process.pid)
-                        clients.cancel_scope.cancel()
-                    print(f"round {round_}: engine RSS {before:.0f} MB before, {peak:.0f} MB "
-                          f"at most over {args.settle:g} s ({after:.0f} MB at the end): "
-                          f"{args.connections} connection(s) x {args.reads} unread reads, "
-                          f"{args.half_sent} half-sent message(s)", flush=True)
+                async with trio.open_nursery() as kept:  # clients that stay (--keep)
+                    for round_ in range(1, args.rounds + 1):
+                        async with trio.open_nursery() as clients:
+                            where = kept if args.keep else clients
+                            for _ in range(args.connections):
+                                await _unread_reads(url, handle.id, args.reads, where)
+                            for _ in range(args.half_sent):
+                                await _half_sent(port, where)
+                            peak = before
+                            with trio.move_on_after(args.settle):
+                                while True:
+                                    peak = max(peak, rss_mb(process.pid))
+                                    await trio.sleep(0.1)
+                            after = rss_mb(process.pid)
+                            clients.cancel_scope.cancel()
+                        print(f"round {round_}: engine RSS {before:.0f} MB before, {peak:.0f} "
+                              f"MB at most over {args.settle:g} s ({after:.0f} MB at the end): "
+                              f"{args.connections} connection(s) x {args.reads} unread reads, "
+                              f"{args.half_sent} half-sent message(s); {DROPPED} half-sent "
+                              f"connection(s) dropped by the engine so far", flush=True)
+                    kept.cancel_scope.cancel()
             finally:
                 process.kill()
                 await process.wait()
@@ -165,4 +176,6 @@ if __name__ == "__main__":
     parser.add_argument("--settle", type=float, default=10.0)
     parser.add_argument("--rounds", type=int, default=1,
                         help="do it again with new clients (each round lasts --settle s)")
+    parser.add_argument("--keep", action="store_true",
+                        help="the clients of a round stay connected through later rounds")
     trio.run(main, parser.parse_args())

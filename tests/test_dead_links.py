@@ -103,6 +103,7 @@ def test_a_silent_link_is_noticed_and_the_read_resumes(backend):
                 await runwire.streams.input(id="done").send(handle.id, "finish")
 
         run(backend, body)
+        print(f"{backend}: a new connection {noticed[0]:.2f} s after the stall")
         assert got == list(range(200))
         # 0.5 s of quiet, then 0.5 s for the pong: about 1 s; bounded loosely for a busy box
         assert 0.4 <= noticed[0] <= 4.0, noticed
@@ -132,6 +133,7 @@ def test_a_read_times_out_on_time_over_a_silent_link(backend):
                 await _proxy(proxy_thread, proxy.unstall)
 
         run(backend, body)
+        print(f"{backend}: the read raised {waited[0]:.2f} s after the stall")
         assert 2.9 <= waited[0] <= 4.5, waited
 
 
@@ -160,6 +162,7 @@ def test_calls_on_a_silent_link_end(backend):
                 await _proxy(proxy_thread, proxy.unstall)
 
         run(backend, body)
+        print(f"{backend}: {times}")
         assert 1.9 <= times["request_timeout"] <= 3.5, times
         # the link was already found dead during the first call; the reconnect_timeout
         # counts from then, so the second call fails within about 2 s of it
@@ -264,8 +267,9 @@ def test_bad_ping_and_request_timeouts_are_refused(value):
 # --- the engine pings its clients -----------------------------------------------------------
 
 
-async def _open_raw_websocket(port: int) -> tuple[trio.SocketStream, wsproto.WSConnection]:
-    """A websocket by hand that answers nothing, not even pings, after its hello."""
+async def _open_raw_websocket(port: int, run: str) -> tuple[trio.SocketStream, wsproto.WSConnection]:
+    """A websocket by hand that opens a read of ``run`` after its hello, then answers
+    nothing, not even pings."""
     stream = await trio.open_tcp_stream("127.0.0.1", port)
     ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
     await stream.send_all(ws.send(Request(host="127.0.0.1", target="/v1")))
@@ -274,22 +278,48 @@ async def _open_raw_websocket(port: int) -> tuple[trio.SocketStream, wsproto.WSC
         if any(isinstance(event, AcceptConnection) for event in ws.events()):
             break
     hello = f'{{"type":"hello","protocol":{PROTOCOL_VERSION},"token":"{API_KEY}"}}'
-    await stream.send_all(ws.send(TextMessage(data=hello)))
+    read = f'{{"type":"read","id":1,"run":"{run}","stream":"ticks","timeout_s":null}}'
+    await stream.send_all(ws.send(TextMessage(data=hello)) + ws.send(TextMessage(data=read)))
     return stream, ws
 
 
 async def test_the_engine_drops_a_client_that_does_not_pong():
+    """A client with a read open that stops answering pings is dropped after ping_interval
+    + ping_timeout: its slot and its read are given back."""
     with trio.fail_after(20):
         async with open_engine([sink], api_key=API_KEY, port=0,
                                limits=Limits(ping_interval=0.3, ping_timeout=0.3)) as eng:
-            stream, _ = await _open_raw_websocket(eng.port)
+            async with eng.connect():
+                run = (await sink.trigger(None)).id
+            stream, _ = await _open_raw_websocket(eng.port, run)
             async with stream:
                 await wait_for_connections(eng, 1)
                 began = trio.current_time()
                 await wait_for_connections(eng, 0, timeout=10)
                 assert 0.5 <= trio.current_time() - began <= 3.0
-            # a real client answers the engine's pings and stays
+                assert eng.statistics().open_requests == 0
+            # a real client answers the engine's pings and stays, read and all
             async with connect(eng.url, api_key=API_KEY, ping_interval=None) as client:
-                await trio.sleep(1.5)
-                assert eng.statistics().connections == 1
-                assert client.welcome is not None
+                async with trio.open_nursery() as nursery:
+                    async def read() -> None:
+                        async for _ in await ticks.read(run, timeout_in_seconds=None):
+                            pass
+
+                    nursery.start_soon(read)
+                    await trio.sleep(1.5)
+                    assert eng.statistics().connections == 1
+                    assert client.statistics().open_requests == 1
+                    nursery.cancel_scope.cancel()
+
+
+async def test_an_idle_client_is_not_pinged_and_reconnects_when_needed(autojump_clock):
+    """With nothing open the client does not ping; the engine closes the idle connection at
+    idle_timeout (1001), and the client connects again only for its next call."""
+    async with open_engine([sink], api_key=API_KEY, port=0,
+                           limits=Limits(idle_timeout=600)) as eng:
+        async with connect(eng.url, api_key=API_KEY) as client:
+            run = (await sink.trigger(None)).id
+            await trio.sleep(30 * 86400)  # a month of mock time: no pings, one idle close
+            assert eng.statistics().connections == 0 and client._link is None
+            assert (await client.retrieve(run)).id == run
+            assert eng.statistics().connections == 1

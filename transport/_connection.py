@@ -86,7 +86,7 @@ class Connection:
         self._closed = False
         self._torn = False
         #: trio time the last frame (or bad message) was received; the start until then
-        self.received_at = trio.current_time()
+        self.received_at = _now()
         # only the engine pushes; a client's trio-websocket keeps its own lock
         self._direct = _DirectWrite.attach(pipe) if role is Role.ENGINE else None
 
@@ -301,6 +301,38 @@ class Connection:
                     await _close_tcp(self._pipe)
 
 
+async def _pong_unless_closing(ws: trio_websocket.WebSocketConnection,
+                               event: wsproto.events.Ping) -> None:
+    """Answer a ping, unless this side has begun closing.
+
+    trio-websocket (0.12) answers every ping, even one that arrives after it sent its close
+    frame; wsproto then refuses the pong (``LocalProtocolError``) and the exception ends the
+    connection's reader task and its nursery -- on the engine, the whole server. A pong is
+    not owed once the close is under way (RFC 6455, 5.5.1), so it is simply not sent.
+    """
+    if ws._wsproto.state is not ConnectionState.OPEN:
+        return
+    await ws._send(event.response())
+
+
+def _guard_pings(ws: object) -> None:
+    """Make a client's trio-websocket connection answer pings as :class:`ServerWebSocket`
+    does (before its reader task starts: the task looks its handlers up once)."""
+    if isinstance(ws, trio_websocket.WebSocketConnection) and hasattr(ws, "_wsproto"):
+        async def handle(event: wsproto.events.Ping) -> None:
+            await _pong_unless_closing(ws, event)
+
+        ws._handle_ping_event = handle  # type: ignore[method-assign]
+
+
+def _now() -> float:
+    """trio's clock, or 0 outside a trio run (a connection made ahead, in sync code)."""
+    try:
+        return trio.current_time()
+    except RuntimeError:
+        return 0.0
+
+
 async def _close_tcp(pipe: object) -> bool:
     """Close a trio-websocket connection's TCP stream; ``False`` for other pipes.
 
@@ -397,6 +429,9 @@ class ServerWebSocket(trio_websocket.WebSocketConnection):
 
     #: trio time the first part of the message being received arrived (None: none is)
     message_started: float | None = None
+
+    async def _handle_ping_event(self, event: wsproto.events.Ping) -> None:
+        await _pong_unless_closing(self, event)
 
     async def _handle_message_event(
             self, event: wsproto.events.BytesMessage | wsproto.events.TextMessage) -> None:
@@ -565,6 +600,7 @@ class _ReaderWatch:
     def start_soon(self, fn: Callable[..., Awaitable[object]], *args: object,
                    name: object = None) -> None:
         """``Nursery.start_soon``, with the reader watched."""
+        _guard_pings(getattr(fn, "__self__", None))  # the reader is the connection's method
         async def watched() -> None:
             try:
                 await fn(*args)

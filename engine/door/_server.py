@@ -94,6 +94,9 @@ class EngineServer:
             return
         try:
             await self._serve(stream, address)
+        except Exception:  # a bug on one connection must end it, never the engine
+            log.exception("connection failed; closing it")
+            await _close(stream)
         finally:
             if address is not None:
                 door.free_slot(slot)

@@ -39,10 +39,12 @@ the socket took only in part is finished by a short ``_flush`` task before any o
 goes out on that connection.
 
 Dead links and hostile peers (issue 19; ``docs/security.md``, "Connections"), for websocket
-sessions (in-process ones are the embedding program's own): the engine pings every
-``ping_interval`` and drops a connection whose pong does not come within ``ping_timeout``
-(a dead link, a stopped client, a peer that never reads); a session with no request open
-that received nothing for ``idle_timeout`` is closed (1001); a message left half-sent for
+sessions (in-process ones are the embedding program's own): while a request is open, the
+engine pings every ``ping_interval`` and drops a connection whose pong does not come within
+``ping_timeout`` (a dead link, a stopped client, a peer that never reads); pongs with
+nothing else received between them space the pings out, up to 4 x ``ping_interval``. A
+session with no request open that received nothing for ``idle_timeout`` is closed (1001),
+dead or alive, so it needs no pings; a message left half-sent for
 ``message_timeout`` closes the connection (1008). Before ``hello`` a message may be at most
 ``max_hello_bytes`` (the server sets that; the session raises it to ``max_message_bytes``
 before it sends ``welcome``). One public access token may hold at most
@@ -107,6 +109,7 @@ class Session:
         self._credential: str | None = None  # a public token's fingerprint, once counted
         self._batches = trio.Semaphore(max(door.limits.read_batches_per_connection, 1))
         self._last_end = trio.current_time()  # when a request last ended (idle timer)
+        self._busy: trio.Event | None = None  # set when a request opens (keepalive waits)
         self._caller: Caller | None = None  # once the handshake is done
         self._requests: dict[int, trio.CancelScope] = {}
         self._sending: set[trio.CancelScope] = set()
@@ -220,20 +223,33 @@ class Session:
     # --- dead links and hostile peers (module docstring) ------------------------------------
 
     async def _keepalive(self) -> None:
-        """Ping every ``ping_interval``; drop the connection if a pong is late."""
-        limits = self.door.limits
-        if limits.ping_interval is None:
+        """While a request is open, ping every ``ping_interval`` (up to 4 x that while only
+        pongs come back); drop the connection if a pong is late."""
+        limits, conn = self.door.limits, self.conn
+        interval = limits.ping_interval
+        if interval is None:
             return
+        spacing = interval
         try:
             while True:
-                await trio.sleep(limits.ping_interval)
+                if not self._requests:
+                    self._busy = trio.Event()
+                    await self._busy.wait()
+                    spacing = interval
+                pinged = trio.current_time()
+                await trio.sleep(spacing)
+                if not self._requests:
+                    continue
+                if conn.received_at > pinged:  # the client spoke meanwhile
+                    spacing = interval
                 with trio.move_on_after(limits.ping_timeout) as wait:
-                    await self.conn.ping()
+                    await conn.ping()
                 if wait.cancelled_caught:
                     log.info("a client answered no ping within %g s; dropping its connection",
                              limits.ping_timeout)
-                    await self.conn.abort()
+                    await conn.abort()
                     return
+                spacing = min(spacing * 2, 4 * interval)
         except (ConnectionBroken, ConnectionClosed):
             return  # the read loop sees it too and ends the session
 
@@ -332,6 +348,8 @@ class Session:
             return
         scope = self._requests[rid] = trio.CancelScope()
         self.door.open_requests += 1
+        if self._busy is not None:
+            self._busy.set()
         nursery.start_soon(self._run_request, rid, scope, self._handlers[type(frame)], frame)
 
     async def _run_request(self, rid: int, scope: trio.CancelScope, handler: Handler,
