@@ -17,6 +17,7 @@ mock clock against an engine that greets and then never answers.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -29,7 +30,7 @@ import pytest
 import trio
 import trio.testing
 import wsproto
-from wsproto.events import AcceptConnection, Request, TextMessage
+from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
 
 import runwire
 from runwire import StreamTimeoutError, connect
@@ -323,3 +324,34 @@ async def test_an_idle_client_is_not_pinged_and_reconnects_when_needed(autojump_
             assert eng.statistics().connections == 0 and client._link is None
             assert (await client.retrieve(run)).id == run
             assert eng.statistics().connections == 1
+
+
+async def test_a_ping_after_the_engine_closed_does_not_take_it_down(caplog):
+    """The engine closes an idle connection (1001) and the client pings before it answers
+    the close: trio-websocket used to answer that ping, wsproto refused the pong in the
+    closing state, and the exception ended the server's nursery -- the whole engine. Now the
+    ping goes unanswered, nothing fails, and the engine serves on."""
+    with trio.fail_after(20):
+        async with open_engine([sink], api_key=API_KEY, port=0,
+                               limits=Limits(idle_timeout=0.2)) as eng:
+            for _ in range(3):
+                stream = await trio.open_tcp_stream("127.0.0.1", eng.port)
+                ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+                await stream.send_all(ws.send(Request(host="127.0.0.1", target="/v1")))
+                while not any(isinstance(e, AcceptConnection) for e in ws.events()):
+                    ws.receive_data(await stream.receive_some(4096))
+                hello = f'{{"type":"hello","protocol":{PROTOCOL_VERSION},"token":"{API_KEY}"}}'
+                await stream.send_all(ws.send(TextMessage(data=hello)))
+                closed = False
+                while not closed:  # welcome, then (idle) the engine's close frame
+                    ws.receive_data(await stream.receive_some(4096))
+                    closed = any(isinstance(e, CloseConnection) for e in ws.events())
+                ping = bytes([0x89, 0x80 | 4]) + b"\0\0\0\0" + b"ping"  # masked, mask 0
+                with contextlib.suppress(trio.BrokenResourceError):
+                    await stream.send_all(ping)
+                await trio.sleep(0.2)
+                await stream.aclose()
+            async with connect(eng.url, api_key=API_KEY) as client:
+                assert (await client.retrieve((await sink.trigger(None)).id)).id
+    # nothing failed on the way (a failure on one connection is logged and ends only it)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text

@@ -94,7 +94,11 @@ class EngineServer:
             return
         try:
             await self._serve(stream, address)
-        except Exception:  # a bug on one connection must end it, never the engine
+        except BaseException as exc:  # a bug on one connection must end it, never the engine
+            if _only_cancelled(exc):
+                raise
+            # (an error from a nursery comes in a group, often with a Cancelled; cancelling
+            # is level-triggered in trio, so one swallowed here is raised again where due)
             log.exception("connection failed; closing it")
             await _close(stream)
         finally:
@@ -180,6 +184,13 @@ class EngineServer:
             return  # the client left (or reset) during the handshake: nobody to serve
         await Session(self.door, Connection(ws, Role.ENGINE), address=address,
                       hello_by=hello_by).serve()
+
+
+def _only_cancelled(exc: BaseException) -> bool:
+    """Whether ``exc`` is a cancellation (or a group of nothing else)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_only_cancelled(inner) for inner in exc.exceptions)
+    return isinstance(exc, trio.Cancelled)
 
 
 def _peer_address(stream: trio.SocketStream) -> str | None:
