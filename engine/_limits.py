@@ -52,7 +52,7 @@ class Limits:
     sse_interval: float = 60.0  # an SSE response is closed after this long; clients resume
     max_durable_streams: int = 100_000  # free-standing durable streams on one engine
     # --- dead links and hostile connections (docs/security.md, "Connections") ---
-    ping_interval: float | None = 20.0  # the engine pings every websocket this often
+    ping_interval: float | None = 20.0  # the engine pings a websocket with a request open
     ping_timeout: float = 20.0  # no pong this long after a ping: the connection is dropped
     idle_timeout: float | None = 600.0  # no request open and nothing received: closed (1001)
     message_timeout: float = 30.0  # a message must arrive whole this soon after its first byte

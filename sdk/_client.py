@@ -407,8 +407,8 @@ class Client:
         connect_timeout: seconds one connection attempt (up to ``welcome``) may take.
         producer_buffer: chunks a producer (``pipe``, ``append``, ``writer`` with
             ``target=``) buffers before it waits for the engine's acknowledgements.
-        ping_interval: seconds without a frame from the engine before the client pings it
-            (``None``: never).
+        ping_interval: seconds without a frame from the engine, while a request is open,
+            before the client pings it (``None``: never).
         ping_timeout: seconds a pong may take; then the link counts as dead and is made again.
         request_timeout: seconds a single-answer call may wait for its answer, reconnects
             included, before it raises :class:`TimeoutError` (``None``: no deadline).
@@ -1233,8 +1233,8 @@ async def connect(url: str, api_key: str | None = None, *, access_token: str | N
         connect_timeout: seconds one connection attempt may take.
         max_message_size: largest message accepted from the engine.
         producer_buffer: chunks a producer with ``target=`` buffers before it waits.
-        ping_interval: seconds without a frame from the engine before the client pings it
-            (default 3; ``None``: never ping).
+        ping_interval: seconds without a frame from the engine, while a request is open,
+            before the client pings it (default 3; ``None``: never ping).
         ping_timeout: seconds the pong may take (default 3); a later one means the link is
             dead: the client drops it and reconnects, and reads resume where they were.
         request_timeout: seconds a single-answer call (``retrieve``, ``send``, ``trigger``,
