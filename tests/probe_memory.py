@@ -13,7 +13,8 @@ temporary folder, stores one 20 MB stream (20,000 chunks of 1,000 characters), t
 It prints the engine's RSS (``VmRSS`` of ``/proc/PID/status``) before, and the highest seen
 over ``--settle`` seconds after (``--rounds N``: N times over, with new clients each time, to
 see whether what the last round's clients held was given back; ``--keep``: the earlier
-rounds' clients stay connected meanwhile, as an attacker's would). ``docs/security.md`` records the figures. Run it with a
+rounds' clients stay connected meanwhile, as an attacker's would). ``docs/security.md``
+records the figures. Run it with a
 ``PYTHONPATH`` holding another build of ``runwire`` to measure that one (the engine process
 imports whichever ``runwire`` comes first).
 """

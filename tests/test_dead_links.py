@@ -36,7 +36,9 @@ import runwire
 from runwire import StreamTimeoutError, connect
 from runwire.engine import EngineThread, Limits, open_engine
 from runwire.runtime import open_client
-from runwire.transport import Connection, ConnectionBroken, PROTOCOL_VERSION, Role, Welcome, memory_pipe_pair
+from runwire.transport import (
+    PROTOCOL_VERSION, Connection, ConnectionBroken, Role, Welcome, memory_pipe_pair,
+)
 
 from . import crash_tasks as ct
 from .helpers import API_KEY
@@ -268,7 +270,8 @@ def test_bad_ping_and_request_timeouts_are_refused(value):
 # --- the engine pings its clients -----------------------------------------------------------
 
 
-async def _open_raw_websocket(port: int, run: str) -> tuple[trio.SocketStream, wsproto.WSConnection]:
+async def _open_raw_websocket(port: int, run: str,
+                              ) -> tuple[trio.SocketStream, wsproto.WSConnection]:
     """A websocket by hand that opens a read of ``run`` after its hello, then answers
     nothing, not even pings."""
     stream = await trio.open_tcp_stream("127.0.0.1", port)

@@ -618,3 +618,38 @@ async def test_open_reads_per_credential_and_per_address_are_capped(autojump_clo
                 answer = await b.ask({"type": "read", "id": 3, "run": run, "stream": "x"})
                 assert (answer["code"], answer["re"]) == ("rate_limited", 3)
                 assert "this address (at most 4)" in answer["message"]
+
+
+async def test_a_dropped_half_sent_message_is_freed_at_once():
+    """The parts of a message a dropped connection was receiving are let go of when the
+    connection ends, not at the next full garbage collection (the connection objects sit in
+    reference cycles; on an engine process 40 such connections kept about 230 MB, round
+    after round, until a collection came)."""
+    import gc
+    import tracemalloc
+
+    with trio.fail_after(30):
+        async with open_engine(TASKS, api_key=API_KEY, port=0,
+                               limits=Limits(message_timeout=0.5)) as eng:
+            gc.collect()
+            gc.disable()
+            tracemalloc.start()
+            try:
+                before = tracemalloc.get_traced_memory()[0]
+                stream, ws = await _raw_ws(eng.port)
+                async with stream:
+                    size = 8 * 1024 * 1024
+                    header = bytes([0x81, 0x80 | 127]) + struct.pack("!Q", size) + b"\0" * 4
+                    await stream.send_all(header + b'{"type":"send","data":"' + b"x" * 4_000_000)
+                    held = 0
+                    while held < 3_000_000:  # the engine has most of it
+                        await trio.sleep(0.05)
+                        held = tracemalloc.get_traced_memory()[0] - before
+                    assert await _close_code(stream, ws) == 1008
+                await wait_for_connections(eng, 0)
+                await trio.sleep(0.1)
+                left = tracemalloc.get_traced_memory()[0] - before
+            finally:
+                tracemalloc.stop()
+                gc.enable()
+            assert left < 1_000_000, left

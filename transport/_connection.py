@@ -196,6 +196,7 @@ class Connection:
                     await self._pipe.aclose(CLOSE_INTERNAL, "a message was cut short")
             except Exception:  # best effort: the peer sees the connection end either way
                 pass
+        _drop_parts(self._pipe)
 
     async def _send_raw(self, data: str) -> None:
         try:
@@ -299,6 +300,7 @@ class Connection:
                 # a failed flush or close must not leave it open either
                 with contextlib.suppress(Exception):
                     await _close_tcp(self._pipe)
+                _drop_parts(self._pipe)
 
 
 async def _pong_unless_closing(ws: trio_websocket.WebSocketConnection,
@@ -323,6 +325,20 @@ def _guard_pings(ws: object) -> None:
             await _pong_unless_closing(ws, event)
 
         ws._handle_ping_event = handle  # type: ignore[method-assign]
+
+
+def _drop_parts(pipe: object) -> None:
+    """Let go of the parts of a message a closed trio-websocket connection was receiving.
+
+    A connection object ends up in reference cycles (its reader task, exceptions and their
+    tracebacks), so it is freed only by a full garbage collection, which comes rarely when
+    little else is allocated (strings do not count towards it): measured on an engine
+    process, 40 connections dropped with 15 MiB of a message each kept about 230 MB until
+    then. Its buffers are not kept waiting for that.
+    """
+    if isinstance(pipe, trio_websocket.WebSocketConnection) and hasattr(pipe, "_message_parts"):
+        pipe._message_parts = []
+        pipe._message_size = 0
 
 
 def _now() -> float:

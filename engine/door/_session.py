@@ -71,11 +71,11 @@ import trio
 
 from runwire import RateLimitedError, RunwireError, UnauthorizedError
 from runwire.transport import (
-    CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_POLICY, CLOSE_TRY_AGAIN, CLOSE_UNAUTHORIZED, PROTOCOL_VERSION, Ack, Append, Cancel,
-    CancelRun, Chunks, CompleteWaitpoint, Connection, ConnectionBroken, ConnectionClosed,
-    CreateToken, CreateWaitpoint, End, Error, Frame, Hello, ListRuns, Read, RemoteProtocolError,
-    Retrieve, RetrieveWaitpoint, RunInfo, RunList, Send, Subscribe, Token, Trigger, Triggered,
-    WaitpointInfo, Welcome,
+    CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_POLICY, CLOSE_TRY_AGAIN, CLOSE_UNAUTHORIZED,
+    PROTOCOL_VERSION, Ack, Append, Cancel, CancelRun, Chunks, CompleteWaitpoint, Connection,
+    ConnectionBroken, ConnectionClosed, CreateToken, CreateWaitpoint, End, Error, Frame, Hello,
+    ListRuns, Read, RemoteProtocolError, Retrieve, RetrieveWaitpoint, RunInfo, RunList, Send,
+    Subscribe, Token, Trigger, Triggered, WaitpointInfo, Welcome,
 )
 
 from ..run import Reader, ReadTimeout
