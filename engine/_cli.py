@@ -5,7 +5,8 @@ until interrupted; and the client commands (``runwire runs|trigger|send|token``,
 Every ``serve`` flag can also come from the environment (the flag wins): ``RUNWIRE_TASKS``,
 ``RUNWIRE_STORE``, ``RUNWIRE_HOST``, ``RUNWIRE_PORT``, ``RUNWIRE_API_KEY``,
 ``RUNWIRE_DRAIN_TIMEOUT``, ``RUNWIRE_GRACE_PERIOD``, ``RUNWIRE_RETENTION``, ``RUNWIRE_ANONYMOUS_STREAMS`` (1/true/yes/on),
-``RUNWIRE_LONG_POLL_TIMEOUT``, ``RUNWIRE_LOG_LEVEL``.
+``RUNWIRE_LONG_POLL_TIMEOUT``, ``RUNWIRE_MAX_CONNECTIONS_PER_ADDRESS``, ``RUNWIRE_PING_INTERVAL``,
+``RUNWIRE_PING_TIMEOUT``, ``RUNWIRE_IDLE_TIMEOUT``, ``RUNWIRE_LOG_LEVEL``.
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ def _parser() -> argparse.ArgumentParser:
                                   "RUNWIRE_TASKS, RUNWIRE_STORE, RUNWIRE_HOST, RUNWIRE_PORT, "
                                   "RUNWIRE_API_KEY, RUNWIRE_DRAIN_TIMEOUT, RUNWIRE_GRACE_PERIOD, "
                                   "RUNWIRE_RETENTION, RUNWIRE_ANONYMOUS_STREAMS, RUNWIRE_LONG_POLL_TIMEOUT, "
+                                  "RUNWIRE_MAX_CONNECTIONS_PER_ADDRESS, RUNWIRE_PING_INTERVAL, "
+                                  "RUNWIRE_PING_TIMEOUT, RUNWIRE_IDLE_TIMEOUT, "
                                   "RUNWIRE_LOG_LEVEL (a flag wins).")
     tasks_env = _env("TASKS", None)
     serve.add_argument("--tasks", action="append", metavar="MODULE_OR_FILE",
@@ -86,6 +89,22 @@ def _parser() -> argparse.ArgumentParser:
                        metavar="SECONDS",
                        help="seconds a long-poll read waits before 204 (default: "
                             "$RUNWIRE_LONG_POLL_TIMEOUT, else 10)")
+    serve.add_argument("--max-connections-per-address", type=_cap,
+                       default=_env("MAX_CONNECTIONS_PER_ADDRESS", None), metavar="N|none",
+                       help="TCP connections one client address may hold (default: "
+                            "$RUNWIRE_MAX_CONNECTIONS_PER_ADDRESS, else 256; 'none' behind a "
+                            "proxy that makes every client one address)")
+    serve.add_argument("--ping-interval", type=_seconds_or_none,
+                       default=_env("PING_INTERVAL", None), metavar="SECONDS|none",
+                       help="ping every websocket this often; a pong later than "
+                            "--ping-timeout drops it (default: $RUNWIRE_PING_INTERVAL, else 20)")
+    serve.add_argument("--ping-timeout", type=_seconds, default=_env("PING_TIMEOUT", None),
+                       metavar="SECONDS",
+                       help="default: $RUNWIRE_PING_TIMEOUT, else 20")
+    serve.add_argument("--idle-timeout", type=_seconds_or_none,
+                       default=_env("IDLE_TIMEOUT", None), metavar="SECONDS|none",
+                       help="close a websocket with no request open that sent nothing this "
+                            "long (default: $RUNWIRE_IDLE_TIMEOUT, else 600)")
     serve.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"),
                        help="default: $RUNWIRE_LOG_LEVEL, else INFO")
     backup = sub.add_parser("backup", help="copy a SQLite store consistently, also while an "
@@ -96,6 +115,40 @@ def _parser() -> argparse.ArgumentParser:
                              "sqlite:///runwire.db)")
     add_commands(sub)
     return parser
+
+
+#: ``none`` given for a limit that can be turned off (``None`` means "not given").
+_NONE = object()
+
+
+def _seconds(text: str) -> float:
+    """A finite number of seconds > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be seconds, not {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be > 0 and finite, not {text!r}")
+    return value
+
+
+def _seconds_or_none(text: str) -> object:
+    """Seconds, or ``none`` (the limit off)."""
+    return _NONE if text.strip().lower() == "none" else _seconds(text)
+
+
+def _cap(text: str) -> object:
+    """A whole number >= 1, or ``none`` (no cap)."""
+    if text.strip().lower() == "none":
+        return _NONE
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number or 'none', not {text!r}") \
+            from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, not {text!r}")
+    return value
 
 
 def _backup(args: argparse.Namespace) -> int:
@@ -160,15 +213,27 @@ def _import(name: str) -> Any:
     return module
 
 
+def serve_limits(args: argparse.Namespace) -> Limits:
+    """The engine's limits from ``serve``'s flags (the rest keep their defaults)."""
+    limits = Limits(retention=args.retention)
+    if args.long_poll_timeout is not None:
+        limits = attrs.evolve(limits, long_poll_timeout=args.long_poll_timeout)
+    changes: dict[str, Any] = {}
+    for name in ("max_connections_per_address", "ping_interval", "ping_timeout",
+                 "idle_timeout"):
+        value = getattr(args, name)
+        if value is not None:  # (a "none" given is _NONE: the limit is turned off)
+            changes[name] = None if value is _NONE else value
+    return attrs.evolve(limits, **changes)
+
+
 async def _serve(args: argparse.Namespace) -> None:
     api_key = args.api_key or os.environ.get("RUNWIRE_API_KEY")
     if not api_key:
         api_key = generate_api_key()
         print(f"generated API key (shown once): {api_key}", flush=True)
     tasks = load_tasks(args.tasks)
-    limits = Limits(retention=args.retention)
-    if args.long_poll_timeout is not None:
-        limits = attrs.evolve(limits, long_poll_timeout=args.long_poll_timeout)
+    limits = serve_limits(args)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with open_engine(tasks, store=args.store, api_key=api_key, host=args.host,
                                port=args.port, drain_timeout=args.drain_timeout,

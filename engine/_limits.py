@@ -51,3 +51,14 @@ class Limits:
     long_poll_timeout: float = 10.0  # a long-poll read answers 204 after this long
     sse_interval: float = 60.0  # an SSE response is closed after this long; clients resume
     max_durable_streams: int = 100_000  # free-standing durable streams on one engine
+    # --- dead links and hostile connections (docs/security.md, "Connections") ---
+    ping_interval: float | None = 20.0  # the engine pings a websocket with a request open
+    ping_timeout: float = 20.0  # no pong this long after a ping: the connection is dropped
+    idle_timeout: float | None = 600.0  # no request open and nothing received: closed (1001)
+    message_timeout: float = 30.0  # a message must arrive whole this soon after its first byte
+    max_hello_bytes: int = 16 * 1024  # largest message before the hello is accepted (1009)
+    read_batches_per_connection: int = 4  # batches of chunks a connection's reads hold at once
+    max_connections_per_address: int | None = 256  # TCP connections from one client address
+    max_connections_per_credential: int | None = 64  # sessions of one public access token
+    max_reads_per_credential: int | None = 1024  # open reads+subscriptions of one token
+    max_reads_per_address: int | None = 4096  # open reads+subscriptions from one address

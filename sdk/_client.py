@@ -27,6 +27,20 @@ If the engine stays unreachable longer than ``reconnect_timeout``, waiting calls
 trying in the background and works again once the engine is back. A refused credential
 (``unauthorized``) on reconnect is final: calls fail with :class:`UnauthorizedError`.
 
+Dead links are noticed (issue 19): while a request is open, a link that received nothing for
+``ping_interval`` is pinged, and one whose pong does not come within ``ping_timeout`` is
+dropped and made again as if it had broken (a proxy that stops forwarding, a stopped engine,
+a cable pulled keep the socket open but answer nothing). Pongs answered on a link that
+carries nothing else space the next pings out (twice as far each time, up to
+``PING_SPACING_MAX``), and a client with nothing open does not ping at all: the engine
+closes a connection idle for its ``idle_timeout`` (close code 1001), and the client then
+reconnects only when a call needs the link. Reads keep their own timer: a read with a
+``timeout_in_seconds`` raises :class:`StreamTimeoutError` when no chunk came for that long,
+whatever the link does meanwhile (the engine's timer ends it too, but cannot when the link is
+silent). Single-answer calls (``retrieve``, ``send``, ``trigger`` ...) may have a deadline
+(``request_timeout``; off by default: the pings and ``reconnect_timeout`` already bound how
+long a call waits on a dead link).
+
 Every task the client starts lives in the nursery of ``connect()`` (a connection's helper
 tasks in a nursery of their own, cancelled with it), so nothing outlives the block; on exit
 the connection is closed gracefully first, then everything left is cancelled.
@@ -40,7 +54,7 @@ import random
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any, Protocol, Union
+from typing import Any, Protocol, TypeVar, Union
 from urllib.parse import urlsplit, urlunsplit
 
 import anyio
@@ -102,6 +116,7 @@ log = logging.getLogger("runwire.client")
 #: What the client sends and receives frames on: a trio ``Connection`` (trio-websocket or an
 #: in-memory pair) under trio, an ``AsyncioConnection`` (websockets) under asyncio.
 ClientConnection = Union[Connection, AsyncioConnection]
+_T = TypeVar("_T")
 Connector = Callable[[anyio.abc.TaskGroup], Awaitable[ClientConnection]]
 
 #: Chunks a client producer buffers before ``put`` waits.
@@ -123,6 +138,13 @@ BACKOFF_MAX = 2.0
 STABLE_LINK = 5.0
 #: Seconds to close a connection gracefully or to deliver a ``cancel``.
 CLOSE_TIMEOUT = 1.0
+#: Seconds without a frame before the client pings, and for the pong (``connect`` options).
+PING_INTERVAL = 3.0
+PING_TIMEOUT = 3.0
+#: Longest pause between pings on a link that carries nothing but pongs, in seconds.
+PING_SPACING_MAX = 60.0
+#: The close code of an engine closing an idle connection (``Limits.idle_timeout``).
+CLOSE_IDLE = 1001
 
 
 class _Signal:
@@ -323,6 +345,7 @@ class _Link:
         self.nursery = nursery
         self.gone = anyio.Event()
         self.answered = False
+        self.closed_idle = False  # the engine closed it for idling (no reconnect until needed)
         self.opened_at = anyio.current_time()
         self._closing = False
         self._closed = anyio.Event()
@@ -385,6 +408,11 @@ class Client:
         connect_timeout: seconds one connection attempt (up to ``welcome``) may take.
         producer_buffer: chunks a producer (``pipe``, ``append``, ``writer`` with
             ``target=``) buffers before it waits for the engine's acknowledgements.
+        ping_interval: seconds without a frame from the engine, while a request is open,
+            before the client pings it (``None``: never).
+        ping_timeout: seconds a pong may take; then the link counts as dead and is made again.
+        request_timeout: seconds a single-answer call may wait for its answer, reconnects
+            included, before it raises :class:`TimeoutError` (``None``: no deadline).
 
     Attributes:
         random: where the jitter of reconnect pauses comes from (seed it to replay one).
@@ -393,9 +421,24 @@ class Client:
 
     def __init__(self, connector: Connector, token: str, *, reconnect_timeout: float = 60.0,
                  connect_timeout: float = 10.0,
-                 producer_buffer: int = PRODUCER_HIGH_WATER) -> None:
+                 producer_buffer: int = PRODUCER_HIGH_WATER,
+                 ping_interval: float | None = PING_INTERVAL,
+                 ping_timeout: float = PING_TIMEOUT,
+                 request_timeout: float | None = None) -> None:
         if not isinstance(reconnect_timeout, (int, float)) or reconnect_timeout < 0:
             raise ValueError("reconnect_timeout must be a number of seconds >= 0")
+        for name, value, optional in (("ping_interval", ping_interval, True),
+                                      ("ping_timeout", ping_timeout, False),
+                                      ("request_timeout", request_timeout, True)):
+            if value is None and optional:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not 0 < value < float("inf"):
+                raise ValueError(f"{name} must be a number of seconds > 0"
+                                 + (" or None" if optional else ""))
+        self.ping_interval = None if ping_interval is None else float(ping_interval)
+        self.ping_timeout = float(ping_timeout)
+        self.request_timeout = None if request_timeout is None else float(request_timeout)
         if isinstance(producer_buffer, bool) or not isinstance(producer_buffer, int) \
                 or producer_buffer < 1:
             raise ValueError("producer_buffer must be a whole number of chunks >= 1")
@@ -418,6 +461,7 @@ class Client:
         self._closing = False
         self._inboxes: dict[int, _Inbox] = {}
         self._next_id = 0
+        self._wanted: _Event | None = None  # set by the next request (keepalive, reconnect)
         self.welcome: Welcome | None = None
 
     def statistics(self) -> ClientStatistics:
@@ -444,6 +488,10 @@ class Client:
             await self._serve(link)
             if self._closing:
                 return
+            if link.closed_idle and not self._inboxes:
+                await self._until_wanted()  # closed for idling: reconnect when a call needs it
+                if self._closing:
+                    return
             link = await self._reconnect(link.healthy)
 
     async def _open_link(self, timeout: float) -> _Link:
@@ -485,6 +533,8 @@ class Client:
     async def _serve(self, link: _Link) -> None:
         """Route the link's frames until it breaks or is closed."""
         self._attach(link)
+        if self.ping_interval is not None and link.conn.can_ping:
+            link.nursery.start_soon(self._keepalive, link, self.ping_interval)
         receiver = link.receiver
         try:
             while True:
@@ -496,12 +546,58 @@ class Client:
                         # received: else a fast engine fills its inbox and pauses the read
                         await anyio.lowlevel.checkpoint()
         except TransportError as exc:
-            if not self._closing:
+            link.closed_idle = getattr(exc, "code", None) == CLOSE_IDLE
+            if not self._closing and not link.closed_idle:
                 log.info("connection lost (%s); reconnecting", exc)
         finally:
             receiver.close()
             self._detach(link)
             await link.close()
+
+    async def _keepalive(self, link: _Link, interval: float) -> None:
+        """While a request is open, ping when the link has been quiet for ``interval`` (more
+        after pongs with nothing between them); drop the link if the pong is late (the serve
+        task then sees it broken and reconnects)."""
+        conn = link.conn
+        alive = anyio.current_time()  # the last pong (frames count through received_at)
+        spacing = interval
+        longest = max(interval, PING_SPACING_MAX)
+        try:
+            while True:
+                if not self._inboxes:  # nothing waits on the link: nothing to notice
+                    await self._until_wanted()
+                    spacing = interval
+                    continue
+                if conn.received_at > alive:  # frames came since the last pong
+                    spacing = interval
+                due = max(conn.received_at, alive) + spacing
+                now = anyio.current_time()
+                if now < due:
+                    await anyio.sleep(due - now)
+                    continue
+                with anyio.move_on_after(self.ping_timeout) as wait:
+                    await conn.ping()
+                if wait.cancelled_caught:
+                    log.info("no pong from the engine within %g s; the link is dead, "
+                             "reconnecting", self.ping_timeout)
+                    await conn.abort()
+                    return
+                alive = anyio.current_time()
+                spacing = min(spacing * 2, longest)
+        except TransportError:
+            return  # broken or closed: the serve task sees it too
+
+    async def _until_wanted(self) -> None:
+        """Wait until a request is registered, or a call waits for a link."""
+        if self._wanted is None:
+            self._wanted = self._new_event()
+        await self._wanted.wait()
+
+    def _want(self) -> None:
+        wanted = self._wanted
+        if wanted is not None:
+            self._wanted = None
+            wanted.set()
 
     def _attach(self, link: _Link) -> None:
         self._link = link
@@ -568,6 +664,7 @@ class Client:
                 return self._link
             if self._closing:
                 raise ConnectionError("the client is closed")
+            self._want()  # (a link closed for idling is made again now)
             if self._fatal is not None:
                 kind, message = self._fatal
                 raise kind(message)
@@ -587,6 +684,8 @@ class Client:
     def _register(self, inbox: _Inbox) -> int:
         self._next_id += 1
         self._inboxes[self._next_id] = inbox
+        if self._wanted is not None:
+            self._want()
         if self._leads:
             inbox.lead = self._lead
         return self._next_id
@@ -606,22 +705,41 @@ class Client:
         except TransportError:
             return False
 
-    async def _call(self, make: Callable[[int], Frame]) -> Frame:
+    async def _call(self, make: Callable[[int], Frame], *, deadline: bool = True) -> Frame:
         """One request, one answer; issued again after a reconnect if it is idempotent.
+
+        ``deadline``: whether ``request_timeout`` applies (appends are paced by the engine's
+        acknowledgements instead).
 
         Raises:
             ConnectionError: the link broke before the answer and the request carries no
                 key that makes issuing it again safe.
+            TimeoutError: no answer within ``request_timeout``.
         """
+        timeout = self.request_timeout if deadline else None
+        if timeout is None:
+            return await self._call_once(make)
+        with anyio.move_on_after(timeout):
+            return await self._call_once(make)
+        raise TimeoutError(f"no answer within {timeout:g} s (request_timeout); the request "
+                           f"may or may not have happened (issuing it again with the same "
+                           f"idempotency key is safe)")
+
+    async def _call_once(self, make: Callable[[int], Frame]) -> Frame:
         while True:
             link = await self._wait_link()
             inbox = _Inbox(self._new_event)
             rid = self._register(inbox)
+            answer: Frame | _Signal | None = None
+            issued = False
             try:
                 frame = make(rid)
+                issued = True
                 answer = await self._issue(link, inbox, frame)
             finally:
                 del self._inboxes[rid]
+                if issued and answer is None:  # cancelled (a deadline, the caller): stop it
+                    await self._cancel_request(link, rid)  # on the engine too
             if isinstance(answer, _Signal):  # DISCONNECTED (a plain inbox never pauses)
                 if not _reissuable(frame):
                     raise ConnectionError(f"the connection broke before the answer to "
@@ -672,6 +790,7 @@ class Client:
         """Close the connection gracefully; calls fail afterwards. Safe to call twice."""
         self._closing = True
         self._up.set()
+        self._want()
         if self._link is not None:
             await self._link.close()
 
@@ -731,34 +850,59 @@ class Client:
                    timeout: float | None) -> AsyncGenerator[list[Any], None]:
         """Batches of chunks from ``start``; resumes at the next index after a reconnect.
 
-        Leaving the iteration early (``aclose``) cancels the read on the engine.
+        Leaving the iteration early (``aclose``) cancels the read on the engine. With a
+        ``timeout``, the read raises :class:`StreamTimeoutError` once no chunk came for that
+        long, on the client's own clock: a silent link or a stopped engine cannot hold it.
         """
         nxt = start
-        while True:
-            link = await self._wait_link()
-            inbox = _ReadInbox(new_event=self._new_event)
-            rid = self._register(inbox)
-            over = False
-            try:
-                frame = await self._issue(link, inbox, Read(id=rid, run=run_id, stream=key,
-                                                            from_=nxt, timeout_s=timeout))
-                while not isinstance(frame, _Signal):
-                    if isinstance(frame, Chunks):
-                        items = _fresh(frame, nxt)
-                        if items:
-                            nxt += len(items)
-                            yield items
-                    elif isinstance(frame, (End, Error)):
-                        over = True
-                        _raise_end(frame, run_id, key, timeout)
-                        return
-                    frame = await inbox.get()
-            finally:
-                del self._inboxes[rid]
-                if not over and not inbox.paused:
-                    await self._cancel_request(link, rid)
-            if frame is DISCONNECTED:
-                await link.gone.wait()
+        last = anyio.current_time()  # when the last chunk came: the read's timer
+        try:
+            while True:
+                expires = None if timeout is None else last + timeout
+                link = await self._until(expires, self._wait_link)
+                inbox = _ReadInbox(new_event=self._new_event)
+                rid = self._register(inbox)
+                over = False
+                frame: Frame | _Signal = DISCONNECTED
+                try:
+                    frame = await self._until(expires, self._issue, link, inbox, Read(
+                        id=rid, run=run_id, stream=key, from_=nxt, timeout_s=timeout))
+                    while not isinstance(frame, _Signal):
+                        if isinstance(frame, Chunks):
+                            items = _fresh(frame, nxt)
+                            if items:
+                                nxt += len(items)
+                                if timeout is not None:
+                                    last = anyio.current_time()
+                                yield items
+                        elif isinstance(frame, (End, Error)):
+                            over = True
+                            _raise_end(frame, run_id, key, timeout)
+                            return
+                        if timeout is None or inbox.pending:
+                            frame = await inbox.get()
+                        else:
+                            frame = await self._until(last + timeout, inbox.get)
+                finally:
+                    del self._inboxes[rid]
+                    if not over and not inbox.paused:
+                        await self._cancel_request(link, rid)
+                if frame is DISCONNECTED:
+                    await self._until(None if timeout is None else last + timeout,
+                                      link.gone.wait)
+        except _Expired:
+            raise StreamTimeoutError(f"no chunk on stream {key!r} of run {run_id} for "
+                                     f"{timeout} s") from None
+
+    async def _until(self, expires: float | None, fn: Callable[..., Awaitable[_T]],
+                     *args: Any) -> _T:
+        """``await fn(*args)``, given up at ``expires`` (client clock) with :class:`_Expired`."""
+        if expires is None:
+            return await fn(*args)
+        with (trio.CancelScope(deadline=expires) if self._leads  # trio's own: cheaper
+              else anyio.CancelScope(deadline=expires)):
+            return await fn(*args)
+        raise _Expired()
 
     async def send(self, run_id: str, key: str, data: Any,
                    idempotency_key: str | None = None) -> int:
@@ -888,6 +1032,10 @@ class Client:
                 if not over:
                     await self._cancel_request(link, rid)
             await link.gone.wait()
+
+
+class _Expired(Exception):
+    """A read's timer ran out (raised as :class:`StreamTimeoutError`)."""
 
 
 def _fresh(frame: Chunks, nxt: int) -> list[Any]:
@@ -1021,7 +1169,8 @@ class _ClientProducer:
                     self._wake = anyio.Event()
                     await self._wake.wait()
                     continue
-                frame = await self._client._call(self._append_frame(self._base, self._batch()))
+                frame = await self._client._call(self._append_frame(self._base, self._batch()),
+                                                 deadline=False)
                 assert isinstance(frame, Ack) and frame.next_seq is not None
                 del self._buffer[:frame.next_seq - self._base]
                 self._base = frame.next_seq
@@ -1042,10 +1191,15 @@ def _ws_url(url: str) -> str:
 @asynccontextmanager
 async def open_client(connector: Connector, token: str, *, reconnect_timeout: float = 60.0,
                       connect_timeout: float = 10.0,
-                      producer_buffer: int = PRODUCER_HIGH_WATER) -> AsyncIterator[Client]:
+                      producer_buffer: int = PRODUCER_HIGH_WATER,
+                      ping_interval: float | None = PING_INTERVAL,
+                      ping_timeout: float = PING_TIMEOUT,
+                      request_timeout: float | None = None) -> AsyncIterator[Client]:
     """Run a :class:`Client` over ``connector`` for the duration of the block."""
     client = Client(connector, token, reconnect_timeout=reconnect_timeout,
-                    connect_timeout=connect_timeout, producer_buffer=producer_buffer)
+                    connect_timeout=connect_timeout, producer_buffer=producer_buffer,
+                    ping_interval=ping_interval, ping_timeout=ping_timeout,
+                    request_timeout=request_timeout)
     with collapse_exception_groups():
         async with anyio.create_task_group() as nursery:
             client._nursery = nursery
@@ -1064,7 +1218,10 @@ async def open_client(connector: Connector, token: str, *, reconnect_timeout: fl
 async def connect(url: str, api_key: str | None = None, *, access_token: str | None = None,
                   reconnect_timeout: float = 60.0, connect_timeout: float = 10.0,
                   max_message_size: int = 64 * 1024 * 1024,
-                  producer_buffer: int = PRODUCER_HIGH_WATER) -> AsyncIterator[Client]:
+                  producer_buffer: int = PRODUCER_HIGH_WATER,
+                  ping_interval: float | None = PING_INTERVAL,
+                  ping_timeout: float = PING_TIMEOUT,
+                  request_timeout: float | None = None) -> AsyncIterator[Client]:
     """Connect to an engine at ``url`` with an API key or a public access token.
 
     Inside the block, SDK calls (``tasks.trigger``, ``streams.read``, ``runs.retrieve`` ...)
@@ -1079,6 +1236,14 @@ async def connect(url: str, api_key: str | None = None, *, access_token: str | N
         connect_timeout: seconds one connection attempt may take.
         max_message_size: largest message accepted from the engine.
         producer_buffer: chunks a producer with ``target=`` buffers before it waits.
+        ping_interval: seconds without a frame from the engine, while a request is open,
+            before the client pings it (default 3; ``None``: never ping).
+        ping_timeout: seconds the pong may take (default 3); a later one means the link is
+            dead: the client drops it and reconnects, and reads resume where they were.
+        request_timeout: seconds a single-answer call (``retrieve``, ``send``, ``trigger``,
+            ...) may wait for its answer, reconnects included, before it raises
+            :class:`TimeoutError` (default ``None``: no deadline beyond
+            ``reconnect_timeout``).
 
     Raises:
         UnauthorizedError: the credential was refused.
@@ -1100,7 +1265,9 @@ async def connect(url: str, api_key: str | None = None, *, access_token: str | N
     try:
         async with open_client(connector, token, reconnect_timeout=reconnect_timeout,
                                connect_timeout=connect_timeout,
-                               producer_buffer=producer_buffer) as client:
+                               producer_buffer=producer_buffer, ping_interval=ping_interval,
+                               ping_timeout=ping_timeout,
+                               request_timeout=request_timeout) as client:
             yield client
     except ConnectionBroken as exc:
         raise ConnectionError(str(exc)) from exc

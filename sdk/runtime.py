@@ -231,6 +231,8 @@ def collapse_exception_groups() -> Iterator[None]:
 
 def open_client(connector: Connector, token: str, *, reconnect_timeout: float = 60.0,
                 connect_timeout: float = 10.0, producer_buffer: int = 8192,
+                ping_interval: float | None = 3.0, ping_timeout: float = 3.0,
+                request_timeout: float | None = None,
                 ) -> contextlib.AbstractAsyncContextManager[Client]:
     """A :class:`~runwire.Client` over ``connector`` for an ``async with`` block.
 
@@ -242,7 +244,9 @@ def open_client(connector: Connector, token: str, *, reconnect_timeout: float = 
     from ._client import open_client as _open_client  # the client imports this module
 
     return _open_client(connector, token, reconnect_timeout=reconnect_timeout,
-                        connect_timeout=connect_timeout, producer_buffer=producer_buffer)
+                        connect_timeout=connect_timeout, producer_buffer=producer_buffer,
+                        ping_interval=ping_interval, ping_timeout=ping_timeout,
+                        request_timeout=request_timeout)
 
 
 def tasks_in(module: object) -> list[Task[Any, Any]]:

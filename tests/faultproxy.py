@@ -16,7 +16,10 @@ closed with ``SO_LINGER`` 0, so each peer gets a TCP reset, never a clean goodby
   connections are reset as soon as they are accepted, so the engine looks unreachable.
 
 :meth:`hold` stops forwarding engine -> client (the client looks stalled) until
-:meth:`release`; the proxy's own sockets get small kernel buffers so a hold pushes back on
+:meth:`release`. :meth:`stall` is a *silent link*: the live links stop forwarding in both
+directions but their sockets stay open (no FIN, no reset), as when a NAT or a middlebox
+loses its state or a cable is pulled; with ``new_links=True`` new connections are accepted
+but stalled too (an engine that accepts and never answers). :meth:`unstall` lets them flow. the proxy's own sockets get small kernel buffers so a hold pushes back on
 the engine quickly. The proxy never buffers more than one read (64 KiB) per direction.
 """
 
@@ -55,6 +58,7 @@ class _Link:
     client: trio.SocketStream
     upstream: trio.SocketStream
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    flowing: trio.Event = attrs.field(factory=trio.Event)
 
     def cut(self) -> None:
         _reset(self.client)
@@ -113,6 +117,7 @@ class FaultProxy:
         self._changed = trio.Event()
         self._released = trio.Event()
         self._released.set()
+        self._stall_new = False
 
     @property
     def url(self) -> str:
@@ -165,6 +170,22 @@ class FaultProxy:
     def release(self) -> None:
         self._released.set()
 
+    def stall(self, *, new_links: bool = False) -> int:
+        """Stop forwarding on every live link, both ways, sockets left open; with
+        ``new_links``, connections accepted from now on are stalled too. How many links
+        were stalled."""
+        self._stall_new = new_links
+        links = list(self._links)
+        for link in links:
+            link.flowing = trio.Event()
+        return len(links)
+
+    def unstall(self) -> None:
+        """Forward again on every link, and on new ones."""
+        self._stall_new = False
+        for link in self._links:
+            link.flowing.set()
+
     async def wait_cuts(self, count: int) -> None:
         """Return once at least ``count`` links were cut."""
         while self.cuts < count:
@@ -195,6 +216,8 @@ class FaultProxy:
             _reset(client)
             return
         link = _Link(client, upstream)
+        if not self._stall_new:
+            link.flowing.set()
         self._links.add(link)
         self._notify()
         try:
@@ -226,7 +249,9 @@ class FaultProxy:
             while True:
                 if down:
                     await self._released.wait()
+                await link.flowing.wait()
                 data = await src.receive_some(READ_SIZE)
+                await link.flowing.wait()  # (stalled meanwhile: these bytes wait too)
                 if not data:
                     await dst.send_eof()
                     return

@@ -115,3 +115,28 @@ def test_retention_takes_seconds_or_a_duration():
         cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert result.returncode == 2  # an argparse usage error, not a traceback
     assert "--retention" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_serve_sets_the_connection_limits(monkeypatch):
+    from runwire.engine import Limits
+    from runwire.engine._cli import _parser, serve_limits
+
+    def limits(*flags: str) -> Limits:
+        return serve_limits(_parser().parse_args(["serve", *flags]))
+
+    assert limits() == Limits(retention=28 * 86400.0)
+    got = limits("--max-connections-per-address", "none", "--ping-interval", "5",
+                 "--ping-timeout", "2.5", "--idle-timeout", "none")
+    assert (got.max_connections_per_address, got.ping_interval, got.ping_timeout,
+            got.idle_timeout) == (None, 5.0, 2.5, None)
+    assert limits("--max-connections-per-address", "8").max_connections_per_address == 8
+    monkeypatch.setenv("RUNWIRE_PING_INTERVAL", "none")
+    assert limits().ping_interval is None
+    for flag, bad in (("--ping-interval", "0"), ("--ping-timeout", "none"),
+                      ("--idle-timeout", "-1"), ("--max-connections-per-address", "0"),
+                      ("--max-connections-per-address", "many")):
+        result = subprocess.run(
+            [sys.executable, "-m", "runwire.engine", "serve", flag, bad, "--store", "memory://"],
+            cwd=ROOT, capture_output=True, text=True, timeout=30)
+        assert result.returncode == 2 and flag in result.stderr, (flag, bad, result.stderr)
+        assert "Traceback" not in result.stderr

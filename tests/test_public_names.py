@@ -62,6 +62,7 @@ PUBLIC = {
         "json_bytes", "json_bytes_many", "json_bytes_within", "check_scopes", "SCOPE_KINDS",
         "MAX_SCOPES", "MAX_SCOPE_CHARS", "CLOSE_UNSUPPORTED", "CLOSE_INVALID_DATA",
         "CLOSE_INTERNAL", "CLOSE_TRY_AGAIN", "CLOSE_UNAUTHORIZED", "CLOSE_BAD_PROTOCOL",
+        "CLOSE_GOING_AWAY", "CLOSE_POLICY", "ServerWebSocket", "wrap_server_stream",
     },
 }
 

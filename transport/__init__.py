@@ -2,6 +2,8 @@
 client's asyncio websocket."""
 
 from ._close import CLOSE_BAD_PROTOCOL as CLOSE_BAD_PROTOCOL
+from ._close import CLOSE_GOING_AWAY as CLOSE_GOING_AWAY
+from ._close import CLOSE_POLICY as CLOSE_POLICY
 from ._close import CLOSE_INTERNAL as CLOSE_INTERNAL
 from ._close import CLOSE_INVALID_DATA as CLOSE_INVALID_DATA
 from ._close import CLOSE_TRY_AGAIN as CLOSE_TRY_AGAIN
@@ -16,6 +18,8 @@ from ._connection import Connection as Connection
 from ._connection import MemoryPipe as MemoryPipe
 from ._connection import connect_websocket as connect_websocket
 from ._connection import memory_connection_pair as memory_connection_pair
+from ._connection import ServerWebSocket as ServerWebSocket
+from ._connection import wrap_server_stream as wrap_server_stream
 from ._connection import memory_pipe_pair as memory_pipe_pair
 from ._connection import wrap_server_stream as wrap_server_stream
 from ._errors import ConnectionBroken as ConnectionBroken

@@ -11,8 +11,10 @@ parsing and masking run in C; it fits the client's needs exactly:
   :class:`~runwire.transport.Connection` aborts a trio-websocket connection after one).
 
 :class:`AsyncioConnection` has the part of :class:`~runwire.transport.Connection`'s
-interface that a client uses (``send``, ``receive``, ``aclose``, ``closed``), built on anyio's
-primitives. Only the client side is offered: the engine runs on trio.
+interface that a client uses (``send``, ``receive``, ``aclose``, ``closed``, and for liveness
+``ping``, ``abort``, ``received_at``), built on anyio's primitives. Only the client side is
+offered: the engine runs on trio. ``websockets``' own keepalive is off: the client pings
+itself (``sdk/_client.py``), the same way under both backends.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ class AsyncioConnection:
         self._ws = ws
         self._send_lock = anyio.Lock()
         self._closed = False
+        #: anyio time the last frame was received (the start until then)
+        self.received_at = anyio.current_time()
 
     @property
     def closed(self) -> bool:
@@ -77,6 +81,7 @@ class AsyncioConnection:
             message = await self._ws.recv()
         except ConnectionClosed as exc:
             raise self._lost(exc) from exc
+        self.received_at = anyio.current_time()
         if isinstance(message, bytes):
             raise RemoteProtocolError("frames are text messages, not binary",
                                       close_code=CLOSE_UNSUPPORTED)
@@ -84,6 +89,30 @@ class AsyncioConnection:
             return self.protocol.receive(message)
         except LocalProtocolError as exc:
             raise TransportClosed(str(exc)) from exc
+
+    #: a websocket: :meth:`ping` works
+    can_ping = True
+
+    async def ping(self) -> None:
+        """Send a websocket ping and wait for its pong (bound it with a timeout).
+
+        Raises:
+            ConnectionBroken: the link broke.
+            ConnectionClosed: this side closed the connection.
+        """
+        if self._closed:
+            raise TransportClosed("connection closed")
+        try:
+            pong = await self._ws.ping()
+            await pong
+        except ConnectionClosed as exc:
+            raise self._lost(exc) from exc
+
+    async def abort(self) -> None:
+        """Drop the link at once, without a close handshake (the engine stopped answering):
+        the receiving task sees :class:`ConnectionBroken`."""
+        self._ws.transport.abort()
+        await anyio.lowlevel.checkpoint()
 
     def _lost(self, exc: ConnectionClosed) -> ConnectionBroken | TransportClosed:
         if self._closed:

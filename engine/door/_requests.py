@@ -11,7 +11,8 @@ HTTP status). So every door has the same auth, limits and errors.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+import collections
+from collections.abc import AsyncGenerator, Hashable
 from typing import Any
 
 import trio
@@ -39,6 +40,25 @@ class Door:
         self.connections = 0
         #: requests under way on them (an HTTP request from its head to its answer's end)
         self.open_requests = 0
+        #: what the per-address and per-credential caps count (``Limits.max_*_per_*``):
+        #: keys such as ``("conn", address)``, ``("session", credential)``,
+        #: ``("reads", address)``; a key is removed when its count is back to 0
+        self.counts: collections.Counter[Hashable] = collections.Counter()
+
+    def take_slot(self, key: Hashable, cap: int | None) -> bool:
+        """Count one more of ``key`` unless it is at ``cap`` (``None``: no cap)."""
+        if cap is not None and self.counts[key] >= cap:
+            return False
+        self.counts[key] += 1
+        return True
+
+    def free_slot(self, key: Hashable) -> None:
+        """Count one fewer of ``key`` (taken with :meth:`take_slot`)."""
+        left = self.counts[key] - 1
+        if left > 0:
+            self.counts[key] = left
+        else:
+            del self.counts[key]
 
     def authenticate(self, credential: Any) -> Caller:
         """The caller for a credential.

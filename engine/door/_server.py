@@ -8,8 +8,13 @@ peek once). Everything else goes to the HTTP door (``_http``, ``_routes``). Eith
 handshake (the peek, or the websocket's) must finish within the engine's
 ``handshake_timeout``.
 
-What it bounds before a session exists: a websocket message may be at most
-``max_message_bytes`` (larger ones close the connection with 1009; trio-websocket checks while
+What it bounds before a session exists: one client address may hold at most
+``max_connections_per_address`` TCP connections (websocket and HTTP; one more is closed as
+soon as it is accepted, before a byte is read), and ``handshake_timeout`` counts from the
+TCP accept to the websocket's ``hello`` (the peek, the upgrade and the hello share it), so a
+socket that never says hello holds its slot for that long at most. Before ``hello`` a
+websocket message may be at most ``max_hello_bytes``, after it ``max_message_bytes``
+(counted in bytes; larger ones close the connection with 1009; trio-websocket checks while
 it reads, so no more than the limit is ever buffered); at ``max_connections`` open sessions,
 new websockets are refused with HTTP 503 before they are accepted (the session checks again,
 exactly, after accepting). HTTP connections count against ``max_connections`` too; one over
@@ -80,9 +85,31 @@ class EngineServer:
             task_status.started(self.url)
 
     async def _connection(self, stream: trio.SocketStream) -> None:
-        websocket = False
+        door = self.door
+        address = _peer_address(stream)
+        slot = ("conn", address)
+        if address is not None and not door.take_slot(
+                slot, door.limits.max_connections_per_address):
+            await _close(stream)  # over the address's cap: not a byte read
+            return
         try:
-            with trio.move_on_after(self.door.limits.handshake_timeout) as peek:
+            await self._serve(stream, address)
+        except BaseException as exc:  # a bug on one connection must end it, never the engine
+            if _only_cancelled(exc):
+                raise
+            # (an error from a nursery comes in a group, often with a Cancelled; cancelling
+            # is level-triggered in trio, so one swallowed here is raised again where due)
+            log.exception("connection failed; closing it")
+            await _close(stream)
+        finally:
+            if address is not None:
+                door.free_slot(slot)
+
+    async def _serve(self, stream: trio.SocketStream, address: str | None) -> None:
+        websocket = False
+        hello_by = trio.current_time() + self.door.limits.handshake_timeout
+        try:
+            with trio.move_on_at(hello_by) as peek:
                 websocket = await self._wants_websocket(stream)
             if peek.cancelled_caught:  # no request line in time
                 await _close(stream)
@@ -91,7 +118,7 @@ class EngineServer:
             await _close(stream)
             return
         if websocket:
-            await self._websocket(stream)
+            await self._websocket(stream, address, hello_by)
         else:
             await self._http(stream)
 
@@ -127,25 +154,27 @@ class EngineServer:
         finally:
             door.connections -= 1
 
-    async def _websocket(self, stream: trio.SocketStream) -> None:
+    async def _websocket(self, stream: trio.SocketStream, address: str | None,
+                         hello_by: float) -> None:
         limits = self.door.limits
         async with trio.open_nursery() as nursery:
             request = None
-            with trio.move_on_after(limits.handshake_timeout):
+            with trio.move_on_at(hello_by):
                 try:
                     request = await wrap_server_stream(  # malformed frames: a close frame
-                        nursery, stream, max_message_size=limits.max_message_bytes)
+                        nursery, stream, max_message_size=limits.max_hello_bytes)
                 except trio_websocket.ConnectionClosed:
                     request = None
             try:
                 if request is not None:
-                    await self._handler(request)
+                    await self._handler(request, address, hello_by)
             finally:
                 with trio.move_on_after(WS_DISCONNECT_TIMEOUT):
                     await _close(stream)
                 nursery.cancel_scope.cancel()
 
-    async def _handler(self, request: trio_websocket.WebSocketRequest) -> None:
+    async def _handler(self, request: trio_websocket.WebSocketRequest, address: str | None,
+                       hello_by: float) -> None:
         try:
             if self.door.connections >= self.door.limits.max_connections:
                 await request.reject(503, body=b"too many connections\n")
@@ -153,7 +182,24 @@ class EngineServer:
             ws = await request.accept()
         except trio_websocket.ConnectionClosed:
             return  # the client left (or reset) during the handshake: nobody to serve
-        await Session(self.door, Connection(ws, Role.ENGINE)).serve()
+        await Session(self.door, Connection(ws, Role.ENGINE), address=address,
+                      hello_by=hello_by).serve()
+
+
+def _only_cancelled(exc: BaseException) -> bool:
+    """Whether ``exc`` is a cancellation (or a group of nothing else)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_only_cancelled(inner) for inner in exc.exceptions)
+    return isinstance(exc, trio.Cancelled)
+
+
+def _peer_address(stream: trio.SocketStream) -> str | None:
+    """The client's IP address (what the per-address caps count), if the socket has one."""
+    try:
+        peer = stream.socket.getpeername()
+    except OSError:  # already reset
+        return None
+    return peer[0] if isinstance(peer, tuple) and peer else None
 
 
 async def _close(stream: trio.abc.Stream) -> None:

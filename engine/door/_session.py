@@ -37,24 +37,45 @@ lock is free and the socket takes the message. Otherwise it does nothing and the
 woken as always, sends the frame itself (the overrun policy: wait, never drop). A message
 the socket took only in part is finished by a short ``_flush`` task before any other byte
 goes out on that connection.
+
+Dead links and hostile peers (issue 19; ``docs/security.md``, "Connections"), for websocket
+sessions (in-process ones are the embedding program's own): while a request is open, the
+engine pings every ``ping_interval`` and drops a connection whose pong does not come within
+``ping_timeout`` (a dead link, a stopped client, a peer that never reads); pongs with
+nothing else received between them space the pings out, up to 4 x ``ping_interval``. A
+session with no request open that received nothing for ``idle_timeout`` is closed (1001),
+dead or alive, so it needs no pings; a message left half-sent for
+``message_timeout`` closes the connection (1008). Before ``hello`` a message may be at most
+``max_hello_bytes`` (the server sets that; the session raises it to ``max_message_bytes``
+before it sends ``welcome``). One public access token may hold at most
+``max_connections_per_credential`` sessions (more are refused with ``rate_limited``, close
+1013) and ``max_reads_per_credential`` open reads and subscriptions; one client address at
+most ``max_reads_per_address``. The API key is the embedding backend's: only the
+per-address caps apply to it.
+
+Memory per connection: a read holds a batch of chunks from the moment it takes one until its
+frame is written. At most ``read_batches_per_connection`` reads of a connection hold one at
+once (a per-connection semaphore the reader takes before it fetches, see ``Reader.gate``),
+so a client that opens a thousand reads and never reads costs a few batches, not a
+thousand (the read tasks themselves wait without data).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import trio
 
-from runwire import RunwireError, UnauthorizedError
+from runwire import RateLimitedError, RunwireError, UnauthorizedError
 from runwire.transport import (
-    CLOSE_INTERNAL, CLOSE_TRY_AGAIN, CLOSE_UNAUTHORIZED, PROTOCOL_VERSION, Ack, Append, Cancel,
-    CancelRun, Chunks, CompleteWaitpoint, Connection, ConnectionBroken, ConnectionClosed,
-    CreateToken, CreateWaitpoint, End, Error, Frame, Hello, ListRuns, Read, RemoteProtocolError,
-    Retrieve, RetrieveWaitpoint, RunInfo, RunList, Send, Subscribe, Token, Trigger, Triggered,
-    WaitpointInfo, Welcome,
+    CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_POLICY, CLOSE_TRY_AGAIN, CLOSE_UNAUTHORIZED,
+    PROTOCOL_VERSION, Ack, Append, Cancel, CancelRun, Chunks, CompleteWaitpoint, Connection,
+    ConnectionBroken, ConnectionClosed, CreateToken, CreateWaitpoint, End, Error, Frame, Hello,
+    ListRuns, Read, RemoteProtocolError, Retrieve, RetrieveWaitpoint, RunInfo, RunList, Send,
+    Subscribe, Token, Trigger, Triggered, WaitpointInfo, Welcome,
 )
 
 from ..run import Reader, ReadTimeout
@@ -70,11 +91,26 @@ REFUSE_TIMEOUT = 5.0
 
 
 class Session:
-    """The engine's half of one connection."""
+    """The engine's half of one connection.
 
-    def __init__(self, door: Door, conn: Connection) -> None:
+    Args:
+        door: what the engine's doors share.
+        conn: the connection (websocket or in-process).
+        address: the client's IP address (``None`` in-process): keys the per-address caps.
+        hello_by: trio time by which ``hello`` must have come (default: ``handshake_timeout``
+            from now; the server counts from the TCP accept).
+    """
+
+    def __init__(self, door: Door, conn: Connection, *, address: str | None = None,
+                 hello_by: float | None = None) -> None:
         self.door = door
         self.conn = conn
+        self.address = address
+        self._hello_by = hello_by
+        self._credential: str | None = None  # a public token's fingerprint, once counted
+        self._batches = trio.Semaphore(max(door.limits.read_batches_per_connection, 1))
+        self._last_end = trio.current_time()  # when a request last ended (idle timer)
+        self._busy: trio.Event | None = None  # set when a request opens (keepalive waits)
         self._caller: Caller | None = None  # once the handshake is done
         self._requests: dict[int, trio.CancelScope] = {}
         self._sending: set[trio.CancelScope] = set()
@@ -98,6 +134,9 @@ class Session:
             elif await self._handshake():
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
+                    if self.conn.can_ping:  # a websocket: watch the link and the peer
+                        nursery.start_soon(self._keepalive)
+                        nursery.start_soon(self._watchdog)
                     try:
                         await self._loop(nursery)
                     finally:
@@ -109,6 +148,8 @@ class Session:
             close_code = CLOSE_INTERNAL
         finally:
             self.door.connections -= 1
+            if self._credential is not None:
+                self.door.free_slot(("session", self._credential))
             await self.conn.aclose(close_code)
 
     def _end_requests(self, nursery: trio.Nursery) -> None:
@@ -139,7 +180,11 @@ class Session:
     # --- handshake ---------------------------------------------------------------------------
 
     async def _handshake(self) -> bool:
-        with trio.move_on_after(self.door.limits.handshake_timeout):
+        limits = self.door.limits
+        hello_by = self._hello_by
+        if hello_by is None:
+            hello_by = trio.current_time() + limits.handshake_timeout
+        with trio.move_on_at(hello_by):
             try:
                 frame = await self.conn.receive()
             except RemoteProtocolError as exc:
@@ -151,6 +196,16 @@ class Session:
             except UnauthorizedError as exc:
                 await self._refuse("unauthorized", exc.message, CLOSE_UNAUTHORIZED)
                 return False
+            grant = self._caller.grant
+            if not grant.admin:
+                cap = limits.max_connections_per_credential
+                if not self.door.take_slot(("session", grant.key), cap):
+                    await self._refuse("rate_limited", f"too many connections with this access "
+                                       f"token (at most {cap}); try again later",
+                                       CLOSE_TRY_AGAIN)
+                    return False
+                self._credential = grant.key
+            self.conn.set_max_message_size(limits.max_message_bytes)  # before welcome
             await self.conn.send(Welcome(protocol=PROTOCOL_VERSION, engine="runwire",
                                          max_message=self.door.limits.max_message_bytes))
             return True
@@ -165,6 +220,94 @@ class Session:
             except Exception:  # the client may be gone already; we are closing anyway
                 pass
         await self.conn.aclose(close_code, message[:120])
+
+    # --- dead links and hostile peers (module docstring) ------------------------------------
+
+    async def _keepalive(self) -> None:
+        """While a request is open, ping every ``ping_interval`` (up to 4 x that while only
+        pongs come back); drop the connection if a pong is late."""
+        limits, conn = self.door.limits, self.conn
+        interval = limits.ping_interval
+        if interval is None:
+            return
+        spacing = interval
+        try:
+            while True:
+                if not self._requests:
+                    self._busy = trio.Event()
+                    await self._busy.wait()
+                    spacing = interval
+                pinged = trio.current_time()
+                await trio.sleep(spacing)
+                if not self._requests:
+                    continue
+                if conn.received_at > pinged:  # the client spoke meanwhile
+                    spacing = interval
+                with trio.move_on_after(limits.ping_timeout) as wait:
+                    await conn.ping()
+                if wait.cancelled_caught:
+                    log.info("a client answered no ping within %g s; dropping its connection",
+                             limits.ping_timeout)
+                    await conn.abort()
+                    return
+                spacing = min(spacing * 2, 4 * interval)
+        except (ConnectionBroken, ConnectionClosed):
+            return  # the read loop sees it too and ends the session
+
+    async def _watchdog(self) -> None:
+        """Close the connection when it idles too long or leaves a message half-sent."""
+        limits, conn = self.door.limits, self.conn
+        while True:
+            now = trio.current_time()
+            started = conn.message_started
+            if started is not None and now - started >= limits.message_timeout:
+                log.info("a client left a message half-sent for %g s; closing its connection",
+                         limits.message_timeout)
+                await conn.aclose(CLOSE_POLICY, f"a message stayed unfinished for "
+                                                f"{limits.message_timeout:g} s")
+                return
+            wake = (started if started is not None else now) + limits.message_timeout
+            idle = limits.idle_timeout
+            if idle is not None:
+                since = max(conn.received_at, self._last_end)
+                if self._requests:
+                    wake = min(wake, now + idle)
+                elif now - since >= idle:
+                    await conn.aclose(CLOSE_GOING_AWAY, f"idle for {idle:g} s")
+                    return
+                else:
+                    wake = min(wake, since + idle)
+            await trio.sleep_until(wake)
+
+    @contextlib.contextmanager
+    def _open_read_slot(self) -> Iterator[None]:
+        """Count an open read or subscription against the caps of the credential and the
+        address (``max_reads_per_*``) while it is open.
+
+        Raises:
+            RateLimitedError: one of them is at its cap.
+        """
+        limits, door = self.door.limits, self.door
+        keys = []
+        try:
+            if not self.caller.grant.admin:
+                key = ("reads", self.caller.grant.key)
+                if not door.take_slot(key, limits.max_reads_per_credential):
+                    raise RateLimitedError(
+                        f"too many open reads and subscriptions with this access token (at "
+                        f"most {limits.max_reads_per_credential}); end some first")
+                keys.append(key)
+            if self.address is not None:
+                key = ("reads@", self.address)
+                if not door.take_slot(key, limits.max_reads_per_address):
+                    raise RateLimitedError(
+                        f"too many open reads and subscriptions from this address (at most "
+                        f"{limits.max_reads_per_address}); end some first")
+                keys.append(key)
+            yield
+        finally:
+            for key in keys:
+                door.free_slot(key)
 
     # --- the request loop --------------------------------------------------------------------
 
@@ -206,6 +349,8 @@ class Session:
             return
         scope = self._requests[rid] = trio.CancelScope()
         self.door.open_requests += 1
+        if self._busy is not None:
+            self._busy.set()
         nursery.start_soon(self._run_request, rid, scope, self._handlers[type(frame)], frame)
 
     async def _run_request(self, rid: int, scope: trio.CancelScope, handler: Handler,
@@ -229,6 +374,7 @@ class Session:
         finally:
             del self._requests[rid]
             self.door.open_requests -= 1
+            self._last_end = trio.current_time()
 
     # --- requests ----------------------------------------------------------------------------
 
@@ -238,24 +384,44 @@ class Session:
         return self._caller
 
     async def _read(self, frame: Read) -> None:
+        with self._open_read_slot():
+            await self._read_slotted(frame)
+
+    async def _read_slotted(self, frame: Read) -> None:
         reader = await self.caller.open_read(frame.run, frame.stream, frame.from_,
                                              frame.timeout_s)
         push = self._pusher(frame, reader)
+        held = False
+
+        async def gate() -> None:  # before the reader takes a batch: the connection's budget
+            nonlocal held
+            if not held:
+                await self._batches.acquire()
+                held = True
+
+        reader.gate = gate
         reader.stream.add_pusher(push)
         try:
             with self.caller.expiry_scope():  # a read ends when its token does
                 while True:
                     try:
-                        batch = await reader.next_batch(frame.timeout_s)
-                    except ReadTimeout:
-                        await self._emit(End(re=frame.id, reason="timeout", next=reader.next))
-                        return
-                    if batch is None:
-                        await self._emit(End(re=frame.id, reason="complete", next=reader.next))
-                        return
-                    start = reader.next - len(batch)  # (pushes may have moved it meanwhile)
-                    await self._emit(Chunks(re=frame.id, stream=frame.stream, start=start,
-                                            items=batch))  # stored JSON bytes, joined by codec
+                        try:
+                            batch = await reader.next_batch(frame.timeout_s)
+                        except ReadTimeout:
+                            await self._emit(End(re=frame.id, reason="timeout",
+                                                 next=reader.next))
+                            return
+                        if batch is None:
+                            await self._emit(End(re=frame.id, reason="complete",
+                                                 next=reader.next))
+                            return
+                        start = reader.next - len(batch)  # (pushes may have moved it)
+                        await self._emit(Chunks(re=frame.id, stream=frame.stream, start=start,
+                                                items=batch))  # stored JSON, joined by codec
+                    finally:
+                        if held:  # the batch is written (or dropped): its budget is free
+                            held = False
+                            self._batches.release()
         finally:
             reader.stream.remove_pusher(push)
         raise UnauthorizedError(f"the access token has expired; the read ended at index "
@@ -299,7 +465,8 @@ class Session:
         await self._emit(Triggered(re=frame.id, run=record.id, token=token))
 
     async def _subscribe(self, frame: Subscribe) -> None:
-        with self.caller.expiry_scope():  # a subscription ends when its token does
+        # a subscription ends when its token does
+        with self._open_read_slot(), self.caller.expiry_scope():
             async with contextlib.aclosing(self.caller.subscribe(frame.run)) as snapshots:
                 async for snapshot in snapshots:
                     await self._emit(RunInfo(re=frame.id, run=snapshot))

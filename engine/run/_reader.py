@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import trio
 
 from .._limits import Limits
@@ -35,6 +37,9 @@ class Reader:
         self.stream = stream
         #: parked at the live tail, waiting for chunks (a pusher may hand them over meanwhile)
         self.waiting = False
+        #: awaited before a batch is taken, once there is one to take (never while waiting at
+        #: the live tail): a door bounds how many batches its reads hold at once with it
+        self.gate: Callable[[], Awaitable[None]] | None = None
 
     async def next_batch(self, timeout: float | None) -> list[bytes] | None:
         """The next chunks (at least one), ``None`` once the stream has ended.
@@ -46,6 +51,8 @@ class Reader:
         while True:
             stream = self.stream
             if self.next < stream.length:
+                if self.gate is not None:
+                    await self.gate()  # (no pusher moves ``next`` meanwhile: not waiting)
                 items = self.tail()
                 if items is None:  # behind the live tail: the store has it
                     items = cap_bytes(await self.store.read_chunks(
