@@ -28,6 +28,7 @@ and bodies) and the connection is closed.
 from __future__ import annotations
 
 import logging
+import math
 from collections import deque
 from http import HTTPStatus
 from collections.abc import Awaitable, Callable, Iterable
@@ -139,9 +140,7 @@ class Exchange:
         self.keep_alive = keep_alive
         self.started = False
         self.finished = False
-        #: the handler runs in it; cancelled when the client leaves while it is watched
-        self.scope = trio.CancelScope()
-        self.peer_gone = False
+        self.peer_gone = False  # (then the connection's scope is cancelled)
         self._watch: tuple[trio.CancelScope, trio.Event] | None = None
         self._framing = b""  # a streamed answer's: b"chunked", b"close" or b"none" (HEAD)
 
@@ -164,7 +163,7 @@ class Exchange:
                     self.conn.pending.append(bytes(data))
                 else:
                     self.peer_gone = True
-                    self.scope.cancel()
+                    self.conn.scope.cancel()
         finally:
             done.set()
 
@@ -173,7 +172,8 @@ class Exchange:
         if self._watch is not None:
             scope, done = self._watch
             scope.cancel()
-            await done.wait()
+            with trio.CancelScope(shield=True):  # (the connection's scope may be cancelled)
+                await done.wait()
 
     async def respond(self, status: int, headers: Iterable[tuple[str, str]] = (),
                       body: bytes = b"") -> None:
@@ -282,6 +282,11 @@ class HttpConnection:
         self.pending: list[bytes] = []
         #: the client speaks HTTP/1.0 (its last request did)
         self.http10 = False
+        #: what every request of the connection runs in: its deadline is the read timeout
+        #: while a read waits; cancelled when a watched client leaves (Exchange.watch)
+        self.scope = trio.CancelScope()
+        self._idle = True  # the last read waited between requests
+        self._peer_gone = False
         self._parser = httptools.HttpRequestParser(self)
         self._ready: deque[tuple[Request, bool]] = deque()
         self._broken: _BadRequest | None = None  # found after requests still to serve
@@ -386,13 +391,25 @@ class HttpConnection:
             if self._head_fed > MAX_HEAD_BYTES:
                 self._broken = _BadRequest(431, "bad_request", "the request head is too large")
 
+    async def _receive(self, idle: bool) -> bytes | bytearray:
+        """What the socket has, waiting at most ``IDLE_TIMEOUT`` (``idle``: between
+        requests) or ``read_timeout`` seconds: the connection's scope has that deadline
+        while it waits (and no other: a handler may take as long as it needs)."""
+        scope = self.scope
+        self._idle = idle
+        scope.deadline = trio.current_time() + (IDLE_TIMEOUT if idle else self.read_timeout)
+        try:
+            return await self.stream.receive_some(RECEIVE_BYTES)
+        finally:
+            scope.deadline = math.inf
+
     async def _next_request(self) -> tuple[Request, bool] | None:
         """The next whole request and whether the connection stays open after it; ``None``
         when the client left, or idled between requests for ``IDLE_TIMEOUT`` seconds.
 
         Raises:
             _BadRequest: malformed or oversized HTTP.
-            _Stalled: a request began and then stopped arriving for ``read_timeout`` seconds.
+            trio.Cancelled: the connection's scope's deadline struck (:meth:`_receive`).
         """
         while True:
             if self._ready:
@@ -407,14 +424,7 @@ class HttpConnection:
             if self._continue:
                 self._continue = False
                 await self.stream.send_all(b"HTTP/1.1 100 Continue\r\n\r\n")
-            idle = not self._in_message
-            data = None
-            with trio.move_on_after(IDLE_TIMEOUT if idle else self.read_timeout):
-                data = await self.stream.receive_some(RECEIVE_BYTES)
-            if data is None:
-                if idle:
-                    return None  # idle between requests
-                raise _Stalled
+            data = await self._receive(not self._in_message)
             if not data:
                 return None  # the client left (mid-request or not)
             self._feed(data)
@@ -423,11 +433,14 @@ class HttpConnection:
         """Serve requests until the connection closes; never raises for the peer's doing."""
         async with trio.open_nursery() as self.nursery:  # for Exchange.watch
             try:
-                while (item := await self._next_request()) is not None:
-                    exchange = Exchange(self, *item)
-                    await self._handle(exchange)
-                    if not (exchange.finished and exchange.keep_alive):
-                        break
+                with self.scope:
+                    while (item := await self._next_request()) is not None:
+                        exchange = Exchange(self, *item)
+                        await self._handle(exchange)
+                        if not (exchange.finished and exchange.keep_alive):
+                            break
+                if self.scope.cancelled_caught and not self._idle and not self._peer_gone:
+                    raise _Stalled  # (idle between requests: closed quietly)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
             except _BadRequest as exc:  # malformed HTTP: answer it if we can
@@ -483,9 +496,10 @@ class HttpConnection:
 
     async def _handle(self, exchange: Exchange) -> None:
         try:
-            with exchange.scope:
-                await self._answer(exchange)
+            await self._answer(exchange)
         finally:
+            if exchange.peer_gone:
+                self._peer_gone = True
             await exchange.unwatch()
         if exchange.peer_gone:
             raise trio.ClosedResourceError("the client left")
