@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import math
 from typing import Protocol
 
 import orjson
@@ -161,4 +162,4 @@ async def _sse(exchange: Exchange, source: ReadSource, start: int, cursor: str |
             if result.closed:
                 return
             if result.up_to_date:
-                await source.wait(position, interval)
+                await source.wait(position, math.inf)  # (the response's scope ends it)

@@ -528,11 +528,17 @@ class DurableStreams:
         changed within ``timeout``."""
         live.waiting += 1
         try:
+            if timeout == math.inf:  # (an SSE response: its own scope ends it)
+                await self._changed(live, position)
+                return True
             with trio.move_on_after(timeout):
-                while live.meta.tail <= position and not live.meta.closed \
-                        and not live.meta.deleted and self._streams.get(live.meta.path) is live:
-                    await live.changed.wait()
+                await self._changed(live, position)
                 return True
             return False
         finally:
             live.waiting -= 1
+
+    async def _changed(self, live: _Live, position: int) -> None:
+        while live.meta.tail <= position and not live.meta.closed \
+                and not live.meta.deleted and self._streams.get(live.meta.path) is live:
+            await live.changed.wait()
