@@ -156,7 +156,9 @@ async def _sse(exchange: Exchange, source: ReadSource, start: int, cursor: str |
                     if result.up_to_date:
                         control["upToDate"] = True
                 out += sse_control(control)
-            await exchange.write(out)  # an event and its control in one chunk
+            # an event and its control in one chunk; at the tail, the wait below is this
+            # task's pause (see HttpConnection.send)
+            await exchange.write(out, pause=not result.up_to_date)
             first = False
             position = result.next
             if result.closed:
