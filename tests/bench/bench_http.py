@@ -515,10 +515,22 @@ def _summarise(report: Report, samples: dict[str, list[dict[str, Any]]],
         report.add(f"append+read {label}: writer CPU/append", "us",
                    [r["writer_cpu_s"] / r["items"] * 1e6 for r in results],
                    higher_is_better=False)
+        report.add(f"append+read {label}: reader CPU/item", "us",
+                   [r["cpu_s"] / r["items"] * 1e6 for r in results], higher_is_better=False)
         for key in ("p50", "p99"):
             report.add(f"append+read {label}: {key}", "ms", [r[f"{key}_ms"] for r in results],
                        higher_is_better=False)
     for store in params.stores if "reference" in variants else ():
+        # the same ratios taken within each repetition (the variants of a repetition run
+        # back to back, so they share more of the machine's load), and the server CPU ratio
+        # (steadier than wall-clock figures on a busy machine); figures, not checks
+        pairs = list(zip(samples[f"runwire {store}"], samples["reference"], strict=True))
+        report.add(f"append+read runwire {store} / reference items/s, per repetition", "x",
+                   [ours["rate"] / ref["rate"] for ours, ref in pairs])
+        report.add(f"append+read runwire {store} / reference server CPU per append, per "
+                   f"repetition", "x",
+                   [ours["server_cpu_s"] / ref["server_cpu_s"] for ours, ref in pairs],
+                   higher_is_better=False)
         report.ratio(f"append+read runwire {store} vs reference: items/s",
                      f"append+read runwire {store}: items/s", "append+read reference: items/s",
                      2.0)
