@@ -78,8 +78,9 @@ class Params:
     repeat: int = 5
     #: runwire's stores in the append workload (the reference keeps its streams in memory)
     stores: tuple[str, ...] = ("memory", "sqlite")
-    #: which workloads run (all by default; ``parts=("append",)`` for the append workload
-    #: alone, e.g. ``bench_http.run(attrs.evolve(bench_http.QUICK, parts=("append",)))``)
+    #: which workloads run (these four by default; ``parts=("append",)`` for the append
+    #: workload alone, e.g. ``bench_http.run(attrs.evolve(bench_http.QUICK,
+    #: parts=("append",)))``; ``"floor"`` adds the append workload on :class:`_Floor`)
     parts: tuple[str, ...] = ("read", "live", "append", "layer")
 
 
@@ -306,13 +307,71 @@ async def _ds_writer(args: dict[str, Any]) -> dict[str, Any]:
 PING = b'{"ok":true}'
 
 
+class _Floor:
+    """The least a server can do for the append workload, on the door's ``HttpConnection``:
+    keep each stream's items in a list, answer each append, and send each new item to the SSE
+    readers (no store, no auth, no checks, the body's one item taken as is). What the append
+    workload costs on this machine, its clients and their wake-ups included, with the
+    engine's own work taken out: the floor under runwire's figure."""
+
+    def __init__(self) -> None:
+        self.items: dict[str, list[bytes]] = {}
+        self.closed: set[str] = set()
+        self.changed = trio.Event()
+
+    async def __call__(self, exchange: Any) -> None:
+        request = exchange.request
+        path = request.path
+        if request.method == "PUT":
+            self.items.setdefault(path, [])
+            await exchange.respond(201, [("content-type", "application/json"),
+                                         ("stream-next-offset", _offset(0))])
+        elif request.method == "POST":
+            items = self.items[path]
+            if request.body:
+                items.append(request.body[1:-1])  # "[item]": the writer's one item
+            if request.header("stream-closed"):
+                self.closed.add(path)
+            self.changed.set()
+            self.changed = trio.Event()
+            await exchange.respond(204, [("stream-next-offset", _offset(len(items)))])
+        else:  # GET ...?offset=-1&live=sse
+            await exchange.start(200, [("content-type", "text/event-stream")])
+            position = 0
+            while True:
+                changed = self.changed  # (set by an append while the write below waits)
+                items = self.items[path]
+                new = items[position:]
+                position = len(items)
+                closed = path in self.closed
+                control = {"streamNextOffset": _offset(position)}
+                control.update({"streamClosed": True} if closed else {"upToDate": True})
+                out = b"event: control\ndata:" + orjson.dumps(control) + b"\n\n"
+                if new:
+                    out = b"event: data\ndata:[" + b",".join(new) + b"]\n\n" + out
+                await exchange.write(out)
+                if closed:
+                    return
+                await changed.wait()
+
+
+def _offset(position: int) -> str:
+    return f"{0:016d}_{position:016d}"
+
+
 async def _layer_server(args: dict[str, Any]) -> None:
-    """``GET /ping`` on the door's ``HttpConnection`` or on hypercorn (ASGI), on trio."""
+    """``GET /ping`` on the door's ``HttpConnection`` or on hypercorn (ASGI), on trio; or
+    (``floor``) :class:`_Floor` on the door's ``HttpConnection``."""
     async with trio.open_nursery() as nursery:
-        if args["kind"] == "door":
+        if args["kind"] in ("door", "floor"):
             from runwire.engine.door._http import Exchange, HttpConnection
 
+            floor = _Floor()
+
             async def ping(exchange: Exchange) -> None:
+                if args["kind"] == "floor":
+                    await floor(exchange)
+                    return
                 await exchange.respond(200, [("content-type", "application/json")], PING)
 
             async def connection(stream: trio.SocketStream) -> None:
@@ -418,6 +477,8 @@ def run(params: Params = FULL) -> Report:
     else:
         servers["reference"] = spawn(__name__, "reference")
     layers = ["door"] if "layer" in params.parts else []
+    if "floor" in params.parts:
+        servers["floor"] = spawn(__name__, "layer", kind="floor")
     if not layers:
         pass
     elif missing := hypercorn_missing():
@@ -474,6 +535,8 @@ def run(params: Params = FULL) -> Report:
                     append_and_read(f"runwire {store}", store, _http(urls[store]), rep)
                 if "reference" in urls:
                     append_and_read("reference", "reference", urls["reference"], rep)
+            if "floor" in params.parts:
+                append_and_read("floor", "floor", urls["floor"], rep)
             for kind in layers:
                 measure(f"GET /ping on {kind}", kind, __name__, "ping", warm=True,
                         url=urls[kind], n=params.pings)
@@ -505,7 +568,8 @@ def _summarise(report: Report, samples: dict[str, list[dict[str, Any]]],
         report.ratio("SSE live p99 vs websocket live p99", "SSE live: p99",
                      "websocket live: p99", 2.0, at_least=False)
     variants = [f"runwire {s}" for s in params.stores if f"runwire {s}" in samples] + (
-        ["reference"] if "reference" in samples else [])
+        ["reference"] if "reference" in samples else []) + (
+        ["floor"] if "floor" in samples else [])
     for label in variants:
         results = samples[label]
         report.add(f"append+read {label}: items/s", "items/s", [r["rate"] for r in results])
@@ -537,6 +601,10 @@ def _summarise(report: Report, samples: dict[str, list[dict[str, Any]]],
         report.ratio(f"append+read runwire {store} vs reference: p99",
                      f"append+read runwire {store}: p99", "append+read reference: p99", 1.0,
                      at_least=False)
+    if "floor" in samples and "reference" in samples:
+        report.add("append+read floor / reference items/s, per repetition", "x",
+                   [floor["rate"] / ref["rate"]
+                    for floor, ref in zip(samples["floor"], samples["reference"], strict=True)])
     for kind in ("door", "hypercorn"):
         if results := samples.get(f"GET /ping on {kind}"):
             report.add(f"GET /ping on {kind}: requests/s", "requests/s",
