@@ -21,6 +21,11 @@ Three workloads, every client in a process of its own:
   the first item's stamp to the last item's arrival; latency: stamp to arrival. Target:
   runwire at least 2x the reference's throughput at a p99 no worse.
 
+* **Floor** (``parts=("floor",)``, not in the default run): the append workload against
+  :class:`_Floor`, the door's ``HttpConnection`` with a handler that only keeps each item,
+  answers and forwards it to the SSE reader (no engine): what these clients on this machine
+  allow a server, to read runwire's ratio against (docs/performance.md).
+
 * **HTTP layer** (why the door's own, docs/architecture.md): the door's ``HttpConnection``
   (``engine/door/_http.py``, llhttp through httptools) and hypercorn's trio worker with an ASGI app, each answering
   the same small JSON to ``GET /ping`` on trio; one client sends sequential keep-alive
