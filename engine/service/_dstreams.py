@@ -86,9 +86,15 @@ def cursor_for(now: float, given: str | None) -> str:
     return str(current)
 
 
-@functools.lru_cache(maxsize=1024)  # a few content types, asked about on every request
 def media_type(content_type: str | None) -> str:
     """``text/plain; charset=utf-8`` -> ``text/plain`` (what the protocol compares)."""
+    if content_type is not None and len(content_type) > 100:
+        return _media_type.__wrapped__(content_type)  # (the cache keeps short ones only)
+    return _media_type(content_type)
+
+
+@functools.lru_cache(maxsize=256)  # a few content types, asked about on every request
+def _media_type(content_type: str | None) -> str:
     return (content_type or "").split(";", 1)[0].strip().lower()
 
 
