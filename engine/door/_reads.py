@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import math
 from collections.abc import Callable
 from typing import Protocol
 
@@ -182,10 +183,12 @@ async def _sse(exchange: Exchange, source: ReadSource, start: int, cursor: str |
                     if result.up_to_date:
                         control["upToDate"] = True
                 out += sse_control(control)
-            await exchange.write(out)  # an event and its control in one chunk
+            # an event and its control in one chunk; at the tail, the wait below is this
+            # task's pause (see HttpConnection.send)
+            await exchange.write(out, pause=not result.up_to_date)
             first = False
             position = result.next
             if result.closed:
                 return
             if result.up_to_date:
-                await source.wait(position, interval)
+                await source.wait(position, math.inf)  # (the response's scope ends it)

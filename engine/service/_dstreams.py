@@ -17,6 +17,7 @@ HTTP's, so its statuses are its vocabulary.
 
 from __future__ import annotations
 
+import functools
 import math
 from bisect import bisect_right
 import random
@@ -87,6 +88,13 @@ def cursor_for(now: float, given: str | None) -> str:
 
 def media_type(content_type: str | None) -> str:
     """``text/plain; charset=utf-8`` -> ``text/plain`` (what the protocol compares)."""
+    if content_type is not None and len(content_type) > 100:
+        return _media_type.__wrapped__(content_type)  # (the cache keeps short ones only)
+    return _media_type(content_type)
+
+
+@functools.lru_cache(maxsize=256)  # a few content types, asked about on every request
+def _media_type(content_type: str | None) -> str:
     return (content_type or "").split(";", 1)[0].strip().lower()
 
 
@@ -353,23 +361,30 @@ class DurableStreams:
             StreamError: 400, 403 (a fenced producer epoch), 404, 409, 410, 413.
         """
         live = await self._find(path)
-        async with live.lock:
+        lock = live.lock
+        try:  # the usual case, nobody else appending: no scheduling round trip for the lock
+            lock.acquire_nowait()
+        except trio.WouldBlock:
+            await lock.acquire()
+        try:
             return await self._append(live, content_type, body, closing, seq, producer)
+        finally:
+            lock.release()
 
     async def _append(self, live: _Live, content_type: str | None, body: bytes,
                       closing: bool, seq: str | None,
                       producer: tuple[str, int, int] | None) -> AppendResult:
         meta = live.meta
-        closed_headers = [("stream-closed", "true"),
-                          ("stream-next-offset", format_offset(meta.tail))]
         if meta.closed:
             if producer is not None and meta.closed_by == producer:
                 return AppendResult(204, meta, producer[1:])
             if closing and not body:
                 return AppendResult(204, meta)
-            raise StreamError(409, "the stream is closed", closed_headers, code="stream_closed")
-        if body and content_type is not None and media_type(content_type) != media_type(
-                meta.content_type):
+            raise StreamError(409, "the stream is closed", [
+                ("stream-closed", "true"), ("stream-next-offset", format_offset(meta.tail))],
+                code="stream_closed")
+        if body and content_type is not None and content_type != meta.content_type and \
+                media_type(content_type) != media_type(meta.content_type):
             raise StreamError(409, f"the stream's content type is {meta.content_type}")
         state: tuple[int, int] | None = None
         if producer is not None:
@@ -482,7 +497,9 @@ class DurableStreams:
         if start > meta.tail:
             raise StreamError(400, "the offset is beyond the stream's tail")
         if start >= live.recent_from:  # the newest items: from memory
-            await trio.lowlevel.checkpoint()
+            # (a cancellation point, not a yield: a live reader yields when it writes, and
+            # waits when it is at the tail)
+            await trio.lowlevel.checkpoint_if_cancelled()
             pieces, nxt = _pieces(live.recent, start, meta.tail, self.limits.frame_bytes,
                                   is_json(meta.content_type))
         else:
@@ -517,11 +534,17 @@ class DurableStreams:
         changed within ``timeout``."""
         live.waiting += 1
         try:
+            if timeout == math.inf:  # (an SSE response: its own scope ends it)
+                await self._changed(live, position)
+                return True
             with trio.move_on_after(timeout):
-                while live.meta.tail <= position and not live.meta.closed \
-                        and not live.meta.deleted and self._streams.get(live.meta.path) is live:
-                    await live.changed.wait()
+                await self._changed(live, position)
                 return True
             return False
         finally:
             live.waiting -= 1
+
+    async def _changed(self, live: _Live, position: int) -> None:
+        while live.meta.tail <= position and not live.meta.closed \
+                and not live.meta.deleted and self._streams.get(live.meta.path) is live:
+            await live.changed.wait()

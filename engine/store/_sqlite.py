@@ -1053,14 +1053,26 @@ def _apply(conn: sqlite3.Connection, batch: Batch, run_rows: list[tuple[Any, ...
             conn.execute(f"DELETE FROM {table} WHERE path = ?", (path,))
     for write in batch.streams:
         path = write.stream.path
-        conn.execute("INSERT OR REPLACE INTO ds_streams (path, meta) VALUES (?, ?)",
-                     (path, orjson.dumps(attrs.asdict(write.stream))))
-        if write.items:
-            conn.executemany("INSERT INTO ds_items (path, start, data) VALUES (?, ?, ?)",
+        conn.execute(_UPSERT_DS, (path, orjson.dumps(_ds_fields(write.stream))))
+        if len(write.items) == 1:  # one append of one item: the usual case
+            conn.execute(_INSERT_DS_ITEM, (path, *write.items[0]))
+        elif write.items:
+            conn.executemany(_INSERT_DS_ITEM,
                              [(path, start, data) for start, data in write.items])
         if write.producer is not None:
             conn.execute("INSERT OR REPLACE INTO ds_producers (path, producer, epoch, seq) "
                          "VALUES (?, ?, ?, ?)", (path, *write.producer))
+
+
+_UPSERT_DS = ("INSERT INTO ds_streams (path, meta) VALUES (?, ?) "
+              "ON CONFLICT (path) DO UPDATE SET meta = excluded.meta")
+_INSERT_DS_ITEM = "INSERT INTO ds_items (path, start, data) VALUES (?, ?, ?)"
+_DS_FIELDS = tuple(field.name for field in attrs.fields(DurableStream))
+
+
+def _ds_fields(stream: DurableStream) -> dict[str, Any]:
+    """``attrs.asdict(stream)`` (the same JSON once dumped), for a fraction of its cost."""
+    return {name: getattr(stream, name) for name in _DS_FIELDS}
 
 
 def _append_chunks(conn: sqlite3.Connection, app: ChunkAppend,

@@ -21,8 +21,13 @@ Three workloads, every client in a process of its own:
   the first item's stamp to the last item's arrival; latency: stamp to arrival. Target:
   runwire at least 2x the reference's throughput at a p99 no worse.
 
-* **HTTP layer** (why h11, docs/architecture.md): the door's own ``HttpConnection``
-  (``engine/door/_http.py``, h11) and hypercorn's trio worker with an ASGI app, each answering
+* **Floor** (``parts=("floor",)``, not in the default run): the append workload against
+  :class:`_Floor`, the door's ``HttpConnection`` with a handler that only keeps each item,
+  answers and forwards it to the SSE reader (no engine): what these clients on this machine
+  allow a server, to read runwire's ratio against (docs/performance.md).
+
+* **HTTP layer** (why the door's own, docs/architecture.md): the door's ``HttpConnection``
+  (``engine/door/_http.py``, llhttp through httptools) and hypercorn's trio worker with an ASGI app, each answering
   the same small JSON to ``GET /ping`` on trio; one client sends sequential keep-alive
   requests. Requests per second and server CPU per request; no target. Skipped when hypercorn
   (a dev extra) is not installed.
@@ -78,6 +83,10 @@ class Params:
     repeat: int = 5
     #: runwire's stores in the append workload (the reference keeps its streams in memory)
     stores: tuple[str, ...] = ("memory", "sqlite")
+    #: which workloads run (these four by default; ``parts=("append",)`` for the append
+    #: workload alone, e.g. ``bench_http.run(attrs.evolve(bench_http.QUICK,
+    #: parts=("append",)))``; ``"floor"`` adds the append workload on :class:`_Floor`)
+    parts: tuple[str, ...] = ("read", "live", "append", "layer")
 
 
 FULL = Params()
@@ -286,7 +295,7 @@ async def _ds_writer(args: dict[str, Any]) -> dict[str, Any]:
     target, auth = _stream_target(args)
     client = H11Client(args["url"])
     headers = [*auth, ("content-type", "application/json")]
-    t0 = time.perf_counter()
+    cpu0, t0 = time.process_time(), time.perf_counter()
     for i in range(args["n"]):
         status, _, _ = await client.request(
             "POST", target, headers, b"[" + orjson.dumps([i, time.time_ns()]) + b"]")
@@ -296,19 +305,78 @@ async def _ds_writer(args: dict[str, Any]) -> dict[str, Any]:
     status, _, _ = await client.request("POST", target, [*auth, ("stream-closed", "true")])
     if status not in (200, 204):
         raise AssertionError(f"close: {status}")
-    return {"appends": args["n"], "seconds": seconds, "rate": args["n"] / seconds}
+    return {"appends": args["n"], "seconds": seconds, "rate": args["n"] / seconds,
+            "cpu_s": time.process_time() - cpu0}
 
 
 PING = b'{"ok":true}'
 
 
+class _Floor:
+    """The least a server can do for the append workload, on the door's ``HttpConnection``:
+    keep each stream's items in a list, answer each append, and send each new item to the SSE
+    readers (no store, no auth, no checks, the body's one item taken as is). What the append
+    workload costs on this machine, its clients and their wake-ups included, with the
+    engine's own work taken out: the floor under runwire's figure."""
+
+    def __init__(self) -> None:
+        self.items: dict[str, list[bytes]] = {}
+        self.closed: set[str] = set()
+        self.changed = trio.Event()
+
+    async def __call__(self, exchange: Any) -> None:
+        request = exchange.request
+        path = request.path
+        if request.method == "PUT":
+            self.items.setdefault(path, [])
+            await exchange.respond(201, [("content-type", "application/json"),
+                                         ("stream-next-offset", _offset(0))])
+        elif request.method == "POST":
+            items = self.items[path]
+            if request.body:
+                items.append(request.body[1:-1])  # "[item]": the writer's one item
+            if request.header("stream-closed"):
+                self.closed.add(path)
+            self.changed.set()
+            self.changed = trio.Event()
+            await exchange.respond(204, [("stream-next-offset", _offset(len(items)))])
+        else:  # GET ...?offset=-1&live=sse
+            await exchange.start(200, [("content-type", "text/event-stream")])
+            position = 0
+            while True:
+                changed = self.changed  # (set by an append while the write below waits)
+                items = self.items[path]
+                new = items[position:]
+                position = len(items)
+                closed = path in self.closed
+                control = {"streamNextOffset": _offset(position)}
+                control.update({"streamClosed": True} if closed else {"upToDate": True})
+                out = b"event: control\ndata:" + orjson.dumps(control) + b"\n\n"
+                if new:
+                    out = b"event: data\ndata:[" + b",".join(new) + b"]\n\n" + out
+                await exchange.write(out)
+                if closed:
+                    return
+                await changed.wait()
+
+
+def _offset(position: int) -> str:
+    return f"{0:016d}_{position:016d}"
+
+
 async def _layer_server(args: dict[str, Any]) -> None:
-    """``GET /ping`` on the door's h11 ``HttpConnection`` or on hypercorn (ASGI), on trio."""
+    """``GET /ping`` on the door's ``HttpConnection`` or on hypercorn (ASGI), on trio; or
+    (``floor``) :class:`_Floor` on the door's ``HttpConnection``."""
     async with trio.open_nursery() as nursery:
-        if args["kind"] == "h11":
+        if args["kind"] in ("door", "floor"):
             from runwire.engine.door._http import Exchange, HttpConnection
 
+            floor = _Floor()
+
             async def ping(exchange: Exchange) -> None:
+                if args["kind"] == "floor":
+                    await floor(exchange)
+                    return
                 await exchange.respond(200, [("content-type", "application/json")], PING)
 
             async def connection(stream: trio.SocketStream) -> None:
@@ -413,8 +481,12 @@ def run(params: Params = FULL) -> Report:
         report.notes.append(f"reference server skipped: {missing}")
     else:
         servers["reference"] = spawn(__name__, "reference")
-    layers = ["h11"]
-    if missing := hypercorn_missing():
+    layers = ["door"] if "layer" in params.parts else []
+    if "floor" in params.parts:
+        servers["floor"] = spawn(__name__, "layer", kind="floor")
+    if not layers:
+        pass
+    elif missing := hypercorn_missing():
         report.notes.append(f"the HTTP layer comparison skipped: {missing}")
     else:
         layers.append("hypercorn")
@@ -447,23 +519,29 @@ def run(params: Params = FULL) -> Report:
                 reader.wait()
             result["server_cpu_s"] = servers[server].cpu_seconds() - cpu0
             result["append_rate"] = wrote["rate"]
+            result["writer_cpu_s"] = wrote["cpu_s"]
             samples.setdefault(label, []).append(result)
 
         memory = _http(urls["memory"])
         for rep in range(params.repeat):  # interleaved, so drift hits every variant alike
-            measure("websocket read", "memory", "tests.bench.bench_throughput", "read",
-                    warm=True, url=urls["memory"], task="bench-pipe", n=params.chunks)
-            measure("SSE read", "memory", __name__, "sse-read", warm=True, url=memory,
-                    n=params.chunks)
-            measure("websocket live", "memory", "tests.bench.bench_latency", "read",
-                    url=urls["memory"], task="bench-paced-pipe", n=params.latency_chunks,
-                    rate=params.rate)
-            measure("SSE live", "memory", __name__, "sse-latency", url=memory,
-                    n=params.latency_chunks, rate=params.rate)
-            for store in params.stores:
-                append_and_read(f"runwire {store}", store, _http(urls[store]), rep)
-            if "reference" in urls:
-                append_and_read("reference", "reference", urls["reference"], rep)
+            if "read" in params.parts:
+                measure("websocket read", "memory", "tests.bench.bench_throughput", "read",
+                        warm=True, url=urls["memory"], task="bench-pipe", n=params.chunks)
+                measure("SSE read", "memory", __name__, "sse-read", warm=True, url=memory,
+                        n=params.chunks)
+            if "live" in params.parts:
+                measure("websocket live", "memory", "tests.bench.bench_latency", "read",
+                        url=urls["memory"], task="bench-paced-pipe",
+                        n=params.latency_chunks, rate=params.rate)
+                measure("SSE live", "memory", __name__, "sse-latency", url=memory,
+                        n=params.latency_chunks, rate=params.rate)
+            if "append" in params.parts:
+                for store in params.stores:
+                    append_and_read(f"runwire {store}", store, _http(urls[store]), rep)
+                if "reference" in urls:
+                    append_and_read("reference", "reference", urls["reference"], rep)
+            if "floor" in params.parts:
+                append_and_read("floor", "floor", urls["floor"], rep)
             for kind in layers:
                 measure(f"GET /ping on {kind}", kind, __name__, "ping", warm=True,
                         url=urls[kind], n=params.pings)
@@ -474,6 +552,8 @@ def run(params: Params = FULL) -> Report:
 def _summarise(report: Report, samples: dict[str, list[dict[str, Any]]],
                params: Params) -> None:
     for label in ("websocket read", "SSE read"):
+        if label not in samples:
+            continue
         results = samples[label]
         report.add(f"{label}: chunks/s", "chunks/s", [r["rate"] for r in results])
         report.add(f"{label}: engine CPU/chunk", "us",
@@ -481,33 +561,56 @@ def _summarise(report: Report, samples: dict[str, list[dict[str, Any]]],
                    higher_is_better=False)
         report.add(f"{label}: reader CPU/chunk", "us",
                    [r["cpu_s"] / r["chunks"] * 1e6 for r in results], higher_is_better=False)
-    report.ratio("SSE read vs websocket read", "SSE read: chunks/s",
-                 "websocket read: chunks/s", 0.7)
+    if "read" in params.parts:
+        report.ratio("SSE read vs websocket read", "SSE read: chunks/s",
+                     "websocket read: chunks/s", 0.7)
     for label in ("websocket live", "SSE live"):
         for key in ("p50", "p99"):
-            report.add(f"{label}: {key}", "ms", [r[f"{key}_ms"] for r in samples[label]],
-                       higher_is_better=False)
-    report.ratio("SSE live p99 vs websocket live p99", "SSE live: p99", "websocket live: p99",
-                 2.0, at_least=False)
-    variants = [f"runwire {s}" for s in params.stores] + (
-        ["reference"] if "reference" in samples else [])
+            if label in samples:
+                report.add(f"{label}: {key}", "ms", [r[f"{key}_ms"] for r in samples[label]],
+                           higher_is_better=False)
+    if "live" in params.parts:
+        report.ratio("SSE live p99 vs websocket live p99", "SSE live: p99",
+                     "websocket live: p99", 2.0, at_least=False)
+    variants = [f"runwire {s}" for s in params.stores if f"runwire {s}" in samples] + (
+        ["reference"] if "reference" in samples else []) + (
+        ["floor"] if "floor" in samples else [])
     for label in variants:
         results = samples[label]
         report.add(f"append+read {label}: items/s", "items/s", [r["rate"] for r in results])
         report.add(f"append+read {label}: server CPU/append", "us",
                    [r["server_cpu_s"] / r["items"] * 1e6 for r in results],
                    higher_is_better=False)
+        report.add(f"append+read {label}: writer CPU/append", "us",
+                   [r["writer_cpu_s"] / r["items"] * 1e6 for r in results],
+                   higher_is_better=False)
+        report.add(f"append+read {label}: reader CPU/item", "us",
+                   [r["cpu_s"] / r["items"] * 1e6 for r in results], higher_is_better=False)
         for key in ("p50", "p99"):
             report.add(f"append+read {label}: {key}", "ms", [r[f"{key}_ms"] for r in results],
                        higher_is_better=False)
-    for store in params.stores:
+    for store in params.stores if "reference" in variants else ():
+        # the same ratios taken within each repetition (the variants of a repetition run
+        # back to back, so they share more of the machine's load), and the server CPU ratio
+        # (steadier than wall-clock figures on a busy machine); figures, not checks
+        pairs = list(zip(samples[f"runwire {store}"], samples["reference"], strict=True))
+        report.add(f"append+read runwire {store} / reference items/s, per repetition", "x",
+                   [ours["rate"] / ref["rate"] for ours, ref in pairs])
+        report.add(f"append+read runwire {store} / reference server CPU per append, per "
+                   f"repetition", "x",
+                   [ours["server_cpu_s"] / ref["server_cpu_s"] for ours, ref in pairs],
+                   higher_is_better=False)
         report.ratio(f"append+read runwire {store} vs reference: items/s",
                      f"append+read runwire {store}: items/s", "append+read reference: items/s",
                      2.0)
         report.ratio(f"append+read runwire {store} vs reference: p99",
                      f"append+read runwire {store}: p99", "append+read reference: p99", 1.0,
                      at_least=False)
-    for kind in ("h11", "hypercorn"):
+    if "floor" in samples and "reference" in samples:
+        report.add("append+read floor / reference items/s, per repetition", "x",
+                   [floor["rate"] / ref["rate"]
+                    for floor, ref in zip(samples["floor"], samples["reference"], strict=True)])
+    for kind in ("door", "hypercorn"):
         if results := samples.get(f"GET /ping on {kind}"):
             report.add(f"GET /ping on {kind}: requests/s", "requests/s",
                        [r["rate"] for r in results])
