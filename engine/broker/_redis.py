@@ -369,6 +369,8 @@ class RedisBroker(LocalBroker):
             if got is not None:
                 reply = orjson.loads(got)
                 if "error" in reply:
+                    if reply["error"][0] == NotLiveError.__name__:  # handed back meanwhile
+                        raise NotLiveError(run_id)
                     raise RemoteError(*reply["error"])
                 return reply["ok"]
             if trio.current_time() >= deadline:
@@ -492,8 +494,14 @@ class RedisQueueSlots:
         holder = f"{self.broker.engine_id}:{uuid.uuid4().hex[:12]}"
         while True:
             self._freed = trio.Event()
-            if await self.broker._script("acquire", self.name, self.limit, holder,
-                                         int(self.broker.lease_ttl * 1000)):
+            try:
+                got = await self.broker._script("acquire", self.name, self.limit, holder,
+                                                int(self.broker.lease_ttl * 1000))
+            except StoreUnavailableError as exc:  # Redis away a moment: the run waits on
+                log.warning("queue %s: could not look for a slot (%s); trying again",
+                            self.name, exc)
+                got = False
+            if got:
                 self.held.append(holder)
                 return
             with trio.move_on_after(SLOT_LOOK):

@@ -137,20 +137,37 @@ class Recovery:
         raw = self.pending.pop(run_id)
         self.lanes[self._lane(raw)].pop(run_id, None)
         done = self.running[run_id] = trio.Event()
-        broker = self.service.broker
-        claimed = False
         try:
             with trio.CancelScope(shield=True):  # begun, a run is restored whole
-                # engines sharing a Redis store each claim a run before recovering it: one
-                # held by another engine is that engine's
-                claimed = await broker.claim(run_id)
-                if claimed:
-                    await _recover_one(self.service, raw)
+                if await recover_claimed(self.service, run_id, raw):
                     self.restored += 1
         except Exception:  # one unreadable run must not keep the others from recovering
             log.exception("could not recover run %s; it is left as stored", run_id)
-            if claimed and broker.owner(run_id) is None:
-                await broker.release(run_id)  # not held by an engine that failed it
+        finally:
+            del self.running[run_id]
+            done.set()
+
+    async def take_over(self, run_id: str) -> bool:
+        """Recover one run whose engine died (its lease expired), if this engine claims it
+        first; whether it did. The same rules as a restart: a new attempt, or a durable wait
+        resumed where it waited. Counted with the runs being restored, so a request about
+        the run and a graceful stop wait for it."""
+        if self.service.stopping or run_id in self.running:
+            return False
+        if run_id in self.pending:  # listed at startup: restored as the others are
+            await self.ensure(run_id)
+            return self.service.broker.owner(run_id) is not None
+        done = self.running[run_id] = trio.Event()
+        try:
+            with trio.CancelScope(shield=True):
+                taken = await recover_claimed(self.service, run_id)
+            if taken:
+                log.warning("took over run %s: the engine that executed it stopped renewing "
+                            "its lease", run_id)
+            return taken
+        except Exception:
+            log.exception("could not take over run %s; another engine may try", run_id)
+            return False
         finally:
             del self.running[run_id]
             done.set()
@@ -166,31 +183,33 @@ class Recovery:
             else:  # the runs ahead of it in its queue first
                 async with self._lane_locks[lane]:
                     runs = self.lanes[lane]
-                    while run_id in runs:
+                    while run_id in runs and not self.service.stopping:
                         await self._restore(next(iter(runs)))
         if (done := self.running.get(run_id)) is not None:
             await done.wait()
 
 
-async def take_over(service: RunService, run_id: str) -> bool:
-    """Recover one run whose engine died (its lease expired), if this engine claims it
-    first; whether it did. The same rules as a restart: a new attempt, or a durable wait
-    resumed where it waited."""
-    if not await service.broker.claim(run_id):
+async def recover_claimed(service: RunService, run_id: str,
+                          raw: dict[str, Any] | None = None) -> bool:
+    """Claim the run's lease and apply the module's rules to it; whether it was recovered
+    here. A run another engine holds is that engine's. On a shared store the record is read
+    again once claimed: the one listed at startup may be stale (its engine may have
+    finished the run since, and a stale record must never be written back over it). A lease
+    left without an actor (the run finished, crashed at once, or failed) is released."""
+    broker = service.broker
+    if not await broker.claim(run_id):
         return False
     try:
-        raw = await service.store.get_run(run_id)
+        if raw is None or broker.shared:
+            raw = await service.store.get_run(run_id)
         if raw is None or RunRecord.from_wire(raw).status.is_final:
-            await service.broker.release(run_id)  # finished just before the claim
             return False
-        log.warning("taking over run %s: the engine that executed it stopped renewing its "
-                    "lease", run_id)
         await _recover_one(service, raw)
         return True
-    except Exception:
-        log.exception("could not take over run %s; another engine may try", run_id)
-        await service.broker.release(run_id)
-        return False
+    finally:
+        if broker.owner(run_id) is None:
+            with trio.CancelScope(shield=True):
+                await broker.release(run_id)
 
 
 async def _recover_one(service: RunService, raw: dict[str, Any]) -> None:

@@ -41,7 +41,7 @@ from ..store import (
     Batch, DuplicateRunError, RecordAppend, Store, StoredToken, StoreUnavailableError, Waitpoint,
 )
 from ._auth import Auth
-from ._recovery import Recovery, take_over
+from ._recovery import Recovery
 
 log = logging.getLogger("runwire.engine")
 
@@ -134,7 +134,9 @@ class RunService:
                 return
             try:
                 for run_id in await self.broker.orphans():
-                    await take_over(self, run_id)
+                    if self.stopping:  # a stop began: the next engine takes them
+                        return
+                    await self.recovery.take_over(run_id)
             except Exception:  # Redis away: the next round tries again
                 log.exception("could not look for runs to take over")
 
@@ -152,17 +154,27 @@ class RunService:
         await self._restored(run_id)
         actor = self.broker.owner(run_id)
         if actor is None:
-            raise await self.missing_run_error(run_id)
-        if op == "send":
-            return await actor.submit(SendInput(request["key"], request["data"],
-                                                request["ikey"]))
-        if op == "append":
-            return await actor.submit(ExternalAppend(request["key"], request["producer"],
-                                                     request["seq"], request["items"]))
-        if op == "cancel":
-            actor.cancel()
-            await actor.finished.wait()
-            return None
+            error = await self.missing_run_error(run_id)
+            if isinstance(error, InternalError):  # not finished: the asker finds its engine
+                raise NotLiveError(run_id)
+            raise error
+        try:
+            if op == "send":
+                return await actor.submit(SendInput(request["key"], request["data"],
+                                                    request["ikey"]))
+            if op == "append":
+                return await actor.submit(ExternalAppend(request["key"], request["producer"],
+                                                         request["seq"], request["items"]))
+            if op == "cancel":
+                await self._cancel_actor(actor)
+                return None
+        except (RunFinishedError, InternalError):
+            if not actor.handing_back:
+                raise
+            # a graceful stop hands the run back: the asking engine waits for the engine
+            # that resumes it (its lease is released as the hand-back ends)
+            await actor.ended.wait()
+            raise NotLiveError(run_id) from None
         raise BadFrameError(f"unknown routed request {op!r}")
 
     async def _routed(self, run_id: str, request: dict[str, Any]) -> Any:
@@ -181,13 +193,14 @@ class RunService:
                 return await self.broker.route(run_id, request)
             except NotLiveError:
                 record = await self.get_record(run_id)  # NotFoundError
-                if record.status.is_final or self.stopping:
+                if record.status.is_final:
                     raise RunFinishedError(f"run {run_id} has finished "
                                            f"({record.status.value})") from None
-                if trio.current_time() > deadline:
-                    raise RunFinishedError(
-                        f"run {run_id} is not executing on any engine (its engine stopped "
-                        f"and no engine has taken it over)") from None
+                if trio.current_time() > deadline:  # not finished: say so, and try again
+                    raise InternalError(
+                        f"run {run_id} is {record.status.value} but not executing on any "
+                        f"engine now (its engine stopped and no engine has taken it over "
+                        f"yet); try again") from None
             except RemoteError as exc:
                 kind = getattr(runwire, exc.kind, None)
                 if isinstance(kind, type) and issubclass(kind, runwire.RunwireError):
@@ -316,8 +329,10 @@ class RunService:
                         await self.broker.release(record.id)
                     raise InternalError(f"the store could not write ({exc}); the run was "
                                         "not created") from exc
-                if mine:  # else stored QUEUED: another (or the next) engine starts it
+                if mine and not self.stopping:  # (a stop may have begun during the commit)
                     await self.start_actor(record, task)
+                elif mine:  # stored QUEUED: another (or the next) engine starts it
+                    await self.broker.release(record.id)
             log.info("run %s triggered (task %s%s)", record.id, task_id,
                      f", parent {record.parent_id}" if record.parent_id else "")
             return record
@@ -511,8 +526,19 @@ class RunService:
         if actor is None:
             await self._routed(run_id, {"op": "cancel"})
             return
+        await self._cancel_actor(actor)
+
+    async def _cancel_actor(self, actor: RunActor) -> None:
+        """Cancel a live run here and wait for its end.
+
+        Raises:
+            InternalError: a graceful stop handed the run back meanwhile (it is not
+                canceled: the engine that resumes it takes the next cancel).
+        """
         actor.cancel()
-        await actor.finished.wait()
+        await actor.ended.wait()
+        if not actor.finished.is_set():
+            raise self._not_live_error(actor.record)
 
     async def wait_finished(self, run_id: str) -> RunRecord:
         """Wait until the run has finished; its final record."""
@@ -578,7 +604,7 @@ class RunService:
                         return
                 await watch.wait_change(seen, REMOTE_REFRESH)
                 stored = list(watch.records_after(seen))
-                if watch.version == seen:  # no word for a while: look for ourselves
+                if not stored:  # no record came with the word (or no word): look ourselves
                     stored = [await self.store.get_run(run_id)]
                 seen = watch.version
 
