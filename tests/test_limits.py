@@ -21,7 +21,7 @@ from runwire.transport import PROTOCOL_VERSION
 from runwire.engine.door import RateLimiter
 from runwire import RateLimitedError, auth, streams, task
 
-from .helpers import API_KEY
+from .helpers import API_KEY, bounded
 from .rawclient import raw_client, wait_for_connections
 
 done = streams.input(id="done")
@@ -653,3 +653,45 @@ async def test_a_dropped_half_sent_message_is_freed_at_once():
                 tracemalloc.stop()
                 gc.enable()
             assert left < 1_000_000, left
+
+
+@bounded(30)
+async def test_http_reads_count_against_the_same_read_caps():
+    """A long-poll or SSE response over HTTP is an open read like a websocket's: one token
+    holder cannot open more than ``max_reads_per_credential`` of them over both doors."""
+    import httpx
+
+    limits = Limits(max_reads_per_credential=2, max_reads_per_address=None)
+    async with open_engine(TASKS, api_key=API_KEY, port=0, limits=limits) as eng:
+        async with eng.connect():
+            run = (await waiter.trigger(None)).id
+            token = await auth.create_public_token(scopes=["read:runs"])
+        bearer = {"authorization": f"Bearer {token}"}
+        stream = f"/v1/runs/{run}/streams/x"
+        async with httpx.AsyncClient(base_url=eng.http_url, timeout=20) as client, \
+                raw_client(eng, "memory", token) as ws, trio.open_nursery() as nursery:
+            await ws.send({"type": "read", "id": 1, "run": run, "stream": "x",
+                           "timeout_s": None})
+            opened = trio.Event()
+
+            async def sse() -> None:
+                async with client.stream("GET", stream, params={"offset": "-1", "live": "sse"},
+                                         headers=bearer) as answer:
+                    assert answer.status_code == 200
+                    opened.set()
+                    await trio.sleep_forever()
+
+            nursery.start_soon(sse)
+            await opened.wait()
+            over = await client.get(f"/v1/runs/{run}/events", headers=bearer)
+            assert over.status_code == 429, over.text
+            assert over.json()["code"] == "rate_limited"
+            assert "this access token (at most 2)" in over.json()["message"]
+            nursery.cancel_scope.cancel()
+        # the slots are given back when the reads end: a new HTTP read is served
+        async with httpx.AsyncClient(base_url=eng.http_url, timeout=20) as client:
+            with trio.fail_after(10):
+                while (answer := await client.get(stream, params={"offset": "-1"},
+                                                   headers=bearer)).status_code == 429:
+                    await trio.sleep(0.05)
+            assert answer.status_code == 200

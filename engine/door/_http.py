@@ -277,8 +277,10 @@ class HttpConnection:
     """
 
     def __init__(self, stream: trio.abc.Stream, handler: Handler, *, max_body: int,
-                 read_timeout: float) -> None:
+                 read_timeout: float, address: str | None = None) -> None:
         self.stream = stream
+        #: the client's IP address (``None``: unknown), for the per-address caps
+        self.address = address
         self.handler = handler
         self.max_body = max_body
         self.read_timeout = read_timeout

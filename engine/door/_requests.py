@@ -12,7 +12,8 @@ HTTP status). So every door has the same auth, limits and errors.
 from __future__ import annotations
 
 import collections
-from collections.abc import AsyncGenerator, Hashable
+import contextlib
+from collections.abc import AsyncGenerator, Hashable, Iterator
 from typing import Any
 
 import trio
@@ -59,6 +60,37 @@ class Door:
             self.counts[key] = left
         else:
             del self.counts[key]
+
+    @contextlib.contextmanager
+    def read_slot(self, grant: Grant, address: str | None) -> Iterator[None]:
+        """Count an open read or subscription (over any door: a websocket read, an HTTP
+        long-poll or SSE response) against the caps of its credential and its client's
+        address (``Limits.max_reads_per_*``) while it is open.
+
+        Raises:
+            RateLimitedError: one of them is at its cap.
+        """
+        limits = self.limits
+        keys = []
+        try:
+            if not grant.admin:
+                key = ("reads", grant.key)
+                if not self.take_slot(key, limits.max_reads_per_credential):
+                    raise RateLimitedError(
+                        f"too many open reads and subscriptions with this access token (at "
+                        f"most {limits.max_reads_per_credential}); end some first")
+                keys.append(key)
+            if address is not None:
+                key = ("reads@", address)
+                if not self.take_slot(key, limits.max_reads_per_address):
+                    raise RateLimitedError(
+                        f"too many open reads and subscriptions from this address (at most "
+                        f"{limits.max_reads_per_address}); end some first")
+                keys.append(key)
+            yield
+        finally:
+            for key in keys:
+                self.free_slot(key)
 
     def authenticate(self, credential: Any) -> Caller:
         """The caller for a credential.

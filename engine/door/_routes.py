@@ -225,10 +225,14 @@ class HttpDoor:
         match parts:
             case [run_id, "streams", key] if run_id and key:
                 self._read_only(exchange)
-                await self._run_stream(exchange, self.caller(exchange), run_id, key)
+                caller = self.caller(exchange)
+                with self.door.read_slot(caller.grant, exchange.conn.address):
+                    await self._run_stream(exchange, caller, run_id, key)
             case [run_id, "events"] if run_id:
                 self._read_only(exchange)
-                await self._events(exchange, self.caller(exchange), run_id)
+                caller = self.caller(exchange)
+                with self.door.read_slot(caller.grant, exchange.conn.address):
+                    await self._events(exchange, caller, run_id)
             case _:
                 raise HttpError(404, "not_found", "no such run route; see docs/http.md")
 

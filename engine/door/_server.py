@@ -120,7 +120,7 @@ class EngineServer:
         if websocket:
             await self._websocket(stream, address, hello_by)
         else:
-            await self._http(stream)
+            await self._http(stream, address)
 
     @staticmethod
     async def _wants_websocket(stream: trio.SocketStream) -> bool:
@@ -137,13 +137,13 @@ class EngineServer:
                         and parts[1].split(b"?", 1)[0] == PATH.encode())
             await trio.sleep(PEEK_PAUSE)  # more of the line is on its way
 
-    async def _http(self, stream: trio.SocketStream) -> None:
+    async def _http(self, stream: trio.SocketStream, address: str | None) -> None:
         door = self.door
         if self.http is None:
             await _close(stream)
             return
         conn = HttpConnection(stream, self.http, max_body=door.limits.max_http_body,
-                              read_timeout=door.limits.http_read_timeout)
+                              read_timeout=door.limits.http_read_timeout, address=address)
         if door.connections >= door.limits.max_connections:
             await conn.refuse(503, "rate_limited", "too many connections; try again later",
                               [("retry-after", str(BUSY_RETRY_AFTER))])

@@ -279,35 +279,9 @@ class Session:
                     wake = min(wake, since + idle)
             await trio.sleep_until(wake)
 
-    @contextlib.contextmanager
-    def _open_read_slot(self) -> Iterator[None]:
-        """Count an open read or subscription against the caps of the credential and the
-        address (``max_reads_per_*``) while it is open.
-
-        Raises:
-            RateLimitedError: one of them is at its cap.
-        """
-        limits, door = self.door.limits, self.door
-        keys = []
-        try:
-            if not self.caller.grant.admin:
-                key = ("reads", self.caller.grant.key)
-                if not door.take_slot(key, limits.max_reads_per_credential):
-                    raise RateLimitedError(
-                        f"too many open reads and subscriptions with this access token (at "
-                        f"most {limits.max_reads_per_credential}); end some first")
-                keys.append(key)
-            if self.address is not None:
-                key = ("reads@", self.address)
-                if not door.take_slot(key, limits.max_reads_per_address):
-                    raise RateLimitedError(
-                        f"too many open reads and subscriptions from this address (at most "
-                        f"{limits.max_reads_per_address}); end some first")
-                keys.append(key)
-            yield
-        finally:
-            for key in keys:
-                door.free_slot(key)
+    def _open_read_slot(self) -> contextlib.AbstractContextManager[None]:
+        """This session's open read or subscription, counted (:meth:`Door.read_slot`)."""
+        return self.door.read_slot(self.caller.grant, self.address)
 
     # --- the request loop --------------------------------------------------------------------
 
