@@ -296,6 +296,8 @@ class HttpConnection:
         self._peer_gone = False
         #: the socket's descriptor, written to directly by :meth:`send` (-1: not a socket)
         self._fileno = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else -1
+        #: a write was cut off partway: the connection can only be closed
+        self._torn = False
         self._parser = httptools.HttpRequestParser(self)
         self._ready: deque[tuple[Request, bool]] = deque()
         self._broken: _BadRequest | None = None  # found after requests still to serve
@@ -319,6 +321,8 @@ class HttpConnection:
         tenth of the engine's work per durable stream append). Still a cancellation point;
         a socket that takes only part of it (a slow reader) gets the rest by ``send_all``.
         """
+        if self._torn:
+            raise trio.BrokenResourceError("an earlier write on this connection was cut off")
         fileno = self._fileno
         if not pause and fileno >= 0:
             await trio.lowlevel.checkpoint_if_cancelled()
@@ -329,7 +333,13 @@ class HttpConnection:
             if sent == len(data):
                 return
             data = data[sent:]
-        await self.stream.send_all(data)
+        try:
+            await self.stream.send_all(data)
+        except BaseException:
+            # cut off partway (cancelled: a token's expiry, a stop), the answer's framing is
+            # broken: nothing more may follow it on this connection, which is closed
+            self._torn = True
+            raise
 
     def queued(self) -> bool:
         """Whether a whole request is waiting to be served (pipelined)."""
