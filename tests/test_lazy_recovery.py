@@ -173,3 +173,37 @@ async def test_a_stop_during_recovery_leaves_every_run_resumable(tmp_path: Path)
             while not (run := await runs.retrieve(run_id)).is_finished:
                 await trio.sleep(0.01)
             assert (run.status, run.output) == (RunStatus.COMPLETED, {"n": i})
+
+
+notes = streams.define(id="notes", type=str)
+
+
+@task(id="lazy.writer")
+async def writer(payload: Any) -> str:
+    """Writes to another run's stream (``target=``)."""
+    await notes.append("from the writer", target=payload["to"])
+    return "written"
+
+
+@bounded(60)
+async def test_a_target_producer_to_a_run_not_restored_yet_restores_it_first(
+        tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'target.db'}"
+    async with serve([asker, writer], store=url):
+        run_id = (await asker.trigger({})).id
+        while (await runs.retrieve(run_id)).status is not RunStatus.WAITING:
+            await trio.sleep(0.01)
+    store = HeldStore(str(tmp_path / "target.db"), held={run_id})
+    async with serve([asker, writer], store=store) as eng:
+        assert run_id in eng.service.recovery.pending or run_id in eng.service.recovery.running
+        wrote = (await writer.trigger({"to": run_id})).id
+        with trio.fail_after(5):
+            while run_id not in eng.service.recovery.running:  # the append asked for it
+                await trio.sleep(0.01)
+        store.release.set()
+        while not (await runs.retrieve(wrote)).is_finished:
+            await trio.sleep(0.01)
+        assert (await runs.retrieve(wrote)).output == "written"
+        await answer.send(run_id, {"n": 1})  # (so its streams end)
+        assert await (await notes.read(run_id, timeout_in_seconds=5)).collect() == [
+            "from the writer"]

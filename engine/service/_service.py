@@ -515,7 +515,10 @@ class RunService:
         """A producer inside the engine for stream ``key`` of ``run_id`` (``target=``)."""
         actor = self.broker.owner(run_id)
         if actor is None:
-            if self.broker.shared:  # it may execute on another engine
+            recovery = self.recovery
+            if self.broker.shared or run_id in recovery.pending or run_id in recovery.running:
+                # it may execute on another engine, or here once restored: each batch goes
+                # through append, which restores the run first and finds where it executes
                 return RoutedProducer(self, run_id, key)
             return MissingRunProducer(lambda: self.missing_run_error(run_id))
         return actor.producer(key)
