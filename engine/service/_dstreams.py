@@ -264,9 +264,12 @@ class DurableStreams:
 
     # --- writing -------------------------------------------------------------------------------
 
-    async def _commit(self, batch: Batch) -> None:
+    async def _commit(self, batch: Batch, *, pause: bool = True) -> None:
         with trio.CancelScope(shield=True):  # a write is stored whole, or not at all
-            await self.store.commit(batch)
+            if pause:
+                await self.store.commit(batch)
+            else:  # (an append: its HTTP answer, then its connection's next read, yields)
+                await self.store.commit_no_pause(batch)
 
     async def create(self, path: str, *, content_type: str | None, ttl: int | None,
                      expires_at: float | None, closed: bool, body: bytes,
@@ -419,7 +422,7 @@ class DurableStreams:
             new.closed = True
             new.closed_by = producer
         write = StreamWrite(new, placed, producer if producer is not None else None)
-        await self._commit(Batch(streams=[write]))
+        await self._commit(Batch(streams=[write]), pause=False)
         live.meta = new
         live.remember(placed)
         if producer is not None:
