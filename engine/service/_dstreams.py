@@ -265,11 +265,11 @@ class DurableStreams:
     # --- writing -------------------------------------------------------------------------------
 
     async def _commit(self, batch: Batch, *, pause: bool = True) -> None:
+        if not pause:  # an append: its HTTP answer, then its connection's next read, yields;
+            await self.store.commit_no_pause(batch)  # (whole or not at all, by itself)
+            return
         with trio.CancelScope(shield=True):  # a write is stored whole, or not at all
-            if pause:
-                await self.store.commit(batch)
-            else:  # (an append: its HTTP answer, then its connection's next read, yields)
-                await self.store.commit_no_pause(batch)
+            await self.store.commit(batch)
 
     async def create(self, path: str, *, content_type: str | None, ttl: int | None,
                      expires_at: float | None, closed: bool, body: bytes,
@@ -412,7 +412,7 @@ class DurableStreams:
             raise StreamError(409, f"Stream-Seq {seq[:40]!r} is not after the last one")
         items = (json_messages(body, allow_empty=False) if body and is_json(meta.content_type)
                  else [body] if body else [])
-        new = attrs.evolve(meta)
+        new = meta.copy()
         placed = self._place(new, items)
         self._check_size(new, placed)
         new.nbytes += sum(len(data) for _, data in placed)

@@ -79,7 +79,7 @@ class MemoryStore(Store):
                 del self._ds_producers[pkey]
         for write in batch.streams:
             path = write.stream.path
-            self._ds[path] = attrs.evolve(write.stream)  # a private copy
+            self._ds[path] = write.stream.copy()  # a private copy
             starts, datas = self._ds_items.setdefault(path, ([], []))
             for start, data in write.items:
                 starts.append(start)

@@ -580,29 +580,30 @@ class SqliteStore(Store):
             raise entry.error
 
     async def commit_no_pause(self, batch: Batch) -> None:
-        """:meth:`commit`; when nobody else is committing, the caller takes the write turn
-        at once, without the scheduling pass that taking it otherwise costs (that pass lets
-        the callers of the same pass join one group; a lone caller has nobody to wait for).
-        A small batch is then written on the trio thread without yielding (see "Threads");
-        a bigger one, or a retried one, in a worker thread as in :meth:`commit`."""
+        """See :meth:`Store.commit_no_pause`. When nobody else is committing, the caller
+        takes the write turn at once, without the scheduling pass that taking it otherwise
+        costs (that pass lets the callers of the same pass join one group; a lone caller
+        has nobody to wait for), and a small batch is written on the trio thread without
+        yielding (see "Threads"); a bigger one, or a retried one, in a worker thread."""
         await self._ready()
-        if self._queue:  # a group is forming: join it
+        await trio.lowlevel.checkpoint_if_cancelled()  # cancelled: nothing is written
+        if not self._queue:  # (a group forming: join it, below)
+            try:
+                self._turn.acquire_nowait()
+            except trio.WouldBlock:  # a group commit is under way: join the next one
+                pass
+            else:
+                entry = _Pending(lambda: batch)
+                self._queue.append(entry)
+                try:
+                    await self._write_group()  # every await in it is shielded
+                finally:
+                    self._turn.release()
+                if entry.error is not None:
+                    raise entry.error
+                return
+        with trio.CancelScope(shield=True):  # taken: written whole, and no Cancelled after
             await self.commit(batch)
-            return
-        try:
-            self._turn.acquire_nowait()
-        except trio.WouldBlock:  # another group commit is under way: join the next one
-            await self.commit(batch)
-            return
-        try:
-            await trio.lowlevel.checkpoint_if_cancelled()  # cancelled: nothing is written
-            entry = _Pending(lambda: batch)
-            self._queue.append(entry)
-            await self._write_group()  # inline: no await reached, unless it must retry
-        finally:
-            self._turn.release()
-        if entry.error is not None:
-            raise entry.error
 
     async def _write_group(self) -> None:
         taken = group = self._queue
