@@ -26,8 +26,11 @@ Theory of operation.
   *everything queued so far* as one transaction, so batches that arrive while a transaction
   is in flight ride together in the next one. An actor queues its staging function
   (``commit_staged``), called when the group is taken: what its producers put while it
-  waited for the lock is in its batch too. A caller returns only once its own batch is
-  committed (or raises that batch's error). When several batches ride together each gets a
+  waited for the lock is in its batch too. (``commit_no_pause``, a durable stream append's
+  commit: a caller that finds nothing queued and the lock free takes it at once, where
+  taking a free ``trio.Lock`` yields once, and writes inline; nobody else can join a group
+  then.) A caller returns only once its own batch is committed (or raises that batch's
+  error). When several batches ride together each gets a
   SAVEPOINT, so a bad batch (an index gap, a bug) is rolled back alone and the rest of the
   group still commits.
 * **Cancellation.** A caller cancelled before its batch was taken removes it: nothing is
