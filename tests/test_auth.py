@@ -146,6 +146,30 @@ def test_expiry_follows_the_auth_clock():
         a.authenticate(token)
 
 
+def test_a_verified_token_is_remembered_but_its_expiry_still_checked(monkeypatch):
+    from runwire.engine.service import _auth
+
+    now = [1000.0]
+    a = Auth(API_KEY, clock=lambda: now[0])
+    token = a.create_token(["read:runs:x"], 60)
+    decodes = []
+    decode = jwt.decode
+    monkeypatch.setattr(jwt, "decode", lambda *args, **kw: decodes.append(1) or decode(
+        *args, **kw))
+    first = a.authenticate(token)
+    assert a.authenticate(token) is first and len(decodes) == 1  # verified once
+    with pytest.raises(UnauthorizedError):  # a tampered token is another string: verified
+        a.authenticate(tamper(token, scopes=["read:runs:*"]))
+    now[0] = 1060.0
+    with pytest.raises(UnauthorizedError, match="expired"):
+        a.authenticate(token)
+    monkeypatch.setattr(_auth, "VERIFIED_TOKENS", 3)
+    tokens = [a.create_token([f"read:runs:r{i}"], 60) for i in range(5)]
+    for t in tokens:
+        a.authenticate(t)
+    assert len(a._verified) <= 3 and tokens[-1] in a._verified  # bounded, oldest out
+
+
 # --- tokens over a live engine ----------------------------------------------------------
 
 

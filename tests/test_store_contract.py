@@ -355,6 +355,67 @@ async def test_concurrent_commits_all_land_and_a_bad_one_fails_alone(store: Stor
 
 
 @bounded(TIME_LIMIT)
+async def test_commit_no_pause_writes_like_commit_and_is_a_cancellation_point(
+        store: Store) -> None:
+    await store.commit_no_pause(Batch(runs=[run("r1")], chunks=[chunks("r1", "k", 0, ["a"])]))
+    assert await store.read_chunks("r1", "k", 0, 5) == enc(["a"])
+    before = await snapshot(store, "r1")
+    with pytest.raises(IndexGapError):  # refused whole, as by commit
+        await store.commit_no_pause(Batch(runs=[run("r1", status="EXECUTING")],
+                                          chunks=[chunks("r1", "k", 3, ["b"])]))
+    assert await snapshot(store, "r1") == before
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await store.commit_no_pause(Batch(runs=[run("r2")]))
+    assert scope.cancelled_caught
+    assert await store.get_run("r2") is None  # cancelled first: nothing written
+
+    results: dict[int, BaseException | None] = {}
+
+    async def writer(i: int) -> None:  # mixed with commit, concurrently: all land
+        start = 5 if i == 7 else 0
+        batch = Batch(runs=[run(f"c{i}")], chunks=[chunks(f"c{i}", "default", start, ["x"])])
+        try:
+            await (store.commit_no_pause if i % 2 else store.commit)(batch)
+        except IndexGapError as exc:
+            results[i] = exc
+        else:
+            results[i] = None
+
+    async with trio.open_nursery() as nursery:
+        for i in range(20):
+            nursery.start_soon(writer, i)
+    assert [i for i, err in results.items() if err is not None] == [7]
+    for i in set(range(20)) - {7}:
+        assert await store.read_chunks(f"c{i}", "default", 0, 5) == enc(["x"])
+
+
+@pytest.mark.parametrize("make", [lambda tmp: MemoryStore(),
+                                  lambda tmp: SqliteStore(str(tmp / "n.db"))],
+                         ids=["memory", "sqlite"])
+@bounded(TIME_LIMIT)
+async def test_a_lone_commit_no_pause_takes_no_scheduling_pass(
+        make: Callable[[Path], Store], tmp_path: Path) -> None:
+    store = make(tmp_path)
+    ran: list[int] = []
+
+    async def other() -> None:
+        ran.append(1)
+
+    try:
+        await store.get_run("warm-up")  # (opens the file)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(other)  # runnable: it runs at the next yield
+            for i in range(10):  # (a yield would let it run, at latest by the second one)
+                await store.commit_no_pause(Batch(runs=[run(f"r{i}")]))
+            assert ran == []  # written without a yield
+        assert ran == [1]
+        assert all([await store.get_run(f"r{i}") for i in range(10)])
+    finally:
+        await store.aclose()
+
+
+@bounded(TIME_LIMIT)
 async def test_aclose_twice(store: Store) -> None:
     await store.commit(Batch(runs=[run("r1")]))
     await store.aclose()
@@ -587,6 +648,39 @@ async def test_sqlite_cancelled_commit_writes_nothing(tmp_path: Path) -> None:
 
 
 @bounded(TIME_LIMIT)
+async def test_sqlite_commit_no_pause_joins_a_group_in_flight(tmp_path: Path) -> None:
+    store = SqliteStore(str(tmp_path / "j.db"))
+    groups = count_groups(store)
+    scope = trio.CancelScope()
+    returned: list[str] = []
+    try:
+        await store.get_run("warm-up")
+        release = trio.Event()
+
+        async def cancelled_while_waiting() -> None:
+            with scope:
+                await store.commit_no_pause(Batch(runs=[run("c")]))
+                returned.append("c")  # queued is taken: written whole, no Cancelled after
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(busy_committer, store, release)
+            nursery.start_soon(store.commit_no_pause, Batch(runs=[run("a")]))
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(store.commit_no_pause, Batch(runs=[run("b")]))
+            nursery.start_soon(cancelled_while_waiting)
+            await trio.testing.wait_all_tasks_blocked()
+            assert len(store._queue) == 3  # waiting for the turn, like commit
+            scope.cancel()
+            await trio.testing.wait_all_tasks_blocked()
+            release.set()
+        assert groups == [3]  # all three rode in one transaction
+        assert returned == ["c"]
+        assert all([await store.get_run(r) for r in "abc"])
+    finally:
+        await store.aclose()
+
+
+@bounded(TIME_LIMIT)
 async def test_sqlite_aclose_lets_queued_commits_finish(tmp_path: Path) -> None:
     store = SqliteStore(str(tmp_path / "q.db"))
     await store.get_run("warm-up")
@@ -780,6 +874,16 @@ async def test_durable_streams_are_kept_with_items_and_producers(store: Store,
     assert await store.stream_producer("a", "p") is None
     if kind.durable:
         await store.aclose()
+
+
+def test_durable_stream_copy_keeps_every_field() -> None:
+    from runwire.engine.store import DurableStream
+
+    values = {f.name: f"v{i}" for i, f in enumerate(attrs.fields(DurableStream))}
+    meta = DurableStream(**values)  # type: ignore[arg-type]
+    copied = meta.copy()
+    assert copied == meta == attrs.evolve(meta) and copied is not meta
+    assert attrs.asdict(copied, recurse=False) == values  # a new field not copied fails
 
 
 @bounded(TIME_LIMIT)

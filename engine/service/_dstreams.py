@@ -264,7 +264,10 @@ class DurableStreams:
 
     # --- writing -------------------------------------------------------------------------------
 
-    async def _commit(self, batch: Batch) -> None:
+    async def _commit(self, batch: Batch, *, pause: bool = True) -> None:
+        if not pause:  # an append: its HTTP answer, then its connection's next read, yields;
+            await self.store.commit_no_pause(batch)  # (whole or not at all, by itself)
+            return
         with trio.CancelScope(shield=True):  # a write is stored whole, or not at all
             await self.store.commit(batch)
 
@@ -409,7 +412,7 @@ class DurableStreams:
             raise StreamError(409, f"Stream-Seq {seq[:40]!r} is not after the last one")
         items = (json_messages(body, allow_empty=False) if body and is_json(meta.content_type)
                  else [body] if body else [])
-        new = attrs.evolve(meta)
+        new = meta.copy()
         placed = self._place(new, items)
         self._check_size(new, placed)
         new.nbytes += sum(len(data) for _, data in placed)
@@ -419,7 +422,7 @@ class DurableStreams:
             new.closed = True
             new.closed_by = producer
         write = StreamWrite(new, placed, producer if producer is not None else None)
-        await self._commit(Batch(streams=[write]))
+        await self._commit(Batch(streams=[write]), pause=False)
         live.meta = new
         live.remember(placed)
         if producer is not None:

@@ -82,6 +82,14 @@ class DurableStream:
     closed_by: tuple[str, int, int] | None = None
     last_seq: str | None = None
 
+    def copy(self) -> DurableStream:
+        """A copy: what ``attrs.evolve(self)`` makes, several times faster (every append
+        makes one or two). Every field, in order (a test checks that none is missed)."""
+        return DurableStream(self.path, self.content_type, self.created_at, self.accessed_at,
+                             self.ttl, self.expires_at, self.closed, self.tail, self.nbytes,
+                             self.source, self.fork_offset, self.refs, self.deleted,
+                             self.closed_by, self.last_seq)
+
 
 @attrs.define
 class StreamWrite:
@@ -247,6 +255,27 @@ class Store(abc.ABC):
             await self.commit(batch)
         else:
             await trio.lowlevel.cancel_shielded_checkpoint()
+
+    async def commit_no_pause(self, batch: Batch) -> None:
+        """Like :meth:`commit`, for a caller that reaches a schedule point of its own right
+        after (an HTTP append: its answer, then its connection's next read, which yields),
+        and that needs its write whole or not at all without a shielded scope of its own.
+
+        A cancellation point *before* anything is written: cancelled then, it raises
+        ``trio.Cancelled`` and writes nothing. Once the batch is taken it is written, and
+        the call returns normally (or raises the write's own error), even if cancelled
+        meanwhile: unlike :meth:`commit`, never ``Cancelled`` after writing, so what the
+        caller does after it stays true. A store that can write at once, without waiting
+        for anything, skips :meth:`commit`'s yield (a pass of trio's event loop); one that
+        must wait (another group commit holds the writer, a write in a worker thread)
+        yields. Not for loops of commits: an actor's commit loop relies on :meth:`commit`'s
+        yield to let its producers run.
+
+        This default: a cancellation point, then :meth:`commit` in a shielded scope.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()  # cancelled: nothing is written
+        with trio.CancelScope(shield=True):  # taken: written whole, and no Cancelled after
+            await self.commit(batch)
 
     @abc.abstractmethod
     async def get_run(self, run_id: str) -> dict[str, Any] | None:

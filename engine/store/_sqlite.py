@@ -26,8 +26,11 @@ Theory of operation.
   *everything queued so far* as one transaction, so batches that arrive while a transaction
   is in flight ride together in the next one. An actor queues its staging function
   (``commit_staged``), called when the group is taken: what its producers put while it
-  waited for the lock is in its batch too. A caller returns only once its own batch is
-  committed (or raises that batch's error). When several batches ride together each gets a
+  waited for the lock is in its batch too. (``commit_no_pause``, a durable stream append's
+  commit: a caller that finds nothing queued and the lock free takes it at once, where
+  taking a free ``trio.Lock`` yields once, and writes inline; nobody else can join a group
+  then.) A caller returns only once its own batch is committed (or raises that batch's
+  error). When several batches ride together each gets a
   SAVEPOINT, so a bad batch (an index gap, a bug) is rolled back alone and the rest of the
   group still commits.
 * **Cancellation.** A caller cancelled before its batch was taken removes it: nothing is
@@ -578,6 +581,32 @@ class SqliteStore(Store):
             raise
         if entry.error is not None:
             raise entry.error
+
+    async def commit_no_pause(self, batch: Batch) -> None:
+        """See :meth:`Store.commit_no_pause`. When nobody else is committing, the caller
+        takes the write turn at once, without the scheduling pass that taking it otherwise
+        costs (that pass lets the callers of the same pass join one group; a lone caller
+        has nobody to wait for), and a small batch is written on the trio thread without
+        yielding (see "Threads"); a bigger one, or a retried one, in a worker thread."""
+        await self._ready()
+        await trio.lowlevel.checkpoint_if_cancelled()  # cancelled: nothing is written
+        if not self._queue:  # (a group forming: join it, below)
+            try:
+                self._turn.acquire_nowait()
+            except trio.WouldBlock:  # a group commit is under way: join the next one
+                pass
+            else:
+                entry = _Pending(lambda: batch)
+                self._queue.append(entry)
+                try:
+                    await self._write_group()  # every await in it is shielded
+                finally:
+                    self._turn.release()
+                if entry.error is not None:
+                    raise entry.error
+                return
+        with trio.CancelScope(shield=True):  # taken: written whole, and no Cancelled after
+            await self.commit(batch)
 
     async def _write_group(self) -> None:
         taken = group = self._queue
