@@ -86,11 +86,19 @@ class DurableStream:
 @attrs.define
 class StreamWrite:
     """A durable stream's new metadata, the items appended with it (``(start, bytes)``), and
-    the producer state ``(producer id, epoch, last seq)`` the append sets."""
+    the producer state ``(producer id, epoch, last seq)`` the append sets.
+
+    A store shared by many engines checks a ``checked`` write before it applies anything of
+    its batch: the stored metadata must still be ``expected`` (exactly; ``None``: no stream
+    at the path), else the whole batch is refused with :class:`IndexGapError` and the writer
+    reads the stream again. A store of one engine has nobody else writing and ignores both.
+    """
 
     stream: DurableStream
     items: list[tuple[int, bytes]] = attrs.field(factory=list)
     producer: tuple[str, int, int] | None = None
+    checked: bool = False
+    expected: DurableStream | None = None
 
 
 @attrs.define
@@ -321,6 +329,17 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def durable_streams(self) -> list[DurableStream]:
         """Every durable stream's metadata (soft-deleted ones too)."""
+
+    async def durable_stream(self, path: str) -> DurableStream | None:
+        """One durable stream's metadata as stored now (soft-deleted too), or ``None``."""
+        for meta in await self.durable_streams():
+            if meta.path == path:
+                return meta
+        return None
+
+    async def count_durable_streams(self) -> int:
+        """How many durable streams are stored (soft-deleted ones too)."""
+        return len(await self.durable_streams())
 
     @abc.abstractmethod
     async def stream_items(self, path: str, start: int, end: int,
