@@ -221,3 +221,20 @@ async def test_a_fork_made_on_one_engine_reads_its_source_on_another() -> None:
         # ... and removed with the fork
         assert (await a.delete("/v1/stream/fork")).status_code == 204
         assert (await b.head("/v1/stream/src")).status_code == 404
+
+
+@bounded(30)
+async def test_a_write_that_keeps_losing_the_race_is_a_503_to_retry(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    async with engines(1) as (a,):
+        r = await a.put("/v1/stream/busy", headers={"content-type": "text/plain"})
+        assert r.status_code == 201
+        monkeypatch.setattr(_dstreams, "SHARED_RETRIES", 0)  # as if every try lost
+        r = await a.post("/v1/stream/busy", headers={"content-type": "text/plain"},
+                         content=b"x")
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+        assert r.json()["code"] == "rate_limited"
+        monkeypatch.setattr(_dstreams, "SHARED_RETRIES", 64)
+        r = await a.post("/v1/stream/busy", headers={"content-type": "text/plain"},
+                         content=b"x")
+        assert r.status_code == 204 and r.headers["stream-next-offset"] == offset(1)

@@ -692,7 +692,7 @@ class SharedDurableStreams(DurableStreams):
     def _busy(self, path: str) -> StreamError:
         return StreamError(503, f"the stream at {path!r} is being written by other engines "
                                 f"too fast to add this write; try again",
-                           [("retry-after", "1")], code="unavailable")
+                           [("retry-after", "1")], code="rate_limited")
 
     async def _find(self, path: str, *, touch: bool = True) -> _Live:
         live = await self._fresh(path)
