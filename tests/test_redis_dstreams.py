@@ -238,3 +238,20 @@ async def test_a_write_that_keeps_losing_the_race_is_a_503_to_retry(
         r = await a.post("/v1/stream/busy", headers={"content-type": "text/plain"},
                          content=b"x")
         assert r.status_code == 204 and r.headers["stream-next-offset"] == offset(1)
+
+
+@bounded(40)
+async def test_a_ttl_slides_with_reads_on_any_engine_and_expires_everywhere() -> None:
+    async with engines(2) as (a, b):
+        r = await a.put("/v1/stream/short", headers={"content-type": "text/plain",
+                                                      "stream-ttl": "3"}, content=b"x")
+        assert r.status_code == 201
+        for _ in range(6):  # reads on B keep it alive past its TTL (stored, seen by A)
+            await trio.sleep(0.7)
+            assert (await b.get("/v1/stream/short", params={"offset": "-1"})).content == b"x"
+        assert (await a.head("/v1/stream/short")).status_code == 200
+        await trio.sleep(3.3)  # nobody reads it for longer than its TTL
+        assert (await a.head("/v1/stream/short")).status_code == 404
+        assert (await b.head("/v1/stream/short")).status_code == 404
+        r = await b.put("/v1/stream/short", headers={"content-type": "text/plain"})
+        assert r.status_code == 201  # gone from Redis: the path is free

@@ -341,13 +341,13 @@ class DurableStreams:
 
     # (hooks that SharedDurableStreams answers from the store)
 
+    # (these three do not yield here: one engine's answers are in memory, as before)
+
     async def _lookup(self, path: str) -> _Live | None:
         """The stream at ``path`` as this engine knows it (deleted or expired too)."""
-        await trio.lowlevel.checkpoint()
         return self._streams.get(path)
 
     async def _count(self) -> int:
-        await trio.lowlevel.checkpoint()
         return len(self._streams)
 
     def _refs_write(self, live: _Live, delta: int) -> StreamWrite:
@@ -356,7 +356,6 @@ class DurableStreams:
         return StreamWrite(live.meta)
 
     async def _source_meta(self, path: str) -> DurableStream | None:
-        await trio.lowlevel.checkpoint()
         source = self._streams.get(path)
         return source.meta if source is not None else None
 
@@ -587,7 +586,7 @@ SHARED_RETRIES = 64
 SHARED_REFRESH = 2.0
 #: A read of a shared stream stores its access time (so TTLs slide, and the retention
 #: sweep of any engine sees it) when the stored one is older than this many seconds:
-#: TTL streams, and the others.
+#: TTL streams (or a quarter of the TTL, if less), and the others.
 TOUCH_EVERY = (1.0, 60.0)
 
 
@@ -671,7 +670,9 @@ class SharedDurableStreams(DurableStreams):
         return await self.store.stream_producer(path, pid)
 
     def _refs_write(self, live: _Live, delta: int) -> StreamWrite:
-        stored = self._stored[live.meta.path]
+        stored = self._stored.get(live.meta.path)
+        if stored is None:  # removed meanwhile (seen by another request here): read again
+            raise IndexGapError(f"durable stream {live.meta.path} changed")
         return StreamWrite(attrs.evolve(stored, refs=stored.refs + delta,
                                         accessed_at=self.clock()),
                            checked=True, expected=stored)
@@ -706,7 +707,10 @@ class SharedDurableStreams(DurableStreams):
             raise StreamError(410, f"the stream at {path!r} was deleted")
         if touch:
             stored = self._stored[path]
-            if now - stored.accessed_at > TOUCH_EVERY[stored.ttl is None]:
+            every = TOUCH_EVERY[stored.ttl is None]
+            if stored.ttl is not None:
+                every = min(every, stored.ttl / 4)
+            if now - stored.accessed_at > every:
                 try:  # (lost to a concurrent write, which stores a newer time anyway)
                     await self._commit(Batch(streams=[StreamWrite(
                         attrs.evolve(stored, accessed_at=now), checked=True,
@@ -734,9 +738,12 @@ class SharedDurableStreams(DurableStreams):
         live = await self._find(path)
         async with live.lock:
             for _ in range(SHARED_RETRIES):
+                stored = self._stored.get(path)
                 try:
-                    return await self._append(live, self._stored[path], content_type, body,
-                                              closing, seq, producer)
+                    if stored is None or stored.created_at != live.meta.created_at:
+                        raise IndexGapError(path)  # (changed while this waited for the lock)
+                    return await self._append(live, stored, content_type, body, closing,
+                                              seq, producer)
                 except IndexGapError:  # another engine wrote it first: read it again
                     live = await self._find(path, touch=False)
         raise self._busy(path)
@@ -805,9 +812,11 @@ class SharedDurableStreams(DurableStreams):
                 while True:
                     seen = watch.version  # (subscribed before this read: nothing missed)
                     fresh = await self._fresh(path)
-                    if fresh is not live:  # removed (or removed and made again)
-                        live.meta.deleted = True
+                    if fresh is None or fresh.meta.created_at != live.meta.created_at:
+                        live.meta.deleted = True  # removed (or removed and made again)
                         return True
+                    if fresh is not live:  # (forgotten here meanwhile: the same stream)
+                        live.meta = attrs.evolve(fresh.meta)
                     meta = live.meta
                     if meta.tail > position or meta.closed or meta.deleted:
                         return True
