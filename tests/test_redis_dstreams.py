@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,7 +18,7 @@ from runwire.engine import open_engine
 from runwire.engine.service import _dstreams
 
 from .helpers import API_KEY, bounded
-from .redisserver import redis_url
+from .redisserver import RedisServer, redis_url
 
 AUTH = {"authorization": f"Bearer {API_KEY}"}
 
@@ -255,3 +256,48 @@ async def test_a_ttl_slides_with_reads_on_any_engine_and_expires_everywhere() ->
         assert (await b.head("/v1/stream/short")).status_code == 404
         r = await b.put("/v1/stream/short", headers={"content-type": "text/plain"})
         assert r.status_code == 201  # gone from Redis: the path is free
+
+
+@bounded(60)
+async def test_a_live_reader_rides_out_a_redis_restart(tmp_path: Path) -> None:
+    server = RedisServer("--appendonly", "yes", "--appendfsync", "always", directory=tmp_path)
+    try:
+        async with open_engine([], store=server.url, api_key=API_KEY, port=0) as ea, \
+                open_engine([], store=server.url, api_key=API_KEY, port=0) as eb, \
+                httpx.AsyncClient(base_url=ea.http_url, timeout=30, headers=AUTH) as a, \
+                httpx.AsyncClient(base_url=eb.http_url, timeout=30, headers=AUTH) as b:
+            r = await a.put("/v1/stream/s", headers={"content-type": "text/plain"},
+                            content=b"1")
+            assert r.status_code == 201
+            body = bytearray()
+
+            async def sse() -> None:
+                async with b.stream("GET", "/v1/stream/s",
+                                    params={"offset": "-1", "live": "sse"}) as response:
+                    async for data in response.aiter_bytes():
+                        body.extend(data)
+                        if b"streamClosed" in body:
+                            return
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(sse)
+                await trio.sleep(0.5)
+                server.kill()
+                r = await a.post("/v1/stream/s", headers={"content-type": "text/plain"},
+                                 content=b"2")
+                assert r.status_code == 500, r.text  # not stored, and said so
+                assert "cannot be reached" in r.json()["message"]
+                server.start()  # same port and directory: the AOF brings the stream back
+                with trio.fail_after(20):
+                    while True:
+                        r = await a.post("/v1/stream/s", headers={
+                            "content-type": "text/plain", "stream-closed": "true"},
+                            content=b"3")
+                        if r.status_code != 500:
+                            break
+                        await trio.sleep(0.2)
+                assert r.status_code == 204 and r.headers["stream-next-offset"] == offset(2)
+            # the reader on B, which waited through the restart, got the append and the close
+            assert b"data:1\n" in body and b"data:3\n" in body and b"data:2" not in body
+    finally:
+        server.kill()

@@ -30,7 +30,9 @@ import orjson
 import trio
 
 from .._limits import Limits
-from ..store import Batch, DurableStream, IndexGapError, Store, StreamWrite
+from ..store import (
+    Batch, DurableStream, IndexGapError, Store, StoreUnavailableError, StreamWrite,
+)
 
 #: Offsets on the wire: ``<segment>_<position>``, each 16 decimal digits (the reference
 #: server's shape, which clients and the conformance suite know); the segment is always 0.
@@ -811,7 +813,14 @@ class SharedDurableStreams(DurableStreams):
             async with self.broker.watch_durable_stream(path) as watch:
                 while True:
                     seen = watch.version  # (subscribed before this read: nothing missed)
-                    fresh = await self._fresh(path)
+                    try:
+                        fresh = await self._fresh(path)
+                    except StoreUnavailableError:  # Redis away: wait on, look again later
+                        left = deadline - trio.current_time()
+                        if left <= 0:
+                            return False
+                        await watch.wait_change(seen, min(left, SHARED_REFRESH))
+                        continue
                     if fresh is None or fresh.meta.created_at != live.meta.created_at:
                         live.meta.deleted = True  # removed (or removed and made again)
                         return True
