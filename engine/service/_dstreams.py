@@ -618,6 +618,9 @@ class SharedDurableStreams(DurableStreams):
         super().__init__(store, limits, clock)
         self.broker = broker
         self._stored: dict[str, DurableStream] = {}
+        #: a producer's state read with the stream's metadata (``_stored``'s object then)
+        self._prefetched: dict[tuple[str, str], tuple[DurableStream,
+                                                      tuple[int, int] | None]] = {}
 
     async def load(self) -> None:
         """Nothing to load: every request reads the store."""
@@ -630,10 +633,16 @@ class SharedDurableStreams(DurableStreams):
         if live is not None:
             live.notify()
 
-    async def _fresh(self, path: str) -> _Live | None:
+    async def _fresh(self, path: str, producer: str | None = None) -> _Live | None:
         """The stream at ``path`` as the store holds it now (its ``_Live`` kept if it is the
-        same stream: readers and writers here hold it)."""
-        meta = await self.store.durable_stream(path)
+        same stream: readers and writers here hold it); with a ``producer``, its state read
+        in the same round trip (for :meth:`_producer`)."""
+        if producer is None:
+            meta = await self.store.durable_stream(path)
+        else:
+            meta, state = await self.store.durable_stream_state(path, producer)
+            if meta is not None:
+                self._prefetched[(path, producer)] = (meta, state)
         if meta is None:
             self._forget(path)
             return None
@@ -669,6 +678,9 @@ class SharedDurableStreams(DurableStreams):
         return await self.store.durable_stream(path)
 
     async def _producer(self, path: str, pid: str) -> tuple[int, int] | None:
+        found = self._prefetched.pop((path, pid), None)
+        if found is not None and self._stored.get(path) is found[0]:
+            return found[1]  # read with the metadata this write is made from
         return await self.store.stream_producer(path, pid)
 
     def _refs_write(self, live: _Live, delta: int) -> StreamWrite:
@@ -697,8 +709,9 @@ class SharedDurableStreams(DurableStreams):
                                 f"too fast to add this write; try again",
                            [("retry-after", "1")], code="rate_limited")
 
-    async def _find(self, path: str, *, touch: bool = True) -> _Live:
-        live = await self._fresh(path)
+    async def _find(self, path: str, *, touch: bool = True,
+                    producer: str | None = None) -> _Live:
+        live = await self._fresh(path, producer)
         if live is None:
             raise StreamError(404, f"no stream at {path!r}")
         now = self.clock()
@@ -737,18 +750,23 @@ class SharedDurableStreams(DurableStreams):
     async def append(self, path: str, *, content_type: str | None, body: bytes,
                      closing: bool, seq: str | None,
                      producer: tuple[str, int, int] | None) -> AppendResult:
-        live = await self._find(path)
-        async with live.lock:
-            for _ in range(SHARED_RETRIES):
-                stored = self._stored.get(path)
-                try:
-                    if stored is None or stored.created_at != live.meta.created_at:
-                        raise IndexGapError(path)  # (changed while this waited for the lock)
-                    return await self._append(live, stored, content_type, body, closing,
-                                              seq, producer)
-                except IndexGapError:  # another engine wrote it first: read it again
-                    live = await self._find(path, touch=False)
-        raise self._busy(path)
+        pid = producer[0] if producer is not None else None
+        try:
+            live = await self._find(path, producer=pid)
+            async with live.lock:
+                for _ in range(SHARED_RETRIES):
+                    stored = self._stored.get(path)
+                    try:
+                        if stored is None or stored.created_at != live.meta.created_at:
+                            raise IndexGapError(path)  # (changed while this waited)
+                        return await self._append(live, stored, content_type, body, closing,
+                                                  seq, producer)
+                    except IndexGapError:  # another engine wrote it first: read it again
+                        live = await self._find(path, touch=False, producer=pid)
+            raise self._busy(path)
+        finally:
+            if pid is not None:
+                self._prefetched.pop((path, pid), None)
 
     async def _delete(self, live: _Live) -> None:
         path = live.meta.path

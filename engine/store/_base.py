@@ -337,6 +337,12 @@ class Store(abc.ABC):
                 return meta
         return None
 
+    async def durable_stream_state(
+            self, path: str, producer: str) -> tuple[DurableStream | None, tuple[int, int] | None]:
+        """:meth:`durable_stream` and :meth:`stream_producer` as one snapshot (a store shared
+        by many engines reads both at once)."""
+        return await self.durable_stream(path), await self.stream_producer(path, producer)
+
     async def count_durable_streams(self) -> int:
         """How many durable streams are stored (soft-deleted ones too)."""
         return len(await self.durable_streams())

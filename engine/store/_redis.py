@@ -222,7 +222,7 @@ class RedisStore(Store):
                     self._scripts = await load_scripts(client, {
                         name: getattr(lua, name) for name in (
                             "COMMIT", "READ", "TOKEN_CREATE", "TOKEN_COMPLETE",
-                            "DELETE_FINISHED")})
+                            "DELETE_FINISHED", "DS_STATE")})
                     self._client = client
                     ready.set()
                     await self._stop.wait()
@@ -451,6 +451,15 @@ class RedisStore(Store):
         with redis_errors(self.address):
             raw = await client.hget(self._k("ds"), path)
         return decode_durable(raw) if raw is not None else None
+
+    async def durable_stream_state(
+            self, path: str, producer: str) -> tuple[DurableStream | None, tuple[int, int] | None]:
+        raw, state = await self._run("DS_STATE", [path, producer])
+        found = None
+        if state:
+            epoch, seq = _bytes(state).split()
+            found = (int(epoch), int(seq))
+        return (decode_durable(_bytes(raw)) if raw else None), found
 
     async def count_durable_streams(self) -> int:
         client = await self.client()

@@ -277,3 +277,10 @@ if #ids < most then
 end
 return #ids
 """
+
+#: A durable stream's metadata and one producer's state on it, as one snapshot.
+DS_STATE = r"""#!lua flags=no-writes,no-cluster
+local P, path, producer = ARGV[1], ARGV[2], ARGV[3]
+return {redis.call('HGET', P .. 'ds', path) or '',
+        redis.call('HGET', P .. 'dsp:' .. path, producer) or ''}
+"""
