@@ -341,9 +341,8 @@ class DurableStreams:
         self._streams[path] = _Live(meta)
         return True, meta
 
-    # (hooks that SharedDurableStreams answers from the store)
-
-    # (these three do not yield here: one engine's answers are in memory, as before)
+    # (hooks that SharedDurableStreams answers from the store; here they do not yield: one
+    # engine's answers are in memory, as before)
 
     async def _lookup(self, path: str) -> _Live | None:
         """The stream at ``path`` as this engine knows it (deleted or expired too)."""
