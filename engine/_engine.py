@@ -28,7 +28,7 @@ from ._limits import Limits
 from .broker import open_broker
 from .door import Door, EngineServer, HttpDoor, Session
 from .run import RunRecord, RunStatistics
-from .service import Auth, DurableStreams, RunService, generate_api_key
+from .service import Auth, DurableStreams, RunService, SharedDurableStreams, generate_api_key
 from .store import Store, open_store
 
 log = logging.getLogger("runwire.engine")
@@ -75,7 +75,9 @@ class Engine:
         self.service = RunService(tasks, store, self.broker, self.auth, self.limits, self.clock,
                                   drain_timeout=drain_timeout)
         self.door = Door(self.service, self.auth, self.limits)
-        self.streams = DurableStreams(store, self.limits, self.clock)
+        self.streams = (SharedDurableStreams(store, self.limits, self.clock, self.broker)
+                        if self.broker.shared else DurableStreams(store, self.limits,
+                                                                  self.clock))
         self.http = HttpDoor(self.door, self.streams, self.clock,
                              anonymous_streams=anonymous_streams)
         self._server: EngineServer | None = None

@@ -44,8 +44,9 @@ PUBLIC = {
                               "RemoteError", "RequestHandler", "RunWatch", "open_broker"},
     "runwire.engine.service": {
         "RunService", "TriggerOptions", "Auth", "Grant", "fingerprint",
-        "generate_api_key", "DurableStreams", "AppendResult", "ReadResult", "StreamError",
-        "cursor_for", "format_offset", "is_json", "media_type", "parse_offset",
+        "generate_api_key", "DurableStreams", "SharedDurableStreams", "AppendResult",
+        "ReadResult", "StreamError", "cursor_for", "format_offset", "is_json", "media_type",
+        "parse_offset",
     },
     "runwire.engine.door": {"Door", "Caller", "Session", "EngineServer", "HttpDoor", "RateLimiter",
                             "PATH"},

@@ -3,7 +3,8 @@ request. Cross-engine reads, sends (to a run suspended in ``wait()``), cancels a
 subscriptions; an engine killed with SIGKILL mid-stream, its runs taken over by another
 engine while readers elsewhere read on to the stream's end; an external producer that
 reconnects to another engine (through a proxy standing in for the load balancer) and is
-deduplicated exactly once."""
+deduplicated exactly once; a free-standing durable stream made on one engine, appended on
+another and read live on the third (more of those in ``test_redis_dstreams.py``)."""
 
 from __future__ import annotations
 
@@ -268,3 +269,43 @@ async def test_engines_ride_out_a_redis_restart(tmp_path: Path) -> None:
             assert run.attempt == 1
     finally:
         server.kill()
+
+
+@bounded(45)
+async def test_free_standing_durable_streams_across_engine_processes() -> None:
+    import httpx
+
+    auth = {"authorization": f"Bearer {API_KEY}"}
+    async with cluster(3) as (_, nodes), contextlib.AsyncExitStack() as stack:
+        a, b, c = [await stack.enter_async_context(httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{node.port}", timeout=20, headers=auth))
+            for node in nodes]
+        r = await a.put("/v1/stream/p/log", headers={"content-type": "application/json"})
+        assert r.status_code == 201
+        got: dict[str, httpx.Response] = {}
+
+        async def long_poll_on_c() -> None:
+            got["c"] = await c.get("/v1/stream/p/log", params={
+                "offset": "-1", "live": "long-poll"})
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(long_poll_on_c)
+            await trio.sleep(0.5)
+            producer = {"content-type": "application/json", "producer-id": "w",
+                        "producer-epoch": "0", "producer-seq": "0"}
+            r = await b.post("/v1/stream/p/log", headers=producer, content=b'[1, 2]')
+            assert r.status_code == 200
+        assert got["c"].status_code == 200 and got["c"].json() == [1, 2]
+        # the producer's retry reaches A (the load balancer moved it): deduplicated
+        r = await a.post("/v1/stream/p/log", headers=producer, content=b'[1, 2]')
+        assert r.status_code == 204
+        r = await c.post("/v1/stream/p/log", headers={**producer, "producer-seq": "1",
+                                                      "stream-closed": "true"},
+                         content=b'3')
+        assert r.status_code == 200 and r.headers["stream-closed"] == "true"
+        for client in (a, b, c):
+            r = await client.get("/v1/stream/p/log", params={"offset": "-1"})
+            assert r.json() == [1, 2, 3] and r.headers["stream-closed"] == "true"
+        assert (await b.delete("/v1/stream/p/log")).status_code == 204
+        for client in (a, b, c):
+            assert (await client.head("/v1/stream/p/log")).status_code == 404

@@ -359,6 +359,41 @@ async def test_a_durable_stream_write_from_stale_metadata_is_refused_whole() -> 
         await store.aclose()
 
 
+@bounded(20)
+async def test_a_checked_durable_stream_write_applies_only_over_what_it_was_made_from() -> None:
+    from runwire.engine.store import DurableStream, IndexGapError, StreamWrite
+
+    store = open_store(redis_url())
+    try:
+        meta = DurableStream(path="c", content_type="text/plain", created_at=1.0,
+                             accessed_at=1.0)
+        made = StreamWrite(meta, checked=True)  # expected None: no stream there
+        await store.commit(Batch(streams=[made]))
+        with pytest.raises(IndexGapError, match="created by another engine"):
+            await store.commit(Batch(streams=[made]))
+        stored = await store.durable_stream("c")
+        assert stored == meta
+        one = attrs.evolve(stored, tail=1, nbytes=1, accessed_at=2.0)
+        await store.commit(Batch(streams=[StreamWrite(one, [(0, b"a")], checked=True,
+                                                      expected=stored)]))
+        # a second write made from the same (now old) metadata, with a producer: refused
+        # whole, its items and its producer state not written
+        two = attrs.evolve(stored, tail=1, nbytes=1, accessed_at=3.0)
+        with pytest.raises(IndexGapError, match="changed by another engine"):
+            await store.commit(Batch(streams=[StreamWrite(two, [(0, b"b")], ("p", 0, 0),
+                                                          checked=True, expected=stored)]))
+        assert await store.stream_items("c", 0, 10, 100) == [(0, b"a")]
+        assert await store.durable_stream_state("c", "p") == (one, None)
+        # dropped since: a checked write of it is refused too (it would re-create it)
+        await store.commit(Batch(dropped_streams=["c"]))
+        with pytest.raises(IndexGapError):
+            await store.commit(Batch(streams=[StreamWrite(attrs.evolve(one, tail=2), [(1, b"c")],
+                                                          checked=True, expected=one)]))
+        assert await store.durable_stream("c") is None
+    finally:
+        await store.aclose()
+
+
 @task(id="redis.feeder")
 async def feeder(payload: dict[str, Any]) -> str:
     """Pipes into a stream of another run (``target=``), wherever that run executes."""

@@ -908,3 +908,23 @@ async def test_list_runs_filters_and_pages(store: Store):
         **args, "limit": 9, "created_after": 1.0, "created_before": 4.0}))[0]] == ["r3", "r2"]
     with pytest.raises(ValueError, match="cursor"):
         await store.list_runs(**{**args, "limit": 9, "cursor": "bogus"})
+
+
+@bounded(TIME_LIMIT)
+async def test_one_durable_stream_its_count_and_a_producer_state(store: Store) -> None:
+    from runwire.engine.store import DurableStream, StreamWrite
+
+    assert await store.durable_stream("a") is None
+    assert await store.count_durable_streams() == 0
+    assert await store.durable_stream_state("a", "p") == (None, None)
+    meta = DurableStream(path="a", content_type="text/plain", created_at=1.5,
+                         accessed_at=2.0, ttl=60, tail=3, nbytes=3, closed_by=("p", 1, 4))
+    await store.commit(Batch(streams=[StreamWrite(meta, [(0, b"abc")], ("p", 1, 4)),
+                                      StreamWrite(attrs.evolve(meta, path="b"))]))
+    assert await store.durable_stream("a") == meta
+    assert await store.count_durable_streams() == 2
+    assert await store.durable_stream_state("a", "p") == (meta, (1, 4))
+    assert await store.durable_stream_state("a", "q") == (meta, None)
+    await store.commit(Batch(dropped_streams=["b"]))
+    assert await store.durable_stream("b") is None
+    assert await store.count_durable_streams() == 1

@@ -163,6 +163,13 @@ class Broker(abc.ABC):
         await trio.lowlevel.checkpoint()
         yield RunWatch()
 
+    @asynccontextmanager
+    async def watch_durable_stream(self, path: str) -> AsyncIterator[RunWatch]:
+        """Be told when any engine writes or removes the free-standing durable stream at
+        ``path`` (shared brokers; in one engine the stream's own event says it)."""
+        await trio.lowlevel.checkpoint()
+        yield RunWatch()
+
 
 class LocalBroker(Broker):
     """One engine, one process: live runs in a dict, queue slots as trio semaphores."""

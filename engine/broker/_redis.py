@@ -156,6 +156,7 @@ class RedisBroker(LocalBroker):
         self.engine_id = uuid.uuid4().hex[:16]
         self.lease_ttl = store.address.lease_ttl
         self._followers: dict[str, _Follower] = {}
+        self._stream_watches: dict[str, tuple[RunWatch, list[int]]] = {}  # path: (watch, [n])
         self._held: set[str] = set()  # leases this engine holds
         self._slots: dict[str, RedisQueueSlots] = {}
         self._nursery: trio.Nursery | None = None
@@ -280,6 +281,8 @@ class RedisBroker(LocalBroker):
                     self._pubsub = pubsub
                     for run_id in list(self._followers):
                         await pubsub.subscribe(self._channel(run_id))
+                    for path in list(self._stream_watches):
+                        await pubsub.subscribe(self._stream_channel(path))
                     if not started:
                         task_status.started()
                         started = True
@@ -291,6 +294,11 @@ class RedisBroker(LocalBroker):
                             freed = self._slots.get(tail[6:])
                             if freed is not None:
                                 freed.freed()
+                            continue
+                        if tail.startswith("dsw:"):
+                            watched = self._stream_watches.get(tail[4:])
+                            if watched is not None:
+                                watched[0].poke()
                             continue
                         follower = self._followers.get(tail[2:])
                         if follower is not None:
@@ -307,10 +315,45 @@ class RedisBroker(LocalBroker):
                 started = True
             for follower in self._followers.values():
                 follower.poked.set()  # what was missed meanwhile
+            for watch, _ in self._stream_watches.values():
+                watch.poke()
             await trio.sleep(0.5)
 
     def _channel(self, run_id: str) -> str:
         return f"{self.prefix}w:{run_id}"
+
+    def _stream_channel(self, path: str) -> str:
+        return f"{self.prefix}dsw:{path}"
+
+    @asynccontextmanager
+    async def watch_durable_stream(self, path: str) -> AsyncIterator[RunWatch]:
+        """Poked on each commit (of any engine) that writes or removes the durable stream:
+        the store's commit script publishes on ``P dsw:PATH``. Subscribed before this
+        yields, so a reader that reads the stream after entering misses nothing; pub/sub
+        loses messages while the connection is down, so a reconnect pokes every watch."""
+        watched = self._stream_watches.get(path)
+        if watched is None:
+            watched = self._stream_watches[path] = (RunWatch(), [0])
+            if self._pubsub is not None:
+                try:
+                    await self._pubsub.subscribe(self._stream_channel(path))
+                except Exception as exc:  # the reader's safety-net looks still see changes
+                    log.warning("could not subscribe to durable stream %r: %r", path, exc)
+        watched[1][0] += 1
+        try:
+            yield watched[0]
+        finally:
+            watched[1][0] -= 1
+            if watched[1][0] == 0 and self._stream_watches.get(path) is watched:
+                del self._stream_watches[path]
+                if self._pubsub is not None:
+                    with trio.CancelScope(shield=True), trio.move_on_after(2):
+                        try:
+                            await self._pubsub.unsubscribe(self._stream_channel(path))
+                            if path in self._stream_watches:  # a new reader came meanwhile
+                                await self._pubsub.subscribe(self._stream_channel(path))
+                        except Exception:
+                            pass
 
     async def _listen_for_slots(self, slots: RedisQueueSlots) -> None:
         if self._pubsub is not None:

@@ -10,6 +10,7 @@ from ._service import TriggerOptions as TriggerOptions
 from ._dstreams import AppendResult as AppendResult
 from ._dstreams import DurableStreams as DurableStreams
 from ._dstreams import ReadResult as ReadResult
+from ._dstreams import SharedDurableStreams as SharedDurableStreams
 from ._dstreams import StreamError as StreamError
 from ._dstreams import cursor_for as cursor_for
 from ._dstreams import format_offset as format_offset

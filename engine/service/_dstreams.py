@@ -30,7 +30,9 @@ import orjson
 import trio
 
 from .._limits import Limits
-from ..store import Batch, DurableStream, Store, StreamWrite
+from ..store import (
+    Batch, DurableStream, IndexGapError, Store, StoreUnavailableError, StreamWrite,
+)
 
 #: Offsets on the wire: ``<segment>_<position>``, each 16 decimal digits (the reference
 #: server's shape, which clients and the conformance suite know); the segment is always 0.
@@ -220,6 +222,9 @@ class AppendResult:
 class DurableStreams:
     """The free-standing durable streams of one engine."""
 
+    #: other engines write the same streams (:class:`SharedDurableStreams`)
+    shared = False
+
     def __init__(self, store: Store, limits: Limits, clock: Any) -> None:
         self.store = store
         self.limits = limits
@@ -280,16 +285,16 @@ class DurableStreams:
             StreamError: 400 (bad body, fork offset), 404 (fork source), 409 (exists with
             another configuration, or was deleted), 413.
         """
-        existing = self._streams.get(path)
+        existing = await self._lookup(path)
         now = self.clock()
         if existing is not None and not existing.meta.deleted and self._expired(
                 existing.meta, now):
             await self._delete(existing)
-            existing = self._streams.get(path)
+            existing = await self._lookup(path)
         source: _Live | None = None
         fork_offset = 0
         if fork is not None:
-            found = self._streams.get(fork[0])
+            found = await self._lookup(fork[0])
             if found is not None and found.meta.deleted:
                 raise StreamError(409, "the fork's source stream was deleted")
             source = await self._find(fork[0])
@@ -319,7 +324,7 @@ class DurableStreams:
                 raise StreamError(409, f"a stream exists at {path!r} with another "
                                        f"configuration")
             return False, meta
-        if len(self._streams) >= self.limits.max_durable_streams:
+        if await self._count() >= self.limits.max_durable_streams:
             raise StreamError(429, "too many durable streams on this engine",
                               [("retry-after", "60")])
         if is_json(ctype):
@@ -329,16 +334,34 @@ class DurableStreams:
         meta = DurableStream(path=path, content_type=ctype, created_at=now, accessed_at=now,
                              ttl=ttl, expires_at=expires_at, closed=closed, tail=fork_offset,
                              source=fork[0] if fork else None, fork_offset=fork_offset)
-        write = StreamWrite(meta, self._place(meta, items))
+        write = StreamWrite(meta, self._place(meta, items), checked=self.shared)
         self._check_size(meta, write.items)
         meta.nbytes += sum(len(data) for _, data in write.items)
         batch = Batch(streams=[write])
         if source is not None:
-            source.meta.refs += 1
-            batch.streams.append(StreamWrite(source.meta))
+            batch.streams.append(self._refs_write(source, +1))
         await self._commit(batch)
         self._streams[path] = _Live(meta)
         return True, meta
+
+    # (hooks that SharedDurableStreams answers from the store; here they do not yield: one
+    # engine's answers are in memory, as before)
+
+    async def _lookup(self, path: str) -> _Live | None:
+        """The stream at ``path`` as this engine knows it (deleted or expired too)."""
+        return self._streams.get(path)
+
+    async def _count(self) -> int:
+        return len(self._streams)
+
+    def _refs_write(self, live: _Live, delta: int) -> StreamWrite:
+        """The write that counts one fork more (or less) reading from ``live``."""
+        live.meta.refs += delta
+        return StreamWrite(live.meta)
+
+    async def _source_meta(self, path: str) -> DurableStream | None:
+        source = self._streams.get(path)
+        return source.meta if source is not None else None
 
     def _place(self, meta: DurableStream, items: list[bytes]) -> list[tuple[int, bytes]]:
         """Give items their positions from the tail on (advances ``meta.tail``)."""
@@ -370,14 +393,16 @@ class DurableStreams:
         except trio.WouldBlock:
             await lock.acquire()
         try:
-            return await self._append(live, content_type, body, closing, seq, producer)
+            return await self._append(live, live.meta, content_type, body, closing, seq,
+                                      producer)
         finally:
             lock.release()
 
-    async def _append(self, live: _Live, content_type: str | None, body: bytes,
-                      closing: bool, seq: str | None,
+    async def _append(self, live: _Live, meta: DurableStream, content_type: str | None,
+                      body: bytes, closing: bool, seq: str | None,
                       producer: tuple[str, int, int] | None) -> AppendResult:
-        meta = live.meta
+        """Append onto ``meta`` (``live.meta``; on a shared store, the metadata as read
+        from it, which the store checks is still what it holds)."""
         if meta.closed:
             if producer is not None and meta.closed_by == producer:
                 return AppendResult(204, meta, producer[1:])
@@ -422,10 +447,14 @@ class DurableStreams:
             new.closed = True
             new.closed_by = producer
         write = StreamWrite(new, placed, producer if producer is not None else None)
+        if self.shared:
+            new.accessed_at = self.clock()
+            write.checked = True
+            write.expected = meta
         await self._commit(Batch(streams=[write]), pause=False)
         live.meta = new
         live.remember(placed)
-        if producer is not None:
+        if producer is not None and not self.shared:
             self._producers[(meta.path, producer[0])] = (producer[1], producer[2])
         live.notify()
         if producer is not None:  # 200: new data; a producer's close-only is 204
@@ -515,9 +544,9 @@ class DurableStreams:
         pieces: list[bytes] = []
         pos = start
         if meta.source is not None and pos < meta.fork_offset:
-            source = self._streams.get(meta.source)
+            source = await self._source_meta(meta.source)
             if source is not None:
-                got, pos = await self._collect(source.meta, pos, min(end, meta.fork_offset),
+                got, pos = await self._collect(source, pos, min(end, meta.fork_offset),
                                                budget)
                 pieces.extend(got)
                 budget -= sum(len(p) for p in got)
@@ -551,3 +580,278 @@ class DurableStreams:
         while live.meta.tail <= position and not live.meta.closed \
                 and not live.meta.deleted and self._streams.get(live.meta.path) is live:
             await live.changed.wait()
+
+
+#: Times a write to a shared stream is tried again after another engine changed the stream
+#: between this engine's read and its commit (each failure means another write succeeded).
+SHARED_RETRIES = 64
+#: Seconds between a live reader's safety-net looks at a shared stream (pub/sub is at most
+#: once: it loses messages while a connection is down).
+SHARED_REFRESH = 2.0
+#: A read of a shared stream stores its access time (so TTLs slide, and the retention
+#: sweep of any engine sees it) when the stored one is older than this many seconds:
+#: TTL streams (or a quarter of the TTL, if less), and the others.
+TOUCH_EVERY = (1.0, 60.0)
+
+
+class SharedDurableStreams(DurableStreams):
+    """The free-standing durable streams of a store many engines share (Redis).
+
+    Theory of operation: the store is the only truth. Every request reads the stream's
+    metadata from the store (one round trip); every write is made from the metadata as read
+    (``_stored``, kept apart from what requests touch) and committed as a *checked*
+    :class:`~runwire.engine.store.StreamWrite`: the store applies it only if it still holds
+    exactly that metadata, so two engines never both append at one offset, and a producer's
+    state (read from the store each time) is the one the write continues. A refused write
+    (:class:`~runwire.engine.store.IndexGapError`) is made again from a fresh read; each
+    refusal means another write went in, so the loop progresses, and it is bounded
+    (``SHARED_RETRIES``, then a 503 to retry). Writes on this engine still take the
+    stream's lock, so only other engines' writes cause retries.
+
+    Live readers wait on the broker's :meth:`~runwire.engine.broker.Broker.watch_durable_stream`:
+    the store's commit script publishes each write of the stream, any engine's, and the
+    reader reads the metadata again; it also looks every ``SHARED_REFRESH`` seconds, a
+    safety net for lost pub/sub messages, not the wake-up.
+    """
+
+    shared = True
+
+    def __init__(self, store: Store, limits: Limits, clock: Any, broker: Any) -> None:
+        super().__init__(store, limits, clock)
+        self.broker = broker
+        self._stored: dict[str, DurableStream] = {}
+        #: a producer's state read with the stream's metadata (``_stored``'s object then)
+        self._prefetched: dict[tuple[str, str], tuple[DurableStream,
+                                                      tuple[int, int] | None]] = {}
+
+    async def load(self) -> None:
+        """Nothing to load: every request reads the store."""
+        await trio.lowlevel.checkpoint()
+        self._loaded = True
+
+    def _forget(self, path: str) -> None:
+        live = self._streams.pop(path, None)
+        self._stored.pop(path, None)
+        if live is not None:
+            live.notify()
+
+    async def _fresh(self, path: str, producer: str | None = None) -> _Live | None:
+        """The stream at ``path`` as the store holds it now (its ``_Live`` kept if it is the
+        same stream: readers and writers here hold it); with a ``producer``, its state read
+        in the same round trip (for :meth:`_producer`)."""
+        if producer is None:
+            meta = await self.store.durable_stream(path)
+        else:
+            meta, state = await self.store.durable_stream_state(path, producer)
+            if meta is not None:
+                self._prefetched[(path, producer)] = (meta, state)
+        if meta is None:
+            self._forget(path)
+            return None
+        live = self._streams.get(path)
+        if live is None or live.meta.created_at != meta.created_at:
+            if live is not None:
+                live.notify()
+            if len(self._streams) >= self.limits.max_durable_streams:
+                self._prune()
+            live = self._streams[path] = _Live(attrs.evolve(meta))
+        else:
+            live.meta = attrs.evolve(meta)
+        self._stored[path] = meta
+        return live
+
+    def _prune(self) -> None:
+        """Forget streams nobody here reads or writes now (the store keeps them)."""
+        for path, live in list(self._streams.items()):
+            if not live.waiting and not live.lock.locked():
+                del self._streams[path]
+                self._stored.pop(path, None)
+
+    async def _lookup(self, path: str) -> _Live | None:
+        return await self._fresh(path)
+
+    async def _count(self) -> int:
+        return await self.store.count_durable_streams()
+
+    def exists(self, path: str) -> bool:
+        return path in self._streams  # (seen here; the door asks only to pick an error)
+
+    async def _source_meta(self, path: str) -> DurableStream | None:
+        return await self.store.durable_stream(path)
+
+    async def _producer(self, path: str, pid: str) -> tuple[int, int] | None:
+        found = self._prefetched.pop((path, pid), None)
+        if found is not None and self._stored.get(path) is found[0]:
+            return found[1]  # read with the metadata this write is made from
+        return await self.store.stream_producer(path, pid)
+
+    def _refs_write(self, live: _Live, delta: int) -> StreamWrite:
+        stored = self._stored.get(live.meta.path)
+        if stored is None:  # removed meanwhile (seen by another request here): read again
+            raise IndexGapError(f"durable stream {live.meta.path} changed")
+        return StreamWrite(attrs.evolve(stored, refs=stored.refs + delta,
+                                        accessed_at=self.clock()),
+                           checked=True, expected=stored)
+
+    async def _commit(self, batch: Batch, *, pause: bool = True) -> None:
+        await super()._commit(batch, pause=pause)
+        for path in batch.dropped_streams:
+            self._forget(path)
+        for write in batch.streams:
+            path = write.stream.path
+            self._stored[path] = attrs.evolve(write.stream)
+            live = self._streams.get(path)
+            if live is not None:
+                if live.meta.created_at == write.stream.created_at:
+                    live.meta = attrs.evolve(write.stream)
+                live.notify()
+
+    def _busy(self, path: str) -> StreamError:
+        return StreamError(503, f"the stream at {path!r} is being written by other engines "
+                                f"too fast to add this write; try again",
+                           [("retry-after", "1")], code="rate_limited")
+
+    async def _find(self, path: str, *, touch: bool = True,
+                    producer: str | None = None) -> _Live:
+        live = await self._fresh(path, producer)
+        if live is None:
+            raise StreamError(404, f"no stream at {path!r}")
+        now = self.clock()
+        if not live.meta.deleted and self._expired(live.meta, now):
+            await self._delete(live)
+            raise StreamError(404, f"no stream at {path!r} (it expired)")
+        if live.meta.deleted:
+            raise StreamError(410, f"the stream at {path!r} was deleted")
+        if touch:
+            stored = self._stored[path]
+            every = TOUCH_EVERY[stored.ttl is None]
+            if stored.ttl is not None:
+                every = min(every, stored.ttl / 4)
+            if now - stored.accessed_at > every:
+                try:  # (lost to a concurrent write, which stores a newer time anyway)
+                    await self._commit(Batch(streams=[StreamWrite(
+                        attrs.evolve(stored, accessed_at=now), checked=True,
+                        expected=stored)]))
+                except IndexGapError:
+                    pass
+            live.meta.accessed_at = now
+        return live
+
+    async def create(self, path: str, *, content_type: str | None, ttl: int | None,
+                     expires_at: float | None, closed: bool, body: bytes,
+                     fork: tuple[str, int | None, int] | None) -> tuple[bool, DurableStream]:
+        for _ in range(SHARED_RETRIES):
+            try:
+                return await super().create(path, content_type=content_type, ttl=ttl,
+                                            expires_at=expires_at, closed=closed, body=body,
+                                            fork=fork)
+            except IndexGapError:  # created, or its fork source changed, elsewhere
+                continue
+        raise self._busy(path)
+
+    async def append(self, path: str, *, content_type: str | None, body: bytes,
+                     closing: bool, seq: str | None,
+                     producer: tuple[str, int, int] | None) -> AppendResult:
+        pid = producer[0] if producer is not None else None
+        try:
+            live = await self._find(path, producer=pid)
+            async with live.lock:
+                for _ in range(SHARED_RETRIES):
+                    stored = self._stored.get(path)
+                    try:
+                        if stored is None or stored.created_at != live.meta.created_at:
+                            raise IndexGapError(path)  # (changed while this waited)
+                        return await self._append(live, stored, content_type, body, closing,
+                                                  seq, producer)
+                    except IndexGapError:  # another engine wrote it first: read it again
+                        live = await self._find(path, touch=False, producer=pid)
+            raise self._busy(path)
+        finally:
+            if pid is not None:
+                self._prefetched.pop((path, pid), None)
+
+    async def _delete(self, live: _Live) -> None:
+        path = live.meta.path
+        for _ in range(SHARED_RETRIES):
+            meta = self._stored.get(path)
+            if meta is None:
+                return
+            batch = Batch()
+            if meta.refs > 0:
+                if not meta.deleted:
+                    batch.streams.append(StreamWrite(
+                        attrs.evolve(meta, deleted=True), checked=True, expected=meta))
+            else:
+                batch.dropped_streams.append(path)
+                source_path = meta.source
+                while source_path is not None:  # the sources only this reference kept
+                    source = await self.store.durable_stream(source_path)
+                    if source is None:
+                        break
+                    if source.deleted and source.refs <= 1:
+                        batch.dropped_streams.append(source_path)
+                        source_path = source.source
+                        continue
+                    batch.streams.append(StreamWrite(
+                        attrs.evolve(source, refs=source.refs - 1), checked=True,
+                        expected=source))
+                    break
+            try:
+                await self._commit(batch)
+                return
+            except IndexGapError:
+                if await self._fresh(path) is None:
+                    return
+        raise self._busy(path)
+
+    async def sweep(self) -> int:
+        now = self.clock()
+        doomed = [meta.path for meta in await self.store.durable_streams()
+                  if not meta.deleted and (self._expired(meta, now)
+                                           or now - meta.accessed_at > self.limits.retention)]
+        for path in doomed:
+            live = await self._fresh(path)
+            if live is not None and not live.meta.deleted:
+                await self._delete(live)
+        return len(doomed)
+
+    async def read(self, live: _Live, start: int) -> ReadResult:
+        meta = live.meta  # (as read from the store by the request, or its last wait)
+        if meta.deleted:  # (seen by a wait: the reader learns it, rather than waits on)
+            raise StreamError(410, f"the stream at {meta.path!r} was deleted")
+        if start > meta.tail:
+            raise StreamError(400, "the offset is beyond the stream's tail")
+        pieces, nxt = await self._collect(meta, start, meta.tail, self.limits.frame_bytes)
+        done = nxt >= meta.tail
+        return ReadResult(pieces, nxt, done, done and meta.closed)
+
+    async def wait(self, live: _Live, position: int, timeout: float) -> bool:
+        path = live.meta.path
+        deadline = trio.current_time() + timeout
+        live.waiting += 1
+        try:
+            async with self.broker.watch_durable_stream(path) as watch:
+                while True:
+                    seen = watch.version  # (subscribed before this read: nothing missed)
+                    try:
+                        fresh = await self._fresh(path)
+                    except StoreUnavailableError:  # Redis away: wait on, look again later
+                        left = deadline - trio.current_time()
+                        if left <= 0:
+                            return False
+                        await watch.wait_change(seen, min(left, SHARED_REFRESH))
+                        continue
+                    if fresh is None or fresh.meta.created_at != live.meta.created_at:
+                        live.meta.deleted = True  # removed (or removed and made again)
+                        return True
+                    if fresh is not live:  # (forgotten here meanwhile: the same stream)
+                        live.meta = attrs.evolve(fresh.meta)
+                    meta = live.meta
+                    if meta.tail > position or meta.closed or meta.deleted:
+                        return True
+                    left = deadline - trio.current_time()
+                    if left <= 0:
+                        return False
+                    await watch.wait_change(seen, min(left, SHARED_REFRESH))
+        finally:
+            live.waiting -= 1

@@ -94,11 +94,19 @@ class DurableStream:
 @attrs.define
 class StreamWrite:
     """A durable stream's new metadata, the items appended with it (``(start, bytes)``), and
-    the producer state ``(producer id, epoch, last seq)`` the append sets."""
+    the producer state ``(producer id, epoch, last seq)`` the append sets.
+
+    A store shared by many engines checks a ``checked`` write before it applies anything of
+    its batch: the stored metadata must still be ``expected`` (exactly; ``None``: no stream
+    at the path), else the whole batch is refused with :class:`IndexGapError` and the writer
+    reads the stream again. A store of one engine has nobody else writing and ignores both.
+    """
 
     stream: DurableStream
     items: list[tuple[int, bytes]] = attrs.field(factory=list)
     producer: tuple[str, int, int] | None = None
+    checked: bool = False
+    expected: DurableStream | None = None
 
 
 @attrs.define
@@ -350,6 +358,23 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def durable_streams(self) -> list[DurableStream]:
         """Every durable stream's metadata (soft-deleted ones too)."""
+
+    async def durable_stream(self, path: str) -> DurableStream | None:
+        """One durable stream's metadata as stored now (soft-deleted too), or ``None``."""
+        for meta in await self.durable_streams():
+            if meta.path == path:
+                return meta
+        return None
+
+    async def durable_stream_state(
+            self, path: str, producer: str) -> tuple[DurableStream | None, tuple[int, int] | None]:
+        """:meth:`durable_stream` and :meth:`stream_producer` as one snapshot (a store shared
+        by many engines reads both at once)."""
+        return await self.durable_stream(path), await self.stream_producer(path, producer)
+
+    async def count_durable_streams(self) -> int:
+        """How many durable streams are stored (soft-deleted ones too)."""
+        return len(await self.durable_streams())
 
     @abc.abstractmethod
     async def stream_items(self, path: str, start: int, end: int,

@@ -222,7 +222,7 @@ class RedisStore(Store):
                     self._scripts = await load_scripts(client, {
                         name: getattr(lua, name) for name in (
                             "COMMIT", "READ", "TOKEN_CREATE", "TOKEN_COMPLETE",
-                            "DELETE_FINISHED")})
+                            "DELETE_FINISHED", "DS_STATE")})
                     self._client = client
                     ready.set()
                     await self._stop.wait()
@@ -446,6 +446,26 @@ class RedisStore(Store):
             fields = await client.hgetall(self._k("ds"))
         return [decode_durable(raw) for raw in fields.values()]
 
+    async def durable_stream(self, path: str) -> DurableStream | None:
+        client = await self.client()
+        with redis_errors(self.address):
+            raw = await client.hget(self._k("ds"), path)
+        return decode_durable(raw) if raw is not None else None
+
+    async def durable_stream_state(
+            self, path: str, producer: str) -> tuple[DurableStream | None, tuple[int, int] | None]:
+        raw, state = await self._run("DS_STATE", [path, producer])
+        found = None
+        if state:
+            epoch, seq = _bytes(state).split()
+            found = (int(epoch), int(seq))
+        return (decode_durable(_bytes(raw)) if raw else None), found
+
+    async def count_durable_streams(self) -> int:
+        client = await self.client()
+        with redis_errors(self.address):
+            return int(await client.hlen(self._k("ds")))
+
     async def stream_items(self, path: str, start: int, end: int,
                            max_bytes: int) -> list[tuple[int, bytes]]:
         client = await self.client()
@@ -517,7 +537,9 @@ def encode_batch(batch: Batch) -> list[bytes | str | int]:
     for path in batch.dropped_streams:
         args += ["D", path]
     for write in batch.streams:
-        args += ["S", write.stream.path, encode_durable(write.stream), len(write.items)]
+        expect = (b"" if not write.checked else b"-" if write.expected is None
+                  else encode_durable(write.expected))
+        args += ["S", write.stream.path, encode_durable(write.stream), len(write.items), expect]
         for start, data in write.items:
             args += [start, bytes(data)]
         if write.producer is None:

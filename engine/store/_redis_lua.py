@@ -25,8 +25,9 @@ Keys (``P`` is the prefix, ``{r}`` a run id in braces):
   items, entry id ``start-1``; ``P dsp:PATH``: hash producer -> ``epoch seq``.
 
 A commit publishes on ``P w:RUN`` for each run whose streams or record it changed (the run's
-record as stored when the batch wrote it, else ``1``): other engines' readers and
-subscriptions wake on it (``runwire.engine.broker``).
+record as stored when the batch wrote it, else ``1``), and on ``P dsw:PATH`` for each durable
+stream it wrote or removed: other engines' readers and subscriptions wake on it
+(``runwire.engine.broker``).
 """
 
 from __future__ import annotations
@@ -69,22 +70,34 @@ while i <= n do
     dropped[ARGV[i+1]] = true
     i = i + 2
   elseif op == 'S' then
-    -- a durable stream written from metadata another engine has changed since (engines
-    -- keep it in memory): refused whole, never half-applied over the other engine's items
-    local path, cnt = ARGV[i+1], tonumber(ARGV[i+3])
+    -- a durable stream written from metadata another engine has changed since: refused
+    -- whole, never half-applied over the other engine's write. A checked write names the
+    -- metadata it was made from (ARGV[i+4]: '-' for none); the stored one must be that.
+    local path, cnt, expect = ARGV[i+1], tonumber(ARGV[i+3]), ARGV[i+4]
     local old = not dropped[path] and redis.call('HGET', P .. 'ds', path)
-    if old then
+    if expect == '-' then
+      if old then
+        return redis.error_reply('GAP durable stream ' .. path .. ' was created by ' ..
+          'another engine')
+      end
+    elseif expect ~= '' then
+      if old ~= expect then
+        return redis.error_reply('GAP durable stream ' .. path .. ' was changed by ' ..
+          'another engine')
+      end
+    elseif old then
       local was, now = cjson.decode(old), cjson.decode(ARGV[i+2])
       if was['created_at'] ~= now['created_at'] or now['tail'] < was['tail']
-          or (cnt > 0 and tonumber(ARGV[i+4]) < was['tail']) then
+          or (cnt > 0 and tonumber(ARGV[i+5]) < was['tail']) then
         return redis.error_reply('GAP durable stream ' .. path .. ' was changed by ' ..
           'another engine (stored tail ' .. was['tail'] .. ')')
       end
     end
-    i = i + 4 + 2 * cnt + 3
+    i = i + 5 + 2 * cnt + 3
   else return redis.error_reply('ERR runwire: unknown batch operation ' .. tostring(op)) end
 end
 local touched = {}
+local dsw = {}
 i = 2
 while i <= n do
   local op = ARGV[i]
@@ -134,11 +147,13 @@ while i <= n do
     local path = ARGV[i+1]
     redis.call('HDEL', P .. 'ds', path)
     redis.call('DEL', P .. 'dsi:' .. path, P .. 'dsp:' .. path)
+    dsw[path] = true
     i = i + 2
   elseif op == 'S' then
     local path, meta, cnt = ARGV[i+1], ARGV[i+2], tonumber(ARGV[i+3])
     redis.call('HSET', P .. 'ds', path, meta)
-    local k = i + 4
+    dsw[path] = true
+    local k = i + 5
     for j = 1, cnt do
       redis.call('XADD', P .. 'dsi:' .. path, ARGV[k] .. '-1', 'd', ARGV[k+1])
       k = k + 2
@@ -151,6 +166,9 @@ while i <= n do
 end
 for run, message in pairs(touched) do
   redis.call('PUBLISH', P .. 'w:' .. run, message)
+end
+for path in pairs(dsw) do
+  redis.call('PUBLISH', P .. 'dsw:' .. path, '1')
 end
 return 'OK'
 """
@@ -258,4 +276,11 @@ if #ids < most then
   end
 end
 return #ids
+"""
+
+#: A durable stream's metadata and one producer's state on it, as one snapshot.
+DS_STATE = r"""#!lua flags=no-writes,no-cluster
+local P, path, producer = ARGV[1], ARGV[2], ARGV[3]
+return {redis.call('HGET', P .. 'ds', path) or '',
+        redis.call('HGET', P .. 'dsp:' .. path, producer) or ''}
 """
