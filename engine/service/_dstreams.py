@@ -246,9 +246,12 @@ class DurableStreams:
             return True
         return meta.ttl is not None and now >= meta.accessed_at + meta.ttl
 
-    async def _find(self, path: str, *, touch: bool = True) -> _Live:
-        """The live stream at ``path``. Raises: StreamError 404 (none, expired), 410."""
-        live = self._streams.get(path)
+    async def _usable(self, path: str, live: _Live | None) -> tuple[_Live, float]:
+        """The stream found at ``path``, if it may be used, and the time now.
+
+        Raises:
+            StreamError: 404 (none, or it expired: then it is deleted), 410 (deleted).
+        """
         if live is None:
             raise StreamError(404, f"no stream at {path!r}")
         now = self.clock()
@@ -257,6 +260,11 @@ class DurableStreams:
             raise StreamError(404, f"no stream at {path!r} (it expired)")
         if live.meta.deleted:
             raise StreamError(410, f"the stream at {path!r} was deleted")
+        return live, now
+
+    async def _find(self, path: str, *, touch: bool = True) -> _Live:
+        """The live stream at ``path``. Raises: StreamError 404 (none, expired), 410."""
+        live, now = await self._usable(path, self._streams.get(path))
         if touch:
             live.meta.accessed_at = now
         return live
@@ -713,15 +721,7 @@ class SharedDurableStreams(DurableStreams):
 
     async def _find(self, path: str, *, touch: bool = True,
                     producer: str | None = None) -> _Live:
-        live = await self._fresh(path, producer)
-        if live is None:
-            raise StreamError(404, f"no stream at {path!r}")
-        now = self.clock()
-        if not live.meta.deleted and self._expired(live.meta, now):
-            await self._delete(live)
-            raise StreamError(404, f"no stream at {path!r} (it expired)")
-        if live.meta.deleted:
-            raise StreamError(410, f"the stream at {path!r} was deleted")
+        live, now = await self._usable(path, await self._fresh(path, producer))
         if touch:
             stored = self._stored[path]
             every = TOUCH_EVERY[stored.ttl is None]
