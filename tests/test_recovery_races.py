@@ -35,6 +35,12 @@ async def sleeper(payload: Any) -> str:
     return "done"
 
 
+async def until(check: Any) -> None:
+    """Return once ``check()`` is true (the test's bound ends a wait that never does)."""
+    while not check():
+        await trio.sleep(0.01)
+
+
 @bounded(60)
 async def test_a_run_another_engine_finished_is_not_restored_from_the_stale_listing(
         monkeypatch: pytest.MonkeyPatch) -> None:
@@ -42,11 +48,12 @@ async def test_a_run_another_engine_finished_is_not_restored_from_the_stale_list
     bodies.clear()
     async with open_engine([waiter], store=url, api_key=API_KEY) as a:
         run = await a.trigger("races.waiter", 1)
-        await trio.sleep(0.3)
+        await until(lambda: bodies == [1])  # the body runs, parked in until_go()
         background = _recovery.Recovery.run
+        gate = trio.Event()
 
         async def behind(self: _recovery.Recovery, workers: int = 8) -> None:
-            await trio.sleep(3)  # B's background recovery has not got to the run yet
+            await gate.wait()  # B's background recovery has not got to the run yet
             await background(self, workers)
 
         monkeypatch.setattr(_recovery.Recovery, "run", behind)
@@ -55,11 +62,12 @@ async def test_a_run_another_engine_finished_is_not_restored_from_the_stale_list
             assert run.id in b.service.recovery.pending  # listed while A executed it
             await a.send_input(run.id, "go", True, None)
             assert (await a.wait_finished(run.id)).status is RunStatus.COMPLETED
-            await trio.sleep(0.5)  # A has released the run's lease
+            await until(lambda: run.id not in a.broker._held)  # A released its lease
             # a request on B restores the listed run first: it must read it again
             seen = await b.get_record(run.id)
             assert seen.status is RunStatus.COMPLETED and seen.attempt == 1
-            await trio.sleep(3.5)  # and B's background recovery, later, likewise
+            gate.set()  # B's background recovery finds nothing left to do for it
+            await b.service.recovery.done.wait()
             assert b.broker.owner(run.id) is None
             assert run.id not in b.broker._held  # no lease kept (and renewed) for nothing
         stored = await a.get_record(run.id)
@@ -75,8 +83,11 @@ async def test_a_run_triggered_as_a_stop_begins_is_left_for_the_next_engine(
         store: Any = a.service.store
         commit = store.commit
 
+        in_commit, go_on = trio.Event(), trio.Event()
+
         async def slow_commit(batch: Any) -> Any:
-            await trio.sleep(0.2)  # a slow fsync: the stop begins during the trigger's commit
+            in_commit.set()  # a slow fsync: the stop begins during the trigger's commit
+            await go_on.wait()
             return await commit(batch)
 
         store.commit = slow_commit
@@ -87,8 +98,9 @@ async def test_a_run_triggered_as_a_stop_begins_is_left_for_the_next_engine(
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(trigger)
-            await trio.sleep(0.05)
+            await in_commit.wait()
             await a.stop(0)
+            go_on.set()
         store.commit = commit
         run_id = got["run"].id
         assert a.broker.owner(run_id) is None  # not started after the stop took its list
@@ -136,7 +148,7 @@ async def test_a_send_to_a_run_a_stopping_engine_handed_back_reaches_its_next_en
     async with open_engine([waiter], store=url, api_key=API_KEY) as b:
         async with open_engine([waiter], store=url, api_key=API_KEY) as a:
             run = await a.trigger("races.waiter", 1)
-            await trio.sleep(0.3)
+            await until(lambda: bodies == [1])  # the body runs, parked in until_go()
             assert await a.service.stop(0) == 1  # handed back: B resumes it at once
             # the stopping engine routes the send to B (it said "has finished" before)
             await a.send_input(run.id, "go", True, "send-1")
