@@ -64,7 +64,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
@@ -279,10 +279,6 @@ class Session:
                     wake = min(wake, since + idle)
             await trio.sleep_until(wake)
 
-    def _open_read_slot(self) -> contextlib.AbstractContextManager[None]:
-        """This session's open read or subscription, counted (:meth:`Door.read_slot`)."""
-        return self.door.read_slot(self.caller.grant, self.address)
-
     # --- the request loop --------------------------------------------------------------------
 
     async def _loop(self, nursery: trio.Nursery) -> None:
@@ -358,7 +354,7 @@ class Session:
         return self._caller
 
     async def _read(self, frame: Read) -> None:
-        with self._open_read_slot():
+        with self.door.read_slot(self.caller.grant, self.address):
             await self._read_slotted(frame)
 
     async def _read_slotted(self, frame: Read) -> None:
@@ -440,7 +436,7 @@ class Session:
 
     async def _subscribe(self, frame: Subscribe) -> None:
         # a subscription ends when its token does
-        with self._open_read_slot(), self.caller.expiry_scope():
+        with self.door.read_slot(self.caller.grant, self.address), self.caller.expiry_scope():
             async with contextlib.aclosing(self.caller.subscribe(frame.run)) as snapshots:
                 async for snapshot in snapshots:
                     await self._emit(RunInfo(re=frame.id, run=snapshot))
