@@ -376,7 +376,7 @@ def sqlite_available() -> str | None:
     try:
         from runwire.engine import open_store
 
-        store = open_store(f"sqlite:///{_temp_dir()}/probe.db")
+        store = open_store(f"sqlite:///{temp_dir()}/probe.db")
     except Exception as exc:  # ImportError while engine/_sqlite_store.py is being written
         return f"sqlite store not available ({type(exc).__name__}: {exc})"
     import trio
@@ -388,7 +388,7 @@ def sqlite_available() -> str | None:
 _TEMP_DIRS: list[str] = []
 
 
-def _temp_dir() -> str:
+def temp_dir() -> str:
     """A temporary directory, removed when this (orchestrating) process exits."""
     if not _TEMP_DIRS:
         atexit.register(lambda: [shutil.rmtree(d, ignore_errors=True) for d in _TEMP_DIRS])
@@ -399,7 +399,7 @@ def _temp_dir() -> str:
 
 def temp_db() -> str:
     """A fresh ``sqlite:///`` URL in a temporary directory."""
-    return f"sqlite:///{_temp_dir()}/bench.db"
+    return f"sqlite:///{temp_dir()}/bench.db"
 
 
 def store_url(name: str) -> str:

@@ -12,14 +12,27 @@ Three workloads, every client in a process of its own:
 * **Live latency**: ``bench_latency``'s paced task (1,000 chunks/s, each ``[i, time_ns]``), read
   over the websocket and over SSE; p99 of the time from the writer's stamp to the reader.
   Target: SSE's p99 at most 2x the websocket's.
-* **Append and read**: a producer process POSTs appends (one JSON item ``[i, time_ns]`` each,
-  one request at a time on a keep-alive connection) to a free-standing durable stream and
-  closes it; a reader process tails it live with SSE from ``offset=-1``. Against runwire
-  (``/v1/stream/...``, memory and SQLite stores) and the reference ``@durable-streams/server``
-  0.3.7 (pinned in ``tests/conformance/package.json``, started from it with its defaults on
-  loopback by ``tests/conformance/reference_server.mjs``). Throughput: items per second from
-  the first item's stamp to the last item's arrival; latency: stamp to arrival. Target:
-  runwire at least 2x the reference's throughput at a p99 no worse.
+* **Append and read**: producers POST appends (one JSON item ``[i, time_ns]`` each) to a
+  free-standing durable stream, then close it; a reader process tails it live with SSE from
+  ``offset=-1``. Against runwire (``/v1/stream/...``, memory and SQLite stores) and the
+  reference ``@durable-streams/server`` 0.3.7 (pinned in ``tests/conformance/package.json``,
+  started from it with its defaults, in memory, on loopback by
+  ``tests/conformance/reference_server.mjs``). Three writers (``Params.writers``), each its
+  own process: ``h11``, a Python client (:class:`H11Client`), one request at a time on a
+  keep-alive connection; ``wrk``, the C load generator wrk (Debian's ``wrk``) with
+  ``tests/bench/ds_append.lua``, one request at a time on one connection; ``wrk x8``, wrk
+  with eight connections on the same stream (eight appends in flight). The Python writer
+  costs about as much CPU per append as the engine does (docs/performance.md), so with it
+  the figure is largely the writer's; wrk's cost is a few microseconds. Throughput: items
+  per second from the first item's stamp to the last item's arrival; latency: stamp to
+  arrival. Target: runwire at least 2x the reference's throughput at a p99 no worse,
+  checked for each writer on the pairs that keep the same promise: runwire's memory store
+  against the reference's (both lose everything on a restart), and (``"durable"`` in
+  ``parts``) runwire's SQLite store with ``?synchronous=full`` against the reference's
+  file-backed store (``--data-dir``: each append fdatasync'ed), both durable through a power
+  loss, with ``Params.durable_appends`` appends and the wrk writers. runwire's default SQLite
+  store (``synchronous=normal``: survives a killed process, not a power loss) is measured and
+  compared with the reference's memory store too, with the same target.
 
 * **Floor** (``parts=("floor",)``, not in the default run): the append workload against
   :class:`_Floor`, the door's ``HttpConnection`` with a handler that only keeps each item,
@@ -40,6 +53,7 @@ from __future__ import annotations
 
 import functools
 import os
+import resource
 import shutil
 import time
 from collections.abc import AsyncIterator
@@ -64,6 +78,8 @@ from ._harness import (
     spawn,
     spawn_engine,
     store_url,
+    temp_db,
+    temp_dir,
     trio_worker,
     worker_main,
 )
@@ -83,16 +99,26 @@ class Params:
     repeat: int = 5
     #: runwire's stores in the append workload (the reference keeps its streams in memory)
     stores: tuple[str, ...] = ("memory", "sqlite")
-    #: which workloads run (these four by default; ``parts=("append",)`` for the append
+    #: which workloads run (these five by default; ``parts=("append",)`` for the append
     #: workload alone, e.g. ``bench_http.run(attrs.evolve(bench_http.QUICK,
-    #: parts=("append",)))``; ``"floor"`` adds the append workload on :class:`_Floor`)
-    parts: tuple[str, ...] = ("read", "live", "append", "layer")
+    #: parts=("append",)))``; ``"durable"``: the durable stores' pair, ``"floor"`` adds the
+    #: append workload on :class:`_Floor`)
+    parts: tuple[str, ...] = ("read", "live", "append", "durable", "layer")
+    #: the append workload's writers: ``"h11"`` (Python), ``"wrk"`` (one connection),
+    #: ``"wrk x8"`` (eight connections); the wrk ones are skipped, with a note, without wrk
+    writers: tuple[str, ...] = ("h11", "wrk", "wrk x8")
+    #: appends per run of the durable pair (the reference's file-backed store does ~250/s)
+    durable_appends: int = 3_000
 
 
 FULL = Params()
-QUICK = Params(chunks=50_000, latency_chunks=2_000, appends=3_000, pings=3_000, repeat=3)
+QUICK = Params(chunks=50_000, latency_chunks=2_000, appends=3_000, pings=3_000, repeat=3,
+               durable_appends=1_000)
 SMOKE = Params(chunks=2_000, latency_chunks=100, appends=100, pings=100, repeat=1,
-               stores=("memory",))
+               stores=("memory",), durable_appends=50)
+#: eight connections for the ``"wrk x8"`` writer
+WRK_CONNECTIONS = {"wrk": 1, "wrk x8": 8}
+WRK_SCRIPT = REPO / "tests" / "bench" / "ds_append.lua"
 
 
 # --- an HTTP/1.1 client on h11 ---------------------------------------------------------------
@@ -275,16 +301,19 @@ async def _ds_reader(args: dict[str, Any]) -> dict[str, Any]:
     cpu0 = time.process_time()
     latencies: list[float] = []
     first_sent = last_at = 0
+    seen: set[int] = set()
+    ordered = args.get("writers", 1) == 1  # several writers' items interleave
     async for now, items in sse_items(client, target, auth):
         for i, sent in items:
-            if i != len(latencies):
+            if ordered and i != len(latencies):
                 raise AssertionError(f"item {i} where {len(latencies)} was due")
-            first_sent = first_sent or sent
+            seen.add(i)
+            first_sent = min(first_sent or sent, sent)
             latencies.append((now - sent) / 1e6)
         last_at = now
     count = len(latencies)
-    if count != args["n"]:
-        raise AssertionError(f"read {count} items of {args['n']}")
+    if count != args["n"] or seen != set(range(count)):
+        raise AssertionError(f"read {count} items ({len(seen)} distinct) of {args['n']}")
     seconds = (last_at - first_sent) / 1e9
     return {**latency_summary(latencies), "items": count, "seconds": seconds,
             "rate": count / seconds, "cpu_s": time.process_time() - cpu0}
@@ -307,6 +336,33 @@ async def _ds_writer(args: dict[str, Any]) -> dict[str, Any]:
         raise AssertionError(f"close: {status}")
     return {"appends": args["n"], "seconds": seconds, "rate": args["n"] / seconds,
             "cpu_s": time.process_time() - cpu0}
+
+
+async def _ds_writer_wrk(args: dict[str, Any]) -> dict[str, Any]:
+    """``n`` appends by wrk (``ds_append.lua``) on ``connections`` connections, then close
+    the stream (one request of :class:`H11Client`); wrk's own CPU time is the writer's."""
+    target, auth = _stream_target(args)
+    wrk = shutil.which("wrk")
+    assert wrk, "wrk is needed for this writer"
+    command = [wrk, "-t1", f"-c{args['connections']}", "-d600s", "-s", str(WRK_SCRIPT),
+               args["url"] + target, "--", str(args["n"]), target,
+               *[value for _, value in auth]]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    with trio.fail_after(900):
+        done = await trio.run_process(command, capture_stdout=True, capture_stderr=True,
+                                      check=False)
+    seconds = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out, err = done.stdout.decode(), done.stderr.decode()
+    if done.returncode != 0 or "answered" in err:  # (the reader checks every item came)
+        raise AssertionError(f"wrk: exit {done.returncode}: {err[-500:]}{out[-500:]}")
+    client = H11Client(args["url"])
+    status, _, _ = await client.request("POST", target, [*auth, ("stream-closed", "true")])
+    if status not in (200, 204):
+        raise AssertionError(f"close: {status}")
+    return {"appends": args["n"], "seconds": seconds, "rate": args["n"] / seconds,
+            "cpu_s": (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)}
 
 
 PING = b'{"ok":true}'
@@ -340,6 +396,9 @@ class _Floor:
             self.changed.set()
             self.changed = trio.Event()
             await exchange.respond(204, [("stream-next-offset", _offset(len(items)))])
+        elif request.method == "HEAD":  # (wrk x8's connections after the last append)
+            await exchange.respond(200, [("stream-next-offset",
+                                          _offset(len(self.items[path])))])
         else:  # GET ...?offset=-1&live=sse
             await exchange.start(200, [("content-type", "text/event-stream")])
             position = 0
@@ -427,19 +486,21 @@ async def _pinger(args: dict[str, Any]) -> dict[str, Any]:
     return {"requests": args["n"], "seconds": seconds, "rate": args["n"] / seconds}
 
 
-def _reference() -> None:
-    """Become the reference server (``exec``: the harness measures its process as is)."""
+def _reference(args: dict[str, Any]) -> None:
+    """Become the reference server (``exec``: the harness measures its process as is); with
+    ``data_dir``, on its file-backed store in that folder."""
     node = shutil.which("node")
     assert node, "node is needed for the reference server"
     os.chdir(CONFORMANCE)
-    os.execv(node, [node, "reference_server.mjs"])
+    data = ["--data-dir", args["data_dir"]] if args.get("data_dir") else []
+    os.execv(node, [node, "reference_server.mjs", *data])
 
 
 def worker(role: str, args: dict[str, Any]) -> None:
     roles = {"sse-read": _sse_reader, "sse-latency": _sse_latency, "ds-read": _ds_reader,
-             "ds-write": _ds_writer, "ping": _pinger}
+             "ds-write": _ds_writer, "ds-write-wrk": _ds_writer_wrk, "ping": _pinger}
     if role == "reference":
-        _reference()
+        _reference(args)
     elif role == "layer":
         trio.run(_layer_server, args)
     else:
@@ -455,6 +516,13 @@ def reference_missing() -> str | None:
         return "node is not on PATH"
     if not (CONFORMANCE / "node_modules" / "@durable-streams" / "server").exists():
         return "tests/conformance/node_modules is not installed (npm ci --prefix tests/conformance)"
+    return None
+
+
+def wrk_missing() -> str | None:
+    """``None`` if the wrk writers can run, else why not."""
+    if shutil.which("wrk") is None:
+        return "wrk is not on PATH (Debian: apt-get install wrk)"
     return None
 
 
@@ -481,6 +549,16 @@ def run(params: Params = FULL) -> Report:
         report.notes.append(f"reference server skipped: {missing}")
     else:
         servers["reference"] = spawn(__name__, "reference")
+    writers = list(params.writers)
+    if (missing := wrk_missing()) and any(w in WRK_CONNECTIONS for w in writers):
+        report.notes.append(f"the wrk writers skipped: {missing}")
+        writers = [w for w in writers if w not in WRK_CONNECTIONS]
+    durable = "durable" in params.parts and "append" in params.parts
+    if durable:
+        servers["sqlite-full"] = spawn_engine(store=temp_db() + "?synchronous=full",
+                                              tasks=engine_tasks)
+        if "reference" in servers:
+            servers["reference-file"] = spawn(__name__, "reference", data_dir=temp_dir())
     layers = ["door"] if "layer" in params.parts else []
     if "floor" in params.parts:
         servers["floor"] = spawn(__name__, "layer", kind="floor")
@@ -506,21 +584,26 @@ def run(params: Params = FULL) -> Report:
             result["server_cpu_s"] = servers[server].cpu_seconds() - cpu0
             samples.setdefault(label, []).append(result)
 
-        def append_and_read(label: str, server: str, url: str, rep: int) -> None:
-            args = {"url": url, "server": "runwire" if server != "reference" else server,
-                    "path": f"bench/{server}-{rep}", "n": params.appends}
+        def append_and_read(server: str, writer: str, rep: int, n: int) -> None:
+            url = urls[server] if server.startswith(("reference", "floor")) else _http(
+                urls[server])
+            connections = WRK_CONNECTIONS.get(writer, 1)
+            args = {"url": url, "n": n, "writers": connections,
+                    "server": "reference" if server.startswith("reference") else "runwire",
+                    "path": f"bench/{server}-{writer.replace(' ', '')}-{rep}"}
             with spawn(__name__, "ds-read", **args) as reader:
                 reader.expect("READY", 60)
                 cpu0 = servers[server].cpu_seconds()
-                with spawn(__name__, "ds-write", **args) as writer:
-                    wrote = writer.expect("RESULT", 600)
-                    writer.wait()
+                role = "ds-write" if writer == "h11" else "ds-write-wrk"
+                with spawn(__name__, role, connections=connections, **args) as producer:
+                    wrote = producer.expect("RESULT", 900)
+                    producer.wait()
                 result = reader.expect("RESULT", 600)
                 reader.wait()
             result["server_cpu_s"] = servers[server].cpu_seconds() - cpu0
             result["append_rate"] = wrote["rate"]
             result["writer_cpu_s"] = wrote["cpu_s"]
-            samples.setdefault(label, []).append(result)
+            samples.setdefault(_append_label(server, writer), []).append(result)
 
         memory = _http(urls["memory"])
         for rep in range(params.repeat):  # interleaved, so drift hits every variant alike
@@ -535,22 +618,76 @@ def run(params: Params = FULL) -> Report:
                         n=params.latency_chunks, rate=params.rate)
                 measure("SSE live", "memory", __name__, "sse-latency", url=memory,
                         n=params.latency_chunks, rate=params.rate)
-            if "append" in params.parts:
-                for store in params.stores:
-                    append_and_read(f"runwire {store}", store, _http(urls[store]), rep)
-                if "reference" in urls:
-                    append_and_read("reference", "reference", urls["reference"], rep)
-            if "floor" in params.parts:
-                append_and_read("floor", "floor", urls["floor"], rep)
+            for writer in writers if "append" in params.parts else ():
+                for server in [*params.stores, "reference", "floor"]:
+                    if server in urls:
+                        append_and_read(server, writer, rep, params.appends)
+                if writer == "h11":  # (the durable pair: wrk writers only, below)
+                    continue
+                for server in ("sqlite-full", "reference-file") if durable else ():
+                    if server in urls:
+                        append_and_read(server, writer, rep, params.durable_appends)
             for kind in layers:
                 measure(f"GET /ping on {kind}", kind, __name__, "ping", warm=True,
                         url=urls[kind], n=params.pings)
-    _summarise(report, samples, params)
+    _summarise(report, samples, params, writers)
     return report
 
 
+#: the append workload's servers, as its figures name them
+SERVER_LABELS = {"memory": "runwire memory", "sqlite": "runwire sqlite",
+                 "sqlite-full": "runwire sqlite synchronous=full", "reference": "reference",
+                 "reference-file": "reference file-backed", "floor": "floor"}
+#: (runwire, reference) pairs held to the target: the same promise on either side first
+PAIRS = [("memory", "reference"), ("sqlite-full", "reference-file"), ("sqlite", "reference")]
+
+
+def _append_label(server: str, writer: str) -> str:
+    return f"append+read {SERVER_LABELS[server]}, {writer} writer"
+
+
+def _summarise_appends(report: Report, samples: dict[str, list[dict[str, Any]]],
+                       writer: str) -> None:
+    """The append workload's figures with one writer, and its pairs' ratios and targets."""
+    for server in SERVER_LABELS:
+        label = _append_label(server, writer)
+        if not (results := samples.get(label)):
+            continue
+        report.add(f"{label}: items/s", "items/s", [r["rate"] for r in results])
+        report.add(f"{label}: server CPU/append", "us",
+                   [r["server_cpu_s"] / r["items"] * 1e6 for r in results],
+                   higher_is_better=False)
+        report.add(f"{label}: writer CPU/append", "us",
+                   [r["writer_cpu_s"] / r["items"] * 1e6 for r in results],
+                   higher_is_better=False)
+        report.add(f"{label}: reader CPU/item", "us",
+                   [r["cpu_s"] / r["items"] * 1e6 for r in results], higher_is_better=False)
+        for key in ("p50", "p99"):
+            report.add(f"{label}: {key}", "ms", [r[f"{key}_ms"] for r in results],
+                       higher_is_better=False)
+    for ours, theirs in [*PAIRS, ("floor", "reference")]:
+        mine, ref = _append_label(ours, writer), _append_label(theirs, writer)
+        if mine not in samples or ref not in samples:
+            continue
+        # the same ratios taken within each repetition (the variants of a repetition run
+        # back to back, so they share more of the machine's load), and the server CPU ratio
+        # (steadier than wall-clock figures on a busy machine); figures, not checks
+        pairs = list(zip(samples[mine], samples[ref], strict=True))
+        name = f"append+read, {writer} writer: {SERVER_LABELS[ours]} / {SERVER_LABELS[theirs]}"
+        report.add(f"{name} items/s, per repetition", "x",
+                   [a["rate"] / b["rate"] for a, b in pairs])
+        if ours == "floor":
+            continue
+        report.add(f"{name} server CPU per append, per repetition", "x",
+                   [a["server_cpu_s"] / a["items"] / (b["server_cpu_s"] / b["items"])
+                    for a, b in pairs], higher_is_better=False)
+        name = f"append+read, {writer} writer: {SERVER_LABELS[ours]} vs {SERVER_LABELS[theirs]}"
+        report.ratio(f"{name}: items/s", f"{mine}: items/s", f"{ref}: items/s", 2.0)
+        report.ratio(f"{name}: p99", f"{mine}: p99", f"{ref}: p99", 1.0, at_least=False)
+
+
 def _summarise(report: Report, samples: dict[str, list[dict[str, Any]]],
-               params: Params) -> None:
+               params: Params, writers: list[str]) -> None:
     for label in ("websocket read", "SSE read"):
         if label not in samples:
             continue
@@ -572,44 +709,8 @@ def _summarise(report: Report, samples: dict[str, list[dict[str, Any]]],
     if "live" in params.parts:
         report.ratio("SSE live p99 vs websocket live p99", "SSE live: p99",
                      "websocket live: p99", 2.0, at_least=False)
-    variants = [f"runwire {s}" for s in params.stores if f"runwire {s}" in samples] + (
-        ["reference"] if "reference" in samples else []) + (
-        ["floor"] if "floor" in samples else [])
-    for label in variants:
-        results = samples[label]
-        report.add(f"append+read {label}: items/s", "items/s", [r["rate"] for r in results])
-        report.add(f"append+read {label}: server CPU/append", "us",
-                   [r["server_cpu_s"] / r["items"] * 1e6 for r in results],
-                   higher_is_better=False)
-        report.add(f"append+read {label}: writer CPU/append", "us",
-                   [r["writer_cpu_s"] / r["items"] * 1e6 for r in results],
-                   higher_is_better=False)
-        report.add(f"append+read {label}: reader CPU/item", "us",
-                   [r["cpu_s"] / r["items"] * 1e6 for r in results], higher_is_better=False)
-        for key in ("p50", "p99"):
-            report.add(f"append+read {label}: {key}", "ms", [r[f"{key}_ms"] for r in results],
-                       higher_is_better=False)
-    for store in params.stores if "reference" in variants else ():
-        # the same ratios taken within each repetition (the variants of a repetition run
-        # back to back, so they share more of the machine's load), and the server CPU ratio
-        # (steadier than wall-clock figures on a busy machine); figures, not checks
-        pairs = list(zip(samples[f"runwire {store}"], samples["reference"], strict=True))
-        report.add(f"append+read runwire {store} / reference items/s, per repetition", "x",
-                   [ours["rate"] / ref["rate"] for ours, ref in pairs])
-        report.add(f"append+read runwire {store} / reference server CPU per append, per "
-                   f"repetition", "x",
-                   [ours["server_cpu_s"] / ref["server_cpu_s"] for ours, ref in pairs],
-                   higher_is_better=False)
-        report.ratio(f"append+read runwire {store} vs reference: items/s",
-                     f"append+read runwire {store}: items/s", "append+read reference: items/s",
-                     2.0)
-        report.ratio(f"append+read runwire {store} vs reference: p99",
-                     f"append+read runwire {store}: p99", "append+read reference: p99", 1.0,
-                     at_least=False)
-    if "floor" in samples and "reference" in samples:
-        report.add("append+read floor / reference items/s, per repetition", "x",
-                   [floor["rate"] / ref["rate"]
-                    for floor, ref in zip(samples["floor"], samples["reference"], strict=True)])
+    for writer in writers:
+        _summarise_appends(report, samples, writer)
     for kind in ("door", "hypercorn"):
         if results := samples.get(f"GET /ping on {kind}"):
             report.add(f"GET /ping on {kind}: requests/s", "requests/s",
@@ -619,8 +720,10 @@ def _summarise(report: Report, samples: dict[str, list[dict[str, Any]]],
                        higher_is_better=False)
     report.notes.append(
         f"read: {params.chunks} chunks; live: {params.latency_chunks} chunks at "
-        f"{params.rate:g}/s; append+read: {params.appends} one-item appends, one request at a "
-        f"time, read live with SSE; reference: @durable-streams/server 0.3.7, defaults")
+        f"{params.rate:g}/s; append+read: {params.appends} one-item appends "
+        f"({params.durable_appends} for the durable pair), read live with SSE, writers "
+        f"{', '.join(writers)}; reference: @durable-streams/server 0.3.7, in memory (its "
+        "defaults) or file-backed (--data-dir)")
 
 
 if __name__ == "__main__":

@@ -2,10 +2,14 @@
 // its defaults (in-memory, compression on, 30 s long-poll), on loopback and a free port:
 // node reference_server.mjs. Prints "READY {"url": ...}" once it listens; on a "stop" line
 // (or the end of its stdin) it stops and prints "RESULT {}" (tests/bench/bench_http.py).
+// `node reference_server.mjs --data-dir DIR`: its file-backed store instead (each append
+// written and fdatasync'ed to a segment file, metadata in LMDB), kept in DIR.
 import { createInterface } from "node:readline"
 import { DurableStreamTestServer } from "@durable-streams/server"
 
-const server = new DurableStreamTestServer({ port: 0, host: "127.0.0.1" })
+const at = process.argv.indexOf("--data-dir")
+const dataDir = at > 0 ? process.argv[at + 1] : undefined
+const server = new DurableStreamTestServer({ port: 0, host: "127.0.0.1", ...(dataDir ? { dataDir } : {}) })
 await server.start()
 console.log(`READY ${JSON.stringify({ url: server.url })}`)
 let stopping = false
