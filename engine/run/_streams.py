@@ -234,6 +234,8 @@ class Mailbox:
     are bounded by their high-water mark.
     """
 
+    __slots__ = ("_closed", "_dirty", "_limit", "_messages", "_on_work", "_poked", "_space")
+
     def __init__(self, limit: int, on_work: Callable[[], None]) -> None:
         self._messages: list[Any] = []  # taken all at once, so a list is enough
         self._dirty: dict[Producer, None] = {}
@@ -302,6 +304,8 @@ class Mailbox:
 class _Waiter:
     """One ``once``/``wait`` call waiting for a record."""
 
+    __slots__ = ("event", "value")
+
     def __init__(self) -> None:
         self.event = trio.Event()
         self.value: Any = TIMED_OUT
@@ -350,6 +354,9 @@ class InputMailbox:
     listener; every record reaches every ``on`` handler and at most one ``once``/``wait``
     waiter, the oldest.
     """
+
+    # slotted, as every object a run parked in a wait holds (a few hundred bytes a run)
+    __slots__ = ("_handlers", "_pending", "_waiters", "count", "key", "keys", "last")
 
     def __init__(self, key: str) -> None:
         self.key = key
