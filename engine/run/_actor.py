@@ -275,11 +275,15 @@ class RunStatistics:
         status: the run's status.
         streams: each output stream's :class:`StreamStatistics`.
         queued_chunks: chunks producers have put that the next commit takes.
+        journaled: the current attempt has a journal (``_journal``): it made a durable
+            call or wrote to its own streams, or it is a replay (a run that did neither
+            allocates none).
     """
 
     status: RunStatus
     streams: dict[str, StreamStatistics]
     queued_chunks: int
+    journaled: bool = False
 
 
 class RunActor:
@@ -390,7 +394,8 @@ class RunActor:
     def statistics(self) -> RunStatistics:
         return RunStatistics(status=self.record.status,
                              streams={k: s.statistics() for k, s in self.streams.items()},
-                             queued_chunks=self.mailbox.queued_chunks())
+                             queued_chunks=self.mailbox.queued_chunks(),
+                             journaled=self._journal is not None)
 
     def producer(self, key: str, own: bool = False) -> Producer:
         """A new writer of stream ``key`` inside the engine (a pipe, a writer, an append).
