@@ -1062,7 +1062,8 @@ class RunActor:
         """Where the current attempt resumes after a restart (``_journal``)."""
         journal = self.journal
         writes = dict(journal.writes)
-        for key, count in (journal.base or {}).items():  # stopped again before the replay caught up
+        # stopped again before the replay caught up: what it had written before counts
+        for key, count in (journal.base or {}).items():
             writes[key] = max(count, writes.get(key, 0))
         return {"wait": wait, "handback": handback, "writes": writes,
                 "inputs": {key: box.unconsumed() for key, box in self.inputs.items()}}
