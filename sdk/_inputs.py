@@ -18,7 +18,7 @@ from ._duration import parse_duration
 from ._errors import InputStreamTimeoutError, InvalidPayloadError
 from ._models import InputResult, PendingResult
 from ._streams import _check_key
-from .runtime import TIMED_OUT, Backend, current_backend, require_run
+from .runtime import TIMED_OUT, Backend, InputChannel, current_backend, require_run
 
 T = TypeVar("T")
 
@@ -91,11 +91,12 @@ class InputStreamDef(Generic[T]):
             raise ValueError("timeout_ms must be a number >= 0 or None")
         channel = self._channel("once")
         timeout = None if timeout_ms is None else timeout_ms / 1000.0
+        return PendingResult(self._once, channel, timeout, timeout_ms)
 
-        async def result() -> InputResult[T]:
-            return self._result(await channel.once(timeout), timeout_ms, "ms")
-
-        return PendingResult(result)
+    async def _once(self, channel: InputChannel, timeout: float | None,
+                    timeout_ms: float | None) -> InputResult[T]:
+        """What an awaited :meth:`once` does."""
+        return self._result(await channel.once(timeout), timeout_ms, "ms")
 
     def wait(self, timeout: float | str | None = "7d", idempotency_key: str | None = None,
              idempotency_key_ttl: float | str | None = None,
@@ -110,12 +111,14 @@ class InputStreamDef(Generic[T]):
         if idempotency_key is not None and not isinstance(idempotency_key, str):
             raise TypeError("idempotency_key must be a string")
         channel = self._channel("wait")
+        return PendingResult(self._wait, channel, seconds, idempotency_key, ttl, timeout)
 
-        async def result() -> InputResult[T]:
-            raw = await channel.wait(seconds, idempotency_key, ttl)
-            return self._result(raw, timeout, "")
-
-        return PendingResult(result)
+    async def _wait(self, channel: InputChannel, seconds: float | None,
+                    idempotency_key: str | None, ttl: float | None,
+                    timeout: float | str | None) -> InputResult[T]:
+        """What an awaited :meth:`wait` does."""
+        raw = await channel.wait(seconds, idempotency_key, ttl)
+        return self._result(raw, timeout, "")
 
     def _result(self, raw: Any, timeout: float | str | None, unit: str) -> InputResult[T]:
         if raw is TIMED_OUT:

@@ -184,25 +184,29 @@ class PendingResult(Generic[T]):
 
     Nothing happens until it is awaited (arguments are checked at the call); it may be
     awaited once.
+
+    Args:
+        make: called with ``args`` when it is awaited: the coroutine of the wait.
+        args: ``make``'s arguments (kept in a tuple, not in a closure's cells: a run
+            parked in a wait holds them for as long as it waits).
     """
 
-    __slots__ = ("_make", "_used")
+    __slots__ = ("_args", "_make", "_used")
 
-    def __init__(self, make: Callable[[], Awaitable[InputResult[T]]]) -> None:
+    def __init__(self, make: Callable[..., Awaitable[InputResult[T]]], *args: Any) -> None:
         self._make = make
+        self._args = args
         self._used = False
 
     def _start(self) -> Awaitable[InputResult[T]]:
         if self._used:
             raise RuntimeError("this wait was awaited already; call wait() again")
         self._used = True
-        return self._make()
+        return self._make(*self._args)
 
     def __await__(self) -> Generator[Any, None, InputResult[T]]:
-        return self._result().__await__()
-
-    async def _result(self) -> InputResult[T]:
-        return await self._start()
+        # the wait's own coroutine, with no frame of this object's around it
+        return self._start().__await__()
 
     async def unwrap(self) -> T:
         """The value, or raise the error (for example :class:`InputStreamTimeoutError`)."""

@@ -23,7 +23,7 @@ import functools
 import logging
 import math
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -42,6 +42,7 @@ from .._limits import Limits
 from ..store import Batch, ChunkAppend, RecordAppend, StoredRecord, StreamState, Waitpoint
 from ._backend import RunBackend
 from ._env import QueueSlots, RunEnv
+from ._event import LazyEvent
 from ._journal import Journal, resume_key
 from ._records import RunRecord
 from ._streams import (
@@ -274,11 +275,15 @@ class RunStatistics:
         status: the run's status.
         streams: each output stream's :class:`StreamStatistics`.
         queued_chunks: chunks producers have put that the next commit takes.
+        journaled: the current attempt has a journal (``_journal``): it made a durable
+            call or wrote to its own streams, or it is a replay (a run that did neither
+            allocates none).
     """
 
     status: RunStatus
     streams: dict[str, StreamStatistics]
     queued_chunks: int
+    journaled: bool = False
 
 
 class RunActor:
@@ -291,6 +296,18 @@ class RunActor:
         task: the task to run (``None`` only for a run whose task is not registered here).
         slots: the task queue's concurrency slots, ``None`` when the queue has no limit.
     """
+
+    # Slotted: one of these lives for every run, also the many parked in a wait, and an
+    # instance dict of this many attributes is a full dict (CPython shares dict keys
+    # between instances only up to 30 attributes): ~1.6 KiB a run more.
+    __slots__ = (
+        "_accepting", "_attempt_offs", "_attempt_scope", "_attempts_done", "_cancel_requested",
+        "_changed", "_committing", "_failed", "_failed_producers", "_handing_back",
+        "_handler_error", "_handler_scopes", "_handlers_open", "_holds_slot", "_journal",
+        "_nursery", "_producers", "_reacquiring", "_replay_waiting", "_resumed", "_run_dirty",
+        "_run_scope", "_writable", "backend", "ended", "env", "finished", "input_checks",
+        "inputs", "mailbox", "record", "seqs", "slots", "streams", "task", "version",
+    )
 
     def __init__(self, env: RunEnv, record: RunRecord, task: Task[Any, Any] | None,
                  slots: QueueSlots | None = None) -> None:
@@ -306,7 +323,7 @@ class RunActor:
         self.seqs: dict[tuple[str, str], int] = {}
         #: input stream key -> the record check its run declared (a typed once/wait/on/peek)
         self.input_checks: dict[str, Callable[[Any], Any]] = {}
-        self.finished = trio.Event()
+        self.finished = LazyEvent()
         self._changed: trio.Event | None = None  # made when a subscriber waits
         self.version = 0
         self._run_dirty = False
@@ -328,8 +345,9 @@ class RunActor:
         self._handler_scopes: list[trio.CancelScope] | None = None  # made on first use
         #: what ``runwire.runtime`` finds while this run's task executes
         self.backend = RunBackend(self, env.services)
-        #: the durable-execution journal of the current attempt (``_journal``)
-        self.journal = Journal(record.attempt)
+        #: the durable-execution journal of the current attempt (``_journal``): made by
+        #: :attr:`journal` at the attempt's first durable call or own-stream write
+        self._journal: Journal | None = None
         self._resumed: Journal | None = None  # recovery's journal, for the first attempt
         self._replay_waiting = False  # resumed in a wait: WAITING, no slot, until it is reached
         self._handing_back = False
@@ -337,11 +355,20 @@ class RunActor:
         #: why a commit failed: the run is crashing (``_store_failed``)
         self._failed: BaseException | None = None
         #: set once the actor has ended (finished, crashed or handed back)
-        self.ended = trio.Event()
+        self.ended = LazyEvent()
 
     @property
     def id(self) -> str:
         return self.record.id
+
+    @property
+    def journal(self) -> Journal:
+        """The current attempt's durable-execution journal (``_journal``), made at its first
+        durable call or own-stream write: a run that makes neither allocates none."""
+        journal = self._journal
+        if journal is None:
+            journal = self._journal = Journal(self.record.attempt)
+        return journal
 
     @property
     def handing_back(self) -> bool:
@@ -367,7 +394,8 @@ class RunActor:
     def statistics(self) -> RunStatistics:
         return RunStatistics(status=self.record.status,
                              streams={k: s.statistics() for k, s in self.streams.items()},
-                             queued_chunks=self.mailbox.queued_chunks())
+                             queued_chunks=self.mailbox.queued_chunks(),
+                             journaled=self._journal is not None)
 
     def producer(self, key: str, own: bool = False) -> Producer:
         """A new writer of stream ``key`` inside the engine (a pipe, a writer, an append).
@@ -538,9 +566,9 @@ class RunActor:
         policy = self.task.retry if self.task else None
         while True:
             if self._resumed is not None and self._resumed.attempt == self.record.attempt:
-                self.journal, self._resumed = self._resumed, None
-            else:
-                self.journal = Journal(self.record.attempt)
+                self._journal, self._resumed = self._resumed, None
+            else:  # a fresh attempt: its journal is made when first needed
+                self._journal = None
             if not self._replay_waiting:  # a replay back into its wait needs no slot
                 await self._acquire_slot()
             outcome = await self._attempt()
@@ -901,24 +929,37 @@ class RunActor:
 
     # --- input streams, for the run backend --------------------------------------------------
 
-    async def wait_input(self, key: str, timeout: float | None, ikey: str | None,
-                         ttl: float | None) -> Any:
+    def wait_input(self, key: str, timeout: float | None, ikey: str | None,
+                   ttl: float | None) -> Coroutine[Any, Any, Any]:
         """``wait()``: suspended until the next record (or the stored one for ``ikey``).
 
         Durable (``_journal``): the wait is journaled with its absolute deadline before the
         run suspends, so a restarted engine resumes the run in it; a replayed wait that had
         completed returns the record it got.
+
+        Returns the coroutine to await at once (the wait's journal key is taken now):
+        without ``ikey`` the durable wait itself, so a run parked in it holds no frame of
+        this method's.
         """
-        point = f"~i{key}:{ikey}" if key.startswith("~") else f"{key}:{ikey}"
         if ikey is not None:
-            stored = await self.env.store.waitpoint(self.id, point, self.env.clock())
-            if stored is not None:
-                return orjson.loads(stored)
+            return self._wait_input_keyed(key, timeout, ikey, ttl)
+        return self._wait_record(key, timeout)
+
+    def _wait_record(self, key: str, timeout: float | None) -> Coroutine[Any, Any, Any]:
         box = self.input(key)
-        value = await self.durable_wait(
-            self.journal.next_key("wait", key), timeout,
-            box.take_pending, box.next_record)
-        if ikey is not None and value is not TIMED_OUT:
+        return self.durable_wait(self.journal.next_key("wait", key), timeout,
+                                 box.take_pending, box.next_record)
+
+    async def _wait_input_keyed(self, key: str, timeout: float | None, ikey: str,
+                                ttl: float | None) -> Any:
+        """``wait(idempotency_key=...)``: the record stored for the key, or the next one
+        (then stored for it)."""
+        point = f"~i{key}:{ikey}" if key.startswith("~") else f"{key}:{ikey}"
+        stored = await self.env.store.waitpoint(self.id, point, self.env.clock())
+        if stored is not None:
+            return orjson.loads(stored)
+        value = await self._wait_record(key, timeout)
+        if value is not TIMED_OUT:
             expires = None if ttl is None else self.env.clock() + ttl
             await self.submit(SaveWaitpoint(point, json_bytes(value), expires))
         return value
@@ -1021,7 +1062,8 @@ class RunActor:
         """Where the current attempt resumes after a restart (``_journal``)."""
         journal = self.journal
         writes = dict(journal.writes)
-        for key, count in journal.base.items():  # stopped again before the replay caught up
+        # stopped again before the replay caught up: what it had written before counts
+        for key, count in (journal.base or {}).items():
             writes[key] = max(count, writes.get(key, 0))
         return {"wait": wait, "handback": handback, "writes": writes,
                 "inputs": {key: box.unconsumed() for key, box in self.inputs.items()}}

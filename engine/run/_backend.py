@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -17,7 +17,13 @@ if TYPE_CHECKING:
 
 
 class _InputChannel:
-    """``runwire.runtime.InputChannel`` over an actor's :class:`InputMailbox`."""
+    """``runwire.runtime.InputChannel`` over an actor's :class:`InputMailbox`.
+
+    ``once`` and ``wait`` hand back the actor's own coroutines rather than awaiting them in
+    one of their own: a run parked in a wait holds no frame of this class's.
+    """
+
+    __slots__ = ("_actor", "_key")
 
     def __init__(self, actor: RunActor, key: str) -> None:
         self._actor = actor
@@ -26,13 +32,13 @@ class _InputChannel:
     def on(self, handler: Callable[[Any], Any], fail_run: bool) -> Callable[[], None]:
         return self._actor.add_handler(self._key, handler, fail_run)
 
-    async def once(self, timeout: float | None) -> Any:
-        return await self._actor.input(self._key).next_record(timeout)
+    def once(self, timeout: float | None) -> Coroutine[Any, Any, Any]:
+        return self._actor.input(self._key).next_record(timeout)
 
-    async def wait(self, timeout: float | None, idempotency_key: str | None,
-                   idempotency_key_ttl: float | None) -> Any:
-        return await self._actor.wait_input(self._key, timeout, idempotency_key,
-                                            idempotency_key_ttl)
+    def wait(self, timeout: float | None, idempotency_key: str | None,
+             idempotency_key_ttl: float | None) -> Coroutine[Any, Any, Any]:
+        return self._actor.wait_input(self._key, timeout, idempotency_key,
+                                      idempotency_key_ttl)
 
     def peek(self) -> Any:
         return self._actor.input(self._key).last
@@ -47,6 +53,9 @@ class RunBackend:
     Calls about the run itself go to its actor; the rest (other runs, children, tokens) to
     the services the actor was given.
     """
+
+    # (weakly referenced: the SDK keeps a backend's appenders in a WeakKeyDictionary)
+    __slots__ = ("__weakref__", "_context", "actor", "services")
 
     def __init__(self, actor: RunActor, services: RunServices) -> None:
         self.actor = actor

@@ -55,10 +55,14 @@ class Journal:
         replaying: the attempt is being replayed (each durable call reads the store).
     """
 
+    # One is made for every attempt that makes a durable call (a run parked in ``wait()``
+    # holds one): slotted, and the replay's ``base`` is made only for a replay.
+    __slots__ = ("attempt", "base", "calls", "frontier", "pending", "replaying", "writes")
+
     def __init__(self, attempt: int, base: dict[str, int] | None = None,
                  replaying: bool = False, frontier: str | None = None) -> None:
         self.attempt = attempt
-        self.base: dict[str, int] = dict(base or {})
+        self.base: dict[str, int] | None = dict(base) if base else None
         self.replaying = replaying
         self.calls: dict[str, int] = {}
         self.writes: dict[str, int] = {}
@@ -79,7 +83,7 @@ class Journal:
         because the run wrote them before the restart."""
         done = self.writes.get(key, 0)
         self.writes[key] = done + count
-        if not self.base:
+        if self.base is None:
             return 0
         return max(0, min(count, self.base.get(key, 0) - done))
 
@@ -92,4 +96,4 @@ class Journal:
     def end_replay(self) -> None:
         """From here on the run executes for real: nothing is read or dropped any more."""
         self.replaying = False
-        self.base.clear()
+        self.base = None
