@@ -45,8 +45,9 @@ Three workloads, every client in a process of its own:
   requests. Requests per second and server CPU per request; no target. Skipped when hypercorn
   (a dev extra) is not installed.
 
-The HTTP clients are h11 on trio sockets (:class:`H11Client`), the same for both servers, so
-the client costs the same on either side.
+The HTTP clients are h11 on trio sockets (:class:`H11Client`), the same for every server,
+so the client costs the same on either side; the append workload's wrk writers are the same
+for every server too.
 """
 
 from __future__ import annotations
