@@ -22,6 +22,7 @@ import trio
 
 from ..service import ReadResult, StreamError, cursor_for, format_offset, is_json, media_type
 from ._http import Exchange, HttpError
+from ._outage import outage_event, store_outage
 
 
 class ReadSource(Protocol):
@@ -104,7 +105,16 @@ async def serve_read(exchange: Exchange, source: ReadSource, *, clock: float,
         raise HttpError(400, "bad_request", "the offset is beyond the stream's tail")
     if live == "sse":
         with expiry() as scope:
-            await _sse(exchange, source, start, cursor, clock, sse_interval)
+            try:
+                await _sse(exchange, source, start, cursor, clock, sse_interval)
+            except Exception as exc:
+                outage = store_outage(exc)
+                if outage is None or not exchange.started:
+                    raise
+                # the store went away mid-response: say so and end it cleanly; the client
+                # reads again from the last control event's offset
+                await exchange.write(outage_event(outage))
+                return
         if scope.cancelled_caught:  # the token expired: say so, then end the response
             await exchange.write(EXPIRED_EVENT)
         return

@@ -5,14 +5,17 @@ Theory of operation: every request is authenticated from ``Authorization: Bearer
 public token>`` into the same :class:`~._requests.Caller` the websocket session uses, so the
 grants, scopes, rate limits, size limits and error codes are the same; a
 :class:`runwire.RunwireError` becomes its HTTP status (:data:`STATUS`) and a JSON
-``{"code", "message"}`` body. Free-standing streams (``/v1/stream/...``) need the API key,
-unless the engine runs with ``anonymous_streams`` (what the published conformance suite
-needs, since it sends no credentials).
+``{"code", "message"}`` body; a store that is away (``StoreUnavailableError``, also behind
+the service's ``InternalError``) becomes ``503`` with ``Retry-After`` (``._outage``).
+Free-standing streams (``/v1/stream/...``) need the API key, unless the engine runs with
+``anonymous_streams`` (what the published conformance suite needs, since it sends no
+credentials).
 """
 
 from __future__ import annotations
 
 import base64
+import logging
 import re
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -26,6 +29,7 @@ from runwire import BadFrameError, RunwireError, UnauthorizedError
 from ..run import Reader
 from ..service import DurableStreams, ReadResult, StreamError, format_offset, parse_offset
 from ._http import Exchange, HttpError
+from ._outage import outage_error, outage_event, store_outage
 from ._reads import serve_read
 from ._requests import Caller, Door
 from ._static import is_static, serve_static
@@ -47,6 +51,7 @@ _CORS_PREFLIGHT = [
 _INT = re.compile(r"(0|[1-9]\d*)\Z")
 MAX_SAFE = 2 ** 53 - 1
 DS_PREFIX = "/v1/stream/"
+log = logging.getLogger("runwire.engine")
 
 
 def _http_error(exc: RunwireError) -> HttpError:
@@ -99,10 +104,19 @@ class HttpDoor:
             else:
                 raise HttpError(404, "not_found", f"no route {request.raw_path[:200]!r}; see "
                                                   f"docs/http.md")
-        except RunwireError as exc:
-            raise _http_error(exc) from None
         except StreamError as exc:
             raise _stream_error(exc) from None
+        except (HttpError, trio.BrokenResourceError, trio.ClosedResourceError):
+            raise
+        except Exception as exc:
+            outage = store_outage(exc)
+            if outage is not None:  # the store is away: 503, not a bug's 500
+                log.warning("HTTP %s %s: 503, the store is unavailable: %s", request.method,
+                            request.raw_path[:200], outage)
+                raise outage_error(outage, request.method) from None
+            if isinstance(exc, RunwireError):
+                raise _http_error(exc) from None
+            raise
 
     # --- credentials -----------------------------------------------------------------------
 
@@ -297,14 +311,25 @@ class HttpDoor:
 
         with caller.expiry_scope() as expiry:  # the response ends when its token does
             with trio.move_on_after(self.limits.sse_interval):
-                async with trio.open_nursery() as nursery:
-                    followed = set(ended)
-                    async for snapshot in caller.subscribe(run_id):
-                        await emit("run", snapshot)
-                        for key in snapshot.get("streams") or []:
-                            if key not in followed:
-                                followed.add(key)
-                                nursery.start_soon(follow, key)
+                try:
+                    async with trio.open_nursery() as nursery:
+                        followed = set(ended)
+                        async for snapshot in caller.subscribe(run_id):
+                            await emit("run", snapshot)
+                            for key in snapshot.get("streams") or []:
+                                if key not in followed:
+                                    followed.add(key)
+                                    nursery.start_soon(follow, key)
+                except Exception as exc:
+                    outage = store_outage(exc)
+                    if outage is None:
+                        raise
+                    # the store went away: say so, end cleanly; Last-Event-ID resumes it
+                    log.warning("HTTP events of run %s ended: the store is unavailable: %s",
+                                run_id, outage)
+                    async with lock:
+                        await exchange.write(outage_event(outage))
+                    return
                 await emit("end", {"id": run_id})
         if expiry.cancelled_caught:
             await emit("error", {"code": "unauthorized", "message": "the access token has "

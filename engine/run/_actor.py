@@ -751,8 +751,10 @@ class RunActor:
             await self.env.store.commit_staged(lambda: self._stage(stage))
         except Exception as exc:  # the run crashes (``run``); nobody is left waiting
             self._store_failed(exc)
-            stage.fail(InternalError(f"run {self.id}: the store could not write ({exc}); "
-                                     "this request was not stored"))
+            error = InternalError(f"run {self.id}: the store could not write ({exc}); "
+                                  "this request was not stored")
+            error.__cause__ = exc  # (the HTTP door answers a store that is away with 503)
+            stage.fail(error)
             raise
         stage.apply()
         return stage.taken

@@ -14,13 +14,27 @@ class StoreConfigError(StoreError, ValueError):
 
 
 class StoreUnavailableError(StoreError, OSError):
-    """The store cannot be opened: a file that cannot be created or read, a database that
-    another engine holds, a schema written by a newer runwire."""
+    """The store cannot be opened or reached now: a file that cannot be created, read or
+    written (past the SQLite store's retries), a database that another engine holds, a
+    schema written by a newer runwire, a Redis that is gone or cannot take writes.
+
+    ``nothing_stored`` is true when the store knows that nothing of the call that failed
+    was stored (it was refused whole, or never sent); false when it cannot know (a
+    connection lost while a write was under way may have stored it)."""
+
+    nothing_stored = False
+
+    def refused_whole(self) -> StoreUnavailableError:
+        """This error, marked ``nothing_stored`` (for ``raise ... .refused_whole()``)."""
+        self.nothing_stored = True
+        return self
 
 
 class StoreFullError(StoreUnavailableError):
     """The store refused a write for lack of space (a Redis at ``maxmemory``): nothing of
     the write was stored, and what was stored before is intact."""
+
+    nothing_stored = True
 
 
 class StoreClosedError(StoreError, trio.ClosedResourceError):
@@ -51,5 +65,7 @@ def client_message(exc: BaseException) -> str | None:
     if isinstance(exc, StoreFullError):
         return "the engine's store is full (out of memory); this request was not stored"
     if isinstance(exc, StoreUnavailableError):
+        if exc.nothing_stored:
+            return "the engine's store cannot be reached now; this request was not stored"
         return "the engine's store cannot be reached now; try again"
     return None

@@ -149,11 +149,22 @@ def redis_errors(address: RedisAddress) -> Iterator[None]:
                                  f"nothing of this write was stored): {text}") from None
         if text.startswith(("LOADING", "MASTERDOWN", "READONLY", "BUSY")):
             raise StoreUnavailableError(f"Redis at {address} cannot take writes now: "
-                                        f"{text}") from None
+                                        f"{text}").refused_whole() from None
         raise
     except (coredis.exceptions.ConnectionError, TimeoutError, OSError) as exc:
-        raise StoreUnavailableError(f"Redis at {address} is unreachable: "
-                                    f"{exc or type(exc).__name__}") from exc
+        error = StoreUnavailableError(f"Redis at {address} is unreachable: "
+                                      f"{exc or type(exc).__name__}")
+        if _never_sent(exc):
+            error.refused_whole()
+        raise error from exc
+
+
+def _never_sent(exc: BaseException) -> bool:
+    """Whether a connection error came from connecting (the command was never sent), not
+    from a connection lost or a reply late while the command was under way (it may have
+    run)."""
+    return (isinstance(exc, coredis.exceptions.ConnectionError)
+            and str(exc).startswith("Unable to establish a connection"))
 
 
 class RedisStore(Store):
@@ -238,6 +249,8 @@ class RedisStore(Store):
                                        f"no database {self.address.db}: {exc}")
             elif not isinstance(exc, StoreError):
                 exc = StoreUnavailableError(f"Redis at {self.address} failed: {exc!r}")
+            if isinstance(exc, StoreUnavailableError):  # raised to callers of client():
+                exc.refused_whole()  # their calls were never sent
             if self._client is not None:
                 log.warning("Redis store %s lost its connection: %s", self.address, exc)
             self._error = exc

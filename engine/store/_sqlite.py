@@ -680,7 +680,7 @@ class SqliteStore(Store):
                     raise StoreUnavailableError(
                         f"the SQLite store {self.path!r} could not write for "
                         f"{self.retry_seconds:g}s ({exc}); nothing of this request was "
-                        "stored") from exc
+                        "stored").refused_whole() from exc
             inline = False
             await trio.sleep(min(pause, max(0.0, deadline - trio.current_time())))
             pause = min(pause * 2, RETRY_MAX_PAUSE)
