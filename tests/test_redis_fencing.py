@@ -120,15 +120,31 @@ async def test_a_send_to_the_engine_that_lost_the_run_goes_to_the_new_owner() ->
     async with open_engine([fenced], store=url, api_key=API_KEY) as a, \
             open_engine([fenced], store=url, api_key=API_KEY) as b:
         run = await a.trigger("redis.fenced", {})
-        old = await _take_over(a, b, run.id, prefix)
-        # A's actor still thinks it executes the run: its commit of the record is refused,
-        # and the send is routed to B, which stores and delivers it (once)
-        served = b.broker.served
-        assert await a.send_input(run.id, "answer", "hi", "k1") == 0
-        assert old.lost and b.broker.served == served + 1
-        with trio.fail_after(10):
-            done = await b.wait_finished(run.id)
+        snapshots: list[dict[str, Any]] = []
+        finished: list[Any] = []
+
+        async def subscribe_on_a() -> None:  # waiting on A's actor when it is lost
+            async for snapshot in a.service.subscribe(run.id):
+                snapshots.append(snapshot)
+
+        async def wait_on_a() -> None:
+            finished.append(await a.wait_finished(run.id))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(subscribe_on_a)
+            nursery.start_soon(wait_on_a)
+            old = await _take_over(a, b, run.id, prefix)
+            # A's actor still thinks it executes the run: its commit of the record is
+            # refused, and the send is routed to B, which stores and delivers it (once)
+            served = b.broker.served
+            assert await a.send_input(run.id, "answer", "hi", "k1") == 0
+            assert old.lost and b.broker.served == served + 1
+            with trio.fail_after(10):
+                done = await b.wait_finished(run.id)
         assert (done.status.value, done.output, done.attempt) == ("COMPLETED", "B:hi", 2)
+        # what waited on A's actor followed the run to B
+        assert [(r.status.value, r.output) for r in finished] == [("COMPLETED", "B:hi")]
+        assert (snapshots[-1]["status"], snapshots[-1]["output"]) == ("COMPLETED", "B:hi")
         records = await b.store.records(run.id)
         assert [(r.index, r.data, r.idempotency_key) for r in records["answer"]] == \
             [(0, b'"hi"', "k1")]
