@@ -411,9 +411,10 @@ class RunActor:
         self._bump()
 
     def moved_error(self) -> InternalError:
-        """What a request to a lost actor gets (it was not stored here)."""
+        """What a request to a lost actor gets (the service sends it on to the run's new
+        engine where it can; a refused commit stored nothing of it)."""
         return InternalError(f"run {self.id} moved to another engine (this one lost its "
-                             "lease on it); this request was not stored, try again")
+                             "lease on it); try again")
 
     # --- state everyone may look at ------------------------------------------------------
 
