@@ -32,7 +32,7 @@ PUBLIC = {
         "StoreError", "backup_database",
         "StoreConfigError", "StoreUnavailableError", "StoreClosedError", "IndexGapError",
         "NotCompactError", "DurableStream", "StreamWrite", "StoreFullError", "client_message",
-        "DuplicateRunError",
+        "DuplicateRunError", "LeaseLostError",
     },
     "runwire.engine.run": {
         "RunActor", "RunEnv", "RunServices", "QueueSlots", "Reader", "ReadTimeout", "RunRecord",

@@ -133,6 +133,13 @@ class Broker(abc.ABC):
         await trio.lowlevel.checkpoint()
         return True
 
+    def lease(self, run_id: str) -> str | None:
+        """The token of the lease this engine holds on the run (its claim), which every
+        write of the run's data carries (``Batch.leases``: the store refuses it once another
+        engine has claimed the run); ``None`` if it holds none, or nobody else could claim
+        the run (a one-engine broker)."""
+        return None
+
     async def release(self, run_id: str) -> None:
         """Give up a claim this engine holds without an actor (a run found finished)."""
         await trio.lowlevel.checkpoint()

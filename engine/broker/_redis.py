@@ -2,13 +2,20 @@
 
 Theory of operation (keys under the store's prefix ``P``):
 
-* **Leases.** An engine executes a run only while it holds ``P lease:{run}`` (its engine id,
-  with a TTL of ``lease_ttl`` seconds). It takes the lease before it stores or recovers the
-  run (:meth:`RedisBroker.claim`, ``SET NX``), renews every lease it holds each third of the
-  TTL, and deletes it when the actor ends. An engine that dies (``kill -9``) stops renewing:
-  its leases expire, and another engine finds those runs (stored unfinished, no lease:
-  :meth:`orphans`), claims them and recovers them by the usual rules (a new attempt, or a
-  durable wait resumed where it waited).
+* **Leases.** An engine executes a run only while it holds ``P lease:{run}``, with a TTL of
+  ``lease_ttl`` seconds. It takes the lease before it stores or recovers the run
+  (:meth:`RedisBroker.claim`, set only if absent), renews every lease it holds each third of
+  the TTL, and deletes it when the actor ends. An engine that dies (``kill -9``) stops
+  renewing: its leases expire, and another engine finds those runs (stored unfinished, no
+  lease: :meth:`orphans`), claims them and recovers them by the usual rules (a new attempt,
+  or a durable wait resumed where it waited).
+* **Fencing.** A claim counts the run's epoch up (``P fence:{run}``) and the lease holds the
+  token ``ENGINE EPOCH``. Every write of the run's data carries the token
+  (:meth:`RedisBroker.lease`, ``Batch.leases``), and the store's commit script refuses the
+  whole batch if the run was claimed since (``LeaseLostError``): an engine that was paused
+  or cut off while another took its run over writes nothing more of it. A lease that
+  expired with nobody claiming it since (the epoch unchanged) still holds, and the next
+  renewal takes it back.
 * **Routing.** A send, an append or a cancel for a run this engine does not execute goes to
   the lease holder's inbox ``P inbox:ENGINE`` (a list; the holder waits on it with
   ``BLPOP``), and the answer comes back on a list of its own (``P reply:ID``, ``BLPOP`` on
@@ -79,23 +86,32 @@ redis.call('PUBLISH', ARGV[1] .. 'slots:' .. ARGV[2], '1')
 return 1
 """
 
+#: The run's lease for engine ARGV[3], unless another engine holds it: its token
+#: ``ENGINE EPOCH`` (the run's epoch counted up), or nil.
 _CLAIM = r"""#!lua flags=no-cluster
-return redis.call('SET', ARGV[1] .. 'lease:{' .. ARGV[2] .. '}', ARGV[3], 'NX', 'PX', ARGV[4])
+local key = ARGV[1] .. 'lease:{' .. ARGV[2] .. '}'
+if redis.call('EXISTS', key) == 1 then return false end
+local token = ARGV[3] .. ' ' .. redis.call('INCR', ARGV[1] .. 'fence:{' .. ARGV[2] .. '}')
+redis.call('SET', key, token, 'PX', ARGV[4])
+return token
 """
 
+#: Renew engine ARGV[2]'s leases (ARGV[4..]: run id, token pairs); the runs it lost.
 _RENEW = r"""#!lua flags=no-cluster,allow-oom
 local P, me, ttl = ARGV[1], ARGV[2], ARGV[3]
 redis.call('SET', P .. 'engine:' .. me, '1', 'PX', ttl)
 local lost = {}
-for i = 4, #ARGV do
-  local key = P .. 'lease:{' .. ARGV[i] .. '}'
+for i = 4, #ARGV, 2 do
+  local run, token = ARGV[i], ARGV[i+1]
+  local key = P .. 'lease:{' .. run .. '}'
   local holder = redis.call('GET', key)
-  if holder == me then
+  if holder == token then
     redis.call('PEXPIRE', key, ttl)
-  elseif holder == false then
-    redis.call('SET', key, me, 'PX', ttl)  -- expired while Redis was away: take it back
+  elseif holder == false and redis.call('GET', P .. 'fence:{' .. run .. '}')
+      == string.match(token, ' (%d+)$') then
+    redis.call('SET', key, token, 'PX', ttl)  -- expired, nobody claimed it: take it back
   else
-    lost[#lost + 1] = ARGV[i]
+    lost[#lost + 1] = run
   end
 end
 return lost
@@ -157,7 +173,7 @@ class RedisBroker(LocalBroker):
         self.lease_ttl = store.address.lease_ttl
         self._followers: dict[str, _Follower] = {}
         self._stream_watches: dict[str, tuple[RunWatch, list[int]]] = {}  # path: (watch, [n])
-        self._held: set[str] = set()  # leases this engine holds
+        self._held: dict[str, str] = {}  # run id -> token of the lease this engine holds
         self._slots: dict[str, RedisQueueSlots] = {}
         self._nursery: trio.Nursery | None = None
         self._handler: RequestHandler | None = None
@@ -218,14 +234,14 @@ class RedisBroker(LocalBroker):
         for name, slots in list(self._slots.items()):
             if slots.held:
                 await self._script("slots_renew", name, ttl, *slots.held)
-        ids = sorted(self._held)
-        lost = await self._script("renew", self.engine_id, int(self.lease_ttl * 1000), *ids)
+        held = [part for pair in sorted(self._held.items()) for part in pair]
+        lost = await self._script("renew", self.engine_id, int(self.lease_ttl * 1000), *held)
         for raw in lost or ():
             run_id = raw.decode() if isinstance(raw, bytes) else str(raw)
             log.error("run %s: its lease was taken by another engine while this one could "
                       "not renew it (Redis away longer than the lease); it is abandoned "
                       "here, the other engine goes on with it", run_id)
-            self._held.discard(run_id)
+            self._held.pop(run_id, None)
             if self._handler is not None:
                 await self._handler({"op": "abandon", "run_id": run_id})
 
@@ -365,11 +381,14 @@ class RedisBroker(LocalBroker):
     # --- leases --------------------------------------------------------------------------
 
     async def claim(self, run_id: str) -> bool:
-        got = bool(await self._script("claim", run_id, self.engine_id,
-                                      int(self.lease_ttl * 1000)))
-        if got:
-            self._held.add(run_id)
-        return got
+        token = await self._script("claim", run_id, self.engine_id, int(self.lease_ttl * 1000))
+        if not token:
+            return False
+        self._held[run_id] = token.decode() if isinstance(token, bytes) else str(token)
+        return True
+
+    def lease(self, run_id: str) -> str | None:
+        return self._held.get(run_id)
 
     def detach(self, actor: RunActor) -> None:
         mine = self._actors.get(actor.id) is actor
@@ -380,9 +399,12 @@ class RedisBroker(LocalBroker):
     async def release(self, run_id: str) -> None:
         if run_id in self._actors:  # a newer actor of the run started here meanwhile
             return
-        self._held.discard(run_id)
+        token = self._held.pop(run_id, None)
+        if token is None:  # not held (lost to another engine, or released already)
+            await trio.lowlevel.checkpoint()
+            return
         try:
-            await self._script("release", run_id, self.engine_id)
+            await self._script("release", run_id, token)
         except StoreError as exc:  # it expires by itself
             log.warning("could not release the lease of run %s: %s", run_id, exc)
 
@@ -393,7 +415,8 @@ class RedisBroker(LocalBroker):
     async def owner_engine(self, run_id: str) -> str | None:
         """The engine id holding the run's lease, if any."""
         raw = await self._script("owner", run_id)
-        return raw.decode() if isinstance(raw, bytes) else (raw or None)
+        token = raw.decode() if isinstance(raw, bytes) else (raw or None)
+        return token.partition(" ")[0] if token else None
 
     # --- routing -------------------------------------------------------------------------
 

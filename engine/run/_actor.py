@@ -15,6 +15,12 @@ get until ``drain_timeout`` to finish, then are cancelled -> what they buffered 
 every output stream gets its end marker, in the same batch as the final status -> subscribers
 are told. ``runs.cancel`` and ``max_duration`` skip the drain. A crash anywhere in the actor
 becomes the run's ``CRASHED`` status; it never reaches the engine.
+
+On a store shared by many engines every batch carries the run's lease token (``lease``); a
+batch refused because another engine claimed the run since (``LeaseLostError``), or a word
+from the broker that the lease is gone (:meth:`RunActor.lose`), ends the actor as *lost*:
+no final status, nothing more written, and whoever waits on it is told to try again (the
+service sends them to the engine that holds the run now).
 """
 
 from __future__ import annotations
@@ -39,7 +45,9 @@ from runwire.runtime import TIMED_OUT, Completion, bind_run
 from runwire.transport import json_bytes, json_bytes_within
 
 from .._limits import Limits
-from ..store import Batch, ChunkAppend, RecordAppend, StoredRecord, StreamState, Waitpoint
+from ..store import (
+    Batch, ChunkAppend, LeaseLostError, RecordAppend, StoredRecord, StreamState, Waitpoint,
+)
 from ._backend import RunBackend
 from ._env import QueueSlots, RunEnv
 from ._event import LazyEvent
@@ -295,6 +303,8 @@ class RunActor:
         record: the run's record; the actor is its only writer from now on.
         task: the task to run (``None`` only for a run whose task is not registered here).
         slots: the task queue's concurrency slots, ``None`` when the queue has no limit.
+        lease: the token of this engine's lease on the run (``Broker.lease``), carried by
+            every batch; ``None`` when no other engine could take the run.
     """
 
     # Slotted: one of these lives for every run, also the many parked in a wait, and an
@@ -304,14 +314,17 @@ class RunActor:
         "_accepting", "_attempt_offs", "_attempt_scope", "_attempts_done", "_cancel_requested",
         "_changed", "_committing", "_failed", "_failed_producers", "_handing_back",
         "_handler_error", "_handler_scopes", "_handlers_open", "_holds_slot", "_journal",
-        "_nursery", "_producers", "_reacquiring", "_replay_waiting", "_resumed", "_run_dirty",
-        "_run_scope", "_writable", "backend", "ended", "env", "finished", "input_checks",
-        "inputs", "mailbox", "record", "seqs", "slots", "streams", "task", "version",
+        "_lost", "_nursery", "_producers", "_reacquiring", "_replay_waiting", "_resumed",
+        "_run_dirty", "_run_scope", "_writable", "backend", "ended", "env", "finished",
+        "input_checks", "inputs", "lease", "mailbox", "record", "seqs", "slots", "streams",
+        "task", "version",
     )
 
     def __init__(self, env: RunEnv, record: RunRecord, task: Task[Any, Any] | None,
-                 slots: QueueSlots | None = None) -> None:
+                 slots: QueueSlots | None = None, lease: str | None = None) -> None:
         self.env = env
+        self.lease = lease
+        self._lost = False
         self.record = record
         self.task = task
         self.slots = slots
@@ -374,6 +387,34 @@ class RunActor:
     def handing_back(self) -> bool:
         """A graceful stop is handing the run back (it ends without a final status)."""
         return self._handing_back
+
+    @property
+    def lost(self) -> bool:
+        """Another engine holds the run now (this engine lost its lease): the actor ends
+        without a final status and writes nothing more."""
+        return self._lost
+
+    def lose(self, why: str) -> None:
+        """Stop acting on the run at once: another engine has claimed it. Nothing more is
+        written; requests waiting on the actor are answered with :meth:`moved_error`, and
+        subscribers here are woken (the service follows the run on its new engine)."""
+        if self._lost or self.ended.is_set():
+            return
+        self._lost = True
+        self._writable = self._accepting = False
+        if self._failed is None:
+            self._failed = LeaseLostError(self.id, why)
+        log.warning("run %s: %s; it is abandoned here, the engine holding it goes on with it",
+                    self.id, why)
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+        self._bump()
+
+    def moved_error(self) -> InternalError:
+        """What a request to a lost actor gets (the service sends it on to the run's new
+        engine where it can; a refused commit stored nothing of it)."""
+        return InternalError(f"run {self.id} moved to another engine (this one lost its "
+                             "lease on it); try again")
 
     # --- state everyone may look at ------------------------------------------------------
 
@@ -479,6 +520,8 @@ class RunActor:
 
     async def submit(self, message: Any) -> Any:
         """Put a message in the mailbox and wait for its answer."""
+        if self._lost:
+            raise self.moved_error()
         if isinstance(message, ExternalAppend) and not self._writable:
             raise RunFinishedError(f"run {self.id} has finished; its streams are closed")
         if isinstance(message, SendInput) and not self._accepting:
@@ -508,12 +551,14 @@ class RunActor:
                 await self._live()
                 nursery.cancel_scope.cancel()
         except Exception as exc:  # a bug or a store failure: the run crashes, not the engine
-            log.exception("run %s crashed", self.id)
-            await self._crash(exc)
+            if not self._lost:  # (lost: the run is another engine's, nothing is written)
+                log.exception("run %s crashed", self.id)
+                await self._crash(exc)
         finally:
             self._nursery = None  # nothing may be started in it any more
             self._writable = self._accepting = False
-            self.mailbox.close(RunFinishedError(f"run {self.id} has finished"))
+            self.mailbox.close(self.moved_error() if self._lost
+                               else RunFinishedError(f"run {self.id} has finished"))
             self.env.on_done(self)
             self.ended.set()
 
@@ -749,6 +794,14 @@ class RunActor:
         stage = _Stage(self)
         try:
             await self.env.store.commit_staged(lambda: self._stage(stage))
+        except LeaseLostError as exc:  # refused whole: another engine has the run now
+            self.lose(str(exc))
+            stage.fail(self.moved_error())
+            raise
+        except trio.Cancelled:
+            if self._lost:  # lost meanwhile: whoever waits on this cycle tries again
+                stage.fail(self.moved_error())
+            raise
         except Exception as exc:  # the run crashes (``run``); nobody is left waiting
             self._store_failed(exc)
             error = InternalError(f"run {self.id}: the store could not write ({exc}); "
@@ -789,6 +842,8 @@ class RunActor:
         if self._run_dirty:
             self._run_dirty = False
             stage.batch.runs.append(self.record.to_store())
+        if self.lease is not None:
+            stage.batch.leases.append((self.id, self.lease))
         return stage.batch
 
     def _stage_message(self, stage: _Stage, message: Any) -> None:
@@ -912,11 +967,16 @@ class RunActor:
         self.finished.set()
         self._bump()
         batch = Batch(runs=[record.to_store()],
-                      ended=[(self.id, k) for k in self._stream_keys()])
+                      ended=[(self.id, k) for k in self._stream_keys()],
+                      leases=[(self.id, self.lease)] if self.lease is not None else [])
         pause = 0.5
         while True:  # cancelled when the engine stops: recovery then finds it unfinished
             try:
                 await self.env.store.commit(batch)
+            except LeaseLostError as exc:  # another engine has the run: its word stands
+                log.warning("run %s crashed here, but %s; the crash is not stored", self.id,
+                            exc)
+                return
             except trio.ClosedResourceError:
                 log.error("run %s crashed; the store closed before the crash was stored",
                           self.id)

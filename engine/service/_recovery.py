@@ -245,7 +245,8 @@ async def _resume_point(service: RunService, record: RunRecord) -> dict[str, Any
         # once: a crash before it reaches a new wait is a crash (rule 3 or 5)
         again = {**point, "handback": False}
         await store.commit(Batch(waitpoints=[Waitpoint(
-            record.id, resume_key(record.attempt), json_bytes(again), None)]))
+            record.id, resume_key(record.attempt), json_bytes(again), None)],
+            leases=_leases(service, record.id)))
         return point
     return None
 
@@ -281,5 +282,13 @@ async def _crash(service: RunService, record: RunRecord, why: str) -> None:
     record.error = {"type": "EngineRestart", "message": why}
     keys = set(states) | set(record.streams)
     await service.store.commit(Batch(runs=[record.to_store()],
-                                     ended=[(record.id, k) for k in sorted(keys)]))
+                                     ended=[(record.id, k) for k in sorted(keys)],
+                                     leases=_leases(service, record.id)))
     log.warning("run %s marked CRASHED: %s", record.id, why)
+
+
+def _leases(service: RunService, run_id: str) -> list[tuple[str, str]]:
+    """The run's lease, for a batch written under it (refused if another engine has
+    claimed the run since this one did)."""
+    token = service.broker.lease(run_id)
+    return [(run_id, token)] if token is not None else []

@@ -147,9 +147,12 @@ class RunService:
             self._token_completed(str(request["token_id"]))
             return None
         if op == "abandon":  # from this engine's broker: another engine holds the run now
+            actor = self.broker.owner(run_id)
+            if actor is not None:  # nothing more is written; waiting requests try again
+                actor.lose("its lease was taken by another engine")
             scope = self._abandon.get(run_id)
             if scope is not None:
-                scope.cancel()  # as if this engine stopped: nothing more is written
+                scope.cancel()
             return None
         await self._restored(run_id)
         actor = self.broker.owner(run_id)
@@ -169,10 +172,11 @@ class RunService:
                 await self._cancel_actor(actor)
                 return None
         except (RunFinishedError, InternalError):
-            if not actor.handing_back:
+            if not (actor.handing_back or actor.lost):
                 raise
-            # a graceful stop hands the run back: the asking engine waits for the engine
-            # that resumes it (its lease is released as the hand-back ends)
+            # a graceful stop hands the run back (or another engine took it): the asking
+            # engine waits for the engine that resumes it (a hand-back releases the lease
+            # as it ends)
             await actor.ended.wait()
             raise NotLiveError(run_id) from None
         raise BadFrameError(f"unknown routed request {op!r}")
@@ -219,7 +223,7 @@ class RunService:
         queue = task.queue
         slots = (self.broker.queue_slots(queue.name, queue.concurrency_limit)
                  if queue is not None and queue.concurrency_limit is not None else None)
-        actor = RunActor(self.env, record, task, slots)
+        actor = RunActor(self.env, record, task, slots, self.broker.lease(record.id))
         if restore is not None:
             restore(actor)
         self.broker.attach(actor)
@@ -238,6 +242,9 @@ class RunService:
             finally:
                 if self._abandon.get(actor.id) is scope:
                     del self._abandon[actor.id]
+        if actor.lost:  # its readers here read on from the engine that has the run now
+            for key, stream in list(actor.streams.items()):
+                await self.broker.follow(actor.id, key, stream)
 
     async def stop(self, grace_period: float) -> int:
         """A graceful stop: no new run starts; executing runs get ``grace_period`` seconds
@@ -318,8 +325,10 @@ class RunService:
             with trio.CancelScope(shield=True):
                 # the lease first: no other engine may take the stored run over
                 mine = not self.stopping and await self.broker.claim(record.id)
+                lease = self.broker.lease(record.id) if mine else None
                 try:
-                    await self.store.commit(Batch(runs=[record.to_store()]))
+                    await self.store.commit(Batch(runs=[record.to_store()], leases=[
+                        (record.id, lease)] if lease is not None else []))
                 except DuplicateRunError as exc:  # another engine's trigger with the key won
                     if mine:
                         await self.broker.release(record.id)
@@ -420,6 +429,13 @@ class RunService:
                 return routed
             try:
                 index: int = await actor.submit(SendInput(key, data, ikey))
+            except InternalError:
+                if not actor.lost:
+                    raise
+                await actor.ended.wait()  # not stored here: the engine that has it now
+                routed = await self._routed(run_id, {"op": "send", "key": key,
+                                                     "data": data, "ikey": ikey})
+                return routed
             except RunFinishedError:
                 if not actor.handing_back:
                     raise
@@ -508,7 +524,14 @@ class RunService:
                                                       "producer": producer, "seq": seq,
                                                       "items": items})
             return routed
-        nxt: int = await actor.submit(ExternalAppend(key, producer, seq, items))
+        try:
+            nxt: int = await actor.submit(ExternalAppend(key, producer, seq, items))
+        except InternalError:
+            if not actor.lost:
+                raise
+            await actor.ended.wait()  # not stored here: the engine that has it now
+            nxt = await self._routed(run_id, {"op": "append", "key": key, "producer": producer,
+                                              "seq": seq, "items": items})
         return nxt
 
     def open_producer(self, run_id: str, key: str) -> ProducerSink:
@@ -540,7 +563,9 @@ class RunService:
         """
         actor.cancel()
         await actor.ended.wait()
-        if not actor.finished.is_set():
+        if actor.lost:  # another engine has the run now: it takes the cancel
+            await self._routed(actor.id, {"op": "cancel"})
+        elif not actor.finished.is_set():
             raise self._not_live_error(actor.record)
 
     async def wait_finished(self, run_id: str) -> RunRecord:
@@ -548,8 +573,12 @@ class RunService:
         await self._restored(run_id)
         actor = self.broker.owner(run_id)
         if actor is not None:
-            await actor.finished.wait()
-            return actor.record
+            while not actor.finished.is_set() and not actor.lost:
+                await actor.wait_change(actor.version)
+            if not actor.lost:
+                return actor.record
+            await actor.ended.wait()  # another engine has the run now: wait for it there
+            return await self.wait_finished(run_id)
         record = await self.get_record(run_id)
         if record.status.is_final or not self.broker.shared:
             return record
@@ -583,6 +612,11 @@ class RunService:
         seen = -1
         while True:
             await actor.wait_change(seen)
+            if actor.lost:  # another engine has the run now: follow it there
+                await actor.ended.wait()
+                async for snapshot in self._subscribe_remote(run_id):
+                    yield snapshot
+                return
             seen = actor.version
             final = actor.finished.is_set()  # of this snapshot: it may finish while we yield
             yield actor.record.to_wire()

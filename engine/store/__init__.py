@@ -17,6 +17,7 @@ from ._base import Waitpoint as Waitpoint
 from ._open import open_store as open_store
 from ._errors import DuplicateRunError as DuplicateRunError
 from ._errors import IndexGapError as IndexGapError
+from ._errors import LeaseLostError as LeaseLostError
 from ._errors import NotCompactError as NotCompactError
 from ._errors import StoreClosedError as StoreClosedError
 from ._errors import StoreConfigError as StoreConfigError

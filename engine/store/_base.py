@@ -122,6 +122,11 @@ class Batch:
     streams: list[StreamWrite] = attrs.field(factory=list)
     #: ... and removed with all their data
     dropped_streams: list[str] = attrs.field(factory=list)
+    #: ``(run id, lease token)``: the batch writes that run's data as the holder of its
+    #: lease (the token ``Broker.lease`` gave). A store shared by many engines refuses the
+    #: whole batch with :class:`LeaseLostError` if another engine claimed the run since; a
+    #: store of one engine has nobody to fence off and ignores it.
+    leases: list[tuple[str, str]] = attrs.field(factory=list)
 
     def __bool__(self) -> bool:
         return bool(self.chunks or self.records or self.waitpoints or self.runs or self.ended

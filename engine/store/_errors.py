@@ -55,6 +55,17 @@ class DuplicateRunError(StoreError):
         self.run_id = run_id
 
 
+class LeaseLostError(StoreError):
+    """A batch written for a run whose lease its writer no longer holds (another engine
+    claimed the run since: this engine was paused, cut off, or away longer than the lease):
+    a store shared by many engines refuses the batch whole. ``run_id`` is that run; the
+    writer must stop acting on it, the engine holding the lease goes on with it."""
+
+    def __init__(self, run_id: str, message: str) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+
+
 class NotCompactError(StoreError, ValueError):
     """A chunk that is not compact JSON (it holds a raw newline byte); the batch is refused."""
 

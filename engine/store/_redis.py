@@ -7,7 +7,9 @@ the engine calls at startup) and ends in :meth:`RedisStore.aclose`: a store stil
 a plain ``open_store(url)`` and works from any task.
 
 A commit is one ``EVALSHA`` of a Lua script (``_redis_lua.COMMIT``): atomic, one round trip,
-and it checks every chunk index against the stored lengths before it writes anything. Chunk
+and it checks every run lease the batch names (:attr:`Batch.leases`, fencing: a writer that
+lost a run to another engine writes nothing more of it) and every chunk index against the
+stored lengths before it writes anything. Chunk
 logs are Redis Streams whose entry ids are the chunk indices (``i-1``), so reads are exact
 ``XRANGE`` windows. The key layout is in ``_redis_lua``.
 
@@ -37,8 +39,8 @@ from ._base import (
     encode_cursor, RunFilter,
 )
 from ._errors import (
-    DuplicateRunError, IndexGapError, NotCompactError, StoreClosedError, StoreConfigError, StoreError,
-    StoreFullError, StoreUnavailableError,
+    DuplicateRunError, IndexGapError, LeaseLostError, NotCompactError, StoreClosedError,
+    StoreConfigError, StoreError, StoreFullError, StoreUnavailableError,
 )
 from . import _redis_lua as lua
 
@@ -144,6 +146,9 @@ def redis_errors(address: RedisAddress) -> Iterator[None]:
             raise IndexGapError(text[4:]) from None
         if text.startswith("DUPKEY "):
             raise DuplicateRunError(text[7:]) from None
+        if text.startswith("LEASE "):
+            run_id, _, why = text[6:].partition(" ")
+            raise LeaseLostError(run_id, why) from None
         if text.startswith("OOM") or "maxmemory" in text:
             raise StoreFullError(f"Redis at {address} is out of memory (maxmemory reached; "
                                  f"nothing of this write was stored): {text}") from None
@@ -526,6 +531,8 @@ def _flag(value: object) -> str:
 def encode_batch(batch: Batch) -> list[bytes | str | int]:
     """The ``COMMIT`` script's operations for a batch, in the order the batch applies."""
     args: list[bytes | str | int] = []
+    for run_id, token in batch.leases:  # first: a lost lease refuses the batch at once
+        args += ["L", run_id, token]
     for run in batch.runs:
         finished = run.get("finished_at")
         ikey = run.get("idempotency_key")

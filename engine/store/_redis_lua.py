@@ -21,6 +21,8 @@ Keys (``P`` is the prefix, ``{r}`` a run id in braces):
 * ``P tok:ID``: hash of a waitpoint token (``base`` JSON, ``status``, ``data``, ``done``);
   ``P tokkeys``: hash idempotency key -> token id; ``P runtoks:{r}``: set of a run's tokens;
   ``P freetoks``: zset of tokens without a run by the time they ended.
+* ``P lease:{r}``: the run's lease, ``ENGINE EPOCH`` (the broker's, ``broker/_redis.py``);
+  ``P fence:{r}``: the run's lease epoch, one more at each claim.
 * ``P ds``: hash durable stream path -> metadata JSON; ``P dsi:PATH``: a Redis Stream of its
   items, entry id ``start-1``; ``P dsp:PATH``: hash producer -> ``epoch seq``.
 
@@ -33,8 +35,11 @@ stream it wrote or removed: other engines' readers and subscriptions wake on it
 from __future__ import annotations
 
 #: One batch: ARGV is the prefix, then operations (see ``_redis.encode_batch``). The first
-#: pass checks every chunk append against the stored lengths, and writes nothing if one does
-#: not continue its stream; the second pass writes.
+#: pass checks every lease the batch was written under (``L``: fencing) and every chunk
+#: append against the stored lengths, and writes nothing if one does not hold; the second
+#: pass writes. A lease holds if its key still holds the writer's token, or if it expired
+#: and nobody claimed the run since (the epoch in ``fence:{r}`` is still the token's: the
+#: broker's renewal takes such a lease back).
 COMMIT = r"""#!lua flags=no-cluster
 local P = ARGV[1]
 local n = #ARGV
@@ -43,7 +48,16 @@ local dropped = {}
 local i = 2
 while i <= n do
   local op = ARGV[i]
-  if op == 'C' then
+  if op == 'L' then
+    local run, token = ARGV[i+1], ARGV[i+2]
+    local held = redis.call('GET', P .. 'lease:{' .. run .. '}')
+    if held ~= token and (held or redis.call('GET', P .. 'fence:{' .. run .. '}')
+                          ~= string.match(token, ' (%d+)$')) then
+      return redis.error_reply('LEASE ' .. run .. ' run ' .. run .. ' is held by another ' ..
+        'engine now (lease ' .. tostring(held) .. ', this write was made under ' .. token .. ')')
+    end
+    i = i + 3
+  elseif op == 'C' then
     local run, key = ARGV[i+1], ARGV[i+2]
     local start, cnt = tonumber(ARGV[i+3]), tonumber(ARGV[i+4])
     local where = run .. '\0' .. key
@@ -101,7 +115,9 @@ local dsw = {}
 i = 2
 while i <= n do
   local op = ARGV[i]
-  if op == 'R' then
+  if op == 'L' then
+    i = i + 3
+  elseif op == 'R' then
     local id, body, final, created, finished = ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5]
     redis.call('SET', P .. 'run:{' .. id .. '}', body)
     redis.call('ZADD', P .. 'runs', created, id)
@@ -261,7 +277,7 @@ for _, id in ipairs(ids) do
     redis.call('DEL', P .. 'tok:' .. tok)
   end
   redis.call('DEL', P .. 'run:' .. r, P .. 'st:' .. r, P .. 'seq:' .. r, P .. 'rec:' .. r,
-             P .. 'wp:' .. r, P .. 'runtoks:' .. r)
+             P .. 'wp:' .. r, P .. 'runtoks:' .. r, P .. 'fence:' .. r)
   redis.call('ZREM', P .. 'runs', id)
   redis.call('ZREM', P .. 'finished', id)
   redis.call('SREM', P .. 'unfinished', id)
