@@ -63,7 +63,18 @@ async def retried(payload: Any, ctx: Any) -> dict[str, Any]:
     return {"picked": value}
 
 
-TASKS = [idle, writer, waiting, retried]
+@task(id="lazy.retried-slow", retry=RetryPolicy(max_attempts=3, min_timeout=100))
+async def retried_slow(payload: Any, ctx: Any) -> dict[str, Any]:
+    """Fails its first attempt (after a step when ``payload["step"]``); 100 s until the
+    second."""
+    if payload["step"]:
+        await step("pick", pick)
+    if ctx.attempt == 1:
+        raise RuntimeError("first attempt fails")
+    return {"attempt": ctx.attempt}
+
+
+TASKS = [idle, writer, waiting, retried, retried_slow]
 
 
 async def read_out(run_id: str) -> list[str]:
@@ -156,3 +167,23 @@ async def test_a_lazy_event_is_an_event_made_for_its_first_waiter(
         late.set()
         late.set()  # idempotent
     assert sorted(woken) == ["a", "b"]
+
+
+async def test_a_stop_during_the_retry_delay_resumes_at_the_next_attempt(
+        autojump_clock: Any) -> None:
+    """Handed back while it waits to retry, a run resumes at the attempt it was waiting
+    for, whether or not the failed attempt had journaled (a step): not one further on."""
+    store = MemoryStore()
+    async with serve(TASKS, store=store) as eng:
+        ids = [(await retried_slow.trigger({"step": with_step})).id
+               for with_step in (False, True)]
+        for run_id in ids:
+            with trio.fail_after(50):  # (the retry delay is 100 s)
+                while (record := await eng.get_record(run_id)).attempt < 2:
+                    await trio.testing.wait_all_tasks_blocked()
+            assert record.status is RunStatus.QUEUED
+    async with serve(TASKS, store=store):
+        for run_id in ids:
+            run = await final(run_id)
+            assert (run.status, run.attempt, run.output) == (
+                RunStatus.COMPLETED, 2, {"attempt": 2})

@@ -628,6 +628,9 @@ class RunActor:
             log.info("run %s attempt %d failed; retrying in %.2fs", self.id,
                      self.record.attempt, delay)
             self.record.attempt += 1
+            # the failed attempt's journal is done with: a stop during the delay hands the
+            # run back at the next attempt's start (its own, empty, journal), not at this one
+            self._journal = None
             self.set_status(RunStatus.QUEUED)
             await trio.sleep(delay)
 
