@@ -187,3 +187,4 @@ async def test_a_stop_during_the_retry_delay_resumes_at_the_next_attempt(
             run = await final(run_id)
             assert (run.status, run.attempt, run.output) == (
                 RunStatus.COMPLETED, 2, {"attempt": 2})
+

@@ -234,10 +234,13 @@ class RedisBroker(LocalBroker):
         for name, slots in list(self._slots.items()):
             if slots.held:
                 await self._script("slots_renew", name, ttl, *slots.held)
-        held = [part for pair in sorted(self._held.items()) for part in pair]
+        sent = dict(self._held)  # run -> token, as renewed
+        held = [part for pair in sorted(sent.items()) for part in pair]
         lost = await self._script("renew", self.engine_id, int(self.lease_ttl * 1000), *held)
         for raw in lost or ():
             run_id = raw.decode() if isinstance(raw, bytes) else str(raw)
+            if self._held.get(run_id) != sent.get(run_id):
+                continue  # released and claimed again meanwhile: the new claim is not lost
             log.error("run %s: its lease was taken by another engine while this one could "
                       "not renew it (Redis away longer than the lease); it is abandoned "
                       "here, the other engine goes on with it", run_id)

@@ -5,6 +5,7 @@ imports the layers above it (service, door, engine); below it is only the store.
 """
 
 from ._actor import ExternalAppend as ExternalAppend
+from ._actor import MovedWhileStoringError as MovedWhileStoringError
 from ._actor import RunActor as RunActor
 from ._actor import RunStatistics as RunStatistics
 from ._actor import SendInput as SendInput

@@ -294,6 +294,12 @@ class RunStatistics:
     journaled: bool = False
 
 
+class MovedWhileStoringError(InternalError):
+    """An ``internal`` error for a request whose commit was under way when its actor lost
+    the run to another engine: unlike a refused commit (nothing stored), it may have been
+    stored, so it is not sent on to the new engine without an idempotency key."""
+
+
 class RunActor:
     """One run: its record, streams, input mailboxes, and the nursery everything lives in.
 
@@ -415,6 +421,14 @@ class RunActor:
         engine where it can; a refused commit stored nothing of it)."""
         return InternalError(f"run {self.id} moved to another engine (this one lost its "
                              "lease on it); try again")
+
+    def moved_while_storing_error(self) -> MovedWhileStoringError:
+        """What a request gets whose commit was under way when the actor was lost: the
+        store may have taken it before the other engine's claim."""
+        return MovedWhileStoringError(
+            f"run {self.id} moved to another engine while this request was being stored "
+            "(this one lost its lease on it): it may or may not have been stored; repeat it "
+            "with an idempotency key to be safe")
 
     # --- state everyone may look at ------------------------------------------------------
 
@@ -548,7 +562,8 @@ class RunActor:
                 self._nursery = nursery
                 self._wake_committer()  # work that arrived before the actor ran
                 task_status.started()
-                await self._live()
+                if not self._lost:  # (lost before it ran: its task never starts here)
+                    await self._live()
                 nursery.cancel_scope.cancel()
         except Exception as exc:  # a bug or a store failure: the run crashes, not the engine
             if not self._lost:  # (lost: the run is another engine's, nothing is written)
@@ -802,8 +817,8 @@ class RunActor:
             stage.fail(self.moved_error())
             raise
         except trio.Cancelled:
-            if self._lost:  # lost meanwhile: whoever waits on this cycle tries again
-                stage.fail(self.moved_error())
+            if self._lost:  # lost meanwhile: the commit may or may not have been written
+                stage.fail(self.moved_while_storing_error())
             raise
         except Exception as exc:  # the run crashes (``run``); nobody is left waiting
             self._store_failed(exc)

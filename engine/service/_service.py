@@ -34,8 +34,8 @@ from runwire.transport import json_bytes
 from .._limits import Limits
 from ..broker import Broker, NotLiveError, RemoteError
 from ..run import (
-    ExternalAppend, MissingRunProducer, OutputStream, Reader, RunActor, RunEnv, RunRecord,
-    SendInput, new_run_id, resume_key,
+    ExternalAppend, MissingRunProducer, MovedWhileStoringError, OutputStream, Reader,
+    RunActor, RunEnv, RunRecord, SendInput, new_run_id, resume_key,
 )
 from ..store import (
     Batch, DuplicateRunError, RecordAppend, Store, StoredToken, StoreUnavailableError, Waitpoint,
@@ -429,9 +429,10 @@ class RunService:
                 return routed
             try:
                 index: int = await actor.submit(SendInput(key, data, ikey))
-            except InternalError:
-                if not actor.lost:
-                    raise
+            except InternalError as exc:
+                if not actor.lost or (isinstance(exc, MovedWhileStoringError) and
+                                      ikey is None):
+                    raise  # (maybe stored here: sent on, it could be stored twice)
                 await actor.ended.wait()  # not stored here: the engine that has it now
                 routed = await self._routed(run_id, {"op": "send", "key": key,
                                                      "data": data, "ikey": ikey})

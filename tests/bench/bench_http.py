@@ -23,7 +23,10 @@ Three workloads, every client in a process of its own:
   ``tests/bench/ds_append.lua``, one request at a time on one connection; ``wrk x8``, wrk
   with eight connections on the same stream (eight appends in flight). The Python writer
   costs about as much CPU per append as the engine does (docs/performance.md), so with it
-  the figure is largely the writer's; wrk's cost is a few microseconds. Throughput: items
+  the figure is largely the writer's; wrk's is a sixth of it (docs/performance.md). With
+  ``wrk x8``, the connections that are free once the last append is sent send ``HEAD``
+  requests to the stream until it is answered (wrk always sends): a little load the others
+  do not have, counted in its server CPU. Throughput: items
   per second from the first item's stamp to the last item's arrival; latency: stamp to
   arrival. Target: runwire at least 2x the reference's throughput at a p99 no worse,
   checked for each writer on the pairs that keep the same promise: runwire's memory store

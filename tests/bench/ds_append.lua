@@ -4,6 +4,9 @@
 --
 --   wrk -t1 -cC -d600s -s ds_append.lua URL -- N PATH [AUTHORIZATION]
 --
+-- One thread only (-t1): each wrk thread runs its own copy of this script, which counts
+-- the items of its own thread. A connection that fails is reconnected by wrk without its
+-- request: the run then ends at -d, and the reader reports the missing items.
 -- With one connection the items go one at a time, in order; with C connections, C at a
 -- time, in any order. Once all `n` appends are sent, the connections still waiting for the
 -- last answers send HEAD requests to the stream (wrk always sends a request when a
