@@ -244,3 +244,21 @@ async def test_an_sse_read_the_store_cuts_short_ends_cleanly(
         reads.failing = False
         r = await c.get("/v1/stream/s", params={"offset": "-1"})
         assert r.content == b"ab"
+
+
+async def test_an_outage_is_logged_once_every_few_seconds_not_per_request(
+        autojump_clock: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """Every request meets an outage: the door warns at once, then at most once in
+    ``LOG_EVERY`` seconds, counting the requests in between."""
+    from runwire.engine.door._outage import LOG_EVERY, OutageLog
+
+    outages, outage = OutageLog(), StoreUnavailableError("redis://... is gone")
+    for _ in range(5):
+        outages.warn("HTTP POST /v1/stream/s: 503", outage)
+    await trio.sleep(LOG_EVERY)
+    outages.warn("HTTP GET /v1/stream/s: 503", outage)
+    lines = [r.getMessage() for r in caplog.records if "unavailable" in r.getMessage()]
+    assert lines == [
+        "HTTP POST /v1/stream/s: 503: the store is unavailable: redis://... is gone",
+        "HTTP GET /v1/stream/s: 503: the store is unavailable: redis://... is gone (and 4 "
+        "more since the last warning)"]

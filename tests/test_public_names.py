@@ -36,7 +36,7 @@ PUBLIC = {
     },
     "runwire.engine.run": {
         "RunActor", "RunEnv", "RunServices", "QueueSlots", "Reader", "ReadTimeout", "RunRecord",
-        "MovedWhileStoringError",
+        "MovedWhileStoringError", "RunUnreachableError",
         "new_run_id", "TRANSITIONS", "InvalidTransition", "check_transition", "InputMailbox",
         "OutputStream", "Producer", "MissingRunProducer", "ExternalAppend", "SendInput",
         "RunStatistics", "StreamStatistics", "Journal", "resume_key",

@@ -44,7 +44,7 @@ from typing import Any
 import orjson
 import trio
 
-from ..run import OutputStream, RunActor
+from ..run import OutputStream, RunActor, RunUnreachableError
 from ..store import StoreError, StoreUnavailableError
 from ..store._redis import RedisStore, decode_streams, load_scripts, redis_errors
 from ._base import (
@@ -443,8 +443,8 @@ class RedisBroker(LocalBroker):
                     raise RemoteError(*reply["error"])
                 return reply["ok"]
             if trio.current_time() >= deadline:
-                raise StoreUnavailableError(f"the engine executing run {run_id} did not "
-                                            f"answer within {timeout:g} s")
+                raise RunUnreachableError(f"the engine executing run {run_id} did not "
+                                          f"answer within {timeout:g} s; try again")
 
     async def _ask(self, engine: str, run_id: str, request: dict[str, Any],
                    deadline: float) -> bytes | None:

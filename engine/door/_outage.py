@@ -14,7 +14,11 @@ cleanly instead (:func:`outage_event`). Any other exception stays a ``500``.
 
 from __future__ import annotations
 
+import logging
+import math
+
 import orjson
+import trio
 
 from ..store import StoreFullError, StoreUnavailableError
 from ._http import HttpError
@@ -26,6 +30,28 @@ STORE_RETRY_AFTER = 2
 #: Requests that store nothing (nothing of them can have been stored).
 READS = frozenset({"GET", "HEAD", "OPTIONS"})
 _DEPTH = 16  # how far down causes and groups are searched
+#: At most one outage warning in this many seconds; the requests met meanwhile are counted in
+#: the next one (an outage meets every request: a line each would flood the log).
+LOG_EVERY = 10.0
+log = logging.getLogger("runwire.engine")
+
+
+class OutageLog:
+    """The warnings of a door about a store that is away: the first at once, then at most
+    one every :data:`LOG_EVERY` seconds, saying how many more requests met it since."""
+
+    def __init__(self) -> None:
+        self._next = -math.inf
+        self._quiet = 0
+
+    def warn(self, what: str, outage: StoreUnavailableError) -> None:
+        now = trio.current_time()
+        if now < self._next:
+            self._quiet += 1
+            return
+        more = f" (and {self._quiet} more since the last warning)" if self._quiet else ""
+        log.warning("%s: the store is unavailable: %s%s", what, outage, more)
+        self._next, self._quiet = now + LOG_EVERY, 0
 
 
 def store_outage(exc: BaseException) -> StoreUnavailableError | None:

@@ -15,7 +15,6 @@ credentials).
 from __future__ import annotations
 
 import base64
-import logging
 import re
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -26,10 +25,12 @@ import trio
 
 from runwire import BadFrameError, RunwireError, UnauthorizedError
 
-from ..run import Reader
+from ..run import Reader, RunUnreachableError
 from ..service import DurableStreams, ReadResult, StreamError, format_offset, parse_offset
 from ._http import Exchange, HttpError
-from ._outage import outage_error, outage_event, store_outage
+from ._outage import (
+    STORE_RETRY_AFTER, OutageLog, outage_error, outage_event, store_outage,
+)
 from ._reads import serve_read
 from ._requests import Caller, Door
 from ._static import is_static, serve_static
@@ -51,7 +52,6 @@ _CORS_PREFLIGHT = [
 _INT = re.compile(r"(0|[1-9]\d*)\Z")
 MAX_SAFE = 2 ** 53 - 1
 DS_PREFIX = "/v1/stream/"
-log = logging.getLogger("runwire.engine")
 
 
 def _http_error(exc: RunwireError) -> HttpError:
@@ -78,6 +78,7 @@ class HttpDoor:
         self.clock = clock
         self.anonymous_streams = anonymous_streams
         self.limits = door.limits
+        self._outages = OutageLog()
 
     async def __call__(self, exchange: Exchange) -> None:
         self.door.open_requests += 1  # Engine.statistics() counts both doors' requests
@@ -111,9 +112,12 @@ class HttpDoor:
         except Exception as exc:
             outage = store_outage(exc)
             if outage is not None:  # the store is away: 503, not a bug's 500
-                log.warning("HTTP %s %s: 503, the store is unavailable: %s", request.method,
-                            request.raw_path[:200], outage)
+                self._outages.warn(f"HTTP {request.method} {request.raw_path[:200]}: 503",
+                                   outage)
                 raise outage_error(outage, request.method) from None
+            if isinstance(exc, RunUnreachableError):  # between engines: try again soon
+                raise HttpError(503, exc.code, str(exc),
+                                [("retry-after", str(STORE_RETRY_AFTER))]) from None
             if isinstance(exc, RunwireError):
                 raise _http_error(exc) from None
             raise
@@ -325,8 +329,7 @@ class HttpDoor:
                     if outage is None:
                         raise
                     # the store went away: say so, end cleanly; Last-Event-ID resumes it
-                    log.warning("HTTP events of run %s ended: the store is unavailable: %s",
-                                run_id, outage)
+                    self._outages.warn(f"HTTP events of run {run_id} ended", outage)
                     async with lock:
                         await exchange.write(outage_event(outage))
                     return

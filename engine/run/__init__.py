@@ -8,6 +8,7 @@ from ._actor import ExternalAppend as ExternalAppend
 from ._actor import MovedWhileStoringError as MovedWhileStoringError
 from ._actor import RunActor as RunActor
 from ._actor import RunStatistics as RunStatistics
+from ._actor import RunUnreachableError as RunUnreachableError
 from ._actor import SendInput as SendInput
 from ._env import QueueSlots as QueueSlots
 from ._journal import Journal as Journal

@@ -294,7 +294,15 @@ class RunStatistics:
     journaled: bool = False
 
 
-class MovedWhileStoringError(InternalError):
+class RunUnreachableError(InternalError):
+    """An ``internal`` error for a request to a run whose engine cannot take it now: the run
+    moved to another engine (this one lost its lease on it), it is between engines (its
+    engine stopped and none has taken it over yet), or its engine did not answer in time.
+    Nothing is wrong with the request, and it may be tried again (the HTTP door answers
+    ``503`` with ``Retry-After``)."""
+
+
+class MovedWhileStoringError(RunUnreachableError):
     """An ``internal`` error for a request whose commit was under way when its actor lost
     the run to another engine: unlike a refused commit (nothing stored), it may have been
     stored, so it is not sent on to the new engine without an idempotency key."""
@@ -416,11 +424,11 @@ class RunActor:
             self._nursery.cancel_scope.cancel()
         self._bump()
 
-    def moved_error(self) -> InternalError:
+    def moved_error(self) -> RunUnreachableError:
         """What a request to a lost actor gets (the service sends it on to the run's new
         engine where it can; a refused commit stored nothing of it)."""
-        return InternalError(f"run {self.id} moved to another engine (this one lost its "
-                             "lease on it); try again")
+        return RunUnreachableError(f"run {self.id} moved to another engine (this one lost "
+                                   "its lease on it); try again")
 
     def moved_while_storing_error(self) -> MovedWhileStoringError:
         """What a request gets whose commit was under way when the actor was lost: the

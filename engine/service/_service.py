@@ -35,7 +35,7 @@ from .._limits import Limits
 from ..broker import Broker, NotLiveError, RemoteError
 from ..run import (
     ExternalAppend, MissingRunProducer, MovedWhileStoringError, OutputStream, Reader,
-    RunActor, RunEnv, RunRecord, SendInput, new_run_id, resume_key,
+    RunActor, RunEnv, RunRecord, RunUnreachableError, SendInput, new_run_id, resume_key,
 )
 from ..store import (
     Batch, DuplicateRunError, RecordAppend, Store, StoredToken, StoreUnavailableError, Waitpoint,
@@ -201,11 +201,14 @@ class RunService:
                     raise RunFinishedError(f"run {run_id} has finished "
                                            f"({record.status.value})") from None
                 if trio.current_time() > deadline:  # not finished: say so, and try again
-                    raise InternalError(
+                    raise RunUnreachableError(
                         f"run {run_id} is {record.status.value} but not executing on any "
                         f"engine now (its engine stopped and no engine has taken it over "
                         f"yet); try again") from None
             except RemoteError as exc:
+                if exc.kind in (RunUnreachableError.__name__,
+                                MovedWhileStoringError.__name__):  # (engine-internal names)
+                    raise RunUnreachableError(str(exc)) from None
                 kind = getattr(runwire, exc.kind, None)
                 if isinstance(kind, type) and issubclass(kind, runwire.RunwireError):
                     raise kind(str(exc)) from None
