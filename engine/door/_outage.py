@@ -86,10 +86,15 @@ def outage_message(outage: StoreUnavailableError, method: str) -> str:
             f"safe")
 
 
+def unavailable(message: str) -> HttpError:
+    """A ``503`` with ``Retry-After``, code ``internal`` (the websocket's for the same
+    failures): for a store that is away, or a run its engine cannot take now."""
+    return HttpError(503, "internal", message, [("retry-after", str(STORE_RETRY_AFTER))])
+
+
 def outage_error(outage: StoreUnavailableError, method: str) -> HttpError:
     """The ``503`` a request that met ``outage`` before its answer began gets."""
-    return HttpError(503, "internal", outage_message(outage, method),
-                     [("retry-after", str(STORE_RETRY_AFTER))])
+    return unavailable(outage_message(outage, method))
 
 
 def outage_event(outage: StoreUnavailableError) -> bytes:

@@ -28,9 +28,7 @@ from runwire import BadFrameError, RunwireError, UnauthorizedError
 from ..run import Reader, RunUnreachableError
 from ..service import DurableStreams, ReadResult, StreamError, format_offset, parse_offset
 from ._http import Exchange, HttpError
-from ._outage import (
-    STORE_RETRY_AFTER, OutageLog, outage_error, outage_event, store_outage,
-)
+from ._outage import OutageLog, outage_error, outage_event, store_outage, unavailable
 from ._reads import serve_read
 from ._requests import Caller, Door
 from ._static import is_static, serve_static
@@ -116,8 +114,7 @@ class HttpDoor:
                                    outage)
                 raise outage_error(outage, request.method) from None
             if isinstance(exc, RunUnreachableError):  # between engines: try again soon
-                raise HttpError(503, exc.code, str(exc),
-                                [("retry-after", str(STORE_RETRY_AFTER))]) from None
+                raise unavailable(str(exc)) from None
             if isinstance(exc, RunwireError):
                 raise _http_error(exc) from None
             raise

@@ -557,7 +557,9 @@ def run(params: Params = FULL) -> Report:
     if (missing := wrk_missing()) and any(w in WRK_CONNECTIONS for w in writers):
         report.notes.append(f"the wrk writers skipped: {missing}")
         writers = [w for w in writers if w not in WRK_CONNECTIONS]
-    durable = "durable" in params.parts and "append" in params.parts
+    # (the durable pair runs with the wrk writers only)
+    durable = "durable" in params.parts and "append" in params.parts and any(
+        w in WRK_CONNECTIONS for w in writers)
     if durable:
         servers["sqlite-full"] = spawn_engine(store=temp_db() + "?synchronous=full",
                                               tasks=engine_tasks)
