@@ -433,12 +433,10 @@ class RunService:
             try:
                 index: int = await actor.submit(SendInput(key, data, ikey))
             except InternalError as exc:
-                if not actor.lost or (isinstance(exc, MovedWhileStoringError) and
-                                      ikey is None):
+                if isinstance(exc, MovedWhileStoringError) and ikey is None:
                     raise  # (maybe stored here: sent on, it could be stored twice)
-                await actor.ended.wait()  # not stored here: the engine that has it now
-                routed = await self._routed(run_id, {"op": "send", "key": key,
-                                                     "data": data, "ikey": ikey})
+                routed = await self._after_lost(actor, exc, {"op": "send", "key": key,
+                                                             "data": data, "ikey": ikey})
                 return routed
             except RunFinishedError:
                 if not actor.handing_back:
@@ -530,13 +528,22 @@ class RunService:
             return routed
         try:
             nxt: int = await actor.submit(ExternalAppend(key, producer, seq, items))
-        except InternalError:
-            if not actor.lost:
-                raise
-            await actor.ended.wait()  # not stored here: the engine that has it now
-            nxt = await self._routed(run_id, {"op": "append", "key": key, "producer": producer,
-                                              "seq": seq, "items": items})
+        except InternalError as exc:
+            nxt = await self._after_lost(actor, exc, {"op": "append", "key": key,
+                                                      "producer": producer, "seq": seq,
+                                                      "items": items})
         return nxt
+
+    async def _after_lost(self, actor: RunActor, error: InternalError,
+                          request: dict[str, Any]) -> Any:
+        """``request`` again, at the engine that has the run now, after ``actor`` answered
+        it with ``error``: only if the actor was lost meanwhile (else ``error`` is raised).
+        Not stored here, or recognised there if it was (an idempotency key, a producer
+        sequence number): it counts once."""
+        if not actor.lost:
+            raise error
+        await actor.ended.wait()
+        return await self._routed(actor.id, request)
 
     def open_producer(self, run_id: str, key: str) -> ProducerSink:
         """A producer inside the engine for stream ``key`` of ``run_id`` (``target=``)."""
